@@ -1,0 +1,53 @@
+"""The sample vocabulary shared by the probes, the sampler, the exposition and later the detector.
+
+A probe returns `Sample`s; one sampler pass bundles them into a `Tick`. Names are metric names
+without the namespace (``process_resident_memory_bytes``), in base units; labels are a sorted
+tuple of pairs so that a sample is hashable and its series key is stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: A wall clock: seconds since the epoch. Injected everywhere time is read, so tests drive it.
+Clock = Callable[[], float]
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    name: str
+    value: float
+    labels: Labels = ()
+
+    @property
+    def series(self) -> str:
+        """A stable key for this series: ``name`` or ``name{k=v,...}``."""
+        return series_key(self.name, self.labels)
+
+
+def series_key(name: str, labels: Labels = ()) -> str:
+    if not labels:
+        return name
+    inner = ",".join(f"{k}={v}" for k, v in labels)
+    return f"{name}{{{inner}}}"
+
+
+def labels_of(**pairs: str) -> Labels:
+    return tuple(sorted(pairs.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Everything one sampler pass saw, stamped with the injected clock."""
+
+    t: float
+    samples: tuple[Sample, ...]
+
+    def value(self, name: str, labels: Labels = ()) -> float | None:
+        for sample in self.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+        return None

@@ -1,0 +1,92 @@
+"""Bounded in-memory series: a fixed-size ring of (time, value) per series, a cap on series.
+
+The agent lives inside someone else's service, so its memory must not grow with uptime or with
+what the host does: each ring is preallocated (16 bytes a sample) and a new series beyond
+``max_series`` is refused and counted instead of stored.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+
+from diag.model import Sample
+
+
+class Ring:
+    """The newest ``capacity`` (t, value) pairs of one series."""
+
+    __slots__ = ("_next", "_size", "times", "values")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.times = array("d", bytes(8 * capacity))
+        self.values = array("d", bytes(8 * capacity))
+        self._next = 0
+        self._size = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self.times)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, t: float, value: float) -> None:
+        self.times[self._next] = t
+        self.values[self._next] = value
+        self._next = (self._next + 1) % len(self.times)
+        self._size = min(self._size + 1, len(self.times))
+
+    def items(self) -> list[tuple[float, float]]:
+        """Oldest first."""
+        start = (self._next - self._size) % len(self.times)
+        order = [(start + i) % len(self.times) for i in range(self._size)]
+        return [(self.times[i], self.values[i]) for i in order]
+
+    @property
+    def nbytes(self) -> int:
+        return self.times.itemsize * len(self.times) * 2
+
+
+class SeriesStore:
+    def __init__(self, capacity: int = 2048, max_series: int = 512) -> None:
+        self.capacity = capacity
+        self.max_series = max_series
+        self.dropped_series = 0
+        self._rings: dict[str, Ring] = {}
+
+    def add(self, t: float, samples: Iterable[Sample]) -> None:
+        for sample in samples:
+            key = sample.series
+            ring = self._rings.get(key)
+            if ring is None:
+                if len(self._rings) >= self.max_series:
+                    self.dropped_series += 1
+                    continue
+                ring = self._rings[key] = Ring(self.capacity)
+            ring.append(t, sample.value)
+
+    def get(self, series: str) -> list[tuple[float, float]]:
+        ring = self._rings.get(series)
+        return ring.items() if ring is not None else []
+
+    def names(self) -> list[str]:
+        return list(self._rings)
+
+    def clear(self) -> None:
+        self._rings.clear()
+        self.dropped_series = 0
+
+    def __len__(self) -> int:
+        return len(self._rings)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ring.nbytes for ring in self._rings.values())
+
+    @property
+    def max_nbytes(self) -> int:
+        """The most this store can ever hold, whatever the host does."""
+        return self.max_series * self.capacity * 16

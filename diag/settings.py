@@ -1,0 +1,138 @@
+"""Agent settings, from keyword arguments and ``DIAG_*`` environment variables.
+
+Explicit arguments to ``probes.start()`` win; the environment fills in the rest; defaults last.
+A bad environment value never stops the host: it is reported in ``Settings.problems`` (the agent
+logs them once) and the default is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_INTERVAL = 5.0
+DEFAULT_PORT = 9109
+
+
+@dataclass(frozen=True)
+class Settings:
+    interval: float = DEFAULT_INTERVAL
+    port: int | None = None
+    address: str = "127.0.0.1"
+    namespace: str = "diag"
+    trace: bool = False
+    trace_frames: int = 1
+    top_sites: int = 10
+    detail_interval: float = 30.0
+    series_capacity: int = 2048
+    max_series: int = 512
+    history: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    client_cafile: str | None = None
+    client_capath: str | None = None
+    client_auth_required: bool = False
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in dataclasses.fields(cls):
+            if f.name == "problems":
+                continue
+            var = ENV_PREFIX + f.name.upper()
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _PARSERS[f.name](raw)
+            except ValueError as exc:
+                problems.append(f"{var}={raw!r} ignored: {exc}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**values, problems=tuple(problems))
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "problems" or value is None or value == f.default:
+                continue
+            env[ENV_PREFIX + f.name.upper()] = _format(value)
+        return env
+
+
+ENV_PREFIX = "DIAG_"
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _namespace(raw: str) -> str:
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", raw):
+        raise ValueError("must be letters, digits and underscores, not starting with a digit")
+    return raw
+
+
+def _format(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "interval": _positive_float,
+    "port": _port,
+    "address": _text,
+    "namespace": _namespace,
+    "trace": _bool,
+    "trace_frames": _positive_int,
+    "top_sites": _positive_int,
+    "detail_interval": _positive_float,
+    "series_capacity": _positive_int,
+    "max_series": _positive_int,
+    "history": _text,
+    "certfile": _text,
+    "keyfile": _text,
+    "client_cafile": _text,
+    "client_capath": _text,
+    "client_auth_required": _bool,
+}

@@ -1,0 +1,71 @@
+"""diag's embedded agent: ``import probes; probes.start()``.
+
+``start()`` returns the process's running agent, starting it on the first call (a second call
+returns the same one). Keyword arguments win over ``DIAG_*`` environment variables, which win
+over the defaults (see ``diag.settings.Settings``). ``stop()`` stops it; it also stops by itself
+at interpreter exit. ``asgi_app()`` and ``wsgi_app()`` serve the agent's /metrics inside a
+FastAPI/Starlette/Gradio or Flask app, starting the agent if it is not running yet.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from diag.settings import Settings
+from probes.agent import Agent
+
+__all__ = ["Agent", "agent", "asgi_app", "start", "stop", "wsgi_app"]
+
+log = logging.getLogger("diag")
+
+_lock = threading.Lock()
+_agent: Agent | None = None
+
+
+def start(**settings: Any) -> Agent:
+    """Start the agent (idempotent). Never raises into the host for runtime failures; wrong
+    keyword arguments are a programming error and raise ``TypeError``."""
+    global _agent
+    with _lock:
+        if _agent is not None and _agent.running:
+            return _agent
+        _agent = Agent(Settings.from_env(os.environ, **settings))
+        return _agent.start()
+
+
+def stop() -> None:
+    global _agent
+    with _lock:
+        agent, _agent = _agent, None
+    if agent is not None:
+        agent.stop()
+
+
+def agent() -> Agent | None:
+    """The running agent, or None."""
+    return _agent if _agent is not None and _agent.running else None
+
+
+def asgi_app() -> Callable[..., Any]:
+    return start().asgi_app()
+
+
+def wsgi_app() -> Callable[..., Any]:
+    return start().wsgi_app()
+
+
+def _stop_at_exit() -> None:
+    agent = _agent
+    if agent is not None:
+        try:
+            agent.stop(at_exit=True)
+        except Exception:
+            log.exception("diag: agent failed to stop cleanly at exit")
+
+
+atexit.register(_stop_at_exit)

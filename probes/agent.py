@@ -1,0 +1,256 @@
+"""The agent: one sampler, its Prometheus registry, the /metrics server, and its life cycle.
+
+Roles: ``standalone`` (no port), ``server`` (serves /metrics, and its workers' series too) and
+``worker`` (a process forked or spawned by a server; it publishes instead of binding the port).
+The agent survives fork: the child gets its own sampler thread and, if the parent served the
+port, becomes a worker. It stops at interpreter exit. Failures are logged, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import prometheus_client
+
+from diag.model import Clock
+from diag.series import SeriesStore
+from diag.settings import Settings
+from probes.base import Probe
+from probes.cuda import CudaProbe, NvmlProbe
+from probes.exposition import Source, TickCollector, make_registry
+from probes.heap import HeapProbe
+from probes.limits import LimitsProbe
+from probes.process import ProcessProbe
+from probes.sampler import Sampler
+from probes.tracing import TracemallocProbe
+from probes.workers import (
+    ENV_DIR,
+    ENV_SERVER_PID,
+    WorkerPublisher,
+    create_worker_directory,
+    read_workers,
+)
+
+log = logging.getLogger("diag")
+
+Role = Literal["standalone", "server", "worker"]
+
+
+def default_probes(settings: Settings) -> list[Probe]:
+    return [
+        ProcessProbe(detail_interval=settings.detail_interval),
+        HeapProbe(detail_interval=settings.detail_interval),
+        LimitsProbe(),
+        CudaProbe(),
+        NvmlProbe(),
+        TracemallocProbe(
+            start=settings.trace, frames=settings.trace_frames, top=settings.top_sites
+        ),
+    ]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        probes: Sequence[Probe] | None = None,
+        clock: Clock = time.time,
+        environ: Any = os.environ,
+    ) -> None:
+        self.settings = settings or Settings()
+        self._environ = environ
+        self.sampler = Sampler(
+            probes if probes is not None else default_probes(self.settings),
+            interval=self.settings.interval,
+            clock=clock,
+            store=SeriesStore(self.settings.series_capacity, self.settings.max_series),
+        )
+        self.registry = make_registry(TickCollector(self._sources, self.settings.namespace))
+        self.role: Role = "standalone"
+        self.port: int | None = None
+        self.http_error: str | None = None
+        self._server: Any = None
+        self._worker_dir: str | None = None
+        self._publisher: WorkerPublisher | None = None
+        self._started = False
+        for problem in self.settings.problems:
+            log.warning("diag: %s", problem)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._started
+
+    def start(self) -> Agent:
+        if self._started:
+            return self
+        self._started = True
+        _RUNNING.add(self)
+        if self.settings.port is not None:
+            worker_dir = self._server_directory_of_parent()
+            if worker_dir is not None:
+                self._become_worker(worker_dir)
+            else:
+                self._serve()
+        self.sampler.start()
+        return self
+
+    def stop(self, *, at_exit: bool = False) -> None:
+        if not self._started:
+            return
+        self._started = False
+        _RUNNING.discard(self)
+        self.sampler.stop()
+        self.sampler.remove_listener(self._publish)
+        if self._server is not None:
+            if not at_exit:  # shutdown() waits up to 0.5 s for the serving loop to notice
+                self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+        if self._worker_dir is not None:
+            if self._environ.get(ENV_DIR) == self._worker_dir:
+                self._environ.pop(ENV_DIR, None)
+                self._environ.pop(ENV_SERVER_PID, None)
+            shutil.rmtree(self._worker_dir, ignore_errors=True)
+            self._worker_dir = None
+
+    # -- exposition ----------------------------------------------------------------------
+
+    def _sources(self) -> Iterator[Source]:
+        latest = self.sampler.latest
+        if latest is not None:
+            yield (), latest.samples
+        if self.role == "server" and self._worker_dir is not None:
+            yield from read_workers(self._worker_dir)
+
+    def metrics_text(self) -> str:
+        return prometheus_client.generate_latest(self.registry).decode()
+
+    def asgi_app(self) -> Callable[..., Any]:
+        return prometheus_client.make_asgi_app(self.registry)
+
+    def wsgi_app(self) -> Callable[..., Any]:
+        return prometheus_client.make_wsgi_app(self.registry)
+
+    def _serve(self) -> None:
+        s = self.settings
+        assert s.port is not None
+        try:
+            server, _thread = prometheus_client.start_http_server(
+                s.port,
+                addr=s.address,
+                registry=self.registry,
+                certfile=s.certfile,
+                keyfile=s.keyfile,
+                client_cafile=s.client_cafile,
+                client_capath=s.client_capath,
+                client_auth_required=s.client_auth_required,
+            )
+        except (OSError, ValueError) as exc:
+            self.http_error = f"cannot serve /metrics on {s.address}:{s.port}: {exc}"
+            log.error("diag: %s; sampling continues without it", self.http_error)
+            return
+        self._server = server
+        self.port = int(server.server_address[1])
+        self.role = "server"
+        self._worker_dir = create_worker_directory()
+        self._environ[ENV_DIR] = self._worker_dir
+        self._environ[ENV_SERVER_PID] = str(os.getpid())
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _server_directory_of_parent(self) -> str | None:
+        """The worker directory when another live process of ours serves the port."""
+        directory = self._environ.get(ENV_DIR)
+        try:
+            server_pid = int(self._environ.get(ENV_SERVER_PID, ""))
+        except ValueError:
+            return None
+        if not directory or server_pid == os.getpid() or not _pid_alive(server_pid):
+            return None
+        return directory if os.path.isdir(directory) else None
+
+    def _become_worker(self, directory: str) -> None:
+        try:
+            self._publisher = WorkerPublisher(directory)
+        except (OSError, RuntimeError) as exc:
+            log.error("diag: cannot join the worker directory %s: %s", directory, exc)
+            return
+        self.role = "worker"
+        self.sampler.add_listener(self._publish)
+
+    def _publish(self, tick: Any) -> None:
+        if self._publisher is not None:
+            self._publisher.publish(tick)
+
+    @property
+    def worker_slot(self) -> int | None:
+        return self._publisher.slot if self._publisher is not None else None
+
+    # -- fork ----------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        self.sampler.before_fork()
+
+    def _after_fork_in_parent(self) -> None:
+        self.sampler.after_fork_in_parent()
+
+    def _after_fork_in_child(self) -> None:
+        self.sampler.after_fork_in_child()
+        if self._server is not None:
+            # The serving thread is the parent's; only our copy of its socket came along.
+            self._server.socket.close()
+            self._server = None
+            self.port = None
+        if self._publisher is not None:
+            self._publisher.close()  # the parent's slot stays the parent's
+            self._publisher = None
+        parent_dir = self._worker_dir if self.role == "server" else self._environ.get(ENV_DIR)
+        self._worker_dir = None
+        self.sampler.remove_listener(self._publish)
+        self.role = "standalone"
+        if parent_dir:
+            self._become_worker(parent_dir)
+        self.sampler.start()
+
+
+_RUNNING: weakref.WeakSet[Agent] = weakref.WeakSet()
+
+
+def _each_running(method: str) -> Callable[[], None]:
+    def hook() -> None:
+        for agent in list(_RUNNING):
+            try:
+                getattr(agent, method)()
+            except Exception:
+                log.exception("diag: fork handling failed in %s", method)
+
+    return hook
+
+
+os.register_at_fork(
+    before=_each_running("_before_fork"),
+    after_in_parent=_each_running("_after_fork_in_parent"),
+    after_in_child=_each_running("_after_fork_in_child"),
+)

@@ -1,0 +1,251 @@
+"""One sampler per process: runs every probe once per tick and hands the tick to its consumers.
+
+``tick()`` is one pass and is what tests call, with an injected clock. ``start()`` runs it on a
+single daemon thread that waits on an Event (``stop()`` wakes it at once). A probe that raises is
+counted and backed off (skip 1, 2, 4, ... ticks); after ``max_failures`` failures in a row it is
+disabled. Nothing a probe or a listener does reaches the host's threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from diag.model import Clock, Sample, Tick, labels_of
+from diag.series import SeriesStore
+from probes.base import Probe, ProbeUnavailable, notes_of
+
+log = logging.getLogger("diag")
+
+Listener = Callable[[Tick], None]
+
+
+@dataclass
+class ProbeState:
+    probe: Probe
+    errors: int = 0
+    consecutive_failures: int = 0
+    skip_ticks: int = 0
+    disabled: bool = False
+    reason: str | None = None  # why it did not sample in the last tick
+    last_duration: float = 0.0
+    sampled: bool = False
+    reported: bool = False  # its first failure has been logged
+
+    @property
+    def name(self) -> str:
+        return self.probe.name
+
+
+@dataclass(frozen=True)
+class ProbeStatus:
+    name: str
+    enabled: bool
+    sampled: bool
+    reason: str | None
+    errors: int
+    last_duration: float
+    notes: tuple[str, ...]
+
+
+class Sampler:
+    def __init__(
+        self,
+        probes: Sequence[Probe],
+        *,
+        interval: float = 5.0,
+        clock: Clock = time.time,
+        store: SeriesStore | None = None,
+        max_failures: int = 5,
+        monotonic: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.store = store if store is not None else SeriesStore()
+        self.max_failures = max_failures
+        self._monotonic = monotonic
+        self._states = [ProbeState(p) for p in probes]
+        self._listeners: list[Listener] = []
+        self._listener_errors = 0
+        self._lock = threading.Lock()
+        self._held_for_fork = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.latest: Tick | None = None
+        self.ticks = 0
+
+    # -- one pass -------------------------------------------------------------------------
+
+    def tick(self) -> Tick:
+        with self._lock:
+            return self._tick_locked()
+
+    def _tick_locked(self) -> Tick:
+        started = self._monotonic()
+        samples: list[Sample] = []
+        for state in self._states:
+            samples.extend(self._run_probe(state))
+        t = self.clock()
+        self.store.add(t, samples)
+        samples.extend(self._self_samples(t, self._monotonic() - started))
+        tick = Tick(t, tuple(samples))
+        self.latest = tick
+        self.ticks += 1
+        for listener in list(self._listeners):
+            try:
+                listener(tick)
+            except Exception:
+                self._listener_errors += 1
+                if self._listener_errors == 1:
+                    log.exception("diag: a tick listener failed; it is kept, failures counted")
+        return tick
+
+    def _run_probe(self, state: ProbeState) -> Sequence[Sample]:
+        state.sampled = False
+        if state.disabled:
+            return ()
+        if state.skip_ticks > 0:
+            state.skip_ticks -= 1
+            return ()
+        started = self._monotonic()
+        try:
+            out = state.probe.sample()
+        except ProbeUnavailable as exc:
+            state.reason = exc.reason
+            if exc.permanent:
+                state.disabled = True
+                log.info("diag: probe %s disabled: %s", state.name, exc.reason)
+            return ()
+        except Exception as exc:
+            self._record_failure(state, exc)
+            return ()
+        finally:
+            state.last_duration = self._monotonic() - started
+        state.reason = None
+        state.sampled = True
+        state.consecutive_failures = 0
+        return out
+
+    def _record_failure(self, state: ProbeState, exc: Exception) -> None:
+        state.errors += 1
+        state.consecutive_failures += 1
+        state.reason = f"{type(exc).__name__}: {exc}"
+        if state.consecutive_failures >= self.max_failures:
+            state.disabled = True
+            log.warning(
+                "diag: probe %s disabled after %d failures in a row: %s",
+                state.name,
+                state.consecutive_failures,
+                state.reason,
+            )
+            return
+        state.skip_ticks = 2 ** (state.consecutive_failures - 1) - 1
+        if not state.reported:
+            state.reported = True
+            log.warning(
+                "diag: probe %s failed (%s); backing off, the host is not affected",
+                state.name,
+                state.reason,
+            )
+
+    def _self_samples(self, t: float, duration: float) -> list[Sample]:
+        out: list[Sample] = []
+        for state in self._states:
+            labels = labels_of(probe=state.name)
+            out.append(Sample("probe_duration_seconds", state.last_duration, labels))
+            out.append(Sample("probe_errors_total", float(state.errors), labels))
+            out.append(Sample("probe_enabled", 1.0 if state.sampled else 0.0, labels))
+        out.append(Sample("tick_duration_seconds", duration))
+        out.append(Sample("last_tick_timestamp_seconds", t))
+        out.append(Sample("agent_memory_bytes", float(self.store.nbytes)))
+        out.append(Sample("agent_series", float(len(self.store))))
+        out.append(Sample("agent_dropped_series_total", float(self.store.dropped_series)))
+        return out
+
+    # -- consumers and status ------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def status(self) -> list[ProbeStatus]:
+        return [
+            ProbeStatus(
+                name=s.name,
+                enabled=not s.disabled,
+                sampled=s.sampled,
+                reason=s.reason,
+                errors=s.errors,
+                last_duration=s.last_duration,
+                notes=notes_of(s.probe),
+            )
+            for s in self._states
+        ]
+
+    @property
+    def probes(self) -> list[Probe]:
+        return [s.probe for s in self._states]
+
+    # -- the thread ----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="diag-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        next_at = self._monotonic()
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a bug of ours; keep the thread alive and the host unaffected
+                log.exception("diag: sampler tick failed")
+            next_at += self.interval
+            now = self._monotonic()
+            if next_at < now:  # fell behind (host paused us): skip the missed ticks
+                next_at = now + self.interval
+            self._stop.wait(next_at - now)
+
+    # -- fork ----------------------------------------------------------------------------
+
+    def before_fork(self) -> None:
+        # Fork with no tick in progress, so the child's copy of our state is consistent; but
+        # never hold up the host's fork behind a stuck probe for more than a second.
+        self._held_for_fork = self._lock.acquire(timeout=1.0)
+
+    def after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._lock.release()
+
+    def after_fork_in_child(self) -> None:
+        """The thread did not survive fork: reset state so ``start()`` begins afresh."""
+        self._lock = threading.Lock()
+        self._held_for_fork = False
+        self._stop = threading.Event()
+        self._thread = None
+        self.latest = None
+        self.store.clear()
+        for state in self._states:
+            state.skip_ticks = state.consecutive_failures = 0
+            reset = getattr(state.probe, "reset_after_fork", None)
+            if reset is not None:
+                reset()
