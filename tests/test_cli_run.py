@@ -1,0 +1,100 @@
+import os
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from diag.cli import main
+from diag.cli.run import bootstrap_dir, child_environment
+from diag.settings import Settings
+from tests.conftest import DIAG, child_env
+
+
+def test_usage_errors_exit_2_with_one_line():
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", "--", "no-such-program-xyz"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "diag: command not found: 'no-such-program-xyz'; give a program on PATH or a path\n"
+    )
+    result = runner.invoke(main, ["run"])
+    assert result.exit_code == 2
+    assert "Missing argument 'COMMAND...'" in result.stderr
+    result = runner.invoke(main, ["run", "--interval", "0", "--", "python"])
+    assert result.exit_code == 2
+
+
+def test_bad_environment_is_a_usage_error():
+    result = CliRunner().invoke(main, ["run", "--", "python"], env={"DIAG_INTERVAL": "soon"})
+    assert result.exit_code == 2
+    assert result.stderr.startswith("diag: DIAG_INTERVAL='soon' ignored")
+    assert "Traceback" not in result.output
+
+
+def test_child_environment_puts_the_bootstrap_first_and_keeps_the_rest():
+    env = child_environment({"PYTHONPATH": "/app", "X": "1"}, Settings(port=9109, interval=2))
+    assert env["PYTHONPATH"] == os.pathsep.join([bootstrap_dir(), "/app"])
+    assert env["DIAG_PORT"] == "9109"
+    assert env["DIAG_INTERVAL"] == "2"
+    assert env["X"] == "1"
+    assert os.path.exists(os.path.join(bootstrap_dir(), "sitecustomize.py"))
+
+
+def _diag_run(args, code, env=None, timeout=30):
+    return subprocess.run(
+        [*DIAG, "run", *args, "--", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=timeout, env=env or child_env(),
+    )  # fmt: skip
+
+
+def test_program_runs_with_the_agent_already_started_same_pid_same_status():
+    code = (
+        "import os, sys, probes\n"
+        "a = probes.agent()\n"
+        "print(a is not None, a.settings.interval, a.port is not None, a.role, os.getpid())\n"
+        "sys.exit(7)\n"
+    )
+    proc = subprocess.Popen(
+        [*DIAG, "run", "--port", "0", "--interval", "0.2", "--", sys.executable, "-c", code],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 7, err
+    assert out == f"True 0.2 True server {proc.pid}\n"  # exec: the program is diag's process
+
+
+def test_settings_also_come_from_the_environment():
+    out = _diag_run(
+        [], "import probes; print(probes.agent().settings.interval)",
+        env=child_env(DIAG_INTERVAL="0.7"),
+    )  # fmt: skip
+    assert out.stdout == "0.7\n", out.stderr
+
+
+def test_a_shadowed_sitecustomize_still_runs(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text("import builtins; builtins.APP_SITE = True\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(tmp_path)])
+    code = (
+        "import builtins, probes; print(getattr(builtins, 'APP_SITE', False), bool(probes.agent()))"
+    )
+    out = _diag_run([], code, env=env)
+    assert out.stdout == "True True\n", out.stderr
+
+
+def test_a_python_without_diag_still_runs_and_says_how_to_fix_it(tmp_path):
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    bare_python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    out = subprocess.run(
+        [*DIAG, "run", "--", bare_python, "-c", "print('program ran')"],
+        capture_output=True, text=True, timeout=30,
+        env={**env, "PYTHONPATH": os.path.dirname(os.path.dirname(bootstrap_dir()))},
+    )  # fmt: skip
+    # diag itself runs from this checkout; the bare venv's python can import the probes
+    # package from the checkout but not prometheus_client, so the agent cannot start there.
+    assert out.returncode == 0
+    assert out.stdout == "program ran\n"
+    assert out.stderr.startswith("diag: agent not started: diag is not importable by")
+    assert f"install it there: {bare_python} -m pip install diag" in out.stderr

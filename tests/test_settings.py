@@ -1,0 +1,54 @@
+import pytest
+
+from diag.settings import Settings
+
+
+def test_defaults_are_safe():
+    s = Settings()
+    assert s.port is None  # /metrics is served only when a port is given
+    assert s.address == "127.0.0.1"
+    assert s.trace is False  # tracemalloc slows the host 9-18x: never on by default
+    assert 1 <= s.interval <= 10
+
+
+def test_environment_fills_in_and_arguments_win():
+    env = {"DIAG_PORT": "9200", "DIAG_INTERVAL": "2.5", "DIAG_TRACE": "yes"}
+    s = Settings.from_env(env, port=9300)
+    assert s.port == 9300
+    assert s.interval == 2.5
+    assert s.trace is True
+    assert s.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [
+        ("DIAG_INTERVAL", "-1"),
+        ("DIAG_INTERVAL", "soon"),
+        ("DIAG_PORT", "70000"),
+        ("DIAG_TRACE", "maybe"),
+        ("DIAG_NAMESPACE", "9bad-name"),
+    ],
+)
+def test_bad_environment_values_are_reported_not_raised(var, raw):
+    s = Settings.from_env({var: raw})
+    assert s == Settings()
+    assert len(s.problems) == 1
+    assert var in s.problems[0]
+
+
+def test_unknown_keyword_is_a_programming_error():
+    with pytest.raises(TypeError, match="unknown settings: colour"):
+        Settings.from_env({}, colour="blue")
+
+
+def test_to_env_round_trips():
+    s = Settings(port=9109, interval=1.5, trace=True, history="/tmp/h")
+    env = s.to_env()
+    assert env == {
+        "DIAG_INTERVAL": "1.5",
+        "DIAG_PORT": "9109",
+        "DIAG_TRACE": "1",
+        "DIAG_HISTORY": "/tmp/h",
+    }
+    assert Settings.from_env(env) == s
