@@ -118,7 +118,7 @@ class Agent:
             return
         self._started = False
         _RUNNING.discard(self)
-        self.sampler.stop()
+        self.sampler.close()
         self.sampler.remove_listener(self._publish)
         if self._server is not None:
             if not at_exit:  # shutdown() waits up to 0.5 s for the serving loop to notice

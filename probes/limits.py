@@ -143,6 +143,10 @@ class _CgroupFiles:
         self.usages_fallback = ProcFile(os.path.join(cgroup.directories[0], usage_name), 64)
         self.oom = ProcFile(os.path.join(cgroup.directories[0], oom_name), 512)
 
+    def close(self) -> None:
+        for f in (*self.limits, *self.usages, self.usages_fallback, self.oom):
+            f.close()
+
 
 class LimitsProbe:
     name = "limits"
@@ -213,4 +217,10 @@ class LimitsProbe:
         return out
 
     def reset_after_fork(self) -> None:
+        self._located = False
+
+    def close(self) -> None:
+        self._meminfo.close()
+        if self._cgroup is not None:
+            self._cgroup.close()
         self._located = False

@@ -211,6 +211,18 @@ class Sampler:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def close(self) -> None:
+        """Stop, and release what the probes hold open (file descriptors, library handles)."""
+        self.stop()
+        with self._lock:
+            for state in self._states:
+                close = getattr(state.probe, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:
+                        log.exception("diag: probe %s failed to close", state.name)
+
     def _run(self) -> None:
         next_at = self._monotonic()
         while not self._stop.is_set():

@@ -50,10 +50,15 @@ class TracemallocProbe:
         self.top = top
         self._cadence = cadence or Cadence(site_interval, budget=0.01)
         self._sites: list[Sample] = []
-        if start and not tracemalloc.is_tracing():
-            tracemalloc.start(frames)
+        self._start, self._frames = start, frames
+        self._started_by_us = False
 
     def sample(self) -> list[Sample]:
+        if self._start and not self._started_by_us and not tracemalloc.is_tracing():
+            # Started on the first tick, not at construction, and stopped again by close():
+            # the agent's life bounds the slowdown.
+            tracemalloc.start(self._frames)
+            self._started_by_us = True
         if not tracemalloc.is_tracing():
             raise ProbeUnavailable("tracemalloc is off (start it with trace=True or DIAG_TRACE=1)")
         traced, peak = tracemalloc.get_traced_memory()
@@ -79,6 +84,11 @@ class TracemallocProbe:
             Sample("tracemalloc_top_bytes", size, labels_of(site=site))
             for site, size in sites.items()
         ]
+
+    def close(self) -> None:
+        if self._started_by_us:
+            self._started_by_us = False
+            tracemalloc.stop()
 
     def reset_after_fork(self) -> None:
         self._sites = []

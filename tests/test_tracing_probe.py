@@ -43,6 +43,8 @@ def _make_sites():
 
 def test_top_sites_are_bounded_with_the_rest_as_other(tracing):
     probe = TracemallocProbe(start=True, top=3, cadence=Cadence(0.0, budget=1.0))
+    assert not tracemalloc.is_tracing()  # not before the first tick
+    probe.sample()
     held = _make_sites()
     samples = probe.sample()
     sites = {dict(s.labels)["site"]: s.value for s in samples if s.name == "tracemalloc_top_bytes"}
@@ -55,6 +57,17 @@ def test_top_sites_are_bounded_with_the_rest_as_other(tracing):
     assert values["tracemalloc_traced_bytes"] >= 780 * 1000
     assert values["tracemalloc_peak_bytes"] >= values["tracemalloc_traced_bytes"]
     del held
+    probe.close()
+    assert not tracemalloc.is_tracing()  # it stops what it started
+
+
+def test_leaves_a_users_own_tracing_alone(tracing):
+    tracemalloc.start()
+    probe = TracemallocProbe(start=True)
+    probe.sample()
+    probe.close()
+    assert tracemalloc.is_tracing()
+    tracemalloc.stop()
 
 
 def test_site_label_keeps_two_path_parts():
