@@ -14,14 +14,20 @@ from typing import Literal
 @dataclass(frozen=True, slots=True)
 class MetricSpec:
     name: str
-    kind: Literal["gauge", "counter"]
+    kind: Literal["gauge", "counter", "histogram"]
     labels: tuple[str, ...]
     help: str
     probe: str
+    #: Verdict metrics also carry the labels of the series they judge (device, site...).
+    series_labels: bool = False
 
 
 def _g(name: str, probe: str, help: str, *labels: str) -> MetricSpec:
     return MetricSpec(name, "gauge", labels, help, probe)
+
+
+def _verdict(name: str, help: str) -> MetricSpec:
+    return MetricSpec(name, "gauge", ("series",), help, "detector", series_labels=True)
 
 
 def _c(name: str, probe: str, help: str, *labels: str) -> MetricSpec:
@@ -124,6 +130,29 @@ CATALOG: tuple[MetricSpec, ...] = (
         'Bytes held per allocation site, top N sites; the rest summed as site="other".',
         "site",
     ),
+    # requests (service metrics)
+    _c("requests_total", "requests", "Requests handled per endpoint.", "endpoint"),
+    _c("request_errors_total", "requests", "Requests that raised or answered 5xx.", "endpoint"),
+    MetricSpec(
+        "request_duration_seconds",
+        "histogram",
+        ("endpoint",),
+        "Request latency per endpoint.",
+        "requests",
+    ),
+    # the growth detector's verdicts
+    _verdict("leak_suspected", "1 while the detector's verdict on the series is leak, else 0."),
+    _verdict("growth_bytes_per_second", "Growth rate of the series' lower envelope."),
+    _verdict("seconds_to_oom", "Forecast time until the series reaches its limit."),
+    _verdict("seconds_to_oom_low", "Low bound of the forecast time to OOM."),
+    _verdict("seconds_to_oom_high", "High bound of the forecast time to OOM."),
+    MetricSpec(
+        "retained_bytes_per_request",
+        "gauge",
+        ("endpoint",),
+        "Memory retained per request of the endpoint (growth that follows load).",
+        "detector",
+    ),
     # the agent itself
     _g("probe_duration_seconds", "agent", "Duration of the probe's last pass.", "probe"),
     _c(
@@ -141,3 +170,27 @@ CATALOG: tuple[MetricSpec, ...] = (
 )
 
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def spec_of_sample(name: str) -> MetricSpec | None:
+    """The catalog entry a sample belongs to (a histogram's ``_bucket`` row to its family)."""
+    spec = BY_NAME.get(name)
+    if spec is not None:
+        return spec
+    for suffix in HISTOGRAM_SUFFIXES:
+        if name.endswith(suffix):
+            family = BY_NAME.get(name[: -len(suffix)])
+            if family is not None and family.kind == "histogram":
+                return family
+    return None
+
+
+def markdown_table() -> str:
+    """The README's metric table, generated so that it cannot drift from the catalog."""
+    rows = ["| metric | type | labels | probe | meaning |", "|---|---|---|---|---|"]
+    for spec in CATALOG:
+        labels = ", ".join(spec.labels) + (" + the series' labels" if spec.series_labels else "")
+        rows.append(f"| `diag_{spec.name}` | {spec.kind} | {labels} | {spec.probe} | {spec.help} |")
+    return "\n".join(rows)

@@ -5,6 +5,7 @@ returns the same one). Keyword arguments win over ``DIAG_*`` environment variabl
 over the defaults (see ``diag.settings.Settings``). ``stop()`` stops it; it also stops by itself
 at interpreter exit. ``asgi_app()`` and ``wsgi_app()`` serve the agent's /metrics inside a
 FastAPI/Starlette/Gradio or Flask app, starting the agent if it is not running yet.
+``request(name)``, ``ASGIMiddleware`` and ``WSGIMiddleware`` count requests per endpoint.
 """
 
 from __future__ import annotations
@@ -18,8 +19,19 @@ from typing import Any
 
 from diag.settings import Settings
 from probes.agent import Agent
+from probes.requests import ASGIMiddleware, RequestScope, WSGIMiddleware, default_stats
 
-__all__ = ["Agent", "agent", "asgi_app", "start", "stop", "wsgi_app"]
+__all__ = [
+    "ASGIMiddleware",
+    "Agent",
+    "WSGIMiddleware",
+    "agent",
+    "asgi_app",
+    "request",
+    "start",
+    "stop",
+    "wsgi_app",
+]
 
 log = logging.getLogger("diag")
 
@@ -49,6 +61,12 @@ def stop() -> None:
 def agent() -> Agent | None:
     """The running agent, or None."""
     return _agent if _agent is not None and _agent.running else None
+
+
+def request(endpoint: str) -> RequestScope:
+    """Count a request of ``endpoint`` (latency, errors) as ``with probes.request("tts"):``
+    or as a decorator ``@probes.request("tts")``. Works before and without ``start()``."""
+    return RequestScope(default_stats(), endpoint)
 
 
 def asgi_app() -> Callable[..., Any]:

@@ -21,12 +21,14 @@ import prometheus_client
 from diag.model import Clock
 from diag.series import SeriesStore
 from diag.settings import Settings
+from probes.analysis import GrowthAnalyzer, VerdictListener
 from probes.base import Probe
 from probes.cuda import CudaProbe, NvmlProbe
 from probes.exposition import Source, TickCollector, make_registry
 from probes.heap import HeapProbe
 from probes.limits import LimitsProbe
 from probes.process import ProcessProbe
+from probes.requests import RequestsProbe, RequestStats, default_stats
 from probes.sampler import Sampler
 from probes.tracing import TracemallocProbe
 from probes.workers import (
@@ -73,14 +75,21 @@ class Agent:
         probes: Sequence[Probe] | None = None,
         clock: Clock = time.time,
         environ: Any = os.environ,
+        requests: RequestStats | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._environ = environ
+        self.requests = requests or default_stats()
+        self.analyzer = GrowthAnalyzer(requests=self.requests)
+        chosen = list(probes) if probes is not None else default_probes(self.settings)
+        if not any(p.name == "requests" for p in chosen):
+            chosen.append(RequestsProbe(self.requests))  # the agent's own request counters
         self.sampler = Sampler(
-            probes if probes is not None else default_probes(self.settings),
+            chosen,
             interval=self.settings.interval,
             clock=clock,
             store=SeriesStore(self.settings.series_capacity, self.settings.max_series),
+            analyzers=[self.analyzer],
         )
         self.registry = make_registry(TickCollector(self._sources, self.settings.namespace))
         self.role: Role = "standalone"
@@ -134,6 +143,10 @@ class Agent:
                 self._environ.pop(ENV_SERVER_PID, None)
             shutil.rmtree(self._worker_dir, ignore_errors=True)
             self._worker_dir = None
+
+    def on_verdict_change(self, listener: VerdictListener) -> None:
+        """Call ``listener(series, previous, verdict)`` whenever a series' verdict changes."""
+        self.analyzer.on_change(listener)
 
     # -- exposition ----------------------------------------------------------------------
 

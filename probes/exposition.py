@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from diag.metrics import BY_NAME
+from diag.metrics import spec_of_sample
 from diag.model import Labels, Sample
 
 Source = tuple[Labels, Sequence[Sample]]
@@ -27,9 +27,11 @@ class TickCollector(Collector):
         families: dict[str, Metric] = {}
         for extra, samples in self._sources():
             for sample in samples:
-                family = families.get(sample.name)
+                spec = spec_of_sample(sample.name)
+                key = spec.name if spec else sample.name
+                family = families.get(key)
                 if family is None:
-                    family = families[sample.name] = self._family(sample.name)
+                    family = families[key] = self._family(key)
                 labels = dict(sample.labels)
                 labels.update(extra)
                 sample_name = self._prefix + sample.name
@@ -37,7 +39,7 @@ class TickCollector(Collector):
         yield from families.values()
 
     def _family(self, name: str) -> Metric:
-        spec = BY_NAME.get(name)
+        spec = spec_of_sample(name)
         kind = spec.kind if spec else "gauge"
         doc = spec.help if spec else "diag sample"
         family_name = self._prefix + name

@@ -8,11 +8,13 @@ disabled. Nothing a probe or a listener does reaches the host's threads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from diag.model import Clock, Sample, Tick, labels_of
 from diag.series import SeriesStore
@@ -23,9 +25,17 @@ log = logging.getLogger("diag")
 Listener = Callable[[Tick], None]
 
 
+class Analyzer(Protocol):
+    """Reads a tick's probe samples and adds its own (the growth detector's verdicts)."""
+
+    name: str
+
+    def analyze(self, t: float, samples: Sequence[Sample]) -> Sequence[Sample]: ...
+
+
 @dataclass
 class ProbeState:
-    probe: Probe
+    probe: Any  # a Probe, or an Analyzer run through the same guard
     errors: int = 0
     consecutive_failures: int = 0
     skip_ticks: int = 0
@@ -37,7 +47,7 @@ class ProbeState:
 
     @property
     def name(self) -> str:
-        return self.probe.name
+        return str(self.probe.name)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class Sampler:
         store: SeriesStore | None = None,
         max_failures: int = 5,
         monotonic: Callable[[], float] = time.perf_counter,
+        analyzers: Sequence[Analyzer] = (),
     ) -> None:
         self.interval = interval
         self.clock = clock
@@ -68,6 +79,7 @@ class Sampler:
         self.max_failures = max_failures
         self._monotonic = monotonic
         self._states = [ProbeState(p) for p in probes]
+        self._analyzer_states = [ProbeState(a) for a in analyzers]
         self._listeners: list[Listener] = []
         self._listener_errors = 0
         self._lock = threading.Lock()
@@ -87,8 +99,12 @@ class Sampler:
         started = self._monotonic()
         samples: list[Sample] = []
         for state in self._states:
-            samples.extend(self._run_probe(state))
+            samples.extend(self._run_probe(state, state.probe.sample))
         t = self.clock()
+        measured = tuple(samples)
+        for state in self._analyzer_states:
+            analyze = functools.partial(state.probe.analyze, t, measured)
+            samples.extend(self._run_probe(state, analyze))
         self.store.add(t, samples)
         samples.extend(self._self_samples(t, self._monotonic() - started))
         tick = Tick(t, tuple(samples))
@@ -103,7 +119,9 @@ class Sampler:
                     log.exception("diag: a tick listener failed; it is kept, failures counted")
         return tick
 
-    def _run_probe(self, state: ProbeState) -> Sequence[Sample]:
+    def _run_probe(
+        self, state: ProbeState, call: Callable[[], Sequence[Sample]]
+    ) -> Sequence[Sample]:
         state.sampled = False
         if state.disabled:
             return ()
@@ -112,7 +130,7 @@ class Sampler:
             return ()
         started = self._monotonic()
         try:
-            out = state.probe.sample()
+            out = call()
         except ProbeUnavailable as exc:
             state.reason = exc.reason
             if exc.permanent:
@@ -153,7 +171,7 @@ class Sampler:
 
     def _self_samples(self, t: float, duration: float) -> list[Sample]:
         out: list[Sample] = []
-        for state in self._states:
+        for state in self._all_states():
             labels = labels_of(probe=state.name)
             out.append(Sample("probe_duration_seconds", state.last_duration, labels))
             out.append(Sample("probe_errors_total", float(state.errors), labels))
@@ -174,6 +192,9 @@ class Sampler:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    def _all_states(self) -> list[ProbeState]:
+        return self._states + self._analyzer_states
+
     def status(self) -> list[ProbeStatus]:
         return [
             ProbeStatus(
@@ -185,7 +206,7 @@ class Sampler:
                 last_duration=s.last_duration,
                 notes=notes_of(s.probe),
             )
-            for s in self._states
+            for s in self._all_states()
         ]
 
     @property
@@ -215,7 +236,7 @@ class Sampler:
         """Stop, and release what the probes hold open (file descriptors, library handles)."""
         self.stop()
         with self._lock:
-            for state in self._states:
+            for state in self._all_states():
                 close = getattr(state.probe, "close", None)
                 if close is not None:
                     try:
@@ -256,7 +277,7 @@ class Sampler:
         self._thread = None
         self.latest = None
         self.store.clear()
-        for state in self._states:
+        for state in self._all_states():
             state.skip_ticks = state.consecutive_failures = 0
             reset = getattr(state.probe, "reset_after_fork", None)
             if reset is not None:

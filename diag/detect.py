@@ -1,0 +1,429 @@
+"""Growth detector: samples in, verdicts out, with a time to OOM and how sure it is.
+
+Pure and causal: a verdict at time T depends only on samples up to T, and time comes from the
+samples, never from a clock. One ``Detector`` per series (RSS, USS, CUDA allocated, malloc in
+use, a per-site series...), the same code in the agent, in ``diag watch`` and in replays.
+
+How it decides, and why:
+
+- Samples are folded into 30 s buckets keeping the minimum and maximum. Buckets are kept in an
+  exponential histogram (at most 48 per width, the two oldest of a width merged into one of twice
+  the width), so days of history cost a few hundred points, recent ones at full detail.
+- A leak moves the *lower envelope* of a GC or arena sawtooth, while the *upper envelope* is what
+  hits the limit. Trends are tested on group minima; the forecast adds the envelope gap back.
+- Candidate windows end now and grow by √2 (10 min, 14 min, 20 min, ... to the regime's start),
+  each cut into up to 12 groups, never shorter than the sawtooth's period when one is seen. A
+  window re-evaluates every eighth of its length, which keeps replay above 500k samples/s.
+- In each window: a Mann-Kendall test on the group minima (is there a monotone trend at all),
+  the Theil-Sen slope (robust rate), the slopes of the two halves (a window whose first half is
+  flat holds the leak's onset: the rate is fitted only on shorter windows after it; a window
+  whose second half is flat is decelerating: a warm-up, a cache filling to its bound), and the
+  share of the rise made by the largest jumps (allocator ratchets and load bursts rise in a few
+  steps; a per-request staircase rises in many).
+- A leak must also have been watched for long enough to trust it: at least 10 minutes, and at
+  least 12 % of the time it predicts to OOM (a fill that stops early never gets there).
+- A drop below the regime's starting level (a restart) starts a new regime with a warm-up grace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Literal
+
+State = Literal["insufficient_data", "warming_up", "steady", "growing", "bounded_growth", "leak"]
+
+BUCKET_SECONDS = 30.0
+POINTS_PER_WIDTH = 48
+MAX_GROUPS = 12
+MIN_GROUPS = 6
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    #: Higher is more eager (more lead time, more false alerts); 1.0 is the tuned default.
+    sensitivity: float = 1.0
+    #: The shortest growth that can be called a leak, and the share of the predicted time to
+    #: OOM it must have been watched for.
+    min_leak_seconds: float = 600.0
+    watched_share_of_forecast: float = 0.12
+    #: After a start or restart, growth is warm-up for this long.
+    warmup_seconds: float = 900.0
+    #: Mann-Kendall z the group minima must reach.
+    min_trend_z: float = 3.0
+    #: A rise smaller than this share of the level is noise, whatever its trend.
+    min_rise_share: float = 0.01
+    #: Growth that would take longer than this to reach the limit is reported, not alerted on.
+    max_forecast_seconds: float = 30 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    t: float
+    state: State
+    reason: str
+    rate: float | None = None  # bytes per second of the current regime
+    seconds_to_oom: float | None = None
+    seconds_to_oom_low: float | None = None
+    seconds_to_oom_high: float | None = None
+    window_seconds: float | None = None  # how long the growth behind the verdict was watched
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An episode during which the verdict was ``leak``; the forecast is the one at its start."""
+
+    series: str
+    start: float
+    end: float | None
+    seconds_to_oom: float | None
+    seconds_to_oom_low: float | None
+    seconds_to_oom_high: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """What one candidate window says; ``evaluated_at`` lets it be reused until stale."""
+
+    seconds: float
+    evaluated_at: float
+    significant: bool
+    onset_inside: bool  # its first half is flat: the growth began inside it
+    decelerating: bool
+    steps: bool  # most of the rise came in a few jumps
+    rate: float
+    rate_low: float
+    rate_high: float
+    top: float  # the upper envelope now: what the limit is compared with
+    level: float
+    rise: float
+
+    @classmethod
+    def quiet(cls, seconds: float, now: float) -> _Window:
+        return cls(seconds, now, False, False, False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _median(values: list[float]) -> float:
+    values.sort()
+    n = len(values)
+    if n == 0:
+        return 0.0
+    mid = n // 2
+    return values[mid] if n % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+def _mann_kendall_z(ys: Sequence[float]) -> float:
+    n = len(ys)
+    s = sum((b > a) - (b < a) for a, b in combinations(ys, 2))
+    if s == 0:
+        return 0.0
+    return (s - 1 if s > 0 else s + 1) / math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+
+
+def _theil_sen(ts: Sequence[float], ys: Sequence[float]) -> float:
+    return _median(
+        [(b - a) / (tb - ta) for (ta, a), (tb, b) in combinations(zip(ts, ys, strict=True), 2)]
+    )
+
+
+class Detector:
+    def __init__(
+        self,
+        limit: float | None = None,
+        config: DetectorConfig | None = None,
+        *,
+        start_time: float | None = None,
+    ) -> None:
+        self.limit = limit
+        self.config = config or DetectorConfig()
+        # The exponential histogram, as parallel lists (slices and bisect run at C speed):
+        # each point's end time, minimum and maximum, oldest first; counts per width class.
+        self._ends: list[float] = []
+        self._lows: list[float] = []
+        self._highs: list[float] = []
+        self._counts: list[int] = [0]
+        self._bucket: list[float] | None = None  # [start, min, max]
+        self._regime_start = start_time
+        self._regime_floor = math.inf  # the lowest value since the regime began
+        self._drops: deque[float] = deque(maxlen=8)
+        self._windows: dict[int, _Window] = {}
+        self._last_t = -math.inf
+        self.verdict = Verdict(0.0, "insufficient_data", "no samples yet")
+
+    # -- samples in -----------------------------------------------------------------------
+
+    def update(self, t: float, value: float, limit: float | None = None) -> Verdict:
+        """Add one sample; returns the current verdict (re-evaluated when a bucket closes)."""
+        if limit is not None:
+            self.limit = limit
+        if t < self._last_t:
+            return self.verdict  # out of order: ignore rather than corrupt the history
+        self._last_t = t
+        bucket = self._bucket
+        if bucket is not None and t < bucket[0] + BUCKET_SECONDS:
+            if value < bucket[1]:
+                bucket[1] = value
+            elif value > bucket[2]:
+                bucket[2] = value
+            return self.verdict
+        if bucket is not None:
+            self._close_bucket(bucket, t)
+        if self._regime_start is None:
+            self._regime_start = t
+        self._bucket = [t, value, value]
+        return self.verdict
+
+    def extend(self, samples: Iterable[tuple[float, float]]) -> Verdict:
+        for t, value in samples:
+            self.update(t, value)
+        return self.verdict
+
+    # -- history --------------------------------------------------------------------------
+
+    def _close_bucket(self, bucket: list[float], now: float) -> None:
+        start, low, high = bucket
+        end = min(now, start + BUCKET_SECONDS)
+        if self._ends:
+            previous_high = self._highs[-1]
+            gap = start - self._ends[-1]
+            fell = previous_high - low
+            restarted = fell > 0.35 * previous_high or (
+                low < 0.9 * self._regime_floor and (fell > 0.2 * previous_high or gap > 120)
+            )
+            if restarted:
+                self._restart(start)
+            elif fell > max(0.02 * previous_high, 3 * (high - low)):
+                self._drops.append(start)
+        self._regime_floor = min(self._regime_floor, low)
+        self._push(end, low, high)
+        self.verdict = self._decide(end)
+
+    def _restart(self, t: float) -> None:
+        self._regime_start = t
+        self._regime_floor = math.inf
+        self._drops.clear()
+        self._windows.clear()
+
+    def _push(self, end: float, low: float, high: float) -> None:
+        ends, lows, highs, counts = self._ends, self._lows, self._highs, self._counts
+        ends.append(end)
+        lows.append(low)
+        highs.append(high)
+        counts[0] += 1
+        width = 0
+        while counts[width] > POINTS_PER_WIDTH:
+            # The oldest two points of this width sit right after all wider (older) ones;
+            # they merge into one point of the next width.
+            i = sum(counts[width + 1 :])
+            ends[i] = ends[i + 1]
+            lows[i] = min(lows[i], lows[i + 1])
+            highs[i] = max(highs[i], highs[i + 1])
+            del ends[i + 1], lows[i + 1], highs[i + 1]
+            counts[width] -= 2
+            if width + 1 == len(counts):
+                counts.append(0)
+            counts[width + 1] += 1
+            width += 1
+
+    def _sawtooth_period(self, now: float) -> float:
+        recent = [d for d in self._drops if now - d < 6 * 3600]
+        if len(recent) < 3:
+            return 0.0
+        spacings = sorted(b - a for a, b in itertools.pairwise(recent))
+        return spacings[len(spacings) // 2]
+
+    # -- windows --------------------------------------------------------------------------
+
+    def _window(self, seconds: float, now: float, period: float) -> _Window | None:
+        start = now - seconds
+        groups = min(MAX_GROUPS, int(seconds / max(period, BUCKET_SECONDS)))
+        ends, lows, highs = self._ends, self._lows, self._highs
+        first = bisect_right(ends, start)
+        if groups < MIN_GROUPS or len(ends) - first < MIN_GROUPS:
+            return None
+        span = seconds / groups
+        ts: list[float] = []
+        ys: list[float] = []
+        tops: list[float] = []
+        for g in range(groups):
+            # Points whose end falls in this group's span: found by bisect, reduced by slices.
+            last = bisect_right(ends, start + (g + 1) * span, first)
+            if last > first:
+                ts.append(start + (g + 0.5) * span)
+                ys.append(min(lows[first:last]))
+                tops.append(max(highs[first:last]))
+            first = last
+        if len(ts) < MIN_GROUPS:
+            return None
+        cfg = self.config
+        rise = ys[-1] - ys[0]
+        y_mean = sum(ys) / len(ys)
+        z = _mann_kendall_z(ys)
+        if z < cfg.min_trend_z / cfg.sensitivity or rise <= cfg.min_rise_share * max(y_mean, 1.0):
+            # No trend here: the common case, answered without the slopes.
+            return _Window.quiet(seconds, now)
+        half = len(ts) // 2
+        rate = _theil_sen(ts, ys)
+        first_rate = _theil_sen(ts[:half], ys[:half])
+        second_rate = _theil_sen(ts[half:], ys[half:])
+        rises = sorted((b - a for a, b in itertools.pairwise(ys) if b > a), reverse=True)
+        total_rise = sum(rises)
+        steps = total_rise > 0 and sum(rises[:2]) > 0.6 * total_rise and len(ys) >= MIN_GROUPS
+
+        # The spread of the minima around the robust line bounds the rate (a standard error).
+        t_mean = sum(ts) / len(ts)
+        intercept = y_mean - rate * t_mean
+        sxx = sum((x - t_mean) ** 2 for x in ts)
+        residual = sum((y - intercept - rate * x) ** 2 for x, y in zip(ts, ys, strict=True))
+        se = math.sqrt(residual / max(len(ts) - 2, 1) / sxx) if sxx > 0 else 0.0
+        # The upper envelope now: the fitted floor plus the largest recent gap above it.
+        gap = max(
+            top - (intercept + rate * x) for x, top in zip(ts[half:], tops[half:], strict=True)
+        )
+        level_now = intercept + rate * now
+        return _Window(
+            seconds=seconds,
+            evaluated_at=now,
+            significant=rate > 0,
+            onset_inside=rate > 0 and first_rate < 0.6 * second_rate,
+            decelerating=rate > 0 and second_rate < 0.5 * max(rate, first_rate),
+            steps=steps,
+            rate=rate,
+            rate_low=max(rate - 2 * se, 0.1 * rate),
+            rate_high=rate + 2 * se,
+            top=level_now + max(gap, 0.0),
+            level=level_now,
+            rise=rise,
+        )
+
+    def _candidate_lengths(self, regime: float) -> list[float]:
+        """Window lengths ending now: 10 min, 20 min, 40 min, ... and the whole regime."""
+        lengths = []
+        seconds = self.config.min_leak_seconds
+        while seconds <= regime + 1e-9:
+            lengths.append(seconds)
+            seconds *= math.sqrt(2)
+        if lengths and regime > lengths[-1] * 1.25:
+            lengths.append(regime)  # the whole regime, for the slowest leaks
+        return lengths
+
+    # -- verdicts -------------------------------------------------------------------------
+
+    def _decide(self, now: float) -> Verdict:
+        cfg = self.config
+        if self._regime_start is None or len(self._ends) < MIN_GROUPS:
+            return Verdict(now, "insufficient_data", "fewer than 3 minutes of samples")
+        since_start = now - self._regime_start
+        if since_start < cfg.warmup_seconds:
+            return Verdict(now, "warming_up", "within the warm-up grace after (re)start")
+        period = self._sawtooth_period(now)
+        best: _Window | None = None
+        bounded: _Window | None = None
+        # Windows never reach back into the warm-up: its rise is not the leak's.
+        lengths = self._candidate_lengths(since_start - cfg.warmup_seconds)
+        for index, seconds in enumerate(lengths):
+            # The last, whole-regime window grows every bucket: keyed by its rank, not length.
+            window = self._windows.get(index)
+            if window is None or now - window.evaluated_at >= window.seconds / 8:
+                window = self._window(seconds, now, period)
+                if window is None:
+                    continue
+                self._windows[index] = window
+            if not window.significant:
+                continue
+            if window.onset_inside:
+                break  # longer windows reach into the flat time before the growth began
+            if best is not None and abs(window.rate - best.rate) > 0.3 * best.rate:
+                break  # a different regime: the rate is fitted only after the change
+            if window.decelerating or window.steps:
+                bounded = bounded or window
+                continue
+            best = window
+        if best is None:
+            if bounded is not None:
+                why = "rising in a few steps" if bounded.steps else "growth is slowing down"
+                return self._verdict(now, "bounded_growth", why, bounded)
+            return Verdict(now, "steady", "no sustained growth")
+        forecast = self._forecast(best)
+        watched_enough = best.seconds >= cfg.min_leak_seconds / cfg.sensitivity
+        if forecast is not None:
+            tto = forecast[0]
+            if tto > cfg.max_forecast_seconds:
+                return self._verdict(now, "growing", "too slow to reach the limit soon", best)
+            needed = cfg.watched_share_of_forecast / cfg.sensitivity * tto
+            watched_enough = watched_enough and best.seconds >= needed
+        if not watched_enough:
+            return self._verdict(now, "growing", "steady growth, watched too briefly yet", best)
+        return self._verdict(now, "leak", "steady growth of the lower envelope", best)
+
+    def _forecast(self, window: _Window) -> tuple[float, float, float] | None:
+        if self.limit is None or window.rate <= 0:
+            return None
+        headroom = max(self.limit - window.top, 0.0)
+        return (
+            headroom / window.rate,
+            headroom / window.rate_high,
+            headroom / window.rate_low,
+        )
+
+    def _verdict(self, now: float, state: State, reason: str, window: _Window) -> Verdict:
+        forecast = self._forecast(window)
+        return Verdict(
+            now,
+            state,
+            reason,
+            rate=window.rate,
+            seconds_to_oom=forecast[0] if forecast else None,
+            seconds_to_oom_low=forecast[1] if forecast else None,
+            seconds_to_oom_high=forecast[2] if forecast else None,
+            window_seconds=window.seconds,
+        )
+
+
+def replay(
+    times: Sequence[float],
+    values: Sequence[float],
+    limit: float | None = None,
+    *,
+    series: str = "value",
+    config: DetectorConfig | None = None,
+    detector: Detector | None = None,
+) -> list[Alert]:
+    """Run one detector over a recorded series; the leak episodes, in order. Pass ``detector``
+    to read its final verdict afterwards."""
+    detector = detector or Detector(limit, config)
+    update = detector.update
+    alerts: list[Alert] = []
+    open_alert: Alert | None = None
+    last: Verdict | None = None
+    for t, v in zip(times, values, strict=True):
+        verdict = update(t, v)
+        if verdict is last:
+            continue  # unchanged between bucket closes: the common, cheap case
+        last = verdict
+        if verdict.state == "leak" and open_alert is None:
+            open_alert = Alert(
+                series,
+                verdict.t,
+                None,
+                verdict.seconds_to_oom,
+                verdict.seconds_to_oom_low,
+                verdict.seconds_to_oom_high,
+            )
+            alerts.append(open_alert)
+        elif verdict.state != "leak" and open_alert is not None:
+            alerts[-1] = Alert(
+                series,
+                open_alert.start,
+                verdict.t,
+                open_alert.seconds_to_oom,
+                open_alert.seconds_to_oom_low,
+                open_alert.seconds_to_oom_high,
+            )
+            open_alert = None
+    return alerts

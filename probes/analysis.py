@@ -1,0 +1,138 @@
+"""The detector inside the agent: one ``Detector`` per watched series, verdicts as samples.
+
+Watched: RSS, USS, malloc in use, CUDA allocated and reserved per device, NVML per-process GPU
+memory, and the top tracemalloc sites. Each is judged against the limit that will stop it: for
+host memory the headroom under the effective limit (``memory_limit_bytes`` minus its usage) is
+added to the series' own value, so RSS is forecast to meet the limit when the cgroup's usage
+does; for a GPU, the device total. Growth per request comes from the request counters.
+
+Subscribers (``on_change``) hear of every change of verdict state; the culprit search starts
+its escalation there. A failing subscriber is logged once and never reaches the host.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from diag.detect import Detector, DetectorConfig, Verdict
+from diag.model import Labels, Sample, labels_of, series_key
+from diag.retention import RetentionEstimator
+from probes.requests import RequestStats
+
+log = logging.getLogger("diag")
+
+#: Watched series -> how its limit is found: ("headroom", name) adds the host's headroom,
+#: ("total", name) reads a per-device total with the same labels.
+WATCHED: dict[str, tuple[str, str]] = {
+    "process_resident_memory_bytes": ("headroom", "memory_limit_bytes"),
+    "process_unique_memory_bytes": ("headroom", "memory_limit_bytes"),
+    "malloc_in_use_bytes": ("headroom", "memory_limit_bytes"),
+    "tracemalloc_top_bytes": ("headroom", "memory_limit_bytes"),
+    "cuda_allocated_bytes": ("total", "cuda_total_bytes"),
+    "cuda_reserved_bytes": ("total", "cuda_total_bytes"),
+    "gpu_process_used_bytes": ("total", "gpu_total_bytes"),
+}
+MAX_DETECTORS = 64
+
+VerdictListener = Callable[[str, Verdict | None, Verdict], None]
+
+
+class GrowthAnalyzer:
+    name = "detector"
+
+    def __init__(
+        self,
+        config: DetectorConfig | None = None,
+        requests: RequestStats | None = None,
+        retention_series: str = "process_resident_memory_bytes",
+    ) -> None:
+        self.config = config or DetectorConfig()
+        self._requests = requests
+        self._retention_series = retention_series
+        self._detectors: dict[str, tuple[Detector, Labels, str]] = {}
+        self._retention = RetentionEstimator()
+        self._listeners: list[VerdictListener] = []
+        self._listener_failed = False
+        self.verdicts: dict[str, Verdict] = {}
+
+    def on_change(self, listener: VerdictListener) -> None:
+        self._listeners.append(listener)
+
+    def analyze(self, t: float, samples: Sequence[Sample]) -> list[Sample]:
+        values = {(s.name, s.labels): s.value for s in samples}
+        headroom = None
+        limit = values.get(("memory_limit_bytes", ()))
+        usage = values.get(("memory_limit_usage_bytes", ()))
+        if limit is not None and usage is not None:
+            headroom = max(limit - usage, 0.0)
+        out: list[Sample] = []
+        for sample in samples:
+            rule = WATCHED.get(sample.name)
+            if rule is None:
+                continue
+            kind, limit_name = rule
+            if kind == "headroom":
+                series_limit = sample.value + headroom if headroom is not None else None
+            else:
+                series_limit = values.get((limit_name, sample.labels))
+            out.extend(self._judge(t, sample, series_limit))
+        out.extend(self._retained_per_request(t, values))
+        return out
+
+    def _judge(self, t: float, sample: Sample, limit: float | None) -> list[Sample]:
+        key = series_key(sample.name, sample.labels)
+        entry = self._detectors.get(key)
+        if entry is None:
+            if len(self._detectors) >= MAX_DETECTORS:
+                return []
+            labels = tuple(sorted((("series", sample.name), *sample.labels)))
+            entry = self._detectors[key] = (Detector(limit, self.config), labels, key)
+        detector, labels, _ = entry
+        previous = self.verdicts.get(key)
+        verdict = detector.update(t, sample.value, limit)
+        self.verdicts[key] = verdict
+        if previous is None or previous.state != verdict.state:
+            self._notify(key, previous, verdict)
+        return verdict_samples(verdict, labels)
+
+    def _retained_per_request(
+        self, t: float, values: dict[tuple[str, Labels], float]
+    ) -> list[Sample]:
+        memory = values.get((self._retention_series, ()))
+        if self._requests is None or memory is None:
+            return []
+        estimate = self._retention.update(t, memory, self._requests.totals())
+        if estimate is None:
+            return []
+        return [
+            Sample("retained_bytes_per_request", per_request, labels_of(endpoint=endpoint))
+            for endpoint, per_request in estimate.per_request.items()
+        ]
+
+    @property
+    def retention(self) -> RetentionEstimator:
+        return self._retention
+
+    def _notify(self, key: str, previous: Verdict | None, verdict: Verdict) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(key, previous, verdict)
+            except Exception:
+                if not self._listener_failed:
+                    self._listener_failed = True
+                    log.exception("diag: a verdict subscriber failed; the host is not affected")
+
+
+def verdict_samples(verdict: Verdict, labels: Labels) -> list[Sample]:
+    out = [
+        Sample("leak_suspected", 1.0 if verdict.state == "leak" else 0.0, labels),
+        Sample("growth_bytes_per_second", verdict.rate or 0.0, labels),
+    ]
+    if verdict.seconds_to_oom is not None:
+        out.append(Sample("seconds_to_oom", verdict.seconds_to_oom, labels))
+    if verdict.seconds_to_oom_low is not None:
+        out.append(Sample("seconds_to_oom_low", verdict.seconds_to_oom_low, labels))
+    if verdict.seconds_to_oom_high is not None:
+        out.append(Sample("seconds_to_oom_high", verdict.seconds_to_oom_high, labels))
+    return out

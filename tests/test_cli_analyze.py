@@ -1,0 +1,71 @@
+import json
+import math
+import random
+
+from click.testing import CliRunner
+
+from diag.cli import main
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def _write(path, shape, hours=6, step=5):
+    rng = random.Random(3)
+    lines = ["t,value"]
+    for i in range(int(hours * 3600 / step)):
+        t = 1_700_000_000 + i * step  # epoch seconds: times stay on the input's clock
+        lines.append(f"{t},{shape(i * step) + rng.gauss(0, 2 * MiB):.0f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_json_lines_one_per_input_with_alert_episodes(tmp_path):
+    leak = _write(tmp_path / "rss.csv", lambda t: GiB + max(t - 3600, 0) * 0.1 * MiB)
+    flat = _write(tmp_path / "flat.csv", lambda t: GiB + 0.1 * GiB * math.sin(t / 900))
+    result = CliRunner().invoke(
+        main, ["analyze", str(leak), str(flat), "--limit", "4GiB", "--json"]
+    )
+    assert result.exit_code == 1  # a leak was found: a finding to act on
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["file"] == str(leak) and second["file"] == str(flat)
+    (alert,) = first["alerts"]
+    assert set(alert) == {
+        "start", "end", "series", "seconds_to_oom", "seconds_to_oom_low", "seconds_to_oom_high"
+    }  # fmt: skip
+    assert alert["series"] == "rss"
+    assert alert["end"] is None
+    assert 1_700_000_000 + 3600 < alert["start"] < 1_700_000_000 + 3 * 3600
+    assert alert["seconds_to_oom_low"] <= alert["seconds_to_oom"] <= alert["seconds_to_oom_high"]
+    assert second["alerts"] == []
+    assert first["final"]["state"] == "leak"
+
+
+def test_readable_summary_and_exit_0_without_leaks(tmp_path):
+    flat = _write(tmp_path / "flat.csv", lambda t: GiB)
+    result = CliRunner().invoke(main, ["analyze", str(flat)])
+    assert result.exit_code == 0
+    assert "no leak" in result.stdout
+    assert "final verdict: steady" in result.stdout
+
+
+def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
+    good = _write(tmp_path / "flat.csv", lambda t: GiB, hours=1)
+    no_header = tmp_path / "no_header.csv"
+    no_header.write_text("1,2\n")
+    bad_row = tmp_path / "bad_row.csv"
+    bad_row.write_text("t,value\n1,2\n2,lots\n")
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["analyze", str(no_header), str(bad_row), str(tmp_path / "missing.csv"), str(good)]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"diag: {no_header}: expected a header 't,value' (seconds, bytes), found '1,2'",
+        f"diag: {bad_row}:3: not two numbers: '2,lots'",
+        f"diag: {tmp_path / 'missing.csv'}: cannot read: No such file or directory",
+    ]
+    assert "flat.csv" in result.stdout  # the good input was still analysed
+    result = runner.invoke(main, ["analyze", str(good), "--limit", "lots"])
+    assert result.exit_code == 2
+    assert "not a size: 'lots'" in result.stderr

@@ -1,0 +1,167 @@
+"""The growth detector on scripted series, one per family it must stay quiet on or catch.
+
+Time comes from the samples (no clock at all); each series is generated with a seeded RNG.
+"""
+
+import math
+import random
+
+import pytest
+
+from diag.detect import Detector, replay
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+LIMIT = 4 * GiB
+
+
+def series(shape, hours, step=5.0, noise=2 * MiB, seed=1, gaps=()):
+    rng = random.Random(seed)
+    times, values = [], []
+    t = 0.0
+    while t < hours * 3600:
+        if not any(a <= t < b for a, b in gaps):
+            times.append(t)
+            values.append(shape(t) + rng.gauss(0, noise))
+        t += step
+    return times, values
+
+
+def until_oom(shape, limit=LIMIT, **kwargs):
+    """The series up to the first sample at the limit: the OOM kill."""
+    times, values = series(shape, **kwargs)
+    for i, v in enumerate(values):
+        if v >= limit:
+            return times[: i + 1], values[: i + 1]
+    raise AssertionError("the scripted leak never reached the limit")
+
+
+def sawtooth(t, period, amplitude):
+    return amplitude * ((t % period) / period)
+
+
+# -- quiet families ----------------------------------------------------------------------------
+
+QUIET = {
+    "flat": lambda t: 1 * GiB,
+    "warm-up then plateau": lambda t: 1 * GiB + 0.8 * GiB * (1 - math.exp(-t / 600)),
+    "gc sawtooth": lambda t: 1 * GiB + sawtooth(t, 240, 0.15 * GiB),
+    "arena sawtooth, 20 min": lambda t: 1 * GiB + sawtooth(t, 1200, 0.1 * GiB),
+    "cache filling to its bound": lambda t: 1 * GiB + 0.5 * GiB * (1 - math.exp(-t / 1200)),
+    "allocator steps": lambda t: (
+        1 * GiB + 0.3 * GiB * sum(t > s for s in (1800, 5400, 14400, 36000))
+    ),
+    "load bursts with residue": lambda t: (
+        1 * GiB
+        + sum(
+            0.6 * GiB if s <= t < s + 1500 else 0.03 * GiB if t >= s + 1500 else 0
+            for s in (7200, 25200, 43200)
+        )
+    ),
+    "restarts with warm-ups": lambda t: 0.3 * GiB + 0.8 * GiB * (1 - math.exp(-(t % 21600) / 900)),
+}
+
+
+@pytest.mark.parametrize("name", list(QUIET))
+def test_stays_quiet(name):
+    times, values = series(QUIET[name], hours=18)
+    assert replay(times, values, LIMIT) == []
+
+
+def test_gaps_in_the_samples_are_not_growth():
+    times, values = series(QUIET["flat"], hours=12, gaps=[(3600, 5400), (20000, 20900)])
+    assert replay(times, values, LIMIT) == []
+
+
+# -- leaks -------------------------------------------------------------------------------------
+
+
+def _leak(rate, onset):
+    return lambda t: 0.0 if t < onset else (t - onset) * rate
+
+
+LEAKS = {
+    "linear": (lambda t: 1 * GiB + _leak(0.1 * MiB, 3600)(t), 3600),
+    "staircase per request": (
+        lambda t: 1 * GiB + 2 * MiB * math.floor(max(t - 5400, 0) / 30),
+        5400,
+    ),
+    "slow, takes days": (lambda t: 1 * GiB + _leak(3 * GiB / (2.5 * 86400), 7200)(t), 7200),
+    "under a sawtooth": (
+        lambda t: 1 * GiB + sawtooth(t, 180, 0.12 * GiB) + _leak(0.08 * MiB, 3600)(t),
+        3600,
+    ),
+    "under allocator steps": (
+        lambda t: (
+            1 * GiB + 0.2 * GiB * sum(t > s for s in (1200, 4000)) + _leak(0.1 * MiB, 7200)(t)
+        ),
+        7200,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LEAKS))
+def test_catches_the_leak_early_with_a_good_forecast(name):
+    shape, onset = LEAKS[name]
+    step = 60.0 if name.startswith("slow") else 5.0
+    times, values = until_oom(shape, hours=24 * 5, step=step)
+    t_oom = times[-1]
+    alerts = replay(times, values, LIMIT)
+    assert alerts, "the leak was missed"
+    first = alerts[0]
+    assert first.start >= onset, "alerted before the leak began"
+    lead = (t_oom - first.start) / (t_oom - onset)
+    assert lead >= 0.8, f"lead fraction {lead:.2f}"
+    actual = t_oom - first.start
+    assert abs(math.log2(first.seconds_to_oom / actual)) <= 0.35
+    assert first.seconds_to_oom_low <= first.seconds_to_oom <= first.seconds_to_oom_high
+
+
+def test_verdict_states_and_reasons():
+    detector = Detector(LIMIT)
+    times, values = series(LEAKS["linear"][0], hours=4)
+    states = []
+    for t, v in zip(times, values, strict=True):
+        verdict = detector.update(t, v)
+        if not states or states[-1] != verdict.state:
+            states.append(verdict.state)
+    assert states[:2] == ["insufficient_data", "warming_up"]
+    assert "steady" in states
+    assert states[-1] == "leak"
+    assert detector.verdict.reason == "steady growth of the lower envelope"
+    assert detector.verdict.rate == pytest.approx(0.1 * MiB, rel=0.05)
+
+
+def test_bounded_growth_is_named():
+    detector = Detector(LIMIT)
+    times, values = series(QUIET["cache filling to its bound"], hours=2)
+    seen = {detector.update(t, v).state for t, v in zip(times, values, strict=True)}
+    assert "leak" not in seen
+    assert "bounded_growth" in seen or "growing" in seen
+
+
+def test_without_a_limit_it_still_calls_the_leak_but_forecasts_nothing():
+    times, values = series(LEAKS["linear"][0], hours=6)
+    alerts = replay(times, values, None)
+    assert alerts and alerts[0].seconds_to_oom is None
+
+
+def test_causal_verdicts_do_not_change_when_the_future_is_cut_off():
+    shape, _ = LEAKS["under a sawtooth"]
+    times, values = series(shape, hours=8)
+    full = Detector(LIMIT)
+    verdict_at = {}
+    for t, v in zip(times, values, strict=True):
+        verdict_at[t] = full.update(t, v)
+    for cut in (900, 2000, 3000, 4000, 4500, 5000, len(times) - 1):
+        truncated = Detector(LIMIT)
+        for t, v in zip(times[: cut + 1], values[: cut + 1], strict=True):
+            last = truncated.update(t, v)
+        assert last == verdict_at[times[cut]], cut
+
+
+def test_out_of_order_samples_are_ignored():
+    detector = Detector(LIMIT)
+    detector.update(100.0, 1.0 * GiB)
+    before = detector.verdict
+    assert detector.update(50.0, 9.0 * GiB) is before
