@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -98,6 +99,10 @@ class Agent:
         self._server: Any = None
         self._worker_dir: str | None = None
         self._publisher: WorkerPublisher | None = None
+        # Held while reading the worker directory, and across fork: a child forked while the
+        # reader holds a dead slot's lock would inherit that lock and keep the slot forever.
+        self._workers_lock = threading.Lock()
+        self._workers_lock_held_for_fork = False
         self._started = False
         for problem in self.settings.problems:
             log.warning("diag: %s", problem)
@@ -155,7 +160,9 @@ class Agent:
         if latest is not None:
             yield (), latest.samples
         if self.role == "server" and self._worker_dir is not None:
-            yield from read_workers(self._worker_dir)
+            with self._workers_lock:
+                workers = read_workers(self._worker_dir)
+            yield from workers
 
     def metrics_text(self) -> str:
         return prometheus_client.generate_latest(self.registry).decode()
@@ -206,7 +213,8 @@ class Agent:
 
     def _become_worker(self, directory: str) -> None:
         try:
-            self._publisher = WorkerPublisher(directory)
+            with self._workers_lock:  # no fork while we hold the claim lock
+                self._publisher = WorkerPublisher(directory)
         except (OSError, RuntimeError) as exc:
             log.error("diag: cannot join the worker directory %s: %s", directory, exc)
             return
@@ -224,12 +232,18 @@ class Agent:
     # -- fork ----------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
+        self._workers_lock_held_for_fork = self._workers_lock.acquire(timeout=1.0)
         self.sampler.before_fork()
 
     def _after_fork_in_parent(self) -> None:
         self.sampler.after_fork_in_parent()
+        if self._workers_lock_held_for_fork:
+            self._workers_lock_held_for_fork = False
+            self._workers_lock.release()
 
     def _after_fork_in_child(self) -> None:
+        self._workers_lock = threading.Lock()
+        self._workers_lock_held_for_fork = False
         self.sampler.after_fork_in_child()
         if self._server is not None:
             # The serving thread is the parent's; only our copy of its socket came along.

@@ -217,7 +217,7 @@ class LimitsProbe:
         return out
 
     def reset_after_fork(self) -> None:
-        self._located = False
+        self.close()  # our copies of the parent's descriptors: _locate() opens our own
 
     def close(self) -> None:
         self._meminfo.close()

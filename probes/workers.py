@@ -37,6 +37,10 @@ def _data_path(directory: str, slot: int) -> str:
     return os.path.join(directory, f"slot-{slot}.json")
 
 
+def _claim_path(directory: str) -> str:
+    return os.path.join(directory, "claim.lock")
+
+
 def _try_lock(path: str) -> int | None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -52,11 +56,18 @@ class WorkerPublisher:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        for slot in range(MAX_SLOTS):
-            fd = _try_lock(_lock_path(directory, slot))
-            if fd is not None:
-                self.slot, self._fd = slot, fd
-                return
+        # Claim under the directory's claim lock: the master's sweep takes it too before it
+        # try-locks a slot, so a free slot is never seen as taken while the master probes it.
+        claim = os.open(_claim_path(directory), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX)  # held for a scan of open+flock calls only
+            for slot in range(MAX_SLOTS):
+                fd = _try_lock(_lock_path(directory, slot))
+                if fd is not None:
+                    self.slot, self._fd = slot, fd
+                    return
+        finally:
+            os.close(claim)
         raise RuntimeError(f"no free worker slot in {directory}")
 
     def publish(self, tick: Tick) -> None:
@@ -88,27 +99,45 @@ def read_workers(directory: str) -> list[tuple[Labels, Sequence[Sample]]]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return out
-    for name in sorted(names):
-        if not (name.startswith("slot-") and name.endswith(".json")):
-            continue
-        slot = int(name[len("slot-") : -len(".json")])
-        probe_fd = _try_lock(_lock_path(directory, slot))
-        if probe_fd is not None:  # nobody holds the slot: that worker is gone
+    # Probing a slot's lock would make a worker claiming slots right now skip that slot: probe
+    # only while holding the claim lock. When a worker holds it, read without probing (a dead
+    # worker's last samples may show once more; the next scrape sweeps them).
+    try:
+        claim = _try_lock(_claim_path(directory))
+    except FileNotFoundError:
+        return out
+    try:
+        for name in sorted(names):
+            if not (name.startswith("slot-") and name.endswith(".json")):
+                continue
+            slot = int(name[len("slot-") : -len(".json")])
+            if claim is not None and _sweep_if_free(directory, slot):
+                continue
             try:
-                os.unlink(_data_path(directory, slot))
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(probe_fd)
-            continue
-        try:
-            with open(_data_path(directory, slot), encoding="utf-8") as f:
-                document = json.load(f)
-        except (FileNotFoundError, ValueError):
-            continue
-        samples = [
-            Sample(name, float(value), tuple((k, v) for k, v in labels))
-            for name, value, labels in document["samples"]
-        ]
-        out.append(((("worker", str(slot)),), samples))
+                with open(_data_path(directory, slot), encoding="utf-8") as f:
+                    document = json.load(f)
+            except (FileNotFoundError, ValueError):
+                continue
+            samples = [
+                Sample(name, float(value), tuple((k, v) for k, v in labels))
+                for name, value, labels in document["samples"]
+            ]
+            out.append(((("worker", str(slot)),), samples))
+    finally:
+        if claim is not None:
+            os.close(claim)
     return out
+
+
+def _sweep_if_free(directory: str, slot: int) -> bool:
+    """True when nobody holds the slot (its worker is gone): its file is removed."""
+    probe_fd = _try_lock(_lock_path(directory, slot))
+    if probe_fd is None:
+        return False
+    try:
+        os.unlink(_data_path(directory, slot))
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(probe_fd)
+    return True

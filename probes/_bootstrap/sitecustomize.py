@@ -22,7 +22,21 @@ def _chain_to_shadowed_sitecustomize() -> None:
         sys.path[:] = saved
 
 
+def _is_multiprocessing_helper() -> bool:
+    """multiprocessing's resource tracker: a helper process started with our environment
+    (``python -c "from multiprocessing.resource_tracker import main; main(fd)"``) that never
+    runs the program's code. An agent there would join a server as one more worker."""
+    argv = getattr(sys, "orig_argv", [])
+    try:
+        code = argv[argv.index("-c") + 1]
+    except (ValueError, IndexError):
+        return False
+    return "multiprocessing.resource_tracker" in code
+
+
 def _start_agent() -> None:
+    if _is_multiprocessing_helper():
+        return
     try:
         import probes
     except ImportError as exc:
