@@ -37,6 +37,7 @@ from probes.workers import (
     ENV_SERVER_PID,
     WorkerPublisher,
     create_worker_directory,
+    pid_alive,
     read_workers,
 )
 
@@ -56,16 +57,6 @@ def default_probes(settings: Settings) -> list[Probe]:
             start=settings.trace, frames=settings.trace_frames, top=settings.top_sites
         ),
     ]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Agent:
@@ -207,7 +198,7 @@ class Agent:
             server_pid = int(self._environ.get(ENV_SERVER_PID, ""))
         except ValueError:
             return None
-        if not directory or server_pid == os.getpid() or not _pid_alive(server_pid):
+        if not directory or server_pid == os.getpid() or not pid_alive(server_pid):
             return None
         return directory if os.path.isdir(directory) else None
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 
@@ -26,7 +28,36 @@ MAX_SLOTS = 1024
 
 
 def create_worker_directory() -> str:
+    _remove_orphaned_directories(tempfile.gettempdir())
     return tempfile.mkdtemp(prefix=f"diag-workers-{os.getpid()}-")
+
+
+def _remove_orphaned_directories(parent: str) -> None:
+    """A master killed by SIGKILL leaves its directory behind: remove ours whose pid is gone."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = re.fullmatch(r"diag-workers-(\d+)-\w+", name)
+        path = os.path.join(parent, name)
+        if match is None or pid_alive(int(match.group(1))):
+            continue
+        try:
+            if os.stat(path).st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _lock_path(directory: str, slot: int) -> str:

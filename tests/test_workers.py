@@ -470,3 +470,23 @@ def test_uvicorn_spawned_workers_are_the_only_slot_holders(tmp_path):
         master.send_signal(signal.SIGTERM)
         assert master.wait(20) == 0
         assert not directory.exists(), "the master left its worker directory behind"
+
+
+def test_directories_of_dead_masters_are_removed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from probes import workers
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    orphan = tmp_path / f"diag-workers-{dead.stdout.strip()}-abc123"
+    orphan.mkdir()
+    (orphan / "slot-0.json").write_text("{}")
+    live = tmp_path / f"diag-workers-{os.getpid()}-def456"
+    live.mkdir()
+    monkeypatch.setattr(workers.tempfile, "tempdir", str(tmp_path))
+    created = workers.create_worker_directory()
+    assert not orphan.exists()
+    assert live.exists()
+    assert os.path.dirname(created) == str(tmp_path)
