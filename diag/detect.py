@@ -175,6 +175,7 @@ class Detector:
             self._close_bucket(bucket, t)
         if self._regime_start is None:
             self._regime_start = t
+            self.verdict = Verdict(t, "insufficient_data", "fewer than 3 minutes of samples")
         self._bucket = [t, value, value]
         return self.verdict
 

@@ -153,6 +153,10 @@ CATALOG: tuple[MetricSpec, ...] = (
         "Memory retained per request of the endpoint (growth that follows load).",
         "detector",
     ),
+    # the history
+    _c("history_written_bytes_total", "history", "Bytes of history handed to the kernel."),
+    _c("history_write_errors_total", "history", "History writes that failed (disk full...)."),
+    _g("history_disk_full", "history", "1 while history writes fail; sampling goes on."),
     # the agent itself
     _g("probe_duration_seconds", "agent", "Duration of the probe's last pass.", "probe"),
     _c(

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import prometheus_client
 
-from diag.model import Clock
+from diag.history import default_root
+from diag.model import Clock, Sample
 from diag.series import SeriesStore
 from diag.settings import Settings
 from probes.analysis import GrowthAnalyzer, VerdictListener
@@ -29,6 +30,7 @@ from probes.exposition import Source, TickCollector, make_registry
 from probes.heap import HeapProbe
 from probes.limits import LimitsProbe
 from probes.process import ProcessProbe
+from probes.recorder import HistoryRecorder
 from probes.requests import RequestsProbe, RequestStats, default_stats
 from probes.sampler import Sampler
 from probes.tracing import TracemallocProbe
@@ -73,9 +75,13 @@ class Agent:
         self._environ = environ
         self.requests = requests or default_stats()
         self.analyzer = GrowthAnalyzer(requests=self.requests)
+        self.recorder = self._make_recorder(clock)
         chosen = list(probes) if probes is not None else default_probes(self.settings)
         if not any(p.name == "requests" for p in chosen):
             chosen.append(RequestsProbe(self.requests))  # the agent's own request counters
+        if self.recorder is not None:
+            chosen.append(_HistoryProbe(self.recorder))
+            self.analyzer.on_change(self.recorder.record_verdict)
         self.sampler = Sampler(
             chosen,
             interval=self.settings.interval,
@@ -83,6 +89,8 @@ class Agent:
             store=SeriesStore(self.settings.series_capacity, self.settings.max_series),
             analyzers=[self.analyzer],
         )
+        if self.recorder is not None:
+            self.sampler.add_listener(self.recorder.record_tick)
         self.registry = make_registry(TickCollector(self._sources, self.settings.namespace))
         self.role: Role = "standalone"
         self.port: int | None = None
@@ -98,6 +106,12 @@ class Agent:
         for problem in self.settings.problems:
             log.warning("diag: %s", problem)
 
+    def _make_recorder(self, clock: Clock) -> HistoryRecorder | None:
+        root = self.settings.history or default_root(self._environ)
+        if root == "off":
+            return None
+        return HistoryRecorder(root, self.settings, clock)
+
     # -- life cycle ----------------------------------------------------------------------
 
     @property
@@ -109,6 +123,7 @@ class Agent:
             return self
         self._started = True
         _RUNNING.add(self)
+        self._start_history()
         if self.settings.port is not None:
             worker_dir = self._server_directory_of_parent()
             if worker_dir is not None:
@@ -125,6 +140,11 @@ class Agent:
         _RUNNING.discard(self)
         self.sampler.close()
         self.sampler.remove_listener(self._publish)
+        if self.recorder is not None:
+            try:
+                self.recorder.stop("exit" if at_exit else "stop")
+            except OSError as exc:
+                log.warning("diag: the history's stop record was not written: %s", exc)
         if self._server is not None:
             if not at_exit:  # shutdown() waits up to 0.5 s for the serving loop to notice
                 self._server.shutdown()
@@ -139,6 +159,17 @@ class Agent:
                 self._environ.pop(ENV_SERVER_PID, None)
             shutil.rmtree(self._worker_dir, ignore_errors=True)
             self._worker_dir = None
+
+    def _start_history(self) -> None:
+        recorder = self.recorder
+        if recorder is None:
+            return
+        try:
+            recorder.start()
+        except OSError as exc:
+            log.warning("diag: no history in %s: %s; sampling goes on", recorder.root, exc)
+            self.recorder = None
+            return
 
     def on_verdict_change(self, listener: VerdictListener) -> None:
         """Call ``listener(series, previous, verdict)`` whenever a series' verdict changes."""
@@ -236,6 +267,10 @@ class Agent:
         self._workers_lock = threading.Lock()
         self._workers_lock_held_for_fork = False
         self.sampler.after_fork_in_child()
+        if self.recorder is not None:
+            # The parent's run is the parent's: the child records a run of its own.
+            self.recorder.abandon()
+            self._start_history()
         if self._server is not None:
             # The serving thread is the parent's; only our copy of its socket came along.
             self._server.socket.close()
@@ -251,6 +286,18 @@ class Agent:
         if parent_dir:
             self._become_worker(parent_dir)
         self.sampler.start()
+
+
+class _HistoryProbe:
+    """The history writer's own health: bytes written, write errors, disk full."""
+
+    name = "history"
+
+    def __init__(self, recorder: HistoryRecorder) -> None:
+        self._recorder = recorder
+
+    def sample(self) -> list[Sample]:
+        return self._recorder.samples()
 
 
 _RUNNING: weakref.WeakSet[Agent] = weakref.WeakSet()

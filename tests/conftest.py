@@ -62,3 +62,9 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _history_in_tmp(tmp_path_factory, monkeypatch):
+    """Agents record a history by default; in tests it goes to a temporary directory."""
+    monkeypatch.setenv("DIAG_HISTORY", str(tmp_path_factory.mktemp("history")))

@@ -7,7 +7,10 @@ from probes.agent import Agent, default_probes
 from probes.cuda import CudaProbe
 
 # Base units, counts and 0/1 flags: every name says what its number is.
-UNITS = ("bytes", "seconds", "total", "objects", "blocks", "enabled", "info", "series", "suspected")
+UNITS = (
+    *("bytes", "seconds", "total", "objects", "blocks", "info", "series"),
+    *("enabled", "suspected", "full"),
+)
 
 
 def test_names_follow_prometheus_conventions():

@@ -13,13 +13,13 @@ def _values(probe):
 def test_gc_and_python_allocator_readings():
     probe = HeapProbe(cadence=Cadence(0.0, budget=1.0))
     before = _values(probe)
-    junk = [[i] for i in range(50_000)]  # lists are always gc-tracked (small dicts may not be)
+    junk = [[i] for i in range(100_000)]  # lists are always gc-tracked (small dicts may not be)
     gc.collect()  # moves them to the oldest generation
     after = _values(probe)
     tracked = ("gc_tracked_objects", (("generation", "2"),))
-    assert after[tracked] - before[tracked] >= 50_000
+    assert after[tracked] - before[tracked] >= 90_000  # less what gc.collect() freed
     blocks = ("python_allocated_blocks", ())
-    assert after[blocks] - before[blocks] >= 50_000
+    assert after[blocks] - before[blocks] >= 90_000
     collections = ("gc_collections_total", (("generation", "2"),))
     assert after[collections] >= before[collections] + 1
     del junk

@@ -270,7 +270,11 @@ def test_every_probe_exposition_passes_promtool_and_is_catalogued():
     (rss,) = rows(families, "process_resident_memory_bytes")
     assert rss.value > MiB
     enabled = {s.labels["probe"]: s.value for s in rows(families, "probe_enabled")}
-    assert enabled == {p.name: 1.0 for p in probes} | {"detector": 1.0, "requests": 1.0}
+    assert enabled == {p.name: 1.0 for p in probes} | {
+        "detector": 1.0,
+        "requests": 1.0,
+        "history": 1.0,
+    }
     (last_tick,) = rows(families, "last_tick_timestamp_seconds")
     assert last_tick.value == clock.now
 

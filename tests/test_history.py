@@ -1,0 +1,256 @@
+"""The crash-safe history: round trips, every possible cut, damage, a live reader, a full disk,
+the size bound, and a real process SIGKILLed mid-run."""
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from diag import history as h
+from diag.model import Sample
+from tests.conftest import child_env
+
+
+def _samples(i):
+    return [
+        Sample("process_resident_memory_bytes", 1e9 + i * 1000.0),
+        Sample("cuda_allocated_bytes", float(i), (("device", "0"),)),
+    ]
+
+
+def _write_run(run_dir, ticks=50, **kwargs):
+    writer = h.HistoryWriter(str(run_dir), flush_seconds=0.0, **kwargs)
+    writer.write_event("start", 0.0, pid=42, command=["python", "app.py"])
+    for i in range(ticks):
+        writer.write_samples(float(i), _samples(i))
+    return writer
+
+
+def test_round_trip(tmp_path):
+    writer = _write_run(tmp_path / "run")
+    writer.write_event("stop", 50.0, reason="stop")
+    writer.close()
+    run = h.read_run(str(tmp_path / "run"))
+    assert run.problems == []
+    assert run.ticks == 50
+    rss = run.get("process_resident_memory_bytes")
+    assert list(rss.times) == [float(i) for i in range(50)]
+    assert rss.values[-1] == 1e9 + 49000.0
+    assert list(run.get("cuda_allocated_bytes", device="0").values) == [float(i) for i in range(50)]
+    assert [e["kind"] for e in run.events] == ["start", "stop"]
+    assert run.events[0]["command"] == ["python", "app.py"]
+    assert (run.first_sample, run.last_sample) == (0.0, 49.0)
+
+
+def test_every_cut_in_the_last_records_recovers_all_before_it(tmp_path):
+    _write_run(tmp_path / "full", ticks=20).close()
+    (segment,) = [p for _, p in h._segments(str(tmp_path / "full"))]
+    data = Path(segment).read_bytes()
+    ends = _record_ends(data)
+    cut_dir = tmp_path / "cut"
+    cut_dir.mkdir()
+    for cut in range(ends[-4], len(data) + 1):  # every byte of the last three records
+        (cut_dir / "seg-000001.dh").write_bytes(data[:cut])
+        run = h.read_run(str(cut_dir))  # never raises
+        complete = sum(1 for end in ends if end <= cut)
+        expected_ticks = complete - 3  # the start event and two series definitions
+        assert run.ticks == expected_ticks, cut
+        if cut in ends:
+            assert run.problems == [], cut
+        else:
+            assert len(run.problems) == 1 and "cut short" in run.problems[0], (cut, run.problems)
+
+
+def _record_ends(data):
+    ends, offset = [], h.FILE_HEADER.size
+    while offset < len(data):
+        _, _, length, _ = h.RECORD_HEADER.unpack_from(data, offset)
+        offset += h.RECORD_HEADER.size + length
+        ends.append(offset)
+    return ends
+
+
+def test_damage_in_the_middle_is_skipped_and_reported(tmp_path):
+    _write_run(tmp_path / "run", ticks=30).close()
+    (segment,) = [p for _, p in h._segments(str(tmp_path / "run"))]
+    data = bytearray(Path(segment).read_bytes())
+    ends = _record_ends(bytes(data))
+    start = ends[10]
+    data[start + 14 : start + 18] = b"\xff\xff\xff\xff"  # inside a tick's payload
+    Path(segment).write_bytes(bytes(data))
+    run = h.read_run(str(tmp_path / "run"))
+    assert run.ticks == 29  # one damaged tick lost, everything after it recovered
+    assert len(run.problems) == 1
+    assert f"damaged bytes skipped at offset {start}" in run.problems[0]
+
+
+def test_not_a_history_and_a_newer_format_say_so(tmp_path):
+    (tmp_path / "seg-000001.dh").write_bytes(b"hello world, not a history at all")
+    assert h.read_run(str(tmp_path)).problems == [
+        f"{tmp_path}/seg-000001.dh: not a diag history segment"
+    ]
+    (tmp_path / "seg-000001.dh").write_bytes(h.FILE_HEADER.pack(h.FILE_MAGIC, 99))
+    (problem,) = h.read_run(str(tmp_path)).problems
+    assert "written by a newer diag (format 99, this reads 1): upgrade" in problem
+
+
+WRITER = """
+import sys, time
+from diag.history import HistoryWriter
+from diag.model import Sample
+w = HistoryWriter(sys.argv[1], flush_seconds=0.0, segment_bytes=4096)
+for i in range(3000):
+    w.write_samples(float(i), [Sample("process_resident_memory_bytes", float(i))])
+    if i % 100 == 0:
+        time.sleep(0.001)
+w.close()
+"""
+
+
+def test_a_reader_while_the_writer_writes(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=child_env())
+    reads = 0
+    seen = -1
+    while proc.poll() is None or reads == 0:
+        run = h.read_run(str(tmp_path))
+        series = run.get("process_resident_memory_bytes")
+        values = list(series.values) if series else []
+        # A prefix of what is being written: in order, no gaps, at most one cut record.
+        assert values == [float(i) for i in range(len(values))]
+        assert all(
+            "cut short" in p or "no history segments" in p or "shorter than a header" in p
+            for p in run.problems
+        ), run.problems
+        seen = max(seen, len(values))
+        reads += 1
+    assert proc.wait() == 0
+    final = h.read_run(str(tmp_path))
+    assert len(final.get("process_resident_memory_bytes").values) == 3000
+    assert final.problems == []
+    assert reads > 1
+
+
+def test_a_full_disk_is_said_once_and_nothing_is_lost_when_space_returns(
+    tmp_path, monkeypatch, caplog
+):
+    writer = h.HistoryWriter(str(tmp_path / "run"), flush_seconds=0.0)
+    real_write = os.write
+    full = {"on": False}
+
+    def write(fd, data):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(h.os, "write", write)
+    with caplog.at_level(logging.WARNING, logger="diag"):
+        for i in range(10):
+            writer.write_samples(float(i), _samples(i))
+        full["on"] = True
+        for i in range(10, 60):
+            writer.write_samples(float(i), _samples(i))  # never raises
+        assert writer.stats.disk_full and writer.stats.write_errors == 50
+        full["on"] = False
+        writer.write_samples(60.0, _samples(60))
+    writer.close()
+    assert not writer.stats.disk_full
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "the disk is full; sampling goes on" in messages[0]
+    assert "resumed" in messages[1]
+    rss = h.read_run(str(tmp_path / "run")).get("process_resident_memory_bytes")
+    assert list(rss.times) == [float(i) for i in range(61)]
+
+
+def test_a_real_full_tmpfs(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                            capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:
+        message = f"cannot mount a tmpfs here ({result.stderr.strip()}); needs root"
+        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        writer = h.HistoryWriter(str(mount / "run"), flush_seconds=0.0, max_buffer=64 * 1024)
+        for i in range(5000):  # ~190 kB of ticks into 64 kB
+            writer.write_samples(float(i), _samples(i))
+        assert writer.stats.disk_full
+        assert writer.stats.dropped_bytes > 0  # bounded memory: the oldest buffered went
+        run = h.read_run(str(mount / "run"))
+        assert run.ticks > 100
+        assert all("cut short" in p for p in run.problems)
+        writer.close()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_rotation_and_summaries_keep_the_run_bounded(tmp_path):
+    writer = h.HistoryWriter(
+        str(tmp_path), flush_seconds=0.0, segment_bytes=16_000, raw_budget=40_000,
+        summary_budget=30_000,
+    )  # fmt: skip
+    for i in range(20_000):  # 20,000 s of 1 s ticks
+        writer.write_samples(float(i), _samples(i))
+    writer.close()
+    sizes = [os.path.getsize(p) for _, p in h._segments(str(tmp_path))]
+    assert sum(sizes) <= 40_000 + 30_000 + 16_000 + 2_000
+    run = h.read_run(str(tmp_path))
+    assert run.problems == []
+    rss = run.get("process_resident_memory_bytes")
+    assert list(rss.times) == sorted(rss.times)
+    # The newest detail is whole; the oldest kept is per-minute, with its range.
+    assert rss.times[-1] == 19_999.0
+    assert rss.times[-2] == 19_998.0
+    summary_points = [i for i in range(len(rss.times)) if rss.lows[i] != rss.highs[i]]
+    assert summary_points, "older data was summarised"
+    ranges = [rss.highs[i] - rss.lows[i] for i in summary_points]
+    assert max(ranges) == pytest.approx(59 * 1000.0)  # a whole minute of 1 s samples
+
+
+AGENT = """
+import threading, probes
+a = probes.start(interval=0.1)
+ready = threading.Event()
+a.sampler.add_listener(lambda t: a.sampler.ticks >= 20 and ready.set())
+ready.wait(30)
+print("ready", flush=True)
+hold = []
+while True:
+    hold.append(bytearray(1 << 20))  # leak 1 MiB
+    threading.Event().wait(0.01)
+"""
+
+
+def test_sigkill_loses_at_most_the_last_second(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AGENT], stdout=subprocess.PIPE, text=True,
+        env=child_env(DIAG_HISTORY=str(tmp_path)),
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(1.5)  # let it leak for a while: the point is to kill it mid-run
+        proc.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    run_dir = h.latest_run(str(tmp_path))
+    assert run_dir is not None and run_dir.endswith(f"-{proc.pid}")
+    run = h.read_run(run_dir)
+    assert killed_at - run.last_sample <= 1.0
+    kinds = [e["kind"] for e in run.events]
+    assert kinds[0] == "start" and "stop" not in kinds  # no stop record: it was killed
+    assert all("cut short" in p for p in run.problems)
+    rss = run.get("process_resident_memory_bytes")
+    assert rss.values[-1] > rss.values[0] + 50 * 2**20
