@@ -54,6 +54,9 @@ class DetectorConfig:
     watched_share_of_forecast: float = 0.12
     #: After a start or restart, growth is warm-up for this long.
     warmup_seconds: float = 900.0
+    #: Until a process is this old, a leak must have been watched at least this long.
+    young_seconds: float = 5400.0
+    young_min_leak_seconds: float = 1800.0
     #: Mann-Kendall z the group minima must reach.
     min_trend_z: float = 3.0
     #: A rise smaller than this share of the level is noise, whatever its trend.
@@ -125,6 +128,37 @@ def _mann_kendall_z(ys: Sequence[float]) -> float:
     return (s - 1 if s > 0 else s + 1) / math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
 
 
+def _ratchet(ys: Sequence[float]) -> bool:
+    """Growth concentrated in a few jumps that come ever more rarely: an allocator's reserved
+    memory meeting new peaks, a burst's residue. A per-request staircase rises in many steps,
+    or in a few evenly spaced ones."""
+    jumps = sorted(
+        ((b - a, i) for i, (a, b) in enumerate(itertools.pairwise(ys)) if b > a), reverse=True
+    )
+    total = sum(size for size, _ in jumps)
+    if total <= 0:
+        return False
+    covered, count = 0.0, 0
+    for size, _ in jumps:
+        covered += size
+        count += 1
+        if covered >= 0.8 * total:
+            break
+    if count <= 2:
+        return True
+    if count > 4:
+        return False
+    where = sorted(i for _, i in jumps[:count])
+    gaps = [b - a for a, b in itertools.pairwise(where)]
+    return gaps[-1] > 1.5 * gaps[0]
+
+
+def _end_rate(ts: Sequence[float], ys: Sequence[float]) -> float:
+    """The rise from the first two points to the last two, per second."""
+    span = (ts[-1] + ts[-2] - ts[0] - ts[1]) / 2
+    return (ys[-1] + ys[-2] - ys[0] - ys[1]) / 2 / span if span > 0 else 0.0
+
+
 def _theil_sen(ts: Sequence[float], ys: Sequence[float]) -> float:
     return _median(
         [(b - a) / (tb - ta) for (ta, a), (tb, b) in combinations(zip(ts, ys, strict=True), 2)]
@@ -168,6 +202,8 @@ class Detector:
         if bucket is not None and t < bucket[0] + BUCKET_SECONDS:
             if value < bucket[1]:
                 bucket[1] = value
+                if bucket[2] - value > bucket[3]:
+                    bucket[3] = bucket[2] - value  # the deepest fall inside the bucket
             elif value > bucket[2]:
                 bucket[2] = value
             return self.verdict
@@ -176,7 +212,7 @@ class Detector:
         if self._regime_start is None:
             self._regime_start = t
             self.verdict = Verdict(t, "insufficient_data", "fewer than 3 minutes of samples")
-        self._bucket = [t, value, value]
+        self._bucket = [t, value, value, 0.0]
         return self.verdict
 
     def extend(self, samples: Iterable[tuple[float, float]]) -> Verdict:
@@ -187,7 +223,7 @@ class Detector:
     # -- history --------------------------------------------------------------------------
 
     def _close_bucket(self, bucket: list[float], now: float) -> None:
-        start, low, high = bucket
+        start, low, high, fell_inside = bucket
         end = min(now, start + BUCKET_SECONDS)
         if self._ends:
             previous_high = self._highs[-1]
@@ -198,7 +234,11 @@ class Detector:
             )
             if restarted:
                 self._restart(start)
-            elif fell > max(0.02 * previous_high, 3 * (high - low)):
+            elif max(fell, fell_inside) > 0.02 * previous_high and (
+                not self._drops or start - self._drops[-1] > 1.5 * BUCKET_SECONDS
+            ):
+                # A collection: the sawtooth's period comes from these. One that straddles
+                # two buckets is one drop, not two.
                 self._drops.append(start)
         self._regime_floor = min(self._regime_floor, low)
         self._push(end, low, high)
@@ -232,21 +272,23 @@ class Detector:
             width += 1
 
     def _sawtooth_period(self, now: float) -> float:
-        recent = [d for d in self._drops if now - d < 6 * 3600]
-        if len(recent) < 3:
+        """The period of a regular sawtooth, or 0: drops must be recent and evenly spaced."""
+        drops = list(self._drops)
+        if len(drops) < 4:
             return 0.0
-        spacings = sorted(b - a for a, b in itertools.pairwise(recent))
-        return spacings[len(spacings) // 2]
+        spacings = sorted(b - a for a, b in itertools.pairwise(drops))
+        period = spacings[len(spacings) // 2]
+        if now - drops[-1] > 3 * period or spacings[-1] > 4 * max(period, BUCKET_SECONDS):
+            return 0.0  # occasional drops (bursts ending, noise) are not a sawtooth
+        return period
 
-    # -- windows --------------------------------------------------------------------------
-
-    def _window(self, seconds: float, now: float, period: float) -> _Window | None:
-        start = now - seconds
-        groups = min(MAX_GROUPS, int(seconds / max(period, BUCKET_SECONDS)))
+    def _groups(
+        self, start: float, seconds: float, groups: int
+    ) -> tuple[list[float], list[float], list[float]]:
+        """Cut [start, start + seconds] into ``groups`` spans: each span's middle time, lowest
+        and highest value (spans without samples are left out)."""
         ends, lows, highs = self._ends, self._lows, self._highs
         first = bisect_right(ends, start)
-        if groups < MIN_GROUPS or len(ends) - first < MIN_GROUPS:
-            return None
         span = seconds / groups
         ts: list[float] = []
         ys: list[float] = []
@@ -259,6 +301,14 @@ class Detector:
                 ys.append(min(lows[first:last]))
                 tops.append(max(highs[first:last]))
             first = last
+        return ts, ys, tops
+
+    def _window(self, seconds: float, now: float, period: float) -> _Window | None:
+        start = now - seconds
+        groups = min(MAX_GROUPS, int(seconds / max(period, BUCKET_SECONDS)))
+        if groups < MIN_GROUPS or len(self._ends) - bisect_right(self._ends, start) < MIN_GROUPS:
+            return None
+        ts, ys, tops = self._groups(start, seconds, groups)
         if len(ts) < MIN_GROUPS:
             return None
         cfg = self.config
@@ -270,11 +320,20 @@ class Detector:
             return _Window.quiet(seconds, now)
         half = len(ts) // 2
         rate = _theil_sen(ts, ys)
-        first_rate = _theil_sen(ts[:half], ys[:half])
-        second_rate = _theil_sen(ts[half:], ys[half:])
-        rises = sorted((b - a for a, b in itertools.pairwise(ys) if b > a), reverse=True)
-        total_rise = sum(rises)
-        steps = total_rise > 0 and sum(rises[:2]) > 0.6 * total_rise and len(ys) >= MIN_GROUPS
+        # Halves compared by their rise end to end, not by slopes: a staircase has flat
+        # stretches whose robust slope is zero, yet rises as much in each half.
+        first_rate = _end_rate(ts[: half + 1], ys[: half + 1])
+        second_rate = _end_rate(ts[half:], ys[half:])
+        # The same length just before this window, warm-up included: growth that was clearly
+        # faster then is slowing down (a warm-up's tail, a cache nearing its bound).
+        regime_start = start if self._regime_start is None else self._regime_start
+        prior_start = max(start - seconds, regime_start)
+        prior_rate = None
+        if start - prior_start >= seconds / 2:
+            pts, pys, _ = self._groups(prior_start, start - prior_start, groups)
+            if len(pts) >= MIN_GROUPS:
+                prior_rate = _end_rate(pts, pys)
+        steps = _ratchet(ys)
 
         # The spread of the minima around the robust line bounds the rate (a standard error).
         t_mean = sum(ts) / len(ts)
@@ -292,7 +351,11 @@ class Detector:
             evaluated_at=now,
             significant=rate > 0,
             onset_inside=rate > 0 and first_rate < 0.6 * second_rate,
-            decelerating=rate > 0 and second_rate < 0.5 * max(rate, first_rate),
+            decelerating=rate > 0
+            and (
+                second_rate < 0.5 * first_rate
+                or (prior_rate is not None and _end_rate(ts, ys) < 0.75 * prior_rate)
+            ),
             steps=steps,
             rate=rate,
             rate_low=max(rate - 2 * se, 0.1 * rate),
@@ -341,7 +404,10 @@ class Detector:
                 break  # longer windows reach into the flat time before the growth began
             if best is not None and abs(window.rate - best.rate) > 0.3 * best.rate:
                 break  # a different regime: the rate is fitted only after the change
-            if window.decelerating or window.steps:
+            if window.decelerating:
+                bounded = bounded or window
+                break  # slowing down now: a longer, older view cannot make it a leak
+            if window.steps:
                 bounded = bounded or window
                 continue
             best = window
@@ -352,6 +418,9 @@ class Detector:
             return Verdict(now, "steady", "no sustained growth")
         forecast = self._forecast(best)
         watched_enough = best.seconds >= cfg.min_leak_seconds / cfg.sensitivity
+        if since_start < cfg.young_seconds:
+            # A young process fills caches and pools: its growth must last longer to count.
+            watched_enough = watched_enough and best.seconds >= cfg.young_min_leak_seconds
         if forecast is not None:
             tto = forecast[0]
             if tto > cfg.max_forecast_seconds:
