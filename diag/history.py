@@ -26,6 +26,7 @@ segment repeats the series definitions, so any suffix of segments reads on its o
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -64,6 +65,12 @@ def default_root(env: Mapping[str, str] = os.environ) -> str:
         return env["DIAG_HISTORY"]
     state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(state, "diag", "history")
+
+
+@functools.lru_cache(maxsize=64)
+def _tick_struct(count: int) -> struct.Struct:
+    """One struct for a whole tick: t, count and count (id, value) pairs, packed at once."""
+    return struct.Struct("<dH" + "Hd" * count)
 
 
 def _record(kind: int, payload: bytes) -> bytes:
@@ -112,13 +119,14 @@ class HistoryWriter:
         self.stats = WriterStats()
         self._monotonic = monotonic
         self._ids: dict[tuple[str, Labels], int] = {}
+        self._last_keys: list[tuple[str, Labels]] = []
+        self._last_ids: list[int | None] = []
         self._definitions: list[bytes] = []  # SERIES records, repeated at each segment's start
         self._buffer = bytearray()
         self._last_flush = monotonic()
         self._fd = -1
         self._segment = 0
         self._segment_size = 0
-        self._failed_since: float | None = None
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         existing = _segments(run_dir)
         self._segment = existing[-1][0] if existing else 0
@@ -126,26 +134,39 @@ class HistoryWriter:
     # records in
 
     def write_samples(self, t: float, samples: Sequence[Sample]) -> None:
-        pairs = bytearray()
-        count = 0
-        for sample in samples:
-            key = (sample.name, sample.labels)
-            series_id = self._ids.get(key)
-            if series_id is None:
-                if len(self._ids) >= 65535:
-                    continue
-                series_id = self._ids[key] = len(self._ids)
-                definition = _record(
-                    SERIES,
-                    struct.pack("<H", series_id)
-                    + json.dumps({"name": sample.name, "labels": dict(sample.labels)}).encode(),
-                )
-                self._definitions.append(definition)
-                self._buffer += definition
-            pairs += _PAIR.pack(series_id, sample.value)
-            count += 1
-        self._buffer += _record(TICK, _TICK_HEAD.pack(t, count) + pairs)
+        keys = [(s.name, s.labels) for s in samples]
+        if keys != self._last_keys:
+            # The set of series changed (the first tick, a new endpoint, a probe waking):
+            # look the ids up once; most ticks repeat the last tick's series exactly.
+            ids = [self._ids.get(k) for k in keys]
+            for i, series_id in enumerate(ids):
+                if series_id is None:
+                    ids[i] = self._define(samples[i])
+            self._last_keys = keys
+            self._last_ids = ids
+        ids = self._last_ids
+        count = len(ids)
+        fields: list[float | int | None] = [t, count, *([0] * (2 * count))]
+        fields[2::2] = ids
+        fields[3::2] = [s.value for s in samples]
+        if None in ids:  # more than 65,535 series: the surplus is not recorded
+            kept = [
+                (i, v) for i, v in zip(fields[2::2], fields[3::2], strict=True) if i is not None
+            ]
+            count = len(kept)
+            fields = [t, count, *(x for pair in kept for x in pair)]
+        self._buffer += _record(TICK, _tick_struct(count).pack(*fields))
         self._maybe_flush()
+
+    def _define(self, sample: Sample) -> int | None:
+        if len(self._ids) >= 65535:
+            return None
+        series_id = self._ids[(sample.name, sample.labels)] = len(self._ids)
+        document = {"name": sample.name, "labels": dict(sample.labels)}
+        definition = _record(SERIES, struct.pack("<H", series_id) + json.dumps(document).encode())
+        self._definitions.append(definition)
+        self._buffer += definition
+        return series_id
 
     def write_event(self, kind: str, t: float, **fields: Any) -> None:
         document = {"kind": kind, "t": t, **fields}
@@ -176,11 +197,8 @@ class HistoryWriter:
             if self.stats.disk_full:
                 log.warning("diag: history writes resumed in %s", self.run_dir)
             self.stats.disk_full = False
-            self._failed_since = None
         except OSError as exc:
             self._write_failed(exc)
-            return
-        self._enforce_budget()
 
     def _write_failed(self, exc: OSError) -> None:
         self.stats.write_errors += 1
@@ -206,6 +224,8 @@ class HistoryWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            # Only a closed segment can tip the budget: check it here, not at every flush.
+            self._enforce_budget()
         self._segment += 1
         path = os.path.join(self.run_dir, f"seg-{self._segment:06d}.dh")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)

@@ -176,6 +176,9 @@ CATALOG: tuple[MetricSpec, ...] = (
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+HISTOGRAM_ROWS = frozenset(
+    spec.name + suffix for spec in CATALOG if spec.kind == "histogram" for suffix in ("_bucket",)
+)
 
 
 def spec_of_sample(name: str) -> MetricSpec | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 #: A wall clock: seconds since the epoch. Injected everywhere time is read, so tests drive it.
 Clock = Callable[[], float]
@@ -16,8 +17,10 @@ Clock = Callable[[], float]
 Labels = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
+    """One reading. A named tuple, not a dataclass: the agent builds ~150 a tick, and a tuple
+    is made in half the time of a frozen dataclass."""
+
     name: str
     value: float
     labels: Labels = ()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable
 
-from diag.model import Sample
+from diag.model import Labels, Sample, series_key
 
 
 class Ring:
@@ -34,10 +34,13 @@ class Ring:
         return self._size
 
     def append(self, t: float, value: float) -> None:
-        self.times[self._next] = t
-        self.values[self._next] = value
-        self._next = (self._next + 1) % len(self.times)
-        self._size = min(self._size + 1, len(self.times))
+        i = self._next
+        self.times[i] = t
+        self.values[i] = value
+        i += 1
+        self._next = 0 if i == len(self.times) else i
+        if self._size < i:
+            self._size = i
 
     def items(self) -> list[tuple[float, float]]:
         """Oldest first."""
@@ -55,25 +58,27 @@ class SeriesStore:
         self.capacity = capacity
         self.max_series = max_series
         self.dropped_series = 0
-        self._rings: dict[str, Ring] = {}
+        # Keyed by (name, labels): hashing that tuple is cheaper than building a key string
+        # for every sample of every tick.
+        self._rings: dict[tuple[str, Labels], Ring] = {}
 
     def add(self, t: float, samples: Iterable[Sample]) -> None:
+        rings = self._rings
         for sample in samples:
-            key = sample.series
-            ring = self._rings.get(key)
+            ring = rings.get((sample.name, sample.labels))
             if ring is None:
-                if len(self._rings) >= self.max_series:
+                if len(rings) >= self.max_series:
                     self.dropped_series += 1
                     continue
-                ring = self._rings[key] = Ring(self.capacity)
+                ring = rings[(sample.name, sample.labels)] = Ring(self.capacity)
             ring.append(t, sample.value)
 
-    def get(self, series: str) -> list[tuple[float, float]]:
-        ring = self._rings.get(series)
+    def get(self, name: str, labels: Labels = ()) -> list[tuple[float, float]]:
+        ring = self._rings.get((name, labels))
         return ring.items() if ring is not None else []
 
     def names(self) -> list[str]:
-        return list(self._rings)
+        return [series_key(name, labels) for name, labels in self._rings]
 
     def clear(self) -> None:
         self._rings.clear()
@@ -84,7 +89,7 @@ class SeriesStore:
 
     @property
     def nbytes(self) -> int:
-        return sum(ring.nbytes for ring in self._rings.values())
+        return len(self._rings) * self.capacity * 16  # every ring is preallocated alike
 
     @property
     def max_nbytes(self) -> int:

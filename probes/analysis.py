@@ -34,6 +34,10 @@ WATCHED: dict[str, tuple[str, str]] = {
     "gpu_process_used_bytes": ("total", "gpu_total_bytes"),
 }
 MAX_DETECTORS = 64
+_LOOKED_UP = frozenset(
+    {"memory_limit_bytes", "memory_limit_usage_bytes", "process_resident_memory_bytes"}
+    | {limit for _, limit in WATCHED.values()}
+)
 
 VerdictListener = Callable[[str, Verdict | None, Verdict], None]
 
@@ -60,7 +64,8 @@ class GrowthAnalyzer:
         self._listeners.append(listener)
 
     def analyze(self, t: float, samples: Sequence[Sample]) -> list[Sample]:
-        values = {(s.name, s.labels): s.value for s in samples}
+        # Only the limits and the retention series are looked up: index just those.
+        values = {(s.name, s.labels): s.value for s in samples if s.name in _LOOKED_UP}
         headroom = None
         limit = values.get(("memory_limit_bytes", ()))
         usage = values.get(("memory_limit_usage_bytes", ()))

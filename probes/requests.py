@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from diag.model import Sample, labels_of
+from diag.model import Labels, Sample, labels_of
 
 #: Latency buckets (seconds) for inference requests: 5 ms to 2 minutes.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -42,6 +42,7 @@ class RequestStats:
         self._clock = clock
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
+        self._labels: dict[str, tuple[Labels, tuple[Labels, ...]]] = {}
 
     def record(self, endpoint: str, seconds: float, error: bool = False) -> None:
         with self._lock:
@@ -65,23 +66,28 @@ class RequestStats:
             snapshot = [(name, _copy(e)) for name, e in self._endpoints.items()]
         out: list[Sample] = []
         for name, e in snapshot:
-            labels = labels_of(endpoint=name)
+            labels, bucket_labels = self._labels_of(name)
             out.append(Sample("requests_total", float(e.requests), labels))
             out.append(Sample("request_errors_total", float(e.errors), labels))
             cumulative = 0
-            for bound, count in zip((*BUCKETS, float("inf")), e.buckets, strict=True):
+            for le, count in zip(bucket_labels, e.buckets, strict=True):
                 cumulative += count
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(
-                    Sample(
-                        "request_duration_seconds_bucket",
-                        float(cumulative),
-                        labels_of(endpoint=name, le=le),
-                    )
-                )
+                out.append(Sample("request_duration_seconds_bucket", float(cumulative), le))
             out.append(Sample("request_duration_seconds_sum", e.seconds, labels))
             out.append(Sample("request_duration_seconds_count", float(e.requests), labels))
         return out
+
+    def _labels_of(self, endpoint: str) -> tuple[Labels, tuple[Labels, ...]]:
+        """The endpoint's label tuples, built once (they are the same every tick)."""
+        cached = self._labels.get(endpoint)
+        if cached is None:
+            bounds = [repr(b) for b in BUCKETS] + ["+Inf"]
+            cached = (
+                labels_of(endpoint=endpoint),
+                tuple(labels_of(endpoint=endpoint, le=le) for le in bounds),
+            )
+            self._labels[endpoint] = cached
+        return cached
 
     # -- instrumentation ------------------------------------------------------------------
 

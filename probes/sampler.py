@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from diag.model import Clock, Sample, Tick, labels_of
+from diag.metrics import HISTOGRAM_ROWS
+from diag.model import Clock, Labels, Sample, Tick, labels_of
 from diag.series import SeriesStore
 from probes.base import Probe, ProbeUnavailable, notes_of
 
@@ -44,6 +45,10 @@ class ProbeState:
     last_duration: float = 0.0
     sampled: bool = False
     reported: bool = False  # its first failure has been logged
+    labels: Labels = ()  # its self-metrics' labels, built once
+
+    def __post_init__(self) -> None:
+        self.labels = labels_of(probe=self.name)
 
     @property
     def name(self) -> str:
@@ -105,7 +110,8 @@ class Sampler:
         for state in self._analyzer_states:
             analyze = functools.partial(state.probe.analyze, t, measured)
             samples.extend(self._run_probe(state, analyze))
-        self.store.add(t, samples)
+        # Histogram buckets are exposition detail, not series worth keeping in memory.
+        self.store.add(t, [s for s in samples if s.name not in HISTOGRAM_ROWS])
         samples.extend(self._self_samples(t, self._monotonic() - started))
         tick = Tick(t, tuple(samples))
         self.latest = tick
@@ -124,9 +130,11 @@ class Sampler:
     ) -> Sequence[Sample]:
         state.sampled = False
         if state.disabled:
+            state.last_duration = 0.0
             return ()
         if state.skip_ticks > 0:
             state.skip_ticks -= 1
+            state.last_duration = 0.0
             return ()
         started = self._monotonic()
         try:
@@ -172,7 +180,7 @@ class Sampler:
     def _self_samples(self, t: float, duration: float) -> list[Sample]:
         out: list[Sample] = []
         for state in self._all_states():
-            labels = labels_of(probe=state.name)
+            labels = state.labels
             out.append(Sample("probe_duration_seconds", state.last_duration, labels))
             out.append(Sample("probe_errors_total", float(state.errors), labels))
             out.append(Sample("probe_enabled", 1.0 if state.sampled else 0.0, labels))

@@ -58,7 +58,8 @@ def poll(check: Callable[[], T | None], timeout: float = 30.0, every: float = 0.
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: this interpreter's diag importable, no stray DIAG_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIAG_")}
+    # Keep DIAG_HISTORY (a temporary directory in tests), drop every other DIAG_* setting.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIAG_") or k == "DIAG_HISTORY"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env

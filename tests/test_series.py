@@ -25,6 +25,7 @@ def test_store_refuses_series_beyond_cap_and_counts_them():
     assert store.dropped_series == 3 * 100
     assert store.nbytes <= store.max_nbytes == 2 * 8 * 16
     assert [v for _, v in store.get("s0")] == [1.0] * 8
+    assert store.names()[:2] == ["s0", "s1"]
 
 
 def test_series_key_and_tick_value():
