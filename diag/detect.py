@@ -27,6 +27,7 @@ How it decides, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from bisect import bisect_right
@@ -42,6 +43,7 @@ BUCKET_SECONDS = 30.0
 POINTS_PER_WIDTH = 48
 MAX_GROUPS = 12
 MIN_GROUPS = 6
+LEAK_EXIT_BUCKETS = 6
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ class Detector:
         self._drops: deque[float] = deque(maxlen=8)
         self._windows: dict[int, _Window] = {}
         self._last_t = -math.inf
+        self._contrary = 0  # bucket closes in a row that did not confirm a standing leak
         self.verdict = Verdict(0.0, "insufficient_data", "no samples yet")
 
     # -- samples in -----------------------------------------------------------------------
@@ -324,6 +327,9 @@ class Detector:
         # stretches whose robust slope is zero, yet rises as much in each half.
         first_rate = _end_rate(ts[: half + 1], ys[: half + 1])
         second_rate = _end_rate(ts[half:], ys[half:])
+        # ... and by robust slopes too: a slowdown must show both ways, or it is noise.
+        robust_first = _theil_sen(ts[:half], ys[:half])
+        robust_second = _theil_sen(ts[half:], ys[half:])
         # The same length just before this window, warm-up included: growth that was clearly
         # faster then is slowing down (a warm-up's tail, a cache nearing its bound).
         regime_start = start if self._regime_start is None else self._regime_start
@@ -353,7 +359,7 @@ class Detector:
             onset_inside=rate > 0 and first_rate < 0.6 * second_rate,
             decelerating=rate > 0
             and (
-                second_rate < 0.5 * first_rate
+                (second_rate < 0.5 * first_rate and robust_second < 0.5 * robust_first)
                 or (prior_rate is not None and _end_rate(ts, ys) < 0.75 * prior_rate)
             ),
             steps=steps,
@@ -379,6 +385,18 @@ class Detector:
     # -- verdicts -------------------------------------------------------------------------
 
     def _decide(self, now: float) -> Verdict:
+        verdict = self._judge(now)
+        previous = self.verdict
+        if previous.state == "leak" and verdict.state in ("growing", "bounded_growth", "steady"):
+            # Leaving a leak takes 3 minutes of contrary verdicts in a row: one noisy window
+            # must not end an alert and start a new one a minute later.
+            self._contrary += 1
+            if self._contrary < LEAK_EXIT_BUCKETS:
+                return dataclasses.replace(previous, t=now)
+        self._contrary = 0
+        return verdict
+
+    def _judge(self, now: float) -> Verdict:
         cfg = self.config
         if self._regime_start is None or len(self._ends) < MIN_GROUPS:
             return Verdict(now, "insufficient_data", "fewer than 3 minutes of samples")
@@ -390,6 +408,7 @@ class Detector:
         bounded: _Window | None = None
         # Windows never reach back into the warm-up: its rise is not the leak's.
         lengths = self._candidate_lengths(since_start - cfg.warmup_seconds)
+        slowing = 0
         for index, seconds in enumerate(lengths):
             # The last, whole-regime window grows every bucket: keyed by its rank, not length.
             window = self._windows.get(index)
@@ -406,7 +425,11 @@ class Detector:
                 break  # a different regime: the rate is fitted only after the change
             if window.decelerating:
                 bounded = bounded or window
-                break  # slowing down now: a longer, older view cannot make it a leak
+                slowing += 1
+                if slowing >= 2:
+                    break  # slowing down now: a longer, older view cannot make it a leak
+                continue  # one slowing window alone may be noise: ask the next, longer one
+            slowing = 0
             if window.steps:
                 bounded = bounded or window
                 continue
@@ -427,7 +450,9 @@ class Detector:
                 return self._verdict(now, "growing", "too slow to reach the limit soon", best)
             needed = cfg.watched_share_of_forecast / cfg.sensitivity * tto
             watched_enough = watched_enough and best.seconds >= needed
-        if not watched_enough:
+        if not watched_enough and self.verdict.state != "leak":
+            # Once a leak, a leak while the growth goes on: as the onset slides through the
+            # windows the longest clean one can shrink for a while, and alerts must not flap.
             return self._verdict(now, "growing", "steady growth, watched too briefly yet", best)
         return self._verdict(now, "leak", "steady growth of the lower envelope", best)
 

@@ -33,10 +33,12 @@ def main() -> None:
 def _register() -> None:
     from diag.cli.analyze import analyze
     from diag.cli.demo import demo
+    from diag.cli.report import report
     from diag.cli.run import run
 
     main.add_command(run)
     main.add_command(analyze)
+    main.add_command(report)
     main.add_command(demo)
 
 

@@ -1,0 +1,288 @@
+"""The post-mortem of a run: what the history says, as data; the renderers only draw it.
+
+``build(run_dir)`` reads a run, replays the detector over its memory series (the same code the
+agent ran), and works out how the process ended from the evidence at hand: a stop record, an
+exit record written by a watcher, a process still alive, the cgroup's memory at the last
+samples, and the kernel's log line for the pid when it can be read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from diag.detect import Alert, Detector, replay
+from diag.history import History, SeriesData, read_run
+
+#: Series judged in the report, in the order shown, with how their limit is found.
+MEMORY_SERIES = (
+    ("process_resident_memory_bytes", "RSS"),
+    ("process_unique_memory_bytes", "USS"),
+    ("malloc_in_use_bytes", "malloc in use"),
+    ("cuda_allocated_bytes", "CUDA allocated"),
+    ("cuda_reserved_bytes", "CUDA reserved"),
+    ("gpu_process_used_bytes", "GPU memory (NVML)"),
+)
+MAX_PLOT_POINTS = 800
+
+
+@dataclass
+class SeriesReport:
+    key: str
+    title: str
+    labels: dict[str, str]
+    times: list[float]
+    values: list[float]
+    limits: list[float | None]  # the limit the series was judged against, per plotted point
+    first: float
+    last: float
+    alerts: list[Alert]
+
+
+@dataclass
+class PostMortem:
+    run_dir: str
+    pid: int | None
+    command: list[str]
+    host: str | None
+    versions: dict[str, str | None]
+    first_sample: float | None
+    last_sample: float | None
+    samples: int
+    ended: dict[str, Any]
+    alerts: list[dict[str, Any]]
+    lead_seconds: float | None
+    verdicts: list[dict[str, Any]]
+    retained_per_request: dict[str, float]
+    last_finding: dict[str, Any] | None
+    series: list[SeriesReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented ``diag report --json`` document (series data left out)."""
+        document = asdict(self)
+        document.pop("series")
+        document["memory"] = [
+            {"series": s.key, "first": s.first, "last": s.last, "samples": len(s.times)}
+            for s in self.series
+        ]
+        return document
+
+
+# -- how did it end -------------------------------------------------------------------------
+
+
+def _kernel_log_lines(read_kmsg: Callable[[], Iterable[str]]) -> tuple[list[str], str | None]:
+    try:
+        return list(read_kmsg()), None
+    except PermissionError:
+        return [], "the kernel log is not readable (root or CAP_SYSLOG needed)"
+    except OSError as exc:
+        return [], f"the kernel log is not readable ({exc.strerror or exc})"
+
+
+def read_kmsg(path: str = "/dev/kmsg") -> Iterator[str]:
+    """The kernel ring buffer, without blocking at its end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == 32:  # EPIPE: a record was overwritten while reading; go on
+                    continue
+                raise
+            if not record:
+                return
+            yield record.decode(errors="replace").split(";", 1)[-1].strip()
+    finally:
+        os.close(fd)
+
+
+def oom_lines_for(pid: int, lines: Iterable[str]) -> list[str]:
+    """Kernel lines that say the OOM killer chose this pid."""
+    patterns = (
+        re.compile(rf"Killed process {pid}\b"),
+        re.compile(rf"oom-kill:.*\bpid={pid}\b"),
+    )
+    return [line for line in lines if any(p.search(line) for p in patterns)]
+
+
+def _alive(pid: int, proc_root: str, since: float | None) -> bool:
+    """The run's process is still there (not a later process that reused the pid)."""
+    try:
+        import psutil
+
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False  # dying or waiting to be reaped: not running
+        return since is None or process.create_time() <= since + 1.0
+    except Exception:
+        return os.path.exists(f"{proc_root}/{pid}") and since is None
+
+
+def how_it_ended(
+    history: History,
+    pid: int | None,
+    *,
+    proc_root: str = "/proc",
+    read_kernel_log: Callable[[], Iterable[str]] = read_kmsg,
+) -> dict[str, Any]:
+    exits = history.events_of("exit")
+    if exits:  # a watcher saw it end: its record is the best evidence
+        record = dict(exits[-1])
+        record.pop("kind", None)
+        record.setdefault("how", "exit")
+        return record
+    stops = history.events_of("stop")
+    if stops:
+        return {"how": "exit", "clean_stop": True, "at": stops[-1].get("t"),
+                "reason": stops[-1].get("reason")}  # fmt: skip
+    if pid is not None and _alive(pid, proc_root, history.first_sample):
+        return {"how": "running", "pid": pid}
+    if pid is None:
+        return {"how": "unknown", "why": "the history has no start record"}
+    evidence: dict[str, Any] = {
+        "how": "killed",
+        "clean_stop": False,
+        "last_sample": history.last_sample,  # None when it died within its first second
+        "why": "the history ends without a stop record: the process was killed (SIGKILL) "
+        "or lost power",
+    }
+    lines, problem = _kernel_log_lines(read_kernel_log)
+    kernel = oom_lines_for(pid, lines)
+    if kernel:
+        evidence.update(how="oom-kill", kernel_log=kernel[-2:])
+    elif problem:
+        evidence["kernel_log"] = problem
+    usage = history.get("memory_limit_usage_bytes")
+    limit = history.get("memory_limit_bytes")
+    if usage is not None and limit is not None and usage.values and limit.values:
+        share = usage.values[-1] / limit.values[-1] if limit.values[-1] else 0.0
+        evidence["usage_of_limit_at_last_sample"] = round(share, 4)
+        if share >= 0.9 and evidence["how"] == "killed":
+            evidence["how"] = "oom-kill"
+            evidence["why"] = (
+                f"no stop record, and memory was at {share:.0%} of its limit at the last sample"
+            )
+    kills = history.get("cgroup_oom_kills_total")
+    if kills is not None and len(kills.values) >= 2 and kills.values[-1] > kills.values[0]:
+        evidence["cgroup_oom_kills_during_run"] = kills.values[-1] - kills.values[0]
+    return evidence
+
+
+# -- the memory series and the detector's view of them --------------------------------------
+
+
+def _limit_for(history: History, data: SeriesData) -> Callable[[int], float | None]:
+    """The limit each sample is judged against, as the agent does (headroom for host memory,
+    the device total for a GPU)."""
+    if data.name.startswith(("cuda_", "gpu_")):
+        total_name = "cuda_total_bytes" if data.name.startswith("cuda_") else "gpu_total_bytes"
+        total = history.get(total_name, **data.labels)
+        value = total.values[-1] if total is not None and total.values else None
+        return lambda i: value
+    usage = history.get("memory_limit_usage_bytes")
+    limit = history.get("memory_limit_bytes")
+    if usage is None or limit is None or not usage.values:
+        return lambda i: None
+    headrooms = (lim - use for lim, use in zip(limit.values, usage.values, strict=False))
+    by_time = dict(zip(usage.times, headrooms, strict=False))
+
+    def at(i: int) -> float | None:
+        headroom = by_time.get(data.times[i])
+        return data.values[i] + max(headroom, 0.0) if headroom is not None else None
+
+    return at
+
+
+def _downsample(n: int) -> range:
+    step = max(1, n // MAX_PLOT_POINTS)
+    return range(0, n, step)
+
+
+def _series_reports(history: History) -> list[SeriesReport]:
+    out: list[SeriesReport] = []
+    for name, title in MEMORY_SERIES:
+        for key, data in sorted(history.series.items()):
+            if data.name != name or len(data.times) < 2:
+                continue
+            limit_at = _limit_for(history, data)
+            limits = [limit_at(i) for i in range(len(data.times))]
+            known = [x for x in limits if x is not None]
+            judged_limit = known[-1] if known else None
+            detector = Detector(judged_limit)
+            alerts = replay(data.times, data.lows, judged_limit, series=key, detector=detector)
+            picked = _downsample(len(data.times))
+            label = title + "".join(f" {k}={v}" for k, v in sorted(data.labels.items()))
+            out.append(
+                SeriesReport(
+                    key=key,
+                    title=label,
+                    labels=dict(data.labels),
+                    times=[data.times[i] for i in picked],
+                    values=[data.highs[i] for i in picked],
+                    limits=[limits[i] for i in picked],
+                    first=data.values[0],
+                    last=data.values[-1],
+                    alerts=alerts,
+                )
+            )
+    return out
+
+
+def build(run_dir: str, **kwargs: Any) -> PostMortem:
+    history = read_run(run_dir)
+    starts = history.events_of("start")
+    start = starts[0] if starts else {}
+    pid = start.get("pid")
+    if pid is None:
+        match = re.search(r"-(\d+)$", run_dir.rstrip("/"))
+        pid = int(match.group(1)) if match else None
+    ended = how_it_ended(history, pid, **kwargs)
+    series = _series_reports(history)
+    alerts: list[dict[str, Any]] = [
+        {
+            "start": a.start,
+            "end": a.end,
+            "series": a.series,
+            "seconds_to_oom": a.seconds_to_oom,
+            "seconds_to_oom_low": a.seconds_to_oom_low,
+            "seconds_to_oom_high": a.seconds_to_oom_high,
+        }
+        for s in series
+        for a in s.alerts
+    ]
+    alerts.sort(key=lambda a: a["start"])
+    death = ended.get("at") or ended.get("last_sample") or history.last_sample
+    lead = None
+    if alerts and ended["how"] in ("oom-kill", "killed", "exit") and death is not None:
+        lead = max(float(death) - alerts[0]["start"], 0.0)
+    retained = {}
+    for data in history.series.values():
+        if data.name == "retained_bytes_per_request" and data.values:
+            retained[data.labels.get("endpoint", "?")] = data.values[-1]
+    findings = history.events_of("finding")
+    return PostMortem(
+        run_dir=run_dir,
+        pid=pid,
+        command=list(start.get("command", [])),
+        host=start.get("host"),
+        versions={k: start.get(k) for k in ("python", "diag", "torch")},
+        first_sample=history.first_sample,
+        last_sample=history.last_sample,
+        samples=history.ticks,
+        ended=ended,
+        alerts=alerts,
+        lead_seconds=lead,
+        verdicts=[e for e in history.events if e.get("kind") == "verdict"],
+        retained_per_request=retained,
+        last_finding=findings[-1] if findings else None,
+        series=series,
+        problems=history.problems,
+    )
