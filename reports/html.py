@@ -4,6 +4,7 @@ so it opens on an air-gapped laptop and prints well."""
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 
 from diag.units import format_bytes, format_duration
@@ -59,8 +60,7 @@ def chart(series: SeriesReport, report: PostMortem) -> str:
     fy = _scale(y_min, y_max, HEIGHT - BOTTOM, TOP)
     parts = [f'<svg width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
              f'role="img" aria-label="{html.escape(series.title)}">']  # fmt: skip
-    for i in range(5):  # y grid and labels
-        v = y_min + (y_max - y_min) * i / 4
+    for v in _nice_ticks(y_min, y_max):  # y grid and labels
         y = fy(v)
         parts.append(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eceff2"/>'
@@ -69,8 +69,10 @@ def chart(series: SeriesReport, report: PostMortem) -> str:
                      f'fill="#5a6270">{format_bytes(v)}</text>')  # fmt: skip
     for i in range(6):  # x labels: time since the first sample
         t = t0 + (t_max - t0) * i / 5
-        parts.append(f'<text x="{fx(t):.1f}" y="{HEIGHT - 12}" font-size="11" text-anchor="middle" '
-                     f'fill="#5a6270">+{format_duration(t - t0)}</text>')  # fmt: skip
+        anchor = "start" if i == 0 else "end" if i == 5 else "middle"
+        label = f"+{format_duration(t - t0)}"
+        parts.append(f'<text x="{fx(t):.1f}" y="{HEIGHT - 12}" font-size="11" '
+                     f'text-anchor="{anchor}" fill="#5a6270">{label}</text>')  # fmt: skip
     limit_points = [
         (t, v) for t, v in zip(series.times, series.limits, strict=True) if v is not None
     ]
@@ -101,6 +103,20 @@ def chart(series: SeriesReport, report: PostMortem) -> str:
     return "\n".join(parts)
 
 
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round ticks in binary units (0.5 GiB, 256 MiB...), about ``count`` across the range."""
+    unit = 1024.0 ** max(0, min(4, int(math.log(max(high, 1.0), 1024))))
+    raw = (high - low) / unit / max(count - 1, 1) or 1.0
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = unit * next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    ticks = []
+    value = math.ceil(low / step) * step
+    while value <= high + 1e-9 * step:
+        ticks.append(value)
+        value += step
+    return ticks
+
+
 def _value_at(series: SeriesReport, t: float) -> float:
     for time, value in zip(series.times, series.values, strict=True):
         if time >= t:
@@ -121,13 +137,14 @@ def render(report: PostMortem) -> str:
     e = html.escape
     how = report.ended.get("how", "unknown")
     evidence = "".join(f"<li>{e(line)}</li>" for line in text.evidence_lines(report))
-    versions = " · ".join(f"{k} {v}" for k, v in report.versions.items() if v)
+    meta = [text.span_line(report)]
+    meta += [f"host {report.host}"] if report.host else []
+    meta += [f"{k} {v}" for k, v in report.versions.items() if v]
     body = [
         f"<h1>{e(text.headline(report))}</h1>",
-        f'<div class="meta">{e(text.span_line(report))} · host {e(str(report.host))} · '
-        f"{e(versions)}</div>",
-        f'<div class="how {e(how)}"><b>{e(text.HOW.get(how, how))}.</b> '
-        f'{e(text.verdict_line(report))}<ul class="evidence">{evidence}</ul></div>',
+        f'<div class="meta">{e(" · ".join(meta))}</div>',
+        f'<div class="how {e(how)}">{e(text.verdict_line(report))}'
+        f'<ul class="evidence">{evidence}</ul></div>',
     ]
     if report.series:
         body.append(LEGEND)

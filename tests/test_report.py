@@ -199,3 +199,49 @@ def test_no_history_is_a_clear_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert "holds no diag history" in result.stderr
+
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-logging=stderr", "--v=0", "--window-size=1000,900",
+)  # fmt: skip
+
+
+def _screenshot(chromium, page, png, profile):
+    return subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
+         page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_the_html_renders_in_a_real_headless_chromium(tmp_path):
+    from tests.conftest import require_tool
+
+    chromium = require_tool("chromium")
+    _leaking_run(tmp_path / "run-4242")
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "run-4242"), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    shot = _screenshot(chromium, page, tmp_path / "report.png", tmp_path / "profile")
+    assert shot.returncode == 0, shot.stderr
+    baseline = _screenshot(chromium, blank, tmp_path / "blank.png", tmp_path / "profile2")
+    assert baseline.returncode == 0, baseline.stderr
+    # The page logged nothing to its console (no script errors, no failed loads).
+    console = [line for line in shot.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == []
+    assert "net::ERR" not in shot.stderr  # nothing was fetched from anywhere
+    # It rendered: a screenshot far richer than the same browser's blank page.
+    png = (tmp_path / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert len(png) > 10 * len((tmp_path / "blank.png").read_bytes())
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile3'}", "--dump-dom",
+         page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert "<svg" in dom and "<polyline" in dom and "first warning" in dom
