@@ -1,4 +1,4 @@
-"""diag's benchmarks: ``python -m benchmarks [tick|overhead] [--quick]`` (or ``make bench``).
+"""diag's benchmarks: ``python -m benchmarks [NAME...] [--quick]`` (or ``make bench``).
 
 Speed is measured, not hoped for. The machines this runs on are small, shared and noisy, so
 every benchmark measures its baseline in the same run, interleaved with the thing measured, and
@@ -19,7 +19,12 @@ from collections.abc import Sequence
 __all__ = ["BENCHMARKS", "fmt_ratio", "fmt_us", "iqr", "median", "percentile", "verdict"]
 
 #: name on the command line -> module under ``benchmarks``
-BENCHMARKS = {"tick": "bench_tick", "overhead": "bench_overhead"}
+BENCHMARKS = {
+    "tick": "bench_tick",
+    "overhead": "bench_overhead",
+    "history": "bench_history",
+    "detector": "detector",
+}
 
 
 def percentile(values: Sequence[float], q: float) -> float:

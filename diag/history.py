@@ -423,9 +423,23 @@ class SeriesData:
     labels: dict[str, str]
     times: array[float] = field(default_factory=lambda: array("d"))
     values: array[float] = field(default_factory=lambda: array("d"))
-    #: For raw samples low == high == value; a per-minute summary keeps its range.
-    lows: array[float] = field(default_factory=lambda: array("d"))
-    highs: array[float] = field(default_factory=lambda: array("d"))
+    #: Index -> (min, max) of the points that are per-minute summaries; raw points have none.
+    ranges: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def lows(self) -> array[float]:
+        """Each point's lowest value (its own for a raw sample)."""
+        return self._patched(0)
+
+    @property
+    def highs(self) -> array[float]:
+        return self._patched(1)
+
+    def _patched(self, which: int) -> array[float]:
+        out = array("d", self.values)
+        for index, bounds in self.ranges.items():
+            out[index] = bounds[which]
+        return out
 
 
 @dataclass
@@ -474,20 +488,18 @@ def read_run(run_dir: str) -> History:
             for series_id, low, high, last in rows:
                 data = names.get(series_id)
                 if data is not None:
+                    data.ranges[len(data.values)] = (low, high)
                     data.times.append(t1)
                     data.values.append(last)
-                    data.lows.append(low)
-                    data.highs.append(high)
+        # The hot loop of a week-long report: bound appends, looked up once per series.
+        appenders = {i: (d.times.append, d.values.append) for i, d in names.items()}
         for t, pairs in segment.ticks:
             ticks += 1
             for series_id, value in pairs:
-                data = names.get(series_id)
-                if data is None:
-                    continue
-                data.times.append(t)
-                data.values.append(value)
-                data.lows.append(value)
-                data.highs.append(value)
+                append = appenders.get(series_id)
+                if append is not None:
+                    append[0](t)
+                    append[1](value)
     events.sort(key=lambda e: float(e.get("t", 0.0)))
     return History(run_dir, series, events, problems, ticks)
 

@@ -206,6 +206,27 @@ def _downsample(n: int) -> range:
     return range(0, n, step)
 
 
+def alerts_from_verdicts(events: Iterable[dict[str, Any]], key: str) -> list[Alert] | None:
+    """The leak episodes the agent (or a watcher) recorded for a series as it ran: exactly what
+    it saw and exported. None when it recorded no verdicts for that series."""
+    verdicts = [e for e in events if e.get("kind") == "verdict" and e.get("series") == key]
+    if not verdicts:
+        return None
+    alerts: list[Alert] = []
+    for event in verdicts:
+        open_alert = alerts and alerts[-1].end is None
+        if event.get("state") == "leak" and not open_alert:
+            alerts.append(
+                Alert(key, float(event["t"]), None, event.get("seconds_to_oom"),
+                      event.get("seconds_to_oom_low"), event.get("seconds_to_oom_high"))
+            )  # fmt: skip
+        elif event.get("state") != "leak" and open_alert:
+            last = alerts[-1]
+            alerts[-1] = Alert(key, last.start, float(event["t"]), last.seconds_to_oom,
+                               last.seconds_to_oom_low, last.seconds_to_oom_high)  # fmt: skip
+    return alerts
+
+
 def _series_reports(history: History) -> list[SeriesReport]:
     out: list[SeriesReport] = []
     for name, title in MEMORY_SERIES:
@@ -213,21 +234,23 @@ def _series_reports(history: History) -> list[SeriesReport]:
             if data.name != name or len(data.times) < 2:
                 continue
             limit_at = _limit_for(history, data)
-            limits = [limit_at(i) for i in range(len(data.times))]
-            known = [x for x in limits if x is not None]
-            judged_limit = known[-1] if known else None
-            detector = Detector(judged_limit)
-            alerts = replay(data.times, data.lows, judged_limit, series=key, detector=detector)
             picked = _downsample(len(data.times))
+            judged_limit = limit_at(len(data.times) - 1)
+            alerts = alerts_from_verdicts(history.events, key)
+            if alerts is None:  # nothing recorded live: replay the same detector now
+                detector = Detector(judged_limit)
+                lows = data.lows
+                alerts = replay(data.times, lows, judged_limit, series=key, detector=detector)
             label = title + "".join(f" {k}={v}" for k, v in sorted(data.labels.items()))
+            highs = data.highs
             out.append(
                 SeriesReport(
                     key=key,
                     title=label,
                     labels=dict(data.labels),
                     times=[data.times[i] for i in picked],
-                    values=[data.highs[i] for i in picked],
-                    limits=[limits[i] for i in picked],
+                    values=[highs[i] for i in picked],
+                    limits=[limit_at(i) for i in picked],
                     first=data.values[0],
                     last=data.values[-1],
                     alerts=alerts,
