@@ -171,7 +171,7 @@ class HistoryWriter:
     def write_event(self, kind: str, t: float, **fields: Any) -> None:
         document = {"kind": kind, "t": t, **fields}
         self._buffer += _record(EVENT, json.dumps(document, default=str).encode())
-        self._maybe_flush(force=kind in ("start", "stop", "exit", "finding"))
+        self._maybe_flush(force=kind in ("start", "stop", "exit", "finding", "cuda-oom"))
 
     # flushing
 

@@ -82,6 +82,9 @@ class Agent:
         if self.recorder is not None:
             chosen.append(_HistoryProbe(self.recorder))
             self.analyzer.on_change(self.recorder.record_verdict)
+            for probe in chosen:
+                if isinstance(probe, CudaProbe) and probe.on_oom is None:
+                    probe.on_oom = self._record_cuda_oom
         self.sampler = Sampler(
             chosen,
             interval=self.settings.interval,
@@ -170,6 +173,15 @@ class Agent:
             log.warning("diag: no history in %s: %s; sampling goes on", recorder.root, exc)
             self.recorder = None
             return
+
+    def _record_cuda_oom(self, record: dict[str, Any]) -> None:
+        log.warning(
+            "diag: CUDA out of memory on device %s (asked for %s bytes); allocator state recorded",
+            record.get("device"),
+            record.get("requested_bytes"),
+        )
+        if self.recorder is not None:
+            self.recorder.record_event("cuda-oom", **record)
 
     def on_verdict_change(self, listener: VerdictListener) -> None:
         """Call ``listener(series, previous, verdict)`` whenever a series' verdict changes."""

@@ -32,13 +32,31 @@ def _host_torch_cuda() -> Any:
     return getattr(torch, "cuda", None) if torch is not None else None
 
 
+def _torch_oom_attach() -> Callable[[Callable[..., None]], None] | None:
+    """torch's CUDA out-of-memory observer hook, where this torch offers one."""
+    torch = sys.modules.get("torch")
+    return getattr(getattr(torch, "_C", None), "_cuda_attach_out_of_memory_observer", None)
+
+
+OomListener = Callable[[dict[str, Any]], None]
+
+
 class CudaProbe:
     name = "cuda"
 
-    def __init__(self, cuda: Callable[[], Any] = _host_torch_cuda) -> None:
+    def __init__(
+        self,
+        cuda: Callable[[], Any] = _host_torch_cuda,
+        *,
+        on_oom: OomListener | None = None,
+        oom_attach: Callable[[], Callable[[Callable[..., None]], None] | None] = _torch_oom_attach,
+    ) -> None:
         # ``cuda`` returns the host's ``torch.cuda`` module (or a fake shaped like it), or None.
         self._cuda = cuda
         self._totals: dict[int, int] = {}
+        self.on_oom = on_oom
+        self._oom_attach = oom_attach
+        self._observing = False
 
     def sample(self) -> list[Sample]:
         cuda = self._cuda()
@@ -46,6 +64,8 @@ class CudaProbe:
             raise ProbeUnavailable("torch is not imported by the host")
         if not cuda.is_initialized():
             raise ProbeUnavailable("CUDA is not initialised by the host (diag never does it)")
+        if self.on_oom is not None and not self._observing:
+            self._observe_ooms(cuda)
         out: list[Sample] = []
         for device in range(cuda.device_count()):
             labels = labels_of(device=str(device))
@@ -57,6 +77,32 @@ class CudaProbe:
                 self._totals[device] = int(cuda.get_device_properties(device).total_memory)
             out.append(Sample("cuda_total_bytes", float(self._totals[device]), labels))
         return out
+
+    def _observe_ooms(self, cuda: Any) -> None:
+        """Ask torch to call us when an allocation fails, before OutOfMemoryError propagates:
+        the allocator's state is recorded while it still shows what filled the device."""
+        attach = self._oom_attach()
+        self._observing = True
+        if attach is None:
+            return
+        listener = self.on_oom
+
+        def observer(device: int, alloc: int, device_allocated: int, device_free: int) -> None:
+            try:
+                stats = cuda.memory_stats(device)
+                record = {
+                    "device": device,
+                    "requested_bytes": alloc,
+                    "device_allocated_bytes": device_allocated,
+                    "device_free_bytes": device_free,
+                    "allocator": {k: stats[k] for k in MEMORY_STATS_KEYS if k in stats},
+                }
+                if listener is not None:
+                    listener(record)
+            except Exception:  # the host is already failing; never add our own error to it
+                pass
+
+        attach(observer)
 
 
 def _import_pynvml() -> Any:

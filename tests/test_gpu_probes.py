@@ -150,3 +150,40 @@ def test_nvml_missing_or_without_driver_is_permanent():
     with pytest.raises(ProbeUnavailable, match="Driver Not Loaded") as info:
         NvmlProbe(nvml=lambda: FakeNvml(1, fail_init=True)).sample()
     assert info.value.permanent
+
+
+def test_a_cuda_oom_is_recorded_with_the_allocator_state_before_it_propagates(tmp_path):
+    # torch._C._cuda_attach_out_of_memory_observer(observer) calls
+    # observer(device, alloc, device_allocated, device_free) when an allocation fails; this
+    # machine has no GPU, so the hook is a fake with that signature.
+    from diag.history import read_run
+    from diag.settings import Settings
+    from probes.agent import Agent
+
+    observers = []
+    fake = FakeCudaModule(stats={0: memory_stats_dict(allocated=70 * GiB, reserved=79 * GiB)})
+    probe = CudaProbe(cuda=lambda: fake, oom_attach=lambda: observers.append)
+    agent = Agent(Settings(history=str(tmp_path)), probes=[probe])
+    agent.start()
+    try:
+        agent.sampler.tick()
+        (observer,) = observers  # attached once, when CUDA was first seen initialised
+        agent.sampler.tick()
+        assert len(observers) == 1
+        observer(0, 2 * GiB, 79 * GiB, 512 * 1024 * 1024)  # what torch does on an OOM
+        run = read_run(next(p for p in tmp_path.iterdir()))  # flushed at once: read it now
+        (oom,) = run.events_of("cuda-oom")
+        assert oom["device"] == 0 and oom["requested_bytes"] == 2 * GiB
+        assert oom["allocator"]["allocated_bytes.all.current"] == 70 * GiB
+        assert oom["allocator"]["reserved_bytes.all.current"] == 79 * GiB
+    finally:
+        agent.stop()
+
+
+def test_the_torch_hook_name_is_the_one_torch_uses():
+    # The CPU build has no CUDA symbols; torch's own trace rules list the hook by name.
+    torch = pytest.importorskip("torch")
+    from torch._dynamo import trace_rules
+
+    source = Path(trace_rules.__file__).read_text()
+    assert '"torch._C._cuda_attach_out_of_memory_observer"' in source
