@@ -182,7 +182,7 @@ def test_a_cuda_oom_is_recorded_with_the_allocator_state_before_it_propagates(tm
 
 def test_the_torch_hook_name_is_the_one_torch_uses():
     # The CPU build has no CUDA symbols; torch's own trace rules list the hook by name.
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from torch._dynamo import trace_rules
 
     source = Path(trace_rules.__file__).read_text()
