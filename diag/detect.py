@@ -48,7 +48,9 @@ LEAK_EXIT_BUCKETS = 6
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    #: Higher is more eager (more lead time, more false alerts); 1.0 is the tuned default.
+    #: Higher is more eager (more lead time, more false alerts); 1.0 is the tuned default. It
+    #: scales how long growth must be watched (the durations below are divided by it); the
+    #: trend test's z is left alone, since 12 groups cannot reach much beyond z = 4.
     sensitivity: float = 1.0
     #: The shortest growth that can be called a leak, and the share of the predicted time to
     #: OOM it must have been watched for.
@@ -318,7 +320,7 @@ class Detector:
         rise = ys[-1] - ys[0]
         y_mean = sum(ys) / len(ys)
         z = _mann_kendall_z(ys)
-        if z < cfg.min_trend_z / cfg.sensitivity or rise <= cfg.min_rise_share * max(y_mean, 1.0):
+        if z < cfg.min_trend_z or rise <= cfg.min_rise_share * max(y_mean, 1.0):
             # No trend here: the common case, answered without the slopes.
             return _Window.quiet(seconds, now)
         half = len(ts) // 2
@@ -443,7 +445,8 @@ class Detector:
         watched_enough = best.seconds >= cfg.min_leak_seconds / cfg.sensitivity
         if since_start < cfg.young_seconds:
             # A young process fills caches and pools: its growth must last longer to count.
-            watched_enough = watched_enough and best.seconds >= cfg.young_min_leak_seconds
+            young_needed = cfg.young_min_leak_seconds / cfg.sensitivity
+            watched_enough = watched_enough and best.seconds >= young_needed
         if forecast is not None:
             tto = forecast[0]
             if tto > cfg.max_forecast_seconds:

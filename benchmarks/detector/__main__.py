@@ -1,0 +1,7 @@
+"""``python -m benchmarks.detector [--split test|tune|both] [--quick] [--seed N] [--json FILE]``."""
+
+import sys
+
+from benchmarks.detector.score import main
+
+sys.exit(main())
