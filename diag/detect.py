@@ -444,8 +444,11 @@ class Detector:
         forecast = self._forecast(best)
         watched_enough = best.seconds >= cfg.min_leak_seconds / cfg.sensitivity
         if since_start < cfg.young_seconds:
-            # A young process fills caches and pools: its growth must last longer to count.
+            # A young process fills caches and pools: its growth must last longer to count,
+            # unless the limit is near enough that waiting would forfeit the warning.
             young_needed = cfg.young_min_leak_seconds / cfg.sensitivity
+            if forecast is not None:
+                young_needed = min(young_needed, 0.25 * forecast[0])
             watched_enough = watched_enough and best.seconds >= young_needed
         if forecast is not None:
             tto = forecast[0]

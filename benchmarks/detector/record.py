@@ -20,7 +20,9 @@ lengths, RSS crept up by ~100 MB over ten minutes even with a bounded cache (all
 fragmentation, measured), which would leave the non-leaking trace without a clear ground truth.
 
 Needs root and a writable memory cgroup (v1's memory controller or v2's unified hierarchy);
-the child cgroups are removed afterwards. The three recordings run concurrently (about 12 min).
+the child cgroups are removed afterwards. The recordings run concurrently: about 12 minutes, or
+about 85 with ``torch_slow_leak`` (25 min steady, then one request in eight leaks, an hour to
+the OOM kill); ``--only NAME`` records one.
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ from probes.process import ProcessProbe
 OUT_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "traces"
 LIMIT = 600 * 1024 * 1024
 SAMPLE_INTERVAL = 0.5
+SLOW_SAMPLE_INTERVAL = 2.0  # the hour-long recording, kept small
 STEADY_SECONDS = 60.0  # steady, non-leaking traffic before the leak starts
+SLOW_STEADY_SECONDS = 1500.0
 REQUESTS_PER_SECOND = 7.0
 SAMPLE_RATE = 16_000
 
 # mode -> (family, kind, seconds to run unless the OOM killer ends it first)
 MODES = {
     "torch_leak": ("torch_leak", "leak", 1200.0),
+    # The same bug, on one request in eight after 25 minutes of steady traffic: about an hour
+    # from onset to the OOM kill, the kind of leak the recall figure is about.
+    "torch_slow_leak": ("torch_leak", "leak", 6000.0),
     "torch_lru": ("torch_lru", "quiet", 600.0),
     "torch_cache": ("bounded_cache", "quiet", 720.0),
 }
@@ -101,7 +108,11 @@ def serve(mode: str) -> None:
         synthesize(text, 1.0)
     _marker("ready")
 
-    capacity = {"torch_leak": None, "torch_lru": 64, "torch_cache": 600}[mode]
+    capacity = {"torch_leak": None, "torch_slow_leak": None, "torch_lru": 64, "torch_cache": 600}[
+        mode
+    ]
+    steady = SLOW_STEADY_SECONDS if mode == "torch_slow_leak" else STEADY_SECONDS
+    leaky_share = 1 / 8 if mode == "torch_slow_leak" else 1.0
     cache: OrderedDict[str, torch.Tensor] = OrderedDict()
     zipf = [1.0 / (k + 1) ** 0.9 for k in range(3000)]
     started = time.monotonic()
@@ -112,10 +123,12 @@ def serve(mode: str) -> None:
         if mode == "torch_cache":
             key = f"catalogue item {rng.choices(range(3000), zipf)[0]}"
             seconds = 2.0
-        elif mode == "torch_leak" and time.monotonic() - started < STEADY_SECONDS:
+        elif mode.endswith("leak") and (
+            time.monotonic() - started < steady or rng.random() > leaky_share
+        ):
             key, seconds = rng.choice(canned), 2.0
         else:
-            if mode == "torch_leak" and not leaking:
+            if mode.endswith("leak") and not leaking:
                 leaking = True
                 _marker("leak")
             # The bug: personalised prompts are unique, so a cache keyed by text never hits.
@@ -187,7 +200,7 @@ def record(mode: str, limit: int = LIMIT) -> dict:
             break  # gone (or a zombie: killed, not yet reaped)
         rss = next(s.value for s in samples if s.name == "process_resident_memory_bytes")
         rows.append((round(time.time() - wall0, 3), usage))
-        tick += SAMPLE_INTERVAL
+        tick += SLOW_SAMPLE_INTERVAL if mode == "torch_slow_leak" else SAMPLE_INTERVAL
         time.sleep(max(0.0, tick - time.monotonic()))
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)
@@ -224,7 +237,9 @@ def record(mode: str, limit: int = LIMIT) -> dict:
         "recorded": {
             "how": "python -m benchmarks.detector.record",
             "value": f"the cgroup's {usage_file.name}, read from outside",
-            "sample_interval_s": SAMPLE_INTERVAL,
+            "sample_interval_s": SLOW_SAMPLE_INTERVAL
+            if mode == "torch_slow_leak"
+            else SAMPLE_INTERVAL,
             "cgroup": f"v{version} child memory cgroup, limit {limit_read} bytes, no swap",
             "exit": "SIGKILL by the memcg OOM killer" if killed else f"exit status {returncode}",
             "oom_kills": oom_kills,
