@@ -92,6 +92,17 @@ class Alert:
     seconds_to_oom_low: float | None
     seconds_to_oom_high: float | None
 
+    def to_json(self) -> dict[str, float | str | None]:
+        """The documented alert object of ``diag analyze --json`` and ``diag report --json``."""
+        return {
+            "start": self.start,
+            "end": self.end,
+            "series": self.series,
+            "seconds_to_oom": self.seconds_to_oom,
+            "seconds_to_oom_low": self.seconds_to_oom_low,
+            "seconds_to_oom_high": self.seconds_to_oom_high,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class _Window:

@@ -269,18 +269,7 @@ def build(run_dir: str, **kwargs: Any) -> PostMortem:
         pid = int(match.group(1)) if match else None
     ended = how_it_ended(history, pid, **kwargs)
     series = _series_reports(history)
-    alerts: list[dict[str, Any]] = [
-        {
-            "start": a.start,
-            "end": a.end,
-            "series": a.series,
-            "seconds_to_oom": a.seconds_to_oom,
-            "seconds_to_oom_low": a.seconds_to_oom_low,
-            "seconds_to_oom_high": a.seconds_to_oom_high,
-        }
-        for s in series
-        for a in s.alerts
-    ]
+    alerts: list[dict[str, Any]] = [a.to_json() for s in series for a in s.alerts]
     alerts.sort(key=lambda a: a["start"])
     death = ended.get("at") or ended.get("last_sample") or history.last_sample
     lead = None

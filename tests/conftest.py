@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -63,6 +66,56 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
+
+
+# -- child processes that print a line when they are ready -----------------------------------
+
+
+@contextlib.contextmanager
+def spawned(argv: Sequence[str], log: Path, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process with stdout piped (unbuffered) and stderr to ``log``; always ended:
+    terminated, then killed, and reaped, whatever the test did."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, bufsize=0, **kwargs)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+def read_line(proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> str:
+    """The child's first line of stdout: it prints it once it is ready (a signal, not a poll)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no line from the child in {timeout} s; stderr:\n{log_of(log)}")
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise AssertionError(
+                    f"the child exited ({proc.wait(10)}) before it was ready; "
+                    f"stderr:\n{log_of(log)}"
+                )
+            data += chunk
+    return data.split(b"\n", 1)[0].decode()
+
+
+def log_of(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
 
 
 @pytest.fixture(autouse=True)

@@ -38,17 +38,7 @@ def result_document(series: RecordedSeries, alerts: list[Alert], final: Verdict)
         "samples": len(series.times),
         "first_sample": series.times[0],
         "last_sample": series.times[-1],
-        "alerts": [
-            {
-                "start": a.start,
-                "end": a.end,
-                "series": a.series,
-                "seconds_to_oom": a.seconds_to_oom,
-                "seconds_to_oom_low": a.seconds_to_oom_low,
-                "seconds_to_oom_high": a.seconds_to_oom_high,
-            }
-            for a in alerts
-        ],
+        "alerts": [a.to_json() for a in alerts],
         "final": {k: v for k, v in asdict(final).items() if k != "t"},
     }
 
