@@ -459,7 +459,7 @@ class Detector:
             # unless the limit is near enough that waiting would forfeit the warning.
             young_needed = cfg.young_min_leak_seconds / cfg.sensitivity
             if forecast is not None:
-                young_needed = min(young_needed, 0.25 * forecast[0])
+                young_needed = min(young_needed, 0.25 / cfg.sensitivity * forecast[0])
             watched_enough = watched_enough and best.seconds >= young_needed
         if forecast is not None:
             tto = forecast[0]

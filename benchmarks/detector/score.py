@@ -51,7 +51,7 @@ from benchmarks.detector.traces import (
 from diag.detect import Alert, DetectorConfig, replay
 
 OURS = "diag.detect"
-SENSITIVITIES = (0.5, 0.7, 1.0, 1.4, 2.0, 4.0, 8.0)
+SENSITIVITIES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0, 8.0)
 QUICK_SENSITIVITIES = (0.5, 1.0, 2.0)
 RECALL_MIN_ONSET_TO_OOM = HOUR
 RECALL_MARGIN = 10 * MINUTE
