@@ -21,6 +21,27 @@ from diag.model import Sample, Tick
 from diag.settings import Settings
 
 
+def _limits() -> dict[str, Any]:
+    """The limit that will kill the process, as the start record states it."""
+    from probes.limits import LimitsProbe
+
+    probe = LimitsProbe()
+    try:
+        samples = probe.sample()
+    except Exception as exc:  # a start record without limits beats no start record
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        probe.close()
+    out: dict[str, Any] = {}
+    for sample in samples:
+        if sample.name == "memory_limit_info":
+            out["source"] = dict(sample.labels).get("source")
+        elif sample.name in ("memory_limit_bytes", "cgroup_memory_limit_bytes",
+                             "system_memory_total_bytes"):  # fmt: skip
+            out[sample.name] = sample.value
+    return out
+
+
 def describe_process(settings: Settings) -> dict[str, Any]:
     torch = sys.modules.get("torch")
     return {
@@ -31,6 +52,7 @@ def describe_process(settings: Settings) -> dict[str, Any]:
         "diag": __version__,
         "torch": getattr(torch, "__version__", None),
         "settings": {k: v for k, v in asdict(settings).items() if k != "problems"},
+        "limits": _limits(),
     }
 
 

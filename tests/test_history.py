@@ -251,6 +251,10 @@ def test_sigkill_loses_at_most_the_last_second(tmp_path):
     assert killed_at - run.last_sample <= 1.0
     kinds = [e["kind"] for e in run.events]
     assert kinds[0] == "start" and "stop" not in kinds  # no stop record: it was killed
+    start = run.events[0]
+    assert start["pid"] == proc.pid and start["python"] and start["diag"]
+    assert start["limits"]["memory_limit_bytes"] > 0 and start["limits"]["source"]
+    assert start["settings"]["interval"] == 0.1
     assert all("cut short" in p for p in run.problems)
     rss = run.get("process_resident_memory_bytes")
     assert rss.values[-1] > rss.values[0] + 50 * 2**20
