@@ -512,7 +512,7 @@ def _series_for(series: dict[str, SeriesData], name: str, labels: dict[str, str]
     return data
 
 
-RUN_NAME = re.compile(r"\d{8}T\d{6}Z-\d+$")
+RUN_NAME = re.compile(r"\d{8}T\d{6}Z-\d+(-watch)?$")  # a watcher's run ends in -watch
 
 
 def run_name(start: float, pid: int) -> str:

@@ -265,7 +265,7 @@ def build(run_dir: str, **kwargs: Any) -> PostMortem:
     start = starts[0] if starts else {}
     pid = start.get("pid")
     if pid is None:
-        match = re.search(r"-(\d+)$", run_dir.rstrip("/"))
+        match = re.search(r"-(\d+)(-watch)?$", run_dir.rstrip("/"))
         pid = int(match.group(1)) if match else None
     ended = how_it_ended(history, pid, **kwargs)
     series = _series_reports(history)

@@ -35,10 +35,12 @@ def _register() -> None:
     from diag.cli.demo import demo
     from diag.cli.report import report
     from diag.cli.run import run
+    from diag.cli.watch import watch
 
     main.add_command(run)
     main.add_command(analyze)
     main.add_command(report)
+    main.add_command(watch)
     main.add_command(demo)
 
 

@@ -1,0 +1,257 @@
+"""``diag watch --pid PID``: sample a process from outside, judge its growth, record its end.
+
+This is the watcher's recording side: RSS (and USS/PSS, swap), the cgroup limit and oom_kill
+counter and NVML GPU memory of any process, the same detector as the agent, a history that
+``diag report`` reads, and, when the target exits, how it ended. The live terminal view,
+connecting to an embedded agent and ``--attach`` come with the rest of ``diag watch``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import click
+
+from diag.detect import Detector, Verdict
+from diag.errors import UsageError
+from diag.history import HistoryWriter, default_root, run_name
+from diag.model import Sample
+from diag.units import format_bytes, format_duration
+from probes.base import ProbeUnavailable
+from probes.cuda import NvmlProbe
+from probes.limits import LimitsProbe, parse_oom_kills
+from probes.process import ProcessProbe
+
+
+def check_target(pid: int, proc_root: str = "/proc") -> None:
+    """One clear line for a pid that cannot be watched."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        raise UsageError(f"no process with pid {pid}; check the pid (ps -ef)") from None
+    except PermissionError:
+        raise UsageError(f"pid {pid}: permission denied; run as its user or root") from None
+    if state == b"Z":
+        raise UsageError(f"pid {pid} has exited (a zombie, not yet reaped); nothing to watch")
+
+
+def zombie_exit(pid: int, proc_root: str = "/proc") -> dict[str, Any] | None:
+    """Exit status or signal while the process is a zombie (/proc/PID/stat's exit_code): the
+    one moment someone other than its parent can read it."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != b"Z" or len(fields) < 50:
+        return None
+    code = int(fields[49])  # field 52 of stat; fields here start at field 3
+    if code & 0x7F:
+        return {"signal": code & 0x7F, "signal_name": signal.Signals(code & 0x7F).name}
+    return {"status": code >> 8}
+
+
+class Watcher:
+    def __init__(self, pid: int, history: str | None, limit: float | None = None) -> None:
+        self.pid = pid
+        self.process = ProcessProbe(pid)
+        self.limits = LimitsProbe(pid)
+        self.nvml = NvmlProbe(pid)
+        self.fixed_limit = limit
+        self.detector = Detector(limit)
+        self.verdict: Verdict | None = None
+        self.oom_kills_first: float | None = None
+        self.oom_kills_last: float | None = None
+        self.saw_leak = False
+        self.writer: HistoryWriter | None = None
+        if history != "off":
+            root = history or default_root()
+            started = time.time()
+            run_dir = os.path.join(root, run_name(started, pid) + "-watch")
+            self.writer = HistoryWriter(run_dir)
+            self.writer.write_event(
+                "start", started, pid=pid, command=_command_of(pid), watcher=os.getpid()
+            )
+
+    def tick(self, t: float) -> dict[str, Any] | None:
+        """One pass; None once the target is gone."""
+        try:
+            samples = self.process.sample()
+        except ProbeUnavailable:
+            return None
+        samples = list(samples) + self._optional(self.limits) + self._optional(self.nvml)
+        values = {(s.name, s.labels): s.value for s in samples}
+        rss = values[("process_resident_memory_bytes", ())]
+        limit = self.fixed_limit
+        if limit is None:
+            cap = values.get(("memory_limit_bytes", ()))
+            usage = values.get(("memory_limit_usage_bytes", ()))
+            if cap is not None and usage is not None:
+                limit = rss + max(cap - usage, 0.0)
+        kills = values.get(("cgroup_oom_kills_total", ()))
+        if kills is not None:
+            self.oom_kills_first = kills if self.oom_kills_first is None else self.oom_kills_first
+            self.oom_kills_last = kills
+        previous = self.verdict
+        verdict = self.detector.update(t, rss, limit)
+        self.verdict = verdict
+        self.saw_leak = self.saw_leak or verdict.state == "leak"
+        if self.writer is not None:
+            self.writer.write_samples(t, samples)
+            if previous is None or previous.state != verdict.state:
+                fields = {k: getattr(verdict, k) for k in _VERDICT_FIELDS}
+                self.writer.write_event(
+                    "verdict", t, series="process_resident_memory_bytes", **fields
+                )
+        return {
+            "t": t,
+            "pid": self.pid,
+            "rss_bytes": rss,
+            "limit_bytes": limit,
+            "growth_bytes_per_second": verdict.rate,
+            "verdict": verdict.state,
+            "reason": verdict.reason,
+            "seconds_to_oom": verdict.seconds_to_oom,
+            "seconds_to_oom_low": verdict.seconds_to_oom_low,
+            "seconds_to_oom_high": verdict.seconds_to_oom_high,
+        }
+
+    def _optional(self, probe: LimitsProbe | NvmlProbe) -> list[Sample]:
+        try:
+            return list(probe.sample())
+        except ProbeUnavailable:
+            return []
+
+    def ended(self, t: float, read_kernel_log: Any = None) -> dict[str, Any]:
+        """How the target ended, from what the watcher can see; recorded in the history."""
+        from reports.postmortem import oom_lines_for, read_kmsg
+
+        record: dict[str, Any] = {"event": "exit", "t": t, "pid": self.pid}
+        record.update(zombie_exit(self.pid) or {"status": None})
+        if record.get("status") is None and "signal" not in record:
+            record["status_note"] = "not our child: its exit status went to its parent"
+        after = self._oom_kills_now()
+        record["oom_kills_before"] = self.oom_kills_last
+        record["oom_kills_after"] = after
+        try:
+            lines = oom_lines_for(self.pid, (read_kernel_log or read_kmsg)())
+            record["kernel_log"] = lines[-2:]
+        except OSError as exc:
+            lines = []
+            record["kernel_log"] = f"the kernel log is not readable ({exc.strerror or exc})"
+        oom_counted = (
+            after is not None and self.oom_kills_last is not None and (after > self.oom_kills_last)
+        )
+        if lines or oom_counted:
+            record["how"] = "oom-kill"
+        elif "signal" in record:
+            record["how"] = "killed"
+        elif record.get("status") is not None:
+            record["how"] = "exit"
+        else:
+            record["how"] = "unknown"
+        if self.writer is not None:
+            fields = {k: v for k, v in record.items() if k not in ("event", "t")}
+            self.writer.write_event("exit", t, **fields)
+            self.writer.close()
+        return record
+
+    def _oom_kills_now(self) -> float | None:
+        cgroup = self.limits._cgroup
+        if cgroup is None:
+            return None
+        try:
+            return float(parse_oom_kills(cgroup.oom.read()))
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.write_event("stop", time.time(), reason="watch ended")
+            self.writer.close()
+        self.process.close()
+        self.limits.close()
+
+
+_VERDICT_FIELDS = ("state", "reason", "rate", "seconds_to_oom", "seconds_to_oom_low",
+                   "seconds_to_oom_high")  # fmt: skip
+
+
+def _command_of(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def _line(row: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(row["t"]))
+    rate = row["growth_bytes_per_second"]
+    growth = f"{format_bytes(rate * 3600)}/h" if rate else "-"
+    text = f"{when} pid {row['pid']} RSS {format_bytes(row['rss_bytes'])} growth {growth} "
+    text += f"{row['verdict']} ({row['reason']})"
+    if row["seconds_to_oom"] is not None:
+        text += (
+            f", OOM in {format_duration(row['seconds_to_oom'])}"
+            f" ({format_duration(row['seconds_to_oom_low'])}"
+            f"-{format_duration(row['seconds_to_oom_high'])})"
+        )
+    return text
+
+
+@click.command()
+@click.option("--pid", type=int, required=True, help="The process to watch.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
+@click.option("--history", help="History directory (default: $DIAG_HISTORY or per user; off).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per tick, per line.")
+def watch(
+    pid: int, interval: float, duration: float | None, history: str | None, as_json: bool
+) -> None:
+    """Watch a process from outside: memory, its limit, the growth verdict; record its end.
+
+    Exit code 0 when the watch ends with the target alive and no leak seen; 1 when a leak was
+    seen or the target died; 2 for a pid that cannot be watched.
+    """
+    check_target(pid)
+    watcher = Watcher(pid, history)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.monotonic()
+    ended: dict[str, Any] | None = None
+    try:
+        while True:
+            row = watcher.tick(time.time())
+            if row is None:
+                ended = watcher.ended(time.time())
+                break
+            click.echo(json.dumps(row) if as_json else _line(row))
+            if duration is not None and time.monotonic() - started >= duration:
+                break
+            if stop.wait(interval):
+                break
+    except KeyboardInterrupt:
+        pass
+    if ended is None:
+        watcher.close()
+    else:
+        click.echo(json.dumps(ended) if as_json else _ended_text(ended), err=not as_json)
+        if watcher.writer is not None:
+            click.echo(f"diag report {watcher.writer.run_dir}", err=True)
+    if ended is not None or watcher.saw_leak:
+        raise click.exceptions.Exit(1)
+
+
+def _ended_text(ended: dict[str, Any]) -> str:
+    how = ended["how"]
+    detail = ended.get("signal_name") or (
+        f"status {ended['status']}" if ended.get("status") is not None else ""
+    )
+    return f"pid {ended['pid']} ended: {how}" + (f" ({detail})" if detail else "")

@@ -1,0 +1,145 @@
+"""diag watch --pid: a real process watched from outside until it dies, and what it records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from diag.cli import main
+from diag.history import find_runs, read_run
+from tests.conftest import DIAG, child_env
+
+LEAKER = """
+import sys, threading
+print("ready", flush=True)
+hold, ev = [], threading.Event()
+while True:
+    hold.append(bytearray(b"x" * (256 << 10)))
+    ev.wait(0.01)
+"""
+
+
+@pytest.fixture
+def leaker():
+    proc = subprocess.Popen([sys.executable, "-c", LEAKER], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    proc.stdout.close()
+
+
+def test_watch_json_lines_until_the_target_is_killed(tmp_path, leaker):
+    watcher = subprocess.Popen(
+        [*DIAG, "watch", "--pid", str(leaker.pid), "--interval", "0.1", "--json",
+         "--history", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    rows = []
+    try:
+        for line in watcher.stdout:
+            rows.append(json.loads(line))
+            if len(rows) == 10:
+                # Kill it and leave it unreaped (a zombie), as a parent busy elsewhere would.
+                os.kill(leaker.pid, signal.SIGKILL)
+        stderr = watcher.stderr.read()
+        assert watcher.wait(30) == 1  # the target died: a finding
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+        watcher.stdout.close()
+        watcher.stderr.close()
+    ticks, end = rows[:-1], rows[-1]
+    assert len(ticks) >= 10
+    for row in ticks:
+        assert {"t", "pid", "rss_bytes", "growth_bytes_per_second", "verdict",
+                "seconds_to_oom"} <= set(row)  # fmt: skip
+        assert row["pid"] == leaker.pid
+    assert ticks[-1]["rss_bytes"] > ticks[0]["rss_bytes"]
+    assert end["event"] == "exit" and end["pid"] == leaker.pid
+    assert end["how"] == "killed" and end["signal"] == signal.SIGKILL
+    assert "diag report " in stderr
+    (run_dir,) = find_runs(str(tmp_path))
+    assert run_dir.endswith(f"-{leaker.pid}-watch")
+    run = read_run(run_dir)
+    assert run.ticks == len(ticks)
+    (exit_event,) = run.events_of("exit")
+    assert exit_event["how"] == "killed"
+    report = CliRunner().invoke(main, ["report", run_dir, "--json"])
+    assert json.loads(report.stdout)["ended"]["how"] == "killed"
+
+
+def test_watch_stops_after_its_duration_with_the_target_alive(tmp_path, leaker):
+    result = subprocess.run(
+        [*DIAG, "watch", "--pid", str(leaker.pid), "--interval", "0.1", "--duration", "0.5",
+         "--history", "off"],
+        capture_output=True, text=True, timeout=60, env=child_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) >= 3
+    assert f"pid {leaker.pid} RSS" in lines[0]
+    assert leaker.poll() is None
+
+
+def test_bad_pids_are_one_line_and_exit_2():
+    runner = CliRunner()
+    result = runner.invoke(main, ["watch", "--pid", str(2**22 + 4321)])
+    assert result.exit_code == 2
+    assert result.stderr == f"diag: no process with pid {2**22 + 4321}; check the pid (ps -ef)\n"
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, left unreaped
+    try:
+        result = runner.invoke(main, ["watch", "--pid", str(zombie.pid)])
+        assert result.exit_code == 2
+        assert "has exited (a zombie, not yet reaped)" in result.stderr
+    finally:
+        zombie.wait()
+
+
+def test_watch_sees_a_real_oom_kill(tmp_path):
+    with open("/proc/self/cgroup") as f:
+        path = next((line.split(":", 2)[2].strip() for line in f if ":memory:" in line), None)
+    cgroup = f"/sys/fs/cgroup/memory{path}/diag-watch-{os.getpid()}" if path else None
+    try:
+        os.mkdir(cgroup)
+    except (OSError, TypeError) as exc:
+        message = f"cannot create a memory cgroup here ({exc}); needs root and cgroup v1"
+        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        with open(f"{cgroup}/memory.limit_in_bytes", "w") as f:
+            f.write(str(120 * 1024 * 1024))
+
+        def join_cgroup():
+            with open(f"{cgroup}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+        target = subprocess.Popen([sys.executable, "-c", LEAKER], stdout=subprocess.PIPE,
+                                  text=True, preexec_fn=join_cgroup)  # fmt: skip
+        try:
+            assert target.stdout.readline() == "ready\n"
+            result = subprocess.run(
+                [*DIAG, "watch", "--pid", str(target.pid), "--interval", "0.05", "--json",
+                 "--history", str(tmp_path)],
+                capture_output=True, text=True, timeout=120, env=child_env(),
+            )  # fmt: skip
+        finally:
+            if target.poll() is None:
+                target.kill()
+            target.wait()
+            target.stdout.close()
+    finally:
+        os.rmdir(cgroup)
+    assert result.returncode == 1, result.stderr
+    end = json.loads(result.stdout.splitlines()[-1])
+    assert end["how"] == "oom-kill", end
+    assert end["oom_kills_after"] == end["oom_kills_before"] + 1 or end["kernel_log"]
+    assert any(f"{target.pid}" in line for line in end["kernel_log"])
