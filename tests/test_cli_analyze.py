@@ -69,3 +69,19 @@ def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
     result = runner.invoke(main, ["analyze", str(good), "--limit", "lots"])
     assert result.exit_code == 2
     assert "not a size: 'lots'" in result.stderr
+
+
+def test_a_history_directory_is_analysed_series_by_series(tmp_path):
+    from tests.test_report import _leaking_run
+
+    _leaking_run(tmp_path / "20231114T221320Z-4242")
+    result = CliRunner().invoke(main, ["analyze", str(tmp_path), "--json"])
+    assert result.exit_code == 1, result.output
+    (document,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert document["series"] == "20231114T221320Z-4242/process_resident_memory_bytes"
+    assert len(document["alerts"]) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["analyze", str(empty)])
+    assert result.exit_code == 2
+    assert "a directory without diag history runs" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -10,6 +11,7 @@ import click
 
 from diag.detect import Alert, Detector, Verdict, replay
 from diag.errors import UsageError
+from diag.history import find_runs, read_run
 from diag.series_io import RecordedSeries, read_csv
 from diag.units import format_bytes, format_duration, parse_bytes
 
@@ -65,11 +67,12 @@ def _summary(series: RecordedSeries, alerts: list[Alert], final: Verdict) -> str
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--limit", type=_Bytes(), help="The limit to forecast against (4GiB, 4294967296).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input, per line.")
 def analyze(files: tuple[str, ...], limit: int | None, as_json: bool) -> None:
-    """Replay recorded series (CSV with a header t,value: seconds, bytes) through the detector.
+    """Replay recorded series through the detector: CSV files with a header t,value (seconds,
+    bytes), or history directories (each run's memory series).
 
     Exit code 1 when a leak was found in any input, 2 when an input could not be read.
     """
@@ -77,18 +80,47 @@ def analyze(files: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     bad: list[str] = []
     for path in files:
         try:
-            series = read_csv(path)
+            inputs = read_inputs(path)
         except UsageError as exc:
             bad.append(str(exc))
             click.echo(f"diag: {exc}", err=True)
             continue
-        alerts, final = analyze_series(series, limit)
-        found = found or bool(alerts)
-        if as_json:
-            click.echo(json.dumps(result_document(series, alerts, final)))
-        else:
-            click.echo(_summary(series, alerts, final))
+        for series in inputs:
+            found = _analyze_one(series, limit, as_json) or found
     if bad:
         raise click.exceptions.Exit(2)
     if found:
         raise click.exceptions.Exit(1)
+
+
+#: The memory series of a history that analyze replays.
+HISTORY_SERIES = ("process_resident_memory_bytes", "process_unique_memory_bytes",
+                  "malloc_in_use_bytes", "cuda_allocated_bytes", "cuda_reserved_bytes")  # fmt: skip
+
+
+def read_inputs(path: str) -> list[RecordedSeries]:
+    """A CSV file is one series; a history (a run, or a directory of runs) gives each run's
+    memory series, named ``run/series``."""
+    if not os.path.isdir(path):
+        return [read_csv(path)]
+    runs = find_runs(path)
+    if not runs:
+        raise UsageError(f"{path}: a directory without diag history runs")
+    out = []
+    for run_dir in runs:
+        history = read_run(run_dir)
+        for key, data in sorted(history.series.items()):
+            if data.name in HISTORY_SERIES and len(data.times) > 1:
+                name = f"{os.path.basename(run_dir)}/{key}"
+                out.append(RecordedSeries(run_dir, name, data.times, data.lows))
+    return out
+
+
+def _analyze_one(series: RecordedSeries, limit: int | None, as_json: bool) -> bool:
+    """Print one input's result; True when it holds a leak."""
+    alerts, final = analyze_series(series, limit)
+    if as_json:
+        click.echo(json.dumps(result_document(series, alerts, final)))
+    else:
+        click.echo(_summary(series, alerts, final))
+    return bool(alerts)
