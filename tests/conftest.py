@@ -118,6 +118,35 @@ def log_of(path: Path) -> str:
     return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
 
 
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[Callable[[], None]]:
+    """A child cgroup v1 memory cgroup of ours with ``limit``, for real OOM kills; yields a
+    ``preexec_fn`` that moves a child process into it. Needs root: elsewhere the test skips,
+    and under ``make test`` (DIAG_REQUIRE_TOOLS=1) it fails."""
+    with open("/proc/self/cgroup") as f:
+        path = next((line.split(":", 2)[2].strip() for line in f if ":memory:" in line), None)
+    cgroup = f"/sys/fs/cgroup/memory{path}/diag-test-{os.getpid()}" if path else None
+    try:
+        os.mkdir(cgroup)  # type: ignore[arg-type]
+    except (OSError, TypeError) as exc:
+        message = f"cannot create a memory cgroup here ({exc}); needs root and cgroup v1"
+        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    assert cgroup is not None
+    try:
+        with open(f"{cgroup}/memory.limit_in_bytes", "w") as f:
+            f.write(str(limit))
+
+        def join() -> None:
+            with open(f"{cgroup}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+        yield join
+    finally:
+        os.rmdir(cgroup)
+
+
 @pytest.fixture(autouse=True)
 def _history_in_tmp(tmp_path_factory, monkeypatch):
     """Agents record a history by default; in tests it goes to a temporary directory."""

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from diag.cli import main
 from diag.history import HistoryWriter, read_run
 from diag.model import Sample
 from reports import html, markdown, postmortem
-from tests.conftest import child_env
+from tests.conftest import child_env, memory_cgroup
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -145,30 +144,10 @@ while True:
 
 
 def test_a_real_oom_kill_in_a_memory_cgroup(tmp_path):
-    with open("/proc/self/cgroup") as f:
-        path = next((line.split(":", 2)[2].strip() for line in f if ":memory:" in line), None)
-    base = f"/sys/fs/cgroup/memory{path}" if path else None
-    cgroup = f"{base}/diag-test-{os.getpid()}" if base else None
-    try:
-        os.mkdir(cgroup)
-    except (OSError, TypeError) as exc:
-        message = f"cannot create a memory cgroup here ({exc}); needs root and cgroup v1"
-        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        with open(f"{cgroup}/memory.limit_in_bytes", "w") as f:
-            f.write(str(150 * MiB))
-
-        def join_cgroup():
-            with open(f"{cgroup}/cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-
-        proc = subprocess.run([sys.executable, "-c", LEAKER], preexec_fn=join_cgroup,
+    with memory_cgroup(150 * MiB) as join:
+        proc = subprocess.run([sys.executable, "-c", LEAKER], preexec_fn=join,
                               env=child_env(DIAG_HISTORY=str(tmp_path)), timeout=120)  # fmt: skip
-        assert proc.returncode == -signal.SIGKILL
-    finally:
-        os.rmdir(cgroup)
+    assert proc.returncode == -signal.SIGKILL
     result = CliRunner().invoke(main, ["report", str(tmp_path), "--json"])
     ended = json.loads(result.stdout)["ended"]
     assert ended["how"] == "oom-kill", ended

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from diag.cli import main
 from diag.history import find_runs, read_run
-from tests.conftest import DIAG, child_env
+from tests.conftest import DIAG, child_env, memory_cgroup
 
 LEAKER = """
 import sys, threading
@@ -104,26 +104,9 @@ def test_bad_pids_are_one_line_and_exit_2():
 
 
 def test_watch_sees_a_real_oom_kill(tmp_path):
-    with open("/proc/self/cgroup") as f:
-        path = next((line.split(":", 2)[2].strip() for line in f if ":memory:" in line), None)
-    cgroup = f"/sys/fs/cgroup/memory{path}/diag-watch-{os.getpid()}" if path else None
-    try:
-        os.mkdir(cgroup)
-    except (OSError, TypeError) as exc:
-        message = f"cannot create a memory cgroup here ({exc}); needs root and cgroup v1"
-        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        with open(f"{cgroup}/memory.limit_in_bytes", "w") as f:
-            f.write(str(120 * 1024 * 1024))
-
-        def join_cgroup():
-            with open(f"{cgroup}/cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-
+    with memory_cgroup(120 * 1024 * 1024) as join:
         target = subprocess.Popen([sys.executable, "-c", LEAKER], stdout=subprocess.PIPE,
-                                  text=True, preexec_fn=join_cgroup)  # fmt: skip
+                                  text=True, preexec_fn=join)  # fmt: skip
         try:
             assert target.stdout.readline() == "ready\n"
             result = subprocess.run(
@@ -136,8 +119,6 @@ def test_watch_sees_a_real_oom_kill(tmp_path):
                 target.kill()
             target.wait()
             target.stdout.close()
-    finally:
-        os.rmdir(cgroup)
     assert result.returncode == 1, result.stderr
     end = json.loads(result.stdout.splitlines()[-1])
     assert end["how"] == "oom-kill", end
