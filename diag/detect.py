@@ -15,14 +15,18 @@ How it decides, and why:
   each cut into up to 12 groups, never shorter than the sawtooth's period when one is seen. A
   window re-evaluates every eighth of its length, which keeps replay above 500k samples/s.
 - In each window: a Mann-Kendall test on the group minima (is there a monotone trend at all),
-  the Theil-Sen slope (robust rate), the slopes of the two halves (a window whose first half is
-  flat holds the leak's onset: the rate is fitted only on shorter windows after it; a window
-  whose second half is flat is decelerating: a warm-up, a cache filling to its bound), and the
-  share of the rise made by the largest jumps (allocator ratchets and load bursts rise in a few
-  steps; a per-request staircase rises in many).
-- A leak must also have been watched for long enough to trust it: at least 10 minutes, and at
-  least 12 % of the time it predicts to OOM (a fill that stops early never gets there).
-- A drop below the regime's starting level (a restart) starts a new regime with a warm-up grace.
+  the Theil-Sen slope (the rate, with a standard error from the residuals for its bounds), and
+  guards. A window whose first half is flat holds the leak's onset, and one whose rate differs
+  by 30 % from the shorter ones' is another regime: the rate is fitted only after the change.
+  Growth that is slower in its second half (by end-to-end rise and by robust slope alike), or
+  slower than just before the window, is slowing down: a warm-up's tail, a cache nearing its
+  bound; two slowing windows in a row end the search. Growth in two jumps, or three or four
+  whose spacing grows, is a ratchet (allocator steps, burst residues), not a staircase leak.
+- A leak must also have been watched for long enough to trust it: 10 minutes, 12 % of the time
+  it forecasts to OOM (a fill that stops early never gets there), and 30 minutes while the
+  process is younger than 90 minutes unless the limit is near. Once a leak, three minutes of
+  contrary verdicts in a row are needed to end it, so alerts do not flap.
+- A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up.
 """
 
 from __future__ import annotations
