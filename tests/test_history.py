@@ -258,3 +258,9 @@ def test_sigkill_loses_at_most_the_last_second(tmp_path):
     assert all("cut short" in p for p in run.problems)
     rss = run.get("process_resident_memory_bytes")
     assert rss.values[-1] > rss.values[0] + 50 * 2**20
+    # And the report, from the same files: killed, its samples up to the last second.
+    from reports import postmortem
+
+    report = postmortem.build(run_dir, read_kernel_log=lambda: [])
+    assert report.ended["how"] == "killed"
+    assert killed_at - report.last_sample <= 1.0
