@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import struct
+import threading
 import time
 import zlib
 from array import array
@@ -97,7 +98,8 @@ class WriterStats:
 
 class HistoryWriter:
     """Appends ticks and events to a run directory. Never raises on I/O at runtime: a full or
-    failing disk is counted, logged once, and retried; sampling goes on."""
+    failing disk is counted, logged once, and retried; sampling goes on. Thread-safe: ticks
+    come from the sampler thread, a CUDA OOM record from whichever thread allocated."""
 
     def __init__(
         self,
@@ -123,6 +125,7 @@ class HistoryWriter:
         self._last_ids: list[int | None] = []
         self._definitions: list[bytes] = []  # SERIES records, repeated at each segment's start
         self._buffer = bytearray()
+        self._lock = threading.RLock()
         self._last_flush = monotonic()
         self._fd = -1
         self._segment = 0
@@ -134,6 +137,10 @@ class HistoryWriter:
     # records in
 
     def write_samples(self, t: float, samples: Sequence[Sample]) -> None:
+        with self._lock:
+            self._write_samples(t, samples)
+
+    def _write_samples(self, t: float, samples: Sequence[Sample]) -> None:
         keys = [(s.name, s.labels) for s in samples]
         if keys != self._last_keys:
             # The set of series changed (the first tick, a new endpoint, a probe waking):
@@ -170,18 +177,23 @@ class HistoryWriter:
 
     def write_event(self, kind: str, t: float, **fields: Any) -> None:
         document = {"kind": kind, "t": t, **fields}
-        self._buffer += _record(EVENT, json.dumps(document, default=str).encode())
-        self._maybe_flush(force=kind in ("start", "stop", "exit", "finding", "cuda-oom"))
+        with self._lock:
+            self._buffer += _record(EVENT, json.dumps(document, default=str).encode())
+            self._maybe_flush(force=kind in ("start", "stop", "exit", "finding", "cuda-oom"))
 
     # flushing
 
     def _maybe_flush(self, force: bool = False) -> None:
         now = self._monotonic()
         if force or now - self._last_flush >= self.flush_seconds or len(self._buffer) >= MiB:
-            self.flush()
+            self._flush()
 
     def flush(self) -> None:
         """Hand the buffer to the kernel (a SIGKILL after this loses nothing of it)."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         self._last_flush = self._monotonic()
         if not self._buffer:
             return
@@ -260,6 +272,10 @@ class HistoryWriter:
 
     def close(self) -> None:
         self.flush()
+        with self._lock:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
