@@ -98,3 +98,11 @@ def test_a_python_without_diag_still_runs_and_says_how_to_fix_it(tmp_path):
     assert out.stdout == "program ran\n"
     assert out.stderr.startswith("diag: agent not started: diag is not importable by")
     assert f"install it there: {bare_python} -m pip install diag" in out.stderr
+
+
+def test_history_goes_where_diag_run_says(tmp_path):
+    code = "import probes; probes.agent().sampler.tick()"
+    out = _diag_run(["--history", str(tmp_path / "h")], code)
+    assert out.returncode == 0, out.stderr
+    (run,) = (tmp_path / "h").iterdir()
+    assert any(p.name.startswith("seg-") for p in run.iterdir())

@@ -224,3 +224,12 @@ def test_the_html_renders_in_a_real_headless_chromium(tmp_path):
         capture_output=True, text=True, timeout=120,
     ).stdout  # fmt: skip
     assert "<svg" in dom and "<polyline" in dom and "first warning" in dom
+
+
+def test_without_a_path_the_most_recent_run_of_the_default_history(tmp_path, monkeypatch):
+    _leaking_run(tmp_path / "20231114T221320Z-1111", stop=True, hours=1)
+    _leaking_run(tmp_path / "20231115T080000Z-4242", hours=1)
+    monkeypatch.setenv("DIAG_HISTORY", str(tmp_path))
+    result = CliRunner().invoke(main, ["report", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["run_dir"].endswith("20231115T080000Z-4242")
