@@ -501,6 +501,28 @@ class Detector:
         )
 
 
+class RecentRate:
+    """A growth rate usable within seconds, for people watching live: the Theil-Sen slope of
+    the last ``seconds`` of samples (at most 40 points, evenly picked). The detector's rate
+    needs ten minutes of evidence; this one answers "how fast right now" from the start."""
+
+    def __init__(self, seconds: float = 120.0, min_points: int = 8) -> None:
+        self.seconds = seconds
+        self.min_points = min_points
+        self._points: deque[tuple[float, float]] = deque()
+
+    def update(self, t: float, value: float) -> float | None:
+        points = self._points
+        points.append((t, value))
+        while points and t - points[0][0] > self.seconds:
+            points.popleft()
+        if len(points) < self.min_points or points[-1][0] - points[0][0] <= 0:
+            return None
+        step = max(1, len(points) // 40)
+        picked = list(points)[::step]
+        return _theil_sen([p[0] for p in picked], [p[1] for p in picked])
+
+
 def replay(
     times: Sequence[float],
     values: Sequence[float],

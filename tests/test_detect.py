@@ -165,3 +165,15 @@ def test_out_of_order_samples_are_ignored():
     detector.update(100.0, 1.0 * GiB)
     before = detector.verdict
     assert detector.update(50.0, 9.0 * GiB) is before
+
+
+def test_the_recent_rate_is_usable_within_forty_seconds():
+    from diag.detect import RecentRate
+
+    rng = random.Random(5)
+    recent = RecentRate()
+    estimate = None
+    for t in range(41):  # a steady 2.5 MB/s leak, 1 s samples, a few MB of noise
+        estimate = recent.update(float(t), 1e9 + 2.5e6 * t + rng.gauss(0, 3e6))
+    assert estimate is not None
+    assert abs(estimate - 2.5e6) < 2.5e6 / 3

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from diag.detect import Detector, Verdict
+from diag.detect import Detector, RecentRate, Verdict
 from diag.errors import UsageError
 from diag.history import HistoryWriter, default_root, run_name
 from diag.model import Sample
@@ -65,6 +65,7 @@ class Watcher:
         self.nvml = NvmlProbe(pid)
         self.fixed_limit = limit
         self.detector = Detector(limit)
+        self.recent = RecentRate()
         self.verdict: Verdict | None = None
         self.oom_kills_first: float | None = None
         self.oom_kills_last: float | None = None
@@ -100,6 +101,7 @@ class Watcher:
             self.oom_kills_last = kills
         previous = self.verdict
         verdict = self.detector.update(t, rss, limit)
+        recent = self.recent.update(t, rss)
         self.verdict = verdict
         self.saw_leak = self.saw_leak or verdict.state == "leak"
         if self.writer is not None:
@@ -114,7 +116,8 @@ class Watcher:
             "pid": self.pid,
             "rss_bytes": rss,
             "limit_bytes": limit,
-            "growth_bytes_per_second": verdict.rate,
+            # The detector's rate once it has one; until then, the last two minutes'.
+            "growth_bytes_per_second": verdict.rate if verdict.rate is not None else recent,
             "verdict": verdict.state,
             "reason": verdict.reason,
             "seconds_to_oom": verdict.seconds_to_oom,
