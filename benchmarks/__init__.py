@@ -23,6 +23,7 @@ BENCHMARKS = {
     "tick": "bench_tick",
     "overhead": "bench_overhead",
     "history": "bench_history",
+    "watch": "bench_watch",
     "detector": "detector",
 }
 
