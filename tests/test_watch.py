@@ -124,3 +124,28 @@ def test_watch_sees_a_real_oom_kill(tmp_path):
     assert end["how"] == "oom-kill", end
     assert end["oom_kills_after"] == end["oom_kills_before"] + 1 or end["kernel_log"]
     assert any(f"{target.pid}" in line for line in end["kernel_log"])
+
+
+@pytest.mark.e2e
+def test_the_live_view_in_a_real_terminal(tmp_path, leaker):
+    from tests.conftest import PYTHON, REPO, poll, require_tool
+
+    tmux = require_tool("tmux")
+    session = f"diag-watch-{os.getpid()}"
+    command = (f"cd {REPO} && DIAG_HISTORY={tmp_path} PYTHONPATH={REPO} {PYTHON} -m diag watch "
+               f"--pid {leaker.pid} --interval 0.2")  # fmt: skip
+    subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "20", command],
+                   check=True)  # fmt: skip
+    try:
+
+        def screen():
+            shown = subprocess.run([tmux, "capture-pane", "-p", "-t", session],
+                                   capture_output=True, text=True, check=True).stdout  # fmt: skip
+            return shown if "verdict" in shown and "growth" in shown else None
+
+        shown = poll(screen, timeout=30)
+        assert f"diag watch: pid {leaker.pid}" in shown
+        assert "memory" in shown and "last minute" in shown
+        assert any(ch in shown for ch in "▁▂▃▄▅▆▇█")
+    finally:
+        subprocess.run([tmux, "kill-session", "-t", session], check=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -194,6 +195,57 @@ def _command_of(pid: int) -> list[str]:
         return []
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    values = values[-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(
+        SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values
+    )
+
+
+def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
+    """The live view: memory against its limit, its recent shape, growth, verdict, forecast."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    row = rows[-1]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    rss, limit = row["rss_bytes"], row["limit_bytes"]
+    memory = format_bytes(rss)
+    if limit:
+        share = rss / limit
+        filled = int(min(share, 1.0) * 30)
+        memory += f" of {format_bytes(limit)} ({share:.0%})  [{'█' * filled}{'·' * (30 - filled)}]"
+    table.add_row("memory", memory)
+    table.add_row("last minute", sparkline([r["rss_bytes"] for r in rows]))
+    rate = row["growth_bytes_per_second"]
+    table.add_row(
+        "growth",
+        "-" if rate is None else f"{format_bytes(rate)}/s, {format_bytes(rate * 3600)}/h",
+    )
+    style = {"leak": "bold red", "growing": "yellow", "bounded_growth": "cyan"}.get(
+        row["verdict"], "green"
+    )
+    table.add_row("verdict", f"[{style}]{row['verdict']}[/] ({row['reason']})")
+    if row["seconds_to_oom"] is not None:
+        table.add_row(
+            "time to OOM",
+            f"{format_duration(row['seconds_to_oom'])} "
+            f"({format_duration(row['seconds_to_oom_low'])} to "
+            f"{format_duration(row['seconds_to_oom_high'])})",
+        )
+    title = f"diag watch: pid {pid} {' '.join(command)[:60]}"
+    return Panel(table, title=title, subtitle="Ctrl-C to stop", expand=False)
+
+
 def _line(row: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(row["t"]))
     rate = row["growth_bytes_per_second"]
@@ -229,19 +281,34 @@ def watch(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.monotonic()
     ended: dict[str, Any] | None = None
+    live = None
+    if not as_json and sys.stdout.isatty():
+        from rich.live import Live
+
+        live = Live(auto_refresh=False)
+        live.start()
+    rows: list[dict[str, Any]] = []
+    command = _command_of(pid)
     try:
         while True:
             row = watcher.tick(time.time())
             if row is None:
                 ended = watcher.ended(time.time())
                 break
-            click.echo(json.dumps(row) if as_json else _line(row))
+            rows = [*rows[-59:], row]
+            if live is not None:
+                live.update(live_panel(pid, command, rows), refresh=True)
+            else:
+                click.echo(json.dumps(row) if as_json else _line(row))
             if duration is not None and time.monotonic() - started >= duration:
                 break
             if stop.wait(interval):
                 break
     except KeyboardInterrupt:
         pass
+    finally:
+        if live is not None:
+            live.stop()
     if ended is None:
         watcher.close()
     else:
