@@ -241,16 +241,16 @@ class HistoryWriter:
         self._segment += 1
         path = os.path.join(self.run_dir, f"seg-{self._segment:06d}.dh")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        header = FILE_HEADER.pack(FILE_MAGIC, VERSION)
+        joined = b"".join(self._definitions)
+        head = FILE_HEADER.pack(FILE_MAGIC, VERSION) + joined
         try:
-            os.write(fd, header + b"".join(self._definitions))
+            os.write(fd, head)
         except OSError:
             os.close(fd)
             raise
         self._fd = fd
-        self._segment_size = len(header)
+        self._segment_size = len(head)
         # The definitions are in the new segment's head: don't write them twice.
-        joined = b"".join(self._definitions)
         if joined and self._buffer.startswith(joined):
             del self._buffer[: len(joined)]
 
