@@ -20,9 +20,9 @@ demo: $(BIN)/.installed
 	$(BIN)/diag demo
 
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null || ! command -v tmux >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null || ! command -v tmux >/dev/null || ! command -v gdb >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus chromium tmux; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus chromium tmux gdb; \
 	fi
 
 lint: $(BIN)/.installed

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "overhead": "bench_overhead",
     "history": "bench_history",
     "watch": "bench_watch",
+    "attach": "bench_attach",
     "detector": "detector",
 }
 

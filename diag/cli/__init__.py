@@ -32,6 +32,7 @@ def main() -> None:
 
 def _register() -> None:
     from diag.cli.analyze import analyze
+    from diag.cli.attach import attach
     from diag.cli.demo import demo
     from diag.cli.report import report
     from diag.cli.run import run
@@ -39,6 +40,7 @@ def _register() -> None:
 
     main.add_command(run)
     main.add_command(analyze)
+    main.add_command(attach)
     main.add_command(report)
     main.add_command(watch)
     main.add_command(demo)

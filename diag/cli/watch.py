@@ -267,8 +267,14 @@ def _line(row: dict[str, Any]) -> str:
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 @click.option("--history", help="History directory (default: $DIAG_HISTORY or per user; off).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per tick, per line.")
+@click.option("--attach", "attach_first", is_flag=True, help="Start the agent in it first.")
 def watch(
-    pid: int, interval: float, duration: float | None, history: str | None, as_json: bool
+    pid: int,
+    interval: float,
+    duration: float | None,
+    history: str | None,
+    as_json: bool,
+    attach_first: bool,
 ) -> None:
     """Watch a process from outside: memory, its limit, the growth verdict; record its end.
 
@@ -276,6 +282,11 @@ def watch(
     seen or the target died; 2 for a pid that cannot be watched.
     """
     check_target(pid)
+    if attach_first:
+        from diag.attach import attach
+
+        result = attach(pid, {})
+        click.echo(f"agent started in pid {pid} (python {result.get('python')})", err=True)
     watcher = Watcher(pid, history)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
