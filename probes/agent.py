@@ -8,6 +8,7 @@ port, becomes a worker. It stops at interpreter exit. Failures are logged, never
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,12 +20,14 @@ from typing import Any, Literal
 
 import prometheus_client
 
+from diag.control import socket_path
 from diag.history import default_root
 from diag.model import Clock, Sample
 from diag.series import SeriesStore
 from diag.settings import Settings
 from probes.analysis import GrowthAnalyzer, VerdictListener
 from probes.base import Probe
+from probes.control import ControlServer
 from probes.cuda import CudaProbe, NvmlProbe
 from probes.exposition import Source, TickCollector, make_registry
 from probes.heap import HeapProbe
@@ -105,6 +108,7 @@ class Agent:
         # reader holds a dead slot's lock would inherit that lock and keep the slot forever.
         self._workers_lock = threading.Lock()
         self._workers_lock_held_for_fork = False
+        self._control: ControlServer | None = None
         self._started = False
         for problem in self.settings.problems:
             log.warning("diag: %s", problem)
@@ -127,6 +131,7 @@ class Agent:
         self._started = True
         _RUNNING.add(self)
         self._start_history()
+        self._start_control()
         if self.settings.port is not None:
             worker_dir = self._server_directory_of_parent()
             if worker_dir is not None:
@@ -141,6 +146,9 @@ class Agent:
             return
         self._started = False
         _RUNNING.discard(self)
+        if self._control is not None:
+            self._control.stop()
+            self._control = None
         self.sampler.close()
         self.sampler.remove_listener(self._publish)
         if self.recorder is not None:
@@ -173,6 +181,34 @@ class Agent:
             log.warning("diag: no history in %s: %s; sampling goes on", recorder.root, exc)
             self.recorder = None
             return
+
+    def _start_control(self) -> None:
+        control = ControlServer(self._answer, socket_path(os.getpid(), self._environ))
+        try:
+            control.start()
+        except OSError as exc:
+            log.warning("diag: no control socket (%s); diag watch sees less of this process", exc)
+            return
+        self._control = control
+
+    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A control request: it reads what the sampler has, it never samples."""
+        op = message.get("op")
+        if op == "latest":
+            tick = self.sampler.latest
+            samples = (
+                [] if tick is None else [[s.name, s.value, dict(s.labels)] for s in tick.samples]
+            )
+            return {"pid": os.getpid(), "t": tick.t if tick else None, "samples": samples}
+        if op == "status":
+            return {
+                "pid": os.getpid(),
+                "role": self.role,
+                "port": self.port,
+                "probes": [dataclasses.asdict(s) for s in self.sampler.status()],
+                "verdicts": {k: dataclasses.asdict(v) for k, v in self.analyzer.verdicts.items()},
+            }
+        return {"error": f"unknown request {op!r}"}
 
     def _record_cuda_oom(self, record: dict[str, Any]) -> None:
         log.warning(
@@ -283,6 +319,9 @@ class Agent:
             # The parent's run is the parent's: the child records a run of its own.
             self.recorder.abandon()
             self._start_history()
+        if self._control is not None:
+            self._control.forget_after_fork()  # the parent's socket; the child gets its own
+            self._start_control()
         if self._server is not None:
             # The serving thread is the parent's; only our copy of its socket came along.
             self._server.socket.close()

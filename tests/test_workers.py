@@ -379,7 +379,10 @@ def test_a_forked_child_gets_its_own_sampler_and_publishes_without_serving(tmp_p
         assert child["pid"] == mine["child"]
         assert mine["threads"].count("diag-sampler") == 1, mine["threads"]
         assert child["threads"].count("diag-sampler") == 1, child["threads"]
-        assert sorted(child["threads"]) == ["MainThread", "diag-sampler"], child["threads"]
+        # Its own sampler and its own control socket, nothing inherited twice.
+        assert sorted(child["threads"]) == ["MainThread", "diag-control", "diag-sampler"], child[
+            "threads"
+        ]
         assert (mine["role"], mine["port"]) == ("server", port)
         assert (child["role"], child["port"], child["slot"]) == ("worker", None, 0)
 

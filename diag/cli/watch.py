@@ -18,10 +18,11 @@ from typing import Any
 
 import click
 
+from diag.control import request
 from diag.detect import Detector, RecentRate, Verdict
 from diag.errors import UsageError
 from diag.history import HistoryWriter, default_root, run_name
-from diag.model import Sample
+from diag.model import Sample, series_key
 from diag.units import format_bytes, format_duration
 from probes.base import ProbeUnavailable
 from probes.cuda import NvmlProbe
@@ -112,7 +113,7 @@ class Watcher:
                 self.writer.write_event(
                     "verdict", t, series="process_resident_memory_bytes", **fields
                 )
-        return {
+        row: dict[str, Any] = {
             "t": t,
             "pid": self.pid,
             "rss_bytes": rss,
@@ -125,6 +126,10 @@ class Watcher:
             "seconds_to_oom_low": verdict.seconds_to_oom_low,
             "seconds_to_oom_high": verdict.seconds_to_oom_high,
         }
+        agent = agent_series(self.pid)
+        if agent is not None:
+            row["agent"] = agent
+        return row
 
     def _optional(self, probe: LimitsProbe | NvmlProbe) -> list[Sample]:
         try:
@@ -181,6 +186,27 @@ class Watcher:
             self.writer.close()
         self.process.close()
         self.limits.close()
+
+
+#: What watch shows of an agent running in the target: heap, malloc, CUDA, sites, requests.
+AGENT_SERIES = (
+    "python_allocated_blocks", "malloc_in_use_bytes", "malloc_free_retained_bytes",
+    "gc_tracked_objects", "cuda_allocated_bytes", "cuda_reserved_bytes",
+    "tracemalloc_top_bytes", "requests_total", "leak_suspected",
+)  # fmt: skip
+
+
+def agent_series(pid: int) -> dict[str, float] | None:
+    """The richer series of an agent in ``pid`` (embedded, diag run or attached), read over its
+    control socket from its latest tick; None when it runs no agent we may talk to."""
+    reply = request(pid, "latest", timeout=0.5)
+    if reply is None:
+        return None
+    out: dict[str, float] = {}
+    for name, value, labels in reply.get("samples", []):
+        if name in AGENT_SERIES:
+            out[series_key(name, tuple(sorted(labels.items())))] = float(value)
+    return out
 
 
 _VERDICT_FIELDS = ("state", "reason", "rate", "seconds_to_oom", "seconds_to_oom_low",
@@ -242,6 +268,13 @@ def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
             f"({format_duration(row['seconds_to_oom_low'])} to "
             f"{format_duration(row['seconds_to_oom_high'])})",
         )
+    for key, value in sorted(row.get("agent", {}).items())[:12]:
+        shown = (
+            f"{value:,.0f}"
+            if not key.endswith("bytes") and "bytes{" not in key
+            else (format_bytes(value))
+        )
+        table.add_row(f"agent {key}"[:48], shown)
     title = f"diag watch: pid {pid} {' '.join(command)[:60]}"
     return Panel(table, title=title, subtitle="Ctrl-C to stop", expand=False)
 

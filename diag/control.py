@@ -1,0 +1,63 @@
+"""The client side of an agent's control channel (the server is ``probes.control``).
+
+Where the socket is, and one request/reply over it. A process without an agent, or with one
+of another user, simply has no socket we can use: ``request`` returns None.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+MAX_REPLY = 16 * 1024 * 1024
+
+
+def socket_directory(environ: Mapping[str, str] = os.environ, uid: int | None = None) -> str:
+    uid = os.geteuid() if uid is None else uid
+    base = environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, f"diag-{uid}")
+
+
+def socket_path(pid: int, environ: Mapping[str, str] = os.environ) -> str:
+    return os.path.join(socket_directory(environ), f"{pid}.sock")
+
+
+def private_directory(path: str) -> str:
+    """Create (or accept) a directory only we can enter; refuse one that others could."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise PermissionError(f"{path} is not a directory of ours")
+    if info.st_mode & 0o077:
+        raise PermissionError(f"{path} is open to other users (mode {info.st_mode & 0o777:o})")
+    return path
+
+
+def request(
+    pid: int, op: str, timeout: float = 2.0, environ: Mapping[str, str] = os.environ, **args: Any
+) -> dict[str, Any] | None:
+    """Ask the agent in ``pid``; None when there is no agent we may talk to."""
+    path = socket_path(pid, environ)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(timeout)
+            connection.connect(path)
+            connection.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n") and len(data) < MAX_REPLY:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    try:
+        reply: dict[str, Any] = json.loads(data)
+    except ValueError:
+        return None
+    return None if "error" in reply else reply

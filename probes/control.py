@@ -1,0 +1,113 @@
+"""The agent's control channel: a Unix socket only its user can reach.
+
+The socket is ``<runtime dir>/diag-<uid>/<pid>.sock``; the runtime dir is ``$XDG_RUNTIME_DIR``
+or the system's temporary directory. The ``diag-<uid>`` directory is created with mode 0700 and
+refused if it is anyone else's or open to others; every connection's peer uid is checked
+(SO_PEERCRED) against ours. One request per connection: a JSON line in, a JSON line out,
+bounded in size. Requests only read what the sampler already has (``latest``, ``status``): a
+request never runs a probe on the caller's behalf.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from diag.control import private_directory
+
+log = logging.getLogger("diag")
+
+MAX_REQUEST = 4096
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def peer_uid(connection: socket.socket) -> int:
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return int(uid)
+
+
+class ControlServer:
+    def __init__(
+        self,
+        handler: Handler,
+        path: str,
+        peer: Callable[[socket.socket], int] = peer_uid,
+    ) -> None:
+        self.path = path
+        self._handler = handler
+        self._peer = peer
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        private_directory(os.path.dirname(self.path))
+        if os.path.exists(self.path):
+            os.unlink(self.path)  # a stale socket of a dead process with our pid
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(self.path)
+        os.chmod(self.path, 0o600)
+        server.listen(8)
+        self._socket = server
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="diag-control", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        server = self._socket
+        assert server is not None
+        while not self._stop.is_set():
+            try:
+                connection, _ = server.accept()  # blocks: no wake-ups while nobody asks
+            except OSError:
+                return  # shut down by stop(), or closed after fork
+            with connection:
+                try:
+                    self._answer(connection)
+                except Exception:  # a bad client never reaches the host
+                    log.debug("diag: control request failed", exc_info=True)
+
+    def _answer(self, connection: socket.socket) -> None:
+        connection.settimeout(2.0)
+        if self._peer(connection) != os.geteuid():
+            connection.sendall(b'{"error": "another user: refused"}\n')
+            return
+        data = b""
+        while b"\n" not in data and len(data) <= MAX_REQUEST:
+            chunk = connection.recv(MAX_REQUEST)
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > MAX_REQUEST:
+            connection.sendall(b'{"error": "request too large"}\n')
+            return
+        reply = self._handler(json.loads(data.decode() or "{}"))
+        connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+            self._socket.close()
+            self._socket = None
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self._thread = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the listening socket and its path are the parent's."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self._thread = None

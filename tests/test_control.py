@@ -1,0 +1,90 @@
+"""The agent's control socket: what it answers, and whom it refuses."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from diag.control import private_directory, request, socket_path
+from diag.model import Sample
+from diag.settings import Settings
+from diag.testing import FakeProbe
+from probes.agent import Agent
+from probes.control import ControlServer
+from tests.conftest import DIAG, child_env
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_an_agent_answers_latest_and_status(runtime):
+    probe = FakeProbe("fake", [Sample("process_resident_memory_bytes", 42.0)])
+    agent = Agent(Settings(interval=3600), probes=[probe])
+    agent.start()
+    try:
+        agent.sampler.tick()
+        latest = request(os.getpid(), "latest")
+        assert latest is not None and latest["pid"] == os.getpid()
+        assert ["process_resident_memory_bytes", 42.0, {}] in latest["samples"]
+        status = request(os.getpid(), "status")
+        assert status is not None
+        assert {p["name"] for p in status["probes"]} >= {"fake", "requests", "detector"}
+        assert request(os.getpid(), "no-such-op") is None
+        path = socket_path(os.getpid())
+        assert oct(os.stat(os.path.dirname(path)).st_mode & 0o777) == "0o700"
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    finally:
+        agent.stop()
+    assert not os.path.exists(socket_path(os.getpid()))
+    assert request(os.getpid(), "latest") is None  # no agent: simply no answer
+
+
+def test_another_users_connection_is_refused(runtime):
+    path = os.path.join(private_directory(str(runtime / "sock")), "1.sock")
+    server = ControlServer(lambda message: {"secret": 1}, path, peer=lambda conn: os.geteuid() + 1)
+    server.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as connection:
+            connection.connect(path)  # refused before it may even ask
+            assert json.loads(connection.recv(4096)) == {"error": "another user: refused"}
+    finally:
+        server.stop()
+
+
+def test_a_directory_others_can_enter_is_refused(tmp_path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o755)
+    with pytest.raises(PermissionError, match="open to other users"):
+        private_directory(str(open_dir))
+
+
+@pytest.mark.e2e
+def test_watch_shows_the_richer_series_of_an_agent_in_the_target(runtime, tmp_path):
+    code = ("import threading, probes; a = probes.agent(); ev = threading.Event(); "
+            "a.sampler.add_listener(lambda t: ev.set()); ev.wait(10); print('ready', flush=True);"
+            " threading.Event().wait()")  # fmt: skip
+    env = child_env(XDG_RUNTIME_DIR=str(runtime), DIAG_HISTORY=str(tmp_path / "h"))
+    target = subprocess.Popen([*DIAG, "run", "--interval", "0.2", "--", sys.executable, "-c",
+                               code], stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert target.stdout.readline() == "ready\n"
+        result = subprocess.run(
+            [*DIAG, "watch", "--pid", str(target.pid), "--interval", "0.2", "--duration", "0.5",
+             "--json", "--history", "off"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+    finally:
+        target.kill()
+        target.wait()
+        target.stdout.close()
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout.splitlines()[0])
+    assert row["agent"]["python_allocated_blocks"] > 0
+    assert "malloc_in_use_bytes" in row["agent"]
