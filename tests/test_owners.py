@@ -1,0 +1,117 @@
+"""Finding who holds leaked objects: readable paths, many objects at once, our own skipped."""
+
+import gc
+import importlib
+import sys
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from diag.owners import find_holders
+
+torch = pytest.importorskip("torch")
+
+SERVICE = """
+import torch
+_AUDIO_CACHE = {}
+
+def synthesize(text):
+    return torch.zeros(256)
+
+def talk(i):
+    _AUDIO_CACHE[f"req-{i}"] = synthesize("hello")
+
+class ChatMemory:
+    sessions = {}
+
+def make_mixer():
+    kept = [torch.ones(4) for _ in range(30)]
+    def mix():
+        return kept
+    return mix
+
+@__import__("functools").lru_cache(maxsize=None)
+def embed(word):
+    return torch.ones(8)
+"""
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch):
+    (tmp_path / "leaky_service.py").write_text(SERVICE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("leaky_service")
+    yield module
+    sys.modules.pop("leaky_service", None)
+
+
+def test_holders_of_every_kind_are_named(service):
+    for i in range(2000):
+        service.talk(i)
+    for i in range(120):
+        service.ChatMemory.sessions[i] = torch.ones(2)
+    mixer = service.make_mixer()
+    for i in range(40):
+        service.embed(f"w{i}")
+    started, stop = threading.Event(), threading.Event()
+
+    def mix_forever():
+        buf = [torch.ones(3) for _ in range(25)]
+        started.set()
+        stop.wait()
+        return buf
+
+    thread = threading.Thread(target=mix_forever, name="mixer", daemon=True)
+    thread.start()
+    started.wait()
+    try:
+        everything = [o for o in gc.get_objects() if type(o) is torch.Tensor]
+        result = find_holders(everything, time_budget=10)
+    finally:
+        stop.set()
+        thread.join()
+    paths = {h.path: h.count for h in result.holders}
+    assert paths["leaky_service._AUDIO_CACHE"] == 2000
+    assert result.holders[0].path == "leaky_service._AUDIO_CACHE"  # the biggest first
+    assert result.holders[0].kind == "dict"
+    assert paths["leaky_service.ChatMemory.sessions"] == 120
+    assert paths["thread 'mixer' › mix_forever() › buf"] == 25
+    test_frame = "thread 'MainThread' › test_holders_of_every_kind_are_named()"
+    assert paths[f"{test_frame} › mixer › kept (closure of make_mixer.<locals>.mix())"] == 30
+    assert paths["leaky_service.embed (its functools.lru_cache)"] == 40
+    assert result.complete
+    del mixer
+
+
+def test_the_callers_own_list_is_not_a_holder():
+    targets = [torch.ones(1) for _ in range(10)]
+    result = find_holders(targets)
+    assert result.holders == []  # only the list passed in holds them
+    assert result.orphans == 10
+
+
+_HELD: dict[int, object] = {}
+
+
+def test_it_stops_at_its_time_budget():
+    targets = [torch.ones(1) for _ in range(5000)]
+    _HELD.update(enumerate(targets))  # a global: found by the heap search, not the frame scan
+    try:
+        result = find_holders(targets, time_budget=0.0)
+        assert not result.complete and result.unplaced == 5000
+        result = find_holders(targets, time_budget=10.0)
+        assert result.complete
+        assert [(h.path, h.count) for h in result.holders] == [("tests.test_owners._HELD", 5000)]
+    finally:
+        _HELD.clear()
+
+
+def test_locals_of_a_running_function_are_named():
+    targets = [torch.ones(1) for _ in range(50)]
+    box = SimpleNamespace(store=dict(enumerate(targets)))
+    result = find_holders(targets)
+    assert [(h.path, h.count) for h in result.holders] == [
+        ("thread 'MainThread' › test_locals_of_a_running_function_are_named() › box.store", 50)
+    ]
+    del box
