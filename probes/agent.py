@@ -208,6 +208,12 @@ class Agent:
                 "probes": [dataclasses.asdict(s) for s in self.sampler.status()],
                 "verdicts": {k: dataclasses.asdict(v) for k, v in self.analyzer.verdicts.items()},
             }
+        if op == "dump":
+            from diag.census import take_dump
+
+            top = int(message.get("top", 10))
+            budget = float(message.get("time_budget", 10.0))
+            return take_dump(top=max(1, min(top, 100)), time_budget=min(budget, 60.0)).to_json()
         return {"error": f"unknown request {op!r}"}
 
     def _record_cuda_oom(self, record: dict[str, Any]) -> None:

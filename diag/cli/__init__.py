@@ -34,6 +34,7 @@ def _register() -> None:
     from diag.cli.analyze import analyze
     from diag.cli.attach import attach
     from diag.cli.demo import demo
+    from diag.cli.dump import dump
     from diag.cli.report import report
     from diag.cli.run import run
     from diag.cli.watch import watch
@@ -44,6 +45,7 @@ def _register() -> None:
     main.add_command(report)
     main.add_command(watch)
     main.add_command(demo)
+    main.add_command(dump)
 
 
 _register()
