@@ -28,6 +28,17 @@ MAX_REQUEST = 4096
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+def _remove_stale_sockets(directory: str) -> None:
+    """Sockets of agents killed without a clean stop (SIGKILL, OOM) would pile up."""
+    from probes.workers import pid_alive
+
+    for name in os.listdir(directory):
+        stem = name.removesuffix(".sock")
+        if name.endswith(".sock") and stem.isdigit() and not pid_alive(int(stem)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
 def peer_uid(connection: socket.socket) -> int:
     credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     _pid, uid, _gid = struct.unpack("3i", credentials)
@@ -49,7 +60,8 @@ class ControlServer:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        private_directory(os.path.dirname(self.path))
+        directory = private_directory(os.path.dirname(self.path))
+        _remove_stale_sockets(directory)
         if os.path.exists(self.path):
             os.unlink(self.path)  # a stale socket of a dead process with our pid
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

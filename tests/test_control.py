@@ -88,3 +88,18 @@ def test_watch_shows_the_richer_series_of_an_agent_in_the_target(runtime, tmp_pa
     row = json.loads(result.stdout.splitlines()[0])
     assert row["agent"]["python_allocated_blocks"] > 0
     assert "malloc_in_use_bytes" in row["agent"]
+
+
+def test_sockets_of_dead_agents_are_removed(runtime):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    directory = private_directory(os.path.dirname(socket_path(os.getpid())))
+    stale = os.path.join(directory, f"{dead}.sock")
+    open(stale, "w").close()
+    agent = Agent(Settings(interval=3600), probes=[FakeProbe()])
+    agent.start()
+    try:
+        assert not os.path.exists(stale)
+        assert os.path.exists(socket_path(os.getpid()))
+    finally:
+        agent.stop()
