@@ -177,3 +177,22 @@ def test_the_recent_rate_is_usable_within_forty_seconds():
         estimate = recent.update(float(t), 1e9 + 2.5e6 * t + rng.gauss(0, 3e6))
     assert estimate is not None
     assert abs(estimate - 2.5e6) < 2.5e6 / 3
+
+
+def test_real_traces_recorded_to_a_real_oom_kill():
+    import json
+
+    from diag.series_io import read_csv
+    from tests.conftest import REPO
+
+    traces = REPO / "tests" / "data" / "traces"
+    for name in ("torch_lru", "torch_cache"):  # bounded: silent
+        series = read_csv(str(traces / f"{name}.csv"))
+        meta = json.loads((traces / f"{name}.json").read_text())
+        assert replay(series.times, series.values, meta["limit"]) == [], name
+    series = read_csv(str(traces / "torch_slow_leak.csv"))
+    meta = json.loads((traces / "torch_slow_leak.json").read_text())
+    alerts = replay(series.times, series.values, meta["limit"])
+    assert alerts and meta["t_leak"] <= alerts[0].start <= meta["t_oom"] - 600
+    actual = meta["t_oom"] - alerts[0].start
+    assert abs(math.log2(alerts[0].seconds_to_oom / actual)) < 0.25
