@@ -16,19 +16,10 @@ import sys
 import tempfile
 import time
 
-BUSY = """
-print("ready", flush=True)
-hold = []
-while True:
-    hold.append(bytearray(64 << 10))
-    if len(hold) > 200:
-        hold.clear()
-"""
-IDLE = """
-import threading
-print("ready", flush=True)
-threading.Event().wait()
-"""
+from diag.testing import BUSY_ALLOCATING_SCRIPT, IDLE_WAITING_SCRIPT
+
+BUSY = BUSY_ALLOCATING_SCRIPT
+IDLE = IDLE_WAITING_SCRIPT
 
 
 def one_round(code: str, history: str) -> tuple[bool, float, float, str]:

@@ -124,3 +124,21 @@ class FakeCudaModule:
         # Real torch would initialise CUDA here; the fake records it so tests can forbid it.
         if not self.initialized:
             self.init()
+
+
+#: Scripts for real target processes (attach tests and benchmarks): each prints "ready" once
+#: running. One allocates in a tight loop with no Python calls (a busy main thread); the other's
+#: main thread waits on an Event (pending calls never run there).
+BUSY_ALLOCATING_SCRIPT = """
+print("ready", flush=True)
+hold = []
+while True:
+    hold.append(bytearray(64 << 10))
+    if len(hold) > 200:
+        hold.clear()
+"""
+IDLE_WAITING_SCRIPT = """
+import threading
+print("ready", flush=True)
+threading.Event().wait()
+"""

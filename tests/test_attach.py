@@ -10,23 +10,11 @@ from diag.attach import Target, check_can_attach, inspect_target, ptrace_scope
 from diag.cli import main
 from diag.cli.demo import scrape
 from diag.errors import ProcessError
+from diag.testing import BUSY_ALLOCATING_SCRIPT, IDLE_WAITING_SCRIPT
 from tests.conftest import child_env, poll, require_tool
 
-BUSY = """
-import sys
-print("ready", flush=True)
-hold = []
-while True:
-    hold.append(bytearray(64 << 10))
-    if len(hold) > 200:
-        hold.clear()
-"""
-
-IDLE = """
-import threading
-print("ready", flush=True)
-threading.Event().wait()
-"""
+BUSY = BUSY_ALLOCATING_SCRIPT
+IDLE = IDLE_WAITING_SCRIPT
 
 
 @pytest.fixture(params=["busy", "idle"])
