@@ -15,7 +15,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 
 from diag.detect import Verdict
 from diag.history import HistoryWriter, _segments
@@ -91,8 +90,7 @@ def write_week(run_dir: str, seconds: int) -> float:
     analyzer = GrowthAnalyzer()
 
     def record_verdict(series: str, previous: Verdict | None, verdict: Verdict) -> None:
-        fields = {k: v for k, v in asdict(verdict).items() if k != "t"}  # as the agent does
-        writer.write_event("verdict", verdict.t, series=series, **fields)
+        writer.write_event("verdict", verdict.t, series=series, **verdict.fields())
 
     analyzer.on_change(record_verdict)
     t0 = 1_700_000_000.0

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Literal
+from typing import Any, Literal
 
 State = Literal["insufficient_data", "warming_up", "steady", "growing", "bounded_growth", "leak"]
 
@@ -84,6 +84,10 @@ class Verdict:
     seconds_to_oom_high: float | None = None
     window_seconds: float | None = None  # how long the growth behind the verdict was watched
 
+    def fields(self) -> dict[str, Any]:
+        """Everything but its time: what a history event or a JSON line records of it."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "t"}
+
 
 @dataclass(frozen=True, slots=True)
 class Alert:
@@ -122,12 +126,10 @@ class _Window:
     rate_low: float
     rate_high: float
     top: float  # the upper envelope now: what the limit is compared with
-    level: float
-    rise: float
 
     @classmethod
     def quiet(cls, seconds: float, now: float) -> _Window:
-        return cls(seconds, now, False, False, False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(seconds, now, False, False, False, False, 0.0, 0.0, 0.0, 0.0)
 
 
 def _median(values: list[float]) -> float:
@@ -384,8 +386,6 @@ class Detector:
             rate_low=max(rate - 2 * se, 0.1 * rate),
             rate_high=rate + 2 * se,
             top=level_now + max(gap, 0.0),
-            level=level_now,
-            rise=rise,
         )
 
     def _candidate_lengths(self, regime: float) -> list[float]:

@@ -55,7 +55,6 @@ _PAIR = struct.Struct("<Hd")
 _SUMMARY_HEAD = struct.Struct("<ddH")
 _SUMMARY_ROW = struct.Struct("<Hddd")
 _MAGIC_BYTES = struct.pack("<H", RECORD_MAGIC)
-SEGMENT_NAME = re.compile(r"seg-(\d{6})\.dh$")
 
 MiB = 1024 * 1024
 

@@ -25,11 +25,6 @@ class Sample(NamedTuple):
     value: float
     labels: Labels = ()
 
-    @property
-    def series(self) -> str:
-        """A stable key for this series: ``name`` or ``name{k=v,...}``."""
-        return series_key(self.name, self.labels)
-
 
 def series_key(name: str, labels: Labels = ()) -> str:
     if not labels:

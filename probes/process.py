@@ -23,12 +23,12 @@ _STATUS_FIELDS = {
 }
 
 
-def parse_kib_fields(text: bytes, wanted: frozenset[bytes] | None = None) -> dict[bytes, int]:
-    """``Key:   123 kB`` lines to {b"Key:": bytes}; only ``wanted`` keys when given."""
+def parse_kib_fields(text: bytes) -> dict[bytes, int]:
+    """``Key:   123 kB`` lines to {b"Key:": bytes}."""
     out: dict[bytes, int] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) < 2 or (wanted is not None and parts[0] not in wanted):
+        if len(parts) < 2:
             continue
         try:
             value = int(parts[1])

@@ -75,8 +75,7 @@ class HistoryRecorder:
 
     def record_verdict(self, series: str, previous: Verdict | None, verdict: Verdict) -> None:
         if self.writer is not None:
-            fields = {k: v for k, v in asdict(verdict).items() if k != "t"}
-            self.writer.write_event("verdict", verdict.t, series=series, **fields)
+            self.writer.write_event("verdict", verdict.t, series=series, **verdict.fields())
 
     def record_event(self, kind: str, **fields: Any) -> None:
         if self.writer is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from typing import Any
 
 import click
@@ -41,7 +40,7 @@ def result_document(series: RecordedSeries, alerts: list[Alert], final: Verdict)
         "first_sample": series.times[0],
         "last_sample": series.times[-1],
         "alerts": [a.to_json() for a in alerts],
-        "final": {k: v for k, v in asdict(final).items() if k != "t"},
+        "final": final.fields(),
     }
 
 

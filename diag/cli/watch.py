@@ -109,9 +109,8 @@ class Watcher:
         if self.writer is not None:
             self.writer.write_samples(t, samples)
             if previous is None or previous.state != verdict.state:
-                fields = {k: getattr(verdict, k) for k in _VERDICT_FIELDS}
                 self.writer.write_event(
-                    "verdict", t, series="process_resident_memory_bytes", **fields
+                    "verdict", t, series="process_resident_memory_bytes", **verdict.fields()
                 )
         row: dict[str, Any] = {
             "t": t,
@@ -207,10 +206,6 @@ def agent_series(pid: int) -> dict[str, float] | None:
         if name in AGENT_SERIES:
             out[series_key(name, tuple(sorted(labels.items())))] = float(value)
     return out
-
-
-_VERDICT_FIELDS = ("state", "reason", "rate", "seconds_to_oom", "seconds_to_oom_low",
-                   "seconds_to_oom_high")  # fmt: skip
 
 
 def _command_of(pid: int) -> list[str]:
