@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - creates .venv, installs diag (with the local CPU torch) and runs `diag demo`
-#   make test   - also installs the test tools (Debian's prometheus, promtool, chromium, tmux), then lints,
+#   make test   - also installs the test tools (Debian's prometheus, promtool, chromium, tmux, gdb, graphviz), then lints,
 #                 type-checks and runs the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,9 +20,9 @@ demo: $(BIN)/.installed
 	$(BIN)/diag demo
 
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null || ! command -v tmux >/dev/null || ! command -v gdb >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null || ! command -v tmux >/dev/null || ! command -v gdb >/dev/null || ! command -v dot >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus chromium tmux gdb; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus chromium tmux gdb graphviz; \
 	fi
 
 lint: $(BIN)/.installed
