@@ -1,11 +1,20 @@
-"""What holds the memory: live tensors and arrays counted by storage, grouped by holder.
+"""What holds the memory: live tensors, arrays and big containers, grouped by holder.
 
-A census walks the gc's objects once: torch tensors (CPU and CUDA) counted by their storage, so
-views and tensors sharing a storage count once; numpy arrays by the array that owns the buffer.
-``take_dump`` then finds who holds them (``diag.owners``), and reports, per holder, the bytes it
-retains, what it holds (type, dtype, device), and where the objects were allocated when
-tracemalloc was tracing (``tracemalloc.get_object_traceback``; for a tensor that is where the
-tensor was made, even though torch allocates its bytes outside Python's allocator).
+A census walks the gc's objects once:
+
+- torch tensors (CPU and CUDA) are counted by their storage, so views and tensors sharing a
+  storage count once; numpy arrays by the array that owns the buffer;
+- a tensor that autograd keeps a graph for (a forgotten ``no_grad``) also retains the tensors
+  its graph saved for backward; those have no Python object gc could list, so they are reached
+  through ``grad_fn`` and counted to the holder of the output;
+- Python containers (dicts, lists, sets, deques) with many entries are measured by deep size
+  (pympler, on a sample of entries), so a leak of plain Python objects is seen too.
+
+``diag.owners`` then finds who holds them. Per holder the census reports the bytes it retains,
+what it holds (type, dtype, device) and where those objects were allocated, when tracemalloc
+was tracing (for a tensor that is where the tensor object was made, even though torch
+allocates its bytes outside Python's allocator) or, on CUDA, from torch's allocation history
+joined by storage address.
 
 Nothing here imports torch or numpy: they are looked up in ``sys.modules``, as the host left them.
 """
@@ -13,28 +22,47 @@ Nothing here imports torch or numpy: they are looked up in ``sys.modules``, as t
 from __future__ import annotations
 
 import ast
+import collections
+import ctypes
 import functools
 import gc
+import itertools
 import os
 import sys
+import sysconfig
 import time
 import tracemalloc
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from diag.owners import find_holders
+from diag.owners import Holder, Link, find_holders, name_objects
+
+#: A Python container is looked at when it has this many entries, or when it grew by
+#: GROWN_ENTRIES (and a quarter) during a window; entries are recorded from RECORDED_ENTRIES up.
+BIG_CONTAINER_ENTRIES = 1000
+GROWN_ENTRIES = 64
+RECORDED_ENTRIES = 32
+#: ...and reported when it retains at least this much.
+MIN_CONTAINER_BYTES = 1 << 20
+#: Entries sampled per container for its deep size and allocation stacks.
+ENTRY_SAMPLE = 64
+#: Autograd nodes visited per dump, at most: graphs can be long.
+MAX_GRAPH_NODES = 100_000
+STACKS_PER_OWNER = 3
+FRAMES_PER_STACK = 8
 
 
 @dataclass
 class Content:
-    type: str  # "torch.Tensor float32", "numpy.ndarray float64"
+    type: str  # "torch.Tensor float32", "numpy.ndarray float64", "bytes"
     device: str
     count: int
     bytes: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Frame:
     file: str
     line: int
@@ -57,6 +85,17 @@ class Owner:
     growth_bytes_per_second: float | None
     contents: list[Content]
     allocation_stacks: list[Stack] = field(default_factory=list)
+    growth_bytes_per_request: float | None = None
+    chain: list[Link] = field(default_factory=list)
+
+
+@dataclass
+class Site:
+    """An allocation site that grew during a window (tracemalloc's view: Python's allocator)."""
+
+    site: str
+    bytes: int
+    count: int
 
 
 @dataclass
@@ -67,115 +106,505 @@ class Dump:
     complete: bool
     cause: dict[str, Any]
     owners: list[Owner]
+    #: Set when the dump closes a traced window: its length, requests served, sites grown.
+    window_seconds: float | None = None
+    requests: int | None = None
+    allocation_sites: list[Site] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _measure(obj: Any, torch: Any, numpy: Any) -> tuple[str, str, tuple[Any, ...], int] | None:
+# -- measuring ---------------------------------------------------------------------------------
+
+_Measure = tuple[str, str, tuple[Any, ...], int]  # (kind, device, storage key, bytes)
+
+
+def _measure(obj: Any, torch: Any, numpy: Any) -> _Measure | None:
     """(kind, device, storage key, bytes) for a tensor or an owning array; None otherwise."""
     kind = type(obj)
     if torch is not None and issubclass(kind, torch.Tensor):
-        try:
-            storage = obj.untyped_storage()
-            size = int(storage.nbytes())
-            device = str(obj.device)
-            key = (device, int(storage.data_ptr()), size)
-        except Exception:  # meta tensors, tensor subclasses without storage
-            return None
-        dtype = str(obj.dtype).replace("torch.", "")
-        return f"torch.Tensor {dtype}", device, key, size
+        return _measure_tensor(obj)
     if numpy is not None and kind is numpy.ndarray:
-        if obj.base is not None:
-            return None  # a view: the owning array counts the buffer
-        return f"numpy.ndarray {obj.dtype}", "cpu", ("numpy", id(obj)), int(obj.nbytes)
+        return _measure_array(obj)
     return None
 
 
-def _stack_of(obj: Any, user_only: bool) -> tuple[Frame, ...] | None:
-    # None where tracemalloc cannot find the object's block: on Python 3.11 that is every
-    # object with a managed dict (torch tensors among them), a CPython limitation.
-    traceback = tracemalloc.get_object_traceback(obj)
-    if traceback is None:
+def _measure_tensor(obj: Any) -> _Measure | None:
+    try:
+        storage = obj.untyped_storage()
+        size = int(storage.nbytes())
+        device = str(obj.device)
+        key = (device, int(storage.data_ptr()), size)
+    except Exception:  # meta tensors, tensor subclasses without storage
         return None
-    # tracemalloc orders frames oldest first; a stack reads from the allocation outwards.
+    dtype = str(obj.dtype).replace("torch.", "")
+    return f"torch.Tensor {dtype}", device, key, size
+
+
+def _measure_array(obj: Any) -> _Measure | None:
+    if obj.base is not None:
+        return None  # a view: the owning array counts the buffer
+    return f"numpy.ndarray {obj.dtype}", "cpu", ("numpy", id(obj)), int(obj.nbytes)
+
+
+_OTHER, _TENSOR, _ARRAY, _CONTAINER = range(4)
+
+
+def _classifier(torch: Any, numpy: Any) -> Callable[[type], int]:
+    """What a type is to the census, decided once per type: a heap has a million objects but
+    a few thousand types, and ``issubclass`` against torch.Tensor is not cheap."""
+    known: dict[type, int] = {}
+
+    def classify(kind: type) -> int:
+        found = known.get(kind)
+        if found is None:
+            if torch is not None and issubclass(kind, torch.Tensor):
+                found = _TENSOR
+            elif numpy is not None and kind is numpy.ndarray:
+                found = _ARRAY
+            elif issubclass(kind, _CONTAINER_TYPES):
+                found = _CONTAINER
+            else:
+                found = _OTHER
+            known[kind] = found
+        return found
+
+    return classify
+
+
+_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _saved_names(node_type: type) -> tuple[str, ...]:
+    names = _SAVED_NAMES.get(node_type)
+    if names is None:
+        names = _SAVED_NAMES[node_type] = tuple(
+            n for n in dir(node_type) if n.startswith("_saved_")
+        )
+    return names
+
+
+def saved_tensors(outputs: list[Any], torch: Any, budget: list[int]) -> Iterator[Any]:
+    """Tensors the autograd graphs behind ``outputs`` saved for backward. ``budget`` is the
+    number of graph nodes left to visit (shared by the whole dump)."""
+    seen: set[int] = set()
+    stack = [getattr(t, "grad_fn", None) for t in outputs]
+    while stack and budget[0] > 0:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        budget[0] -= 1
+        for name in _saved_names(type(node)):
+            try:
+                value = getattr(node, name)
+            except Exception:  # freed by a backward pass, or not a tensor attribute
+                continue
+            values = value if type(value) in (tuple, list) else (value,)
+            yield from (v for v in values if issubclass(type(v), torch.Tensor))
+        try:
+            stack.extend(next_node for next_node, _ in node.next_functions)
+        except Exception:
+            continue
+
+
+# -- allocation stacks ------------------------------------------------------------------------
+
+_HAVE_GC = 1 << 14
+_MANAGED_DICT = 1 << 4
+
+
+def _raw_traceback_reader() -> Any:
+    """On 3.11, ``tracemalloc.get_object_traceback`` misses every object with a managed dict
+    (torch tensors among them): it does not step over the two pointers stored before the gc
+    header. The C function it wraps, given the right address, finds the block. 3.12 fixed it."""
+    if sys.version_info[:2] != (3, 11):
+        return None
+    try:
+        reader = ctypes.pythonapi._PyTraceMalloc_GetTraceback
+    except AttributeError:
+        return None
+    reader.restype = ctypes.py_object
+    reader.argtypes = [ctypes.c_uint, ctypes.c_size_t]
+    return reader
+
+
+_READ_RAW = _raw_traceback_reader()
+_POINTER = ctypes.sizeof(ctypes.c_void_p)
+
+
+def object_traceback(obj: Any) -> tracemalloc.Traceback | None:
+    """Where ``obj`` was allocated, if tracemalloc was tracing then."""
+    traceback = tracemalloc.get_object_traceback(obj)
+    flags = type(obj).__flags__
+    if traceback is not None or _READ_RAW is None or not flags & _MANAGED_DICT:
+        return traceback
+    header = (2 * _POINTER if flags & _HAVE_GC else 0) + 2 * _POINTER
+    raw = _READ_RAW(0, id(obj) - header)
+    return tracemalloc.Traceback(raw) if raw else None
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    here = os.path.dirname(os.path.abspath(__file__))
+    own = [here, os.path.join(os.path.dirname(here), "probes")]
+    found = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return tuple(p + os.sep for p in (*found, *own) if p)
+
+
+_LIBRARY = _library_prefixes()
+
+
+def is_library(path: str) -> bool:
+    """Frames of the standard library, installed packages (torch...) and diag itself."""
+    return path.startswith(_LIBRARY) or path.startswith("<") or "site-packages" in path
+
+
+def frames_of(traceback: tracemalloc.Traceback, user_only: bool) -> tuple[Frame, ...]:
+    """Innermost first, the user's frames only unless none are."""
     frames = [
         Frame(f.filename, f.lineno, function_at(f.filename, f.lineno)) for f in reversed(traceback)
     ]
     if user_only:
-        kept = [f for f in frames if not _is_library(f.file)]
-        frames = kept or frames
-    return tuple(frames[:8])
+        frames = [f for f in frames if not is_library(f.file)] or frames
+    return tuple(frames[:FRAMES_PER_STACK])
 
 
-def _is_library(path: str) -> bool:
-    return any(part in path for part in ("site-packages", "/torch/", "/diag/", "/probes/",
-                                          "/lib/python3"))  # fmt: skip
+def cuda_block_stacks(snapshot: Mapping[str, Any], user_only: bool) -> dict[int, tuple[Frame, ...]]:
+    """Block address -> allocation stack, from ``torch.cuda.memory._snapshot()`` taken while
+    ``_record_memory_history(stacks="python")`` was on. Frames there are innermost first."""
+    stacks: dict[int, tuple[Frame, ...]] = {}
+    for segment in snapshot.get("segments", ()):
+        for block in segment.get("blocks", ()):
+            if block.get("state") != "active_allocated" or not block.get("frames"):
+                continue
+            frames = [
+                Frame(str(f.get("filename", "?")), int(f.get("line", 0)), str(f.get("name", "?")))
+                for f in block["frames"]
+            ]
+            if user_only:
+                frames = [f for f in frames if not is_library(f.file)] or frames
+            stacks[int(block["address"])] = tuple(frames[:FRAMES_PER_STACK])
+    return stacks
 
 
-def take_dump(top: int = 10, time_budget: float = 10.0, user_frames_only: bool = True) -> Dump:
-    """Who holds the process's tensors and arrays, biggest first."""
-    started = time.monotonic()
-    torch = sys.modules.get("torch")
-    numpy = sys.modules.get("numpy")
-    measured: dict[int, tuple[str, str, tuple[Any, ...], int]] = {}
-    targets: list[Any] = []
-    for obj in gc.get_objects():
-        info = _measure(obj, torch, numpy)
-        if info is not None:
-            measured[id(obj)] = info
-            targets.append(obj)
-    remaining = max(time_budget - (time.monotonic() - started), 0.1)
-    ownership = find_holders(targets, time_budget=remaining)
-    del targets
-    owners = []
-    for holder in ownership.holders:
+# -- the census -------------------------------------------------------------------------------
+
+
+@dataclass
+class Baseline:
+    """What a window's first census saw, for the growth its last one reports."""
+
+    t: float
+    retained: dict[str, int]  # owner path -> bytes retained
+    entries: dict[int, int]  # id of a container with GROWN_ENTRIES or more -> its entries
+    requests: int
+
+
+_CONTAINER_TYPES = (dict, list, set, collections.deque)
+
+
+def _entries_of(container: Any) -> list[Any]:
+    if issubclass(type(container), dict):
+        return [x for kv in itertools.islice(dict.items(container), ENTRY_SAMPLE) for x in kv]
+    return list(itertools.islice(iter(container), ENTRY_SAMPLE))
+
+
+def _sample_values(container: Any) -> list[Any]:
+    if issubclass(type(container), dict):
+        return list(itertools.islice(dict.values(container), ENTRY_SAMPLE))
+    return list(itertools.islice(iter(container), ENTRY_SAMPLE))
+
+
+def _deep_size(container: Any) -> int:
+    """The container plus its entries, the entries estimated from a sample (pympler)."""
+    from pympler import asizeof
+
+    deep_size: Callable[..., int] = asizeof.asizeof
+    entries = len(container)
+    sample = _entries_of(container)
+    if not sample:
+        return sys.getsizeof(container)
+    per_entry = deep_size(*sample, limit=4) / max(min(entries, ENTRY_SAMPLE), 1)
+    return int(sys.getsizeof(container) + per_entry * entries)
+
+
+def _namespaces() -> set[int]:
+    """Module globals and class dicts are roots and code, not data containers."""
+    found = {id(vars(m)) for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
+    found.add(id(sys.modules))
+    return found
+
+
+class Census:
+    """One walk of the heap: tensors and arrays by storage, big containers, then holders."""
+
+    def __init__(
+        self,
+        *,
+        time_budget: float,
+        user_frames_only: bool = True,
+        reveal: bool = False,
+        cuda_stacks: Mapping[int, tuple[Frame, ...]] | None = None,
+        entries_before: Mapping[int, int] | None = None,
+    ) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + time_budget
+        self.user_only = user_frames_only
+        self.reveal = reveal
+        self.cuda_stacks = cuda_stacks or {}
+        self.entries_before = entries_before
+        self.tracing = tracemalloc.is_tracing()
+        self.complete = True
+        self.entries: dict[int, int] = {}  # for the next window's baseline
+
+    def run(self) -> list[Owner]:
+        torch = sys.modules.get("torch")
+        numpy = sys.modules.get("numpy")
+        measured: dict[int, _Measure] = {}
+        targets: list[Any] = []
+        containers: list[Any] = []
+        skip = _namespaces()
+        classify = _classifier(torch, numpy)
+        for obj in gc.get_objects():
+            what = classify(type(obj))
+            if what == _OTHER:
+                continue
+            if what == _CONTAINER:
+                entries = len(obj)
+                if entries >= RECORDED_ENTRIES and id(obj) not in skip:
+                    self.entries[id(obj)] = entries
+                    if entries >= BIG_CONTAINER_ENTRIES or self._grew(obj, entries):
+                        containers.append(obj)
+                continue
+            info = _measure_tensor(obj) if what == _TENSOR else _measure_array(obj)
+            if info is not None:
+                measured[id(obj)] = info
+                targets.append(obj)
+        ownership = find_holders(targets, self._left(), reveal=self.reveal)
+        self.complete = ownership.complete
+        del targets
+        counted = {measured[id(o)][2] for h in ownership.holders for o in h.objects}
+        graph_budget = [MAX_GRAPH_NODES]
+        owners = [
+            self._tensor_owner(h, measured, counted, torch, graph_budget) for h in ownership.holders
+        ]
+        holding_tensors = {h.ident for h in ownership.holders}
+        owners.extend(self._container_owners(containers, holding_tensors))
+        containers.clear()
+        return owners
+
+    def _left(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.1)
+
+    def _grew(self, container: Any, entries: int) -> bool:
+        if self.entries_before is None:
+            return False
+        grown = entries - self.entries_before.get(id(container), 0)
+        return grown >= GROWN_ENTRIES and grown >= entries // 4
+
+    def _stack(self, obj: Any, device: str, key: tuple[Any, ...]) -> tuple[Frame, ...] | None:
+        if device.startswith("cuda") and self.cuda_stacks:
+            stack = self.cuda_stacks.get(key[1])
+            if stack is not None:
+                return stack
+        if not self.tracing:
+            return None
+        traceback = object_traceback(obj)
+        return frames_of(traceback, self.user_only) if traceback is not None else None
+
+    def _tensor_owner(
+        self,
+        holder: Holder,
+        measured: dict[int, _Measure],
+        counted: set[tuple[Any, ...]],
+        torch: Any,
+        graph_budget: list[int],
+    ) -> Owner:
         seen: set[tuple[Any, ...]] = set()
         contents: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         stacks: dict[tuple[Frame, ...], list[int]] = defaultdict(lambda: [0, 0])
         retained = 0
+        with_graph = []
         for obj in holder.objects:
-            kind, device, key, size = measured[id(obj)]
-            counted = 0 if key in seen else size  # shared storages and views count once
+            kind_of, device, key, size = measured[id(obj)]
+            size = 0 if key in seen else size  # shared storages and views count once
             seen.add(key)
-            retained += counted
-            entry = contents[(kind, device)]
+            retained += size
+            entry = contents[(kind_of, device)]
             entry[0] += 1
-            entry[1] += counted
-            stack = _stack_of(obj, user_frames_only) if tracemalloc.is_tracing() else None
+            entry[1] += size
+            stack = self._stack(obj, device, key)
             if stack is not None:
-                stacks[stack][0] += counted
+                stacks[stack][0] += size
                 stacks[stack][1] += 1
-        owners.append(
-            Owner(
-                path=holder.path,
-                kind=holder.kind,
-                retained_bytes=retained,
-                objects=holder.count,
-                growth_bytes_per_second=None,
-                contents=[
-                    Content(kind, device, count, size)
-                    for (kind, device), (count, size) in sorted(
-                        contents.items(), key=lambda kv: -kv[1][1]
-                    )
-                ],
-                allocation_stacks=[
-                    Stack(size, count, list(frames))
-                    for frames, (size, count) in sorted(stacks.items(), key=lambda kv: -kv[1][0])[
-                        :3
-                    ]
-                ],
-            )
+            if torch is not None and getattr(obj, "grad_fn", None) is not None:
+                with_graph.append(obj)
+        if with_graph:
+            for saved in saved_tensors(with_graph, torch, graph_budget):
+                info = _measure(saved, torch, None)
+                if info is None or info[2] in counted or info[2] in seen:
+                    continue  # a parameter or another holder's tensor: not this graph's
+                seen.add(info[2])
+                retained += info[3]
+                entry = contents[(f"{info[0]} (saved by autograd)", info[1])]
+                entry[0] += 1
+                entry[1] += info[3]
+        return Owner(
+            path=holder.path,
+            kind=holder.kind,
+            retained_bytes=retained,
+            objects=holder.count,
+            growth_bytes_per_second=None,
+            contents=_contents(contents),
+            allocation_stacks=_stacks(stacks),
+            chain=holder.chain,
         )
-    owners.sort(key=lambda o: -o.retained_bytes)
-    return Dump(
-        pid=os.getpid(),
-        taken_at=time.time(),
-        pause_seconds=time.monotonic() - started,
-        complete=ownership.complete,
-        cause={},
-        owners=owners[:top],
+
+    def _container_owners(self, containers: list[Any], holding_tensors: set[int]) -> list[Owner]:
+        """Big Python containers that hold no tensors: deep size, contents, stacks, path."""
+        # Parallel lists, no tuples: a tuple holding a container would be named its holder.
+        chosen: list[Any] = []
+        sizes: list[int] = []
+        for container in containers:
+            if id(container) in holding_tensors or time.monotonic() > self.deadline:
+                continue
+            retained = _deep_size(container)
+            if retained >= MIN_CONTAINER_BYTES or self._grew(container, len(container)):
+                chosen.append(container)
+                sizes.append(retained)
+        names = name_objects(chosen, self._left(), reveal=self.reveal, exclude=(containers,))
+        owners = []
+        for container, retained, (path, chain) in zip(chosen, sizes, names, strict=True):
+            if path.startswith("<unreachable") or _is_tooling(path):
+                continue  # garbage to be, or the search's own
+            if _in_library(path) and not self._grew(container, len(container)):
+                continue  # torch's op tables and the like: big, but nobody's leak
+            entries = len(container)
+            values = _sample_values(container)
+            per_value = retained / max(entries, 1)
+            scale = entries / max(len(values), 1)
+            # Counts of the sampled values, scaled to the whole container below.
+            by_type: dict[str, int] = defaultdict(int)
+            by_stack: dict[tuple[Frame, ...], int] = defaultdict(int)
+            for value in values:
+                by_type[_type_name(value)] += 1
+                traceback = object_traceback(value) if self.tracing else None
+                if traceback is not None:
+                    by_stack[frames_of(traceback, self.user_only)] += 1
+            contents = {
+                (name, "cpu"): [round(n * scale), round(n * scale * per_value)]
+                for name, n in by_type.items()
+            }
+            stacks = {
+                s: [round(n * scale * per_value), round(n * scale)] for s, n in by_stack.items()
+            }
+            owners.append(
+                Owner(
+                    path=path,
+                    kind=type(container).__name__,
+                    retained_bytes=retained,
+                    objects=entries,
+                    growth_bytes_per_second=None,
+                    contents=_contents(contents),
+                    allocation_stacks=_stacks(stacks),
+                    chain=chain,
+                )
+            )
+        return owners
+
+
+_TOOLING = ("diag", "probes", "reports", "pympler", "objgraph", "tracemalloc")
+
+
+def _root_module(path: str) -> str:
+    return path.split(" ", 1)[0].split("[", 1)[0].split(".", 1)[0]
+
+
+def _is_tooling(path: str) -> bool:
+    """Containers of diag itself and of the tools it uses while it looks."""
+    return _root_module(path) in _TOOLING
+
+
+def _in_library(path: str) -> bool:
+    """A path rooted in an installed package or the standard library."""
+    name = path.split(" ", 1)[0]
+    module = None
+    while name and module is None:  # the longest module name the path starts with
+        module = sys.modules.get(name)
+        name = name.rpartition(".")[0]
+    filename = getattr(module, "__file__", None)
+    return module is not None and (filename is None or is_library(str(filename)))
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    module = kind.__module__
+    return (
+        kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
     )
+
+
+def _contents(contents: Mapping[tuple[str, str], list[int]]) -> list[Content]:
+    return [
+        Content(kind, device, count, size)
+        for (kind, device), (count, size) in sorted(contents.items(), key=lambda kv: -kv[1][1])
+    ]
+
+
+def _stacks(stacks: Mapping[tuple[Frame, ...], list[int]]) -> list[Stack]:
+    ranked = sorted(stacks.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))
+    return [Stack(size, count, list(frames)) for frames, (size, count) in ranked[:STACKS_PER_OWNER]]
+
+
+def take_dump(
+    top: int = 10,
+    time_budget: float = 10.0,
+    user_frames_only: bool = True,
+    reveal: bool = False,
+    cuda_stacks: Mapping[int, tuple[Frame, ...]] | None = None,
+    baseline: Baseline | None = None,
+    requests: int | None = None,
+) -> tuple[Dump, Baseline]:
+    """Who holds the process's memory, biggest first; with a ``baseline`` (a window's start)
+    each owner's growth since then. Also returns this census as the next window's baseline."""
+    census = Census(
+        time_budget=time_budget,
+        user_frames_only=user_frames_only,
+        reveal=reveal,
+        cuda_stacks=cuda_stacks,
+        entries_before=baseline.entries if baseline is not None else None,
+    )
+    owners = census.run()
+    now = time.time()
+    dump = Dump(
+        pid=os.getpid(),
+        taken_at=now,
+        pause_seconds=time.monotonic() - census.started,
+        complete=census.complete,
+        cause={},
+        owners=owners,
+    )
+    if baseline is not None:
+        dump.window_seconds = max(now - baseline.t, 1e-9)
+        if requests is not None:
+            dump.requests = max(requests - baseline.requests, 0)
+        for owner in owners:
+            growth = owner.retained_bytes - baseline.retained.get(owner.path, 0)
+            owner.growth_bytes_per_second = growth / dump.window_seconds
+            if dump.requests:
+                owner.growth_bytes_per_request = growth / dump.requests
+    owners.sort(key=lambda o: -o.retained_bytes)
+    next_baseline = Baseline(
+        t=now,
+        retained={o.path: o.retained_bytes for o in owners},
+        entries=census.entries,
+        requests=requests or 0,
+    )
+    dump.owners = owners[:top]
+    return dump, next_baseline
 
 
 @functools.lru_cache(maxsize=256)

@@ -171,6 +171,16 @@ CATALOG: tuple[MetricSpec, ...] = (
     _g("agent_memory_bytes", "agent", "Memory held by the agent's own series store and buffers."),
     _g("agent_series", "agent", "Series held in the agent's bounded store."),
     _c("agent_dropped_series_total", "agent", "New series refused because the store was full."),
+    # escalation: the culprit search's traced windows and their cost
+    _c("escalations_total", "escalation", "Traced windows run (automatic and asked for)."),
+    _c("escalation_failures_total", "escalation", "Traced windows that failed."),
+    _c(
+        "escalation_traced_seconds_total",
+        "escalation",
+        "Seconds spent with tracemalloc on for windows.",
+    ),
+    _g("escalation_active", "escalation", "1 while a traced window runs."),
+    _g("dump_pause_seconds", "escalation", "The last dump's heap walk (the host's pause)."),
 )
 
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}

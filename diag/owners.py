@@ -9,12 +9,19 @@ thousands of objects sit in a few containers. So the search works on holders, no
 2. Each holder found claims every target it refers to directly (one look at its referents),
    so one holder found for one sampled tensor places all 10,000 it keeps.
 3. From each holder, walk up the referrers level by level (one C pass each) to a root: a
-   module's globals, a class, a thread's frame, until the path is readable.
+   module's globals, a thread's running frame.
 
-Types are tested with ``type(x) is ...``, never ``isinstance``: on an arbitrary heap object
-isinstance may read ``__class__``, which a lazy module turns into an import or a warning.
-The search skips its own bookkeeping (every list, dict and frame it creates) and stops when its
-time budget runs out, saying so. Pure: it reads the heap, changes nothing.
+Nothing here knows a list of leak patterns: a path is whatever chain of references the heap
+has, and each step is named by how the parent refers to the child (a key, an index, an
+attribute, a frame's local, a closure's cell, a function's default, an exception's traceback).
+Data keys are shown by type only (``[<str>]``) unless ``reveal`` is asked: they may be user
+content.
+
+Types are tested with ``type(x) is ...``/``issubclass(type(x), ...)``, never ``isinstance``: on
+an arbitrary heap object isinstance may read ``__class__``, which a lazy module turns into an
+import or a warning. The search skips its own bookkeeping (every list, dict and frame it
+creates) and stops when its time budget runs out, saying so. It reads the heap and changes
+nothing, except that naming an attribute of a 3.11 instance may create its ``__dict__``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,15 @@ from typing import Any
 
 SAMPLE = 32
 MAX_DEPTH = 12
+KEY_SHOWN_AT_MOST = 40
+
+
+@dataclass
+class Link:
+    """One node of a holder's chain from its root: the step that reaches it, and its type."""
+
+    step: str
+    type: str
 
 
 @dataclass
@@ -38,6 +54,8 @@ class Holder:
     path: str  # readable, from a root: "tts_service._AUDIO_CACHE"
     kind: str  # the holder's type: "dict", "list", "MyCache"...
     objects: list[Any] = field(default_factory=list)  # the targets it holds directly
+    chain: list[Link] = field(default_factory=list)  # root first, the holder last
+    ident: int = 0  # id() of the holder object, while it lives
 
     @property
     def count(self) -> int:
@@ -70,40 +88,149 @@ def _roots() -> dict[int, str]:
     return roots
 
 
-def _edge(parent: Any, child: Any) -> str:
-    """How ``parent`` refers to ``child``, as a path step."""
-    if type(parent) is dict:
-        for key, value in parent.items():
+# -- naming one step ----------------------------------------------------------------------
+
+
+def _namespace_of(obj: Any) -> Any:
+    try:
+        return object.__getattribute__(obj, "__dict__")
+    except (AttributeError, TypeError):
+        return None
+
+
+def _is_dict(obj: Any) -> bool:
+    return issubclass(type(obj), dict)
+
+
+def _key_text(key: Any, reveal: bool) -> str:
+    if reveal:
+        text = repr(key)
+        return text if len(text) <= KEY_SHOWN_AT_MOST else text[: KEY_SHOWN_AT_MOST - 1] + "…"
+    return f"<{type(key).__name__}>"
+
+
+#: nn.Module keeps submodules, parameters and buffers in dicts its __getattr__ reads as
+#: attributes: ``model.encoder``, not ``model._modules['encoder']``.
+_ATTRIBUTE_DICTS = ("_modules", "_parameters", "_buffers")
+
+
+def _reads_as_attributes(grand: Any, parent: Any) -> bool:
+    """Is ``parent`` (a dict) a namespace: the ``__dict__`` of ``grand``, or a class's?"""
+    if grand is None:
+        return False
+    if issubclass(type(grand), type) or _namespace_of(grand) is parent:
+        return True
+    namespace = _namespace_of(grand)
+    if type(namespace) is dict:
+        return any(namespace.get(name) is parent for name in _ATTRIBUTE_DICTS)
+    return False
+
+
+def _step(grand: Any, parent: Any, child: Any, reveal: bool, namespace: bool) -> str:
+    """How ``parent`` refers to ``child``; ``grand`` is the parent's own parent (or None).
+    ``namespace`` says the parent is a module's globals."""
+    kind = type(parent)
+    if _is_dict(parent):
+        items = list(dict.items(parent))
+        for key, value in items:
             if value is child:
-                return f".{key}" if isinstance(key, str) and key.isidentifier() else "[<key>]"
-            if key is child:
-                return "[<key>]"
+                if type(key) is str and (namespace or _reads_as_attributes(grand, parent)):
+                    return f".{key}"
+                if type(grand) is types.FunctionType and grand.__kwdefaults__ is parent:
+                    return f" (default argument {key})"
+                return f"[{_key_text(key, reveal)}]"
+        if any(key is child for key, _ in items):
+            return "{<key>}"
         return "[?]"
-    if type(parent) in (list, tuple):
+    defaults = grand.__defaults__ if type(grand) is types.FunctionType else None
+    if kind is tuple and defaults is not None and defaults is parent:
+        code = grand.__code__
+        first = code.co_argcount - len(parent)
+        for index, value in enumerate(parent):
+            if value is child:
+                return f" (default argument {code.co_varnames[first + index]})"
+    if kind in (list, tuple):
         for index, value in enumerate(parent):
             if value is child:
                 return f"[{index}]"
         return "[?]"
-    if type(parent) is types.FrameType:
+    if kind in (set, frozenset):
+        return "{<member>}"
+    if kind is types.FrameType:
         for name, value in parent.f_locals.items():
             if value is child:
                 return f" › {parent.f_code.co_name}() › {name}"
         return f" › {parent.f_code.co_name}()"
-    if type(child) is dict and (issubclass(type(parent), type) or _namespace_of(parent) is child):
-        return ""  # a class's or an instance's namespace: its attributes read as obj.attr
-    if type(parent) is types.CellType:
-        return ""
-    if type(parent) in (set, frozenset):
-        return "{<member>}"
-    if type(parent).__name__ == "_lru_cache_wrapper":
+    if kind is types.TracebackType or kind is types.CellType:
+        return ""  # a traceback reads through to its frames; a cell to its contents
+    if kind is types.FunctionType:
+        closure = parent.__closure__ or ()
+        for name, cell in zip(parent.__code__.co_freevars, closure, strict=False):
+            if cell is child:
+                return f" › {name} (closure of {parent.__qualname__}())"
+        if child is parent.__defaults__ or child is parent.__kwdefaults__:
+            return ""  # the next step names the argument
+        if child is parent.__globals__:
+            return " (its globals)"
+        return f" (referred to by {parent.__qualname__}())"
+    if issubclass(kind, BaseException):
+        for name in ("__traceback__", "__context__", "__cause__", "args"):
+            if getattr(parent, name, None) is child:
+                return f".{name}"
+    if kind.__name__ == "_lru_cache_wrapper":
         return " (its functools.lru_cache)"
-    return f"<{type(parent).__name__}>"
+    if issubclass(kind, type) or _namespace_of(parent) is child:
+        return ""  # a class's or an instance's namespace: its attributes read as obj.attr
+    name = _attribute_name(parent, child)
+    return f".{name}" if name is not None else f"<{kind.__name__}>"
+
+
+def _attribute_name(obj: Any, value: Any) -> str | None:
+    """The attribute of ``obj`` that is ``value``: its __dict__ (3.11 keeps it inline), or a
+    slot."""
+    namespace = _namespace_of(obj)
+    if type(namespace) is dict:
+        for name, held in list(namespace.items()):
+            if held is value:
+                return str(name)
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if type(slots) is str else slots:
+            try:
+                if object.__getattribute__(obj, name) is value:
+                    return str(name)
+            except (AttributeError, TypeError):
+                continue
+    return None
+
+
+def render(root: str, chain: Sequence[Any], reveal: bool = False) -> tuple[str, list[Link]]:
+    """The path text of ``chain`` (root object first, the holder last) and its links."""
+    links = [Link(root, type(chain[0]).__name__)] if chain else []
+    text = root
+    for index in range(1, len(chain)):
+        grand = chain[index - 2] if index >= 2 else None
+        parent, child = chain[index - 1], chain[index]
+        step = _step(grand, parent, child, reveal, namespace=index == 1 and type(parent) is dict)
+        if step == " (its functools.lru_cache)":
+            text += step  # the cache's internals below the wrapper name nothing more
+            links.append(Link(step, type(child).__name__))
+            break
+        if step.startswith(".") and text.endswith("._modules") and _is_dict(parent):
+            text = text.removesuffix("._modules")  # model.encoder, as nn.Module reads it
+        text += step
+        links.append(Link(step, type(child).__name__))
+    return text, links
+
+
+# -- the search -----------------------------------------------------------------------------
 
 
 class _Search:
-    def __init__(self, targets: Sequence[Any], deadline: float) -> None:
+    def __init__(self, targets: Sequence[Any], deadline: float, reveal: bool) -> None:
         self.targets = targets
         self.deadline = deadline
+        self.reveal = reveal
         self.own: set[int] = set()
         self.roots = _roots()
         self._note(self.roots, targets)
@@ -124,41 +251,43 @@ class _Search:
         self._note(out)
         return out
 
-    def path_of(self, holder: Any) -> str:
-        """Walk up from a holder to a root, one C pass per level."""
-        steps: list[str] = []
+    def path_of(self, holder: Any) -> tuple[str, list[Link]]:
+        """Walk up from a holder to a root, one C pass per level, and name the path."""
+        text, links, _ = self.path_and_parent(holder)
+        return text, links
+
+    def path_and_parent(self, holder: Any) -> tuple[str, list[Link], Any]:
+        """``path_of``, and the holder's parent on that path (None at a root)."""
+        chain = [holder]
+        self._note(chain)
         current = holder
         for _ in range(MAX_DEPTH):
             root = self.roots.get(id(current))
             if root is not None:
-                return root + "".join(reversed(steps))
+                return (*render(root, chain[::-1], self.reveal), _second(chain))
             if time.monotonic() > self.deadline:
                 break
             parents = self.referrers((current,))
             if not parents:
                 break
-            if type(current) is types.CellType:
-                closure = self._closure_owner(current, parents)
-                if closure is not None:
-                    function, name = closure
-                    steps.append(f" › {name} (closure of {function.__qualname__}())")
-                    current = function
-                    continue
             parent = _best_parent(parents, self.roots)
-            steps.append(_edge(parent, current))
-            if type(parent) is types.FrameType and id(parent) in self.roots:
-                return self.roots[id(parent)] + "".join(reversed(steps))
+            if type(current) is types.CellType:
+                parent = self._closure_owner(current, parents) or parent
+            chain.append(parent)
             current = parent
-        return f"<unreachable {type(holder).__name__}>" + "".join(reversed(steps))
+            if type(parent) is types.FrameType and id(parent) in self.roots:
+                return (*render(self.roots[id(parent)], chain[::-1], self.reveal), parent)
+        text, links = render("", chain[::-1][1:], self.reveal)
+        return f"<unreachable {type(chain[-1]).__name__}>{text}", links, _second(chain)
 
-    def _closure_owner(self, cell: Any, parents: list[Any]) -> tuple[Any, str] | None:
-        """The function whose closure holds ``cell``, and the free variable's name."""
+    def _closure_owner(self, cell: Any, parents: list[Any]) -> Any:
+        """The function whose closure holds ``cell`` (skipping the closure tuple)."""
         for closure in parents:
             if type(closure) is not tuple:
                 continue
             for function in self.referrers((closure,)):
                 if type(function) is types.FunctionType and function.__closure__ is closure:
-                    return function, function.__code__.co_freevars[closure.index(cell)]
+                    return function
         return None
 
     def scan_frames(self, pending: dict[int, Any]) -> list[Holder]:
@@ -170,7 +299,7 @@ class _Search:
         for ident, frame in sys._current_frames().items():
             current: types.FrameType | None = frame
             while current is not None:
-                ours = ident == own_thread and current.f_code.co_filename == __file__
+                ours = ident == own_thread and current.f_code.co_filename in _OWN_FILES
                 # A module's top-level frame holds its globals: the module root names them.
                 if not ours and current.f_code.co_name != "<module>":
                     where = f"thread {names.get(ident, ident)!r} › {current.f_code.co_name}()"
@@ -197,11 +326,11 @@ class _Search:
                 inside = gc.get_referents(obj) if type(obj) in _CONTAINERS else ()
                 held = [pending.pop(id(v)) for v in inside if id(v) in pending]
                 if held:
-                    holders.append(Holder(where, type(obj).__name__, held))
+                    holders.append(Holder(where, type(obj).__name__, held, ident=id(obj)))
                     continue
                 if type(obj) in _CONTAINERS and len(obj) > EXPAND_AT_MOST:
                     continue  # looked into for targets, not walked further: stay cheap
-                for step, child in _children(obj):
+                for step, child in _children(obj, self.reveal):
                     if id(child) not in seen and id(child) not in pending:
                         seen.add(id(child))
                         deeper.append((where + step, child))
@@ -211,37 +340,58 @@ class _Search:
 _CONTAINERS = (list, dict, tuple, set, frozenset)
 FRAME_DEPTH = 3
 EXPAND_AT_MOST = 1000
+#: Frames of the search itself, and of the census that calls it, hold the targets too.
+_OWN_FILES = frozenset({__file__, __file__.replace("owners.py", "census.py")})
 
 
-def _namespace_of(obj: Any) -> Any:
-    try:
-        return object.__getattribute__(obj, "__dict__")
-    except AttributeError:
-        return None
-
-
-def _children(value: Any) -> list[tuple[str, Any]]:
+def _children(value: Any, reveal: bool) -> list[tuple[str, Any]]:
     """(step, child) pairs one level into a local: container items, attributes."""
     kind = type(value)
-    if kind is dict:
-        return [(_edge(value, v), v) for v in list(value.values())]
+    if kind is types.ModuleType:
+        return []  # a root of its own: the heap search names what it holds
+    if kind is types.FunctionType and value.__closure__:
+        return [
+            (_step(None, value, cell, reveal, False), cell.cell_contents)
+            for cell in value.__closure__
+            if _cell_filled(cell)
+        ]
+    if _is_dict(value):
+        return [(f"[{_key_text(k, reveal)}]", v) for k, v in list(dict.items(value))]
     if kind in (list, tuple):
         return [(f"[{i}]", v) for i, v in enumerate(value)]
     if kind in (set, frozenset):
         return [("{<member>}", v) for v in value]
-    if kind is types.ModuleType:
-        return []  # a root of its own: the heap search names what it holds
-    if kind is types.FunctionType and value.__closure__:
-        names = value.__code__.co_freevars
-        return [
-            (f" › {name} (closure of {value.__qualname__}())", cell.cell_contents)
-            for name, cell in zip(names, value.__closure__, strict=False)
-            if _cell_filled(cell)
-        ]
     namespace = _namespace_of(value)
     if type(namespace) is dict:
         return [(f".{k}", v) for k, v in list(namespace.items()) if type(k) is str]
     return []
+
+
+def _second(chain: list[Any]) -> Any:
+    return chain[1] if len(chain) > 1 else None
+
+
+def _is_namespace(container: Any, parent: Any, roots: dict[int, str]) -> bool:
+    """Module globals, a class's dict, an instance's __dict__: their entries are variables."""
+    if not _is_dict(container):
+        return False
+    if id(container) in roots:
+        return True
+    return parent is not None and _reads_as_attributes(parent, container)
+
+
+def _split_namespace(
+    path: str, chain: list[Link], namespace: dict[Any, Any], held: list[Any]
+) -> list[Holder]:
+    """One holder per variable of a namespace: ``__main__.buffer``, ``model.history``."""
+    wanted = {id(obj) for obj in held}
+    out = []
+    for key, value in list(dict.items(namespace)):
+        if id(value) in wanted and type(key) is str:
+            wanted.discard(id(value))
+            step = Link(f".{key}", type(value).__name__)
+            out.append(Holder(f"{path}.{key}", type(value).__name__, [value], [*chain, step]))
+    return out
 
 
 def _cell_filled(cell: Any) -> bool:
@@ -253,26 +403,29 @@ def _cell_filled(cell: Any) -> bool:
 
 
 def _is_ours(obj: Any) -> bool:
-    return type(obj) is types.FrameType and obj.f_code.co_filename == __file__
+    return type(obj) is types.FrameType and obj.f_code.co_filename in _OWN_FILES
 
 
 def _best_parent(parents: list[Any], roots: dict[int, str]) -> Any:
-    """Prefer a root, then a module-level or instance namespace (dict), then anything."""
+    """Prefer a root, then a namespace or a mapping (dict), then anything."""
     for parent in parents:
         if id(parent) in roots:
             return parent
     for parent in parents:
-        if type(parent) is dict:
+        if _is_dict(parent):
             return parent
     return parents[0]
 
 
-def find_holders(targets: Iterable[Any], time_budget: float = 2.0) -> Ownership:
+def find_holders(
+    targets: Iterable[Any], time_budget: float = 2.0, reveal: bool = False
+) -> Ownership:
     """Group ``targets`` by the containers that hold them directly, with readable paths. The
-    ``targets`` container itself (the caller's list) is not a holder."""
+    ``targets`` container itself (the caller's list) is not a holder. Holders with the same
+    path (the nodes of one functools.lru_cache...) are one holder."""
     started = time.monotonic()
     pending = {id(t): t for t in targets}
-    search = _Search(list(pending.values()), started + time_budget)
+    search = _Search(list(pending.values()), started + time_budget, reveal)
     search._note(targets, pending)
     holders: list[Holder] = search.scan_frames(pending)
     by_id: dict[int, Holder] = {}
@@ -288,13 +441,33 @@ def find_holders(targets: Iterable[Any], time_budget: float = 2.0) -> Ownership:
             if not held:
                 continue
             placed_any = True
-            holder = Holder(search.path_of(container), type(container).__name__, held)
+            path, chain, parent = search.path_and_parent(container)
+            holder = Holder(path, type(container).__name__, held, chain, id(container))
             by_id[id(container)] = holder
-            holders.append(holder)
+            if _is_namespace(container, parent, search.roots):
+                holders.extend(_split_namespace(path, chain, container, held))
+            else:
+                holders.append(holder)
         if not placed_any:
             for t in sample:  # held by nothing but the search and the caller
                 if pending.pop(id(t), None) is not None:
                     orphans += 1
-    holders.sort(key=lambda h: -h.count)
+    merged: dict[str, Holder] = {}
+    for holder in holders:
+        if holder.path in merged:
+            merged[holder.path].objects.extend(holder.objects)
+        else:
+            merged[holder.path] = holder
+    result = sorted(merged.values(), key=lambda h: -h.count)
     seconds = time.monotonic() - started
-    return Ownership(holders, len(pending), orphans, seconds, complete=not pending)
+    return Ownership(result, len(pending), orphans, seconds, complete=not pending)
+
+
+def name_objects(
+    objects: Sequence[Any], time_budget: float = 2.0, reveal: bool = False, exclude: Any = ()
+) -> list[tuple[str, list[Link]]]:
+    """The path from a root to each of ``objects`` themselves (not to their holders).
+    ``exclude``: more of the caller's own containers that refer to them."""
+    search = _Search(objects, time.monotonic() + time_budget, reveal)
+    search._note(objects, exclude, *exclude)
+    return [search.path_of(obj) for obj in objects]

@@ -77,6 +77,15 @@ class SeriesStore:
         ring = self._rings.get((name, labels))
         return ring.items() if ring is not None else []
 
+    def summed(self, name: str) -> list[tuple[float, float]]:
+        """``name`` over all its label sets (the devices of a CUDA series), summed per time."""
+        totals: dict[float, float] = {}
+        for (series_name, _), ring in list(self._rings.items()):
+            if series_name == name:
+                for t, value in ring.items():
+                    totals[t] = totals.get(t, 0.0) + value
+        return sorted(totals.items())
+
     def names(self) -> list[str]:
         return [series_key(name, labels) for name, labels in self._rings]
 

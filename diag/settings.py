@@ -26,6 +26,13 @@ class Settings:
     trace: bool = False
     trace_frames: int = 1
     top_sites: int = 10
+    #: A traced window when a verdict turns to growing or leak (0: never), at most once per
+    #: interval: the culprit search (``diag dump`` reads its finding).
+    escalation_window: float = 30.0
+    escalation_interval: float = 3600.0
+    #: The detector's eagerness: its durations are divided by it (1.0 is the tuned default;
+    #: the demo compresses hours into a minute with a large value).
+    sensitivity: float = 1.0
     detail_interval: float = 30.0
     series_capacity: int = 2048
     max_series: int = 512
@@ -79,6 +86,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be zero (off) or a positive number of seconds")
+    return value
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -126,6 +140,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "trace": _bool,
     "trace_frames": _positive_int,
     "top_sites": _positive_int,
+    "escalation_window": _non_negative_float,
+    "escalation_interval": _non_negative_float,
+    "sensitivity": _positive_float,
     "detail_interval": _positive_float,
     "series_capacity": _positive_int,
     "max_series": _positive_int,

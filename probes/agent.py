@@ -21,6 +21,7 @@ from typing import Any, Literal
 import prometheus_client
 
 from diag.control import socket_path
+from diag.detect import DetectorConfig
 from diag.history import default_root
 from diag.model import Clock, Sample
 from diag.series import SeriesStore
@@ -29,6 +30,7 @@ from probes.analysis import GrowthAnalyzer, VerdictListener
 from probes.base import Probe
 from probes.control import ControlServer
 from probes.cuda import CudaProbe, NvmlProbe
+from probes.escalation import DumpRequest, Escalation
 from probes.exposition import Source, TickCollector, make_registry
 from probes.heap import HeapProbe
 from probes.limits import LimitsProbe
@@ -49,6 +51,8 @@ from probes.workers import (
 log = logging.getLogger("diag")
 
 Role = Literal["standalone", "server", "worker"]
+#: The longest traced window a dump may ask for: tracing slows the host meanwhile.
+MAX_WINDOW = 600.0
 
 
 def default_probes(settings: Settings) -> list[Probe]:
@@ -77,11 +81,29 @@ class Agent:
         self.settings = settings or Settings()
         self._environ = environ
         self.requests = requests or default_stats()
-        self.analyzer = GrowthAnalyzer(requests=self.requests)
+        self.analyzer = GrowthAnalyzer(
+            DetectorConfig(sensitivity=self.settings.sensitivity), requests=self.requests
+        )
         self.recorder = self._make_recorder(clock)
+        self.escalation = Escalation(
+            requests=self.requests.totals,
+            series=lambda name: self.sampler.store.summed(name),
+            record=self._record_finding,
+            is_worker=lambda: self.role == "worker",
+            window=self.settings.escalation_window,
+            interval=self.settings.escalation_interval,
+            top_sites=self.settings.top_sites,
+            clock=clock,
+        )
+        self.analyzer.on_change(self.escalation.on_verdict)
         chosen = list(probes) if probes is not None else default_probes(self.settings)
         if not any(p.name == "requests" for p in chosen):
             chosen.append(RequestsProbe(self.requests))  # the agent's own request counters
+        chosen.append(_EscalationProbe(self.escalation))
+        for probe in chosen:
+            if isinstance(probe, TracemallocProbe):
+                # Between windows the gauges keep the last window's top sites.
+                probe.fallback_sites = lambda: self.escalation.sites
         if self.recorder is not None:
             chosen.append(_HistoryProbe(self.recorder))
             self.analyzer.on_change(self.recorder.record_verdict)
@@ -149,6 +171,7 @@ class Agent:
         if self._control is not None:
             self._control.stop()
             self._control = None
+        self.escalation.close()
         self.sampler.close()
         self.sampler.remove_listener(self._publish)
         if self.recorder is not None:
@@ -209,12 +232,20 @@ class Agent:
                 "verdicts": {k: dataclasses.asdict(v) for k, v in self.analyzer.verdicts.items()},
             }
         if op == "dump":
-            from diag.census import take_dump
-
-            top = int(message.get("top", 10))
-            budget = float(message.get("time_budget", 10.0))
-            return take_dump(top=max(1, min(top, 100)), time_budget=min(budget, 60.0)).to_json()
+            request = DumpRequest(
+                top=max(1, min(int(message.get("top", 10)), 100)),
+                window=max(0.0, min(float(message.get("window", 0.0)), MAX_WINDOW)),
+                reveal=bool(message.get("reveal", False)),
+                all_frames=bool(message.get("all_frames", False)),
+                trim=bool(message.get("trim", False)),
+                time_budget=max(0.1, min(float(message.get("time_budget", 10.0)), 60.0)),
+            )
+            return self.escalation.dump(request).to_json()
         return {"error": f"unknown request {op!r}"}
+
+    def _record_finding(self, finding: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.record_event("finding", **finding)
 
     def _record_cuda_oom(self, record: dict[str, Any]) -> None:
         log.warning(
@@ -343,6 +374,18 @@ class Agent:
         if parent_dir:
             self._become_worker(parent_dir)
         self.sampler.start()
+
+
+class _EscalationProbe:
+    """The culprit search's windows and their cost."""
+
+    name = "escalation"
+
+    def __init__(self, escalation: Escalation) -> None:
+        self._escalation = escalation
+
+    def sample(self) -> list[Sample]:
+        return self._escalation.samples()
 
 
 class _HistoryProbe:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tracemalloc
+from collections.abc import Callable
 
 from diag.model import Sample, labels_of
 from probes.base import Cadence, ProbeUnavailable
@@ -52,6 +53,8 @@ class TracemallocProbe:
         self._sites: list[Sample] = []
         self._start, self._frames = start, frames
         self._started_by_us = False
+        #: The last escalation window's sites, reported while tracemalloc is off.
+        self.fallback_sites: Callable[[], list[Sample]] = list
 
     def sample(self) -> list[Sample]:
         if self._start and not self._started_by_us and not tracemalloc.is_tracing():
@@ -60,6 +63,9 @@ class TracemallocProbe:
             tracemalloc.start(self._frames)
             self._started_by_us = True
         if not tracemalloc.is_tracing():
+            sites = self.fallback_sites()
+            if sites:
+                return sites
             raise ProbeUnavailable("tracemalloc is off (start it with trace=True or DIAG_TRACE=1)")
         traced, peak = tracemalloc.get_traced_memory()
         if self._cadence.due():

@@ -54,8 +54,9 @@ def test_dump_names_the_module_level_cache_first(tmp_path):
     (content,) = first["contents"]
     assert content == {"type": "torch.Tensor float32", "device": "cpu", "count": 500,
                        "bytes": 500 * 4096 * 4}  # fmt: skip
-    assert "__main__._AUDIO_CACHE  dict, 500 objects, retains 7.8 MiB" in text
+    assert "__main__._AUDIO_CACHE  dict, 500 entries, retains 7.8 MiB" in text
     assert "500 × torch.Tensor float32 cpu (16.0 KiB each)" in text
+    assert "__main__.view  Tensor, retains 16.0 KiB" in text  # a global: named by its variable
 
 
 def test_a_process_without_the_agent_is_told_how_to_get_one():

@@ -1,56 +1,223 @@
-"""``diag dump --pid PID [--json] [--top N]``: who holds the memory of a process with the agent."""
+"""``diag dump --pid PID``: who holds the memory of a process with the agent, and why it grows.
+
+The agent does the work (it is inside the process); this command asks it over the control
+socket, then renders the document: a tree by default, the documented JSON with ``--json``, the
+chain from a root to each holder as a graph with ``--graph``.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.markup import escape
+from rich.tree import Tree
 
 from diag.control import request
 from diag.errors import DiagError
 from diag.units import format_bytes
 
+GRAPH_FORMATS = ("dot", "svg", "png", "pdf")
+_CONTAINERS = ("dict", "list", "set", "tuple", "deque", "OrderedDict", "defaultdict", "frozenset")
 
-def render(document: dict[str, Any]) -> str:
-    """The holders as a tree, biggest first."""
-    lines = [
-        f"pid {document['pid']}: {len(document['owners'])} holder(s), heap walked in "
-        f"{document['pause_seconds']:.2f} s{'' if document['complete'] else ' (time budget hit)'}"
-    ]
+
+def _rate(owner: dict[str, Any]) -> str:
+    per_request = owner.get("growth_bytes_per_request")
+    per_second = owner.get("growth_bytes_per_second")
+    parts = []
+    if per_request is not None and per_request != 0:
+        parts.append(
+            f"{'+' if per_request > 0 else '-'}{format_bytes(abs(per_request))} per request"
+        )
+    if per_second is not None:
+        sign = "+" if per_second >= 0 else "-"
+        parts.append(f"{sign}{format_bytes(abs(per_second))}/s")
+    return ", ".join(parts)
+
+
+def _stack_text(stack: dict[str, Any]) -> str:
+    return "  ← ".join(
+        f"{f['file'].rsplit('/', 1)[-1]}:{f['line']} {f['function']}()" for f in stack["frames"][:4]
+    )
+
+
+def render(document: dict[str, Any]) -> Tree:
+    """The holders as a tree, biggest first, under the cause."""
+    head = f"pid {document['pid']}: heap walked in {document['pause_seconds']:.2f} s"
+    if not document["complete"]:
+        head += " (time budget hit: some objects not placed)"
+    if document.get("window_seconds"):
+        head += f"; traced {document['window_seconds']:.0f} s"
+        if document.get("requests") is not None:
+            head += f", {document['requests']:,} requests"
+    tree = Tree(escape(head))
+    cause = document.get("cause") or {}
+    if cause:
+        branch = tree.add(escape(f"cause: {cause['kind']}: {cause['summary']}"))
+        for line in cause.get("evidence", []):
+            branch.add(escape(line))
+    for note in document.get("notes", []):
+        tree.add(escape(f"({note})"))
     for owner in document["owners"]:
-        lines.append(
-            f"{owner['path']}  {owner['kind']}, {owner['objects']:,} objects, retains "
+        count = owner["objects"]
+        entries = f"{count:,} entries, " if count != 1 or owner["kind"] in _CONTAINERS else ""
+        label = (
+            f"{owner['path']}  {owner['kind']}, {entries}retains "
             f"{format_bytes(owner['retained_bytes'])}"
         )
+        rate = _rate(owner)
+        branch = tree.add(escape(f"{label}, {rate}" if rate else label))
         for content in owner["contents"]:
             each = content["bytes"] / max(content["count"], 1)
-            lines.append(
-                f"  {content['count']:,} × {content['type']} {content['device']} "
-                f"({format_bytes(each)} each)"
+            branch.add(
+                escape(
+                    f"{content['count']:,} × {content['type']} {content['device']} "
+                    f"({format_bytes(each)} each)"
+                )
             )
-        for stack in owner["allocation_stacks"][:1]:
-            trail = "  ← ".join(
-                f"{f['file'].rsplit('/', 1)[-1]}:{f['line']} {f['function']}()"
-                for f in stack["frames"][:3]
+        for stack in owner["allocation_stacks"][:2]:
+            branch.add(escape(f"allocated at {_stack_text(stack)}"))
+    sites = document.get("allocation_sites") or []
+    if sites:
+        branch = tree.add("grew most in the window (tracemalloc: Python's allocator only)")
+        for site in sites[:5]:
+            branch.add(
+                escape(f"{site['site']}  +{format_bytes(site['bytes'])} in {site['count']:,}")
             )
-            lines.append(f"  allocated at {trail}")
-    return "\n".join(lines)
+    return tree
+
+
+def render_text(document: dict[str, Any], width: int = 140) -> str:
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render(document))
+    return console.export_text()
+
+
+def graph_dot(document: dict[str, Any]) -> str:
+    """The chains from roots to the holders, as graphviz DOT (one node per step)."""
+    lines = [
+        "digraph holders {",
+        "  rankdir=LR;",
+        '  node [shape=box, fontname="monospace", fontsize=10];',
+    ]
+    names: dict[str, str] = {}
+
+    def node(key: str, label: str, extra: str = "") -> str:
+        if key not in names:
+            names[key] = f"n{len(names)}"
+            lines.append(f"  {names[key]} [label={json.dumps(label)}{extra}];")
+        return names[key]
+
+    for owner in document["owners"]:
+        chain = owner.get("chain") or []
+        previous = None
+        prefix = ""
+        for index, link in enumerate(chain):
+            prefix += link["step"]
+            last = index == len(chain) - 1
+            label = f"{link['type']}\n{prefix if index == 0 else link['step'].strip()}"
+            if last:
+                label += f"\n{format_bytes(owner['retained_bytes'])} retained"
+            current = node(prefix, label, ', style=filled, fillcolor="#f4c7c3"' if last else "")
+            if previous is not None:
+                lines.append(f"  {previous} -> {current};")
+            previous = current
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_graph(document: dict[str, Any], path: str) -> str:
+    """Write the graph to ``path``; its extension picks the format. Returns a line to show."""
+    extension = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    if extension not in GRAPH_FORMATS:
+        raise click.UsageError(
+            f"--graph {path}: name a .dot, .svg, .png or .pdf file (the extension picks the format)"
+        )
+    dot_text = graph_dot(document)
+    if extension == "dot":
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(dot_text)
+        return f"graph written to {path} (render it with graphviz: dot -Tsvg {path} -o graph.svg)"
+    dot = shutil.which("dot")
+    if dot is None:
+        raise DiagError(
+            f"--graph {path}: graphviz's `dot` is not installed (apt install graphviz, or "
+            f"pip's graphviz has no binary); or write the DOT text with --graph holders.dot"
+        )
+    done = subprocess.run(
+        [dot, f"-T{extension}", "-o", path], input=dot_text, text=True, capture_output=True
+    )
+    if done.returncode != 0:
+        raise DiagError(f"--graph {path}: dot failed: {done.stderr.strip()}")
+    return f"graph written to {path}"
 
 
 @click.command()
 @click.option("--pid", type=int, required=True, help="A process running the diag agent.")
 @click.option("--top", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option(
+    "--window",
+    type=click.FloatRange(0, 600),
+    default=0.0,
+    help="Trace this many seconds first: growth per holder and allocation stacks.",
+)
 @click.option("--json", "as_json", is_flag=True, help="The documented JSON document.")
-def dump(pid: int, top: int, as_json: bool) -> None:
-    """Name what holds the memory of a process running the agent, biggest holder first."""
+@click.option(
+    "--graph", "graph", metavar="FILE", help="Draw root-to-holder chains (.dot/.svg/.png)."
+)
+@click.option("--show-keys", is_flag=True, help="Show dict keys in paths (may be user data).")
+@click.option("--all-frames", is_flag=True, help="Keep frames of torch, diag and the stdlib.")
+@click.option("--trim", is_flag=True, help="Run malloc_trim(0) to test allocator retention.")
+@click.option("--attach", "attach_first", is_flag=True, help="Start the agent in it first.")
+def dump(
+    pid: int,
+    top: int,
+    window: float,
+    as_json: bool,
+    graph: str | None,
+    show_keys: bool,
+    all_frames: bool,
+    trim: bool,
+    attach_first: bool,
+) -> None:
+    """Name what holds the memory of a process running the agent, biggest holder first.
+
+    Without --window it reports the holders now, with the growth and stacks of the agent's last
+    traced window (it runs one by itself when a leak starts). Exit 1 when no agent answers.
+    """
     from diag.cli.watch import check_target
 
     check_target(pid)
-    document = request(pid, "dump", timeout=120.0, top=top)
+    if attach_first:
+        from diag.attach import attach
+
+        attach(pid, {})
+        click.echo(f"agent started in pid {pid}", err=True)
+    if window and not as_json:
+        click.echo(f"tracing pid {pid} for {window:.0f} s...", err=True)
+    document = request(
+        pid,
+        "dump",
+        timeout=120.0 + window,
+        top=top,
+        window=window,
+        reveal=show_keys,
+        all_frames=all_frames,
+        trim=trim,
+    )
     if document is None:
         raise DiagError(
             f"pid {pid} runs no diag agent we can reach: start it with `diag run -- ...`, "
-            f"or inject it with `diag attach --pid {pid}`"
+            f"or inject it with `diag attach --pid {pid}` (or add --attach)"
         )
-    click.echo(json.dumps(document) if as_json else render(document))
+    if graph:
+        click.echo(write_graph(document, graph), err=True)
+    if as_json:
+        click.echo(json.dumps(document))
+    else:
+        Console().print(render(document))

@@ -1,0 +1,342 @@
+"""Escalation: a traced window that names what grew, who holds it and where it was allocated.
+
+Cheap sampling says *that* memory grows; naming the culprit costs more, so it runs only for a
+bounded window: when the detector's verdict turns to growing or leak (at most once per
+``escalation_interval``), or when ``diag dump --window S`` asks.
+
+A window is: a census of the holders (the baseline), tracemalloc on (and, where the host
+already uses CUDA, torch's allocation history with Python stacks), a wait, then a second census
+with allocation stacks. The difference, per holder, is its growth per second and per request;
+tracemalloc's snapshot diff gives the top allocation sites, which become the bounded
+``tracemalloc_top_bytes`` gauges. Each window's finding is written to the history.
+
+Its cost is bounded and exported: the pauses of the two censuses (each under a time budget), the
+tracing slowdown for the window's length only, tracemalloc's own memory for the allocations
+made during the window. Nothing here raises into the host: a failed window is logged and counted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from diag.cause import classify
+from diag.census import Dump, Frame, Site, cuda_block_stacks, is_library, take_dump
+from diag.detect import Verdict
+from diag.model import Sample
+from probes.tracing import site_label
+
+log = logging.getLogger("diag")
+
+#: tracemalloc frames kept during a window: enough to climb from an allocation inside torch or
+#: a framework back to the user's function.
+WINDOW_FRAMES = 24
+#: Torch's allocation history keeps at most this many events (each holds a stack).
+CUDA_HISTORY_ENTRIES = 100_000
+GROWING_STATES = ("growing", "leak")
+CAUSE_SERIES = (
+    "process_resident_memory_bytes",
+    "process_unique_memory_bytes",
+    "malloc_in_use_bytes",
+    "malloc_free_retained_bytes",
+    "python_allocated_blocks",
+    "cuda_allocated_bytes",
+    "cuda_reserved_bytes",
+    "cuda_inactive_split_bytes",
+    "cuda_alloc_retries_total",
+)
+
+
+@dataclass(frozen=True)
+class DumpRequest:
+    top: int = 10
+    window: float = 0.0
+    reveal: bool = False
+    all_frames: bool = False
+    trim: bool = False
+    time_budget: float = 10.0
+
+
+class Escalation:
+    def __init__(
+        self,
+        *,
+        requests: Callable[[], Mapping[str, int]],
+        series: Callable[[str], list[tuple[float, float]]],
+        record: Callable[[dict[str, Any]], None] | None = None,
+        is_worker: Callable[[], bool] = lambda: False,
+        window: float = 30.0,
+        interval: float = 3600.0,
+        top_sites: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._requests = requests
+        self._series = series
+        self._record = record
+        self._is_worker = is_worker
+        self.window = window
+        self.interval = interval
+        self.top_sites = top_sites
+        self._clock = clock
+        self._lock = threading.Lock()  # one window at a time
+        self._stop = threading.Event()
+        self._last_auto: float | None = None
+        self.last: Dump | None = None
+        self.sites: list[Sample] = []
+        # Exported cost.
+        self.windows = 0
+        self.failures = 0
+        self.traced_seconds = 0.0
+        self.last_pause = 0.0
+        self.active = False
+
+    # -- triggers --------------------------------------------------------------------------
+
+    def on_verdict(self, key: str, previous: Verdict | None, verdict: Verdict) -> None:
+        """A verdict subscriber: escalate when a series starts growing, rate-limited."""
+        if self.window <= 0 or verdict.state not in GROWING_STATES:
+            return
+        if previous is not None and previous.state in GROWING_STATES:
+            return
+        now = self._clock()
+        if self._last_auto is not None and now - self._last_auto < self.interval:
+            return
+        if self._lock.locked():
+            return
+        self._last_auto = now
+        reason = f"{key} turned {verdict.state}"
+        thread = threading.Thread(
+            target=self._auto, args=(reason,), name="diag-escalation", daemon=True
+        )
+        thread.start()
+
+    def _auto(self, reason: str) -> None:
+        try:
+            self.dump(DumpRequest(window=self.window), reason=reason)
+        except Exception:
+            self.failures += 1
+            log.exception("diag: the escalation window failed; the host is not affected")
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- the dump --------------------------------------------------------------------------
+
+    def dump(self, request: DumpRequest, reason: str = "asked") -> Dump:
+        """A census now, or at the end of a traced window of ``request.window`` seconds."""
+        with self._lock:
+            if request.window > 0:
+                result = self._window(request, reason)
+            else:
+                result, _ = take_dump(
+                    top=request.top,
+                    time_budget=request.time_budget,
+                    user_frames_only=not request.all_frames,
+                    reveal=request.reveal,
+                )
+                self._borrow_from_last(result)
+            trimmed = malloc_trim_test() if request.trim else None
+            result.cause = self.cause_of(result, trimmed).to_json()
+            self.last_pause = result.pause_seconds
+            return result
+
+    def _window(self, request: DumpRequest, reason: str) -> Dump:
+        user_only = not request.all_frames
+        _, baseline = take_dump(top=1, time_budget=request.time_budget, reveal=request.reveal)
+        pause = self._clock()
+        baseline.requests = self._request_total()
+        started_tracing = not tracemalloc.is_tracing()
+        if started_tracing:
+            tracemalloc.start(WINDOW_FRAMES)
+        before = None if started_tracing else tracemalloc.take_snapshot()
+        cuda = _CudaHistory.start()
+        self.active = True
+        try:
+            self._stop.wait(request.window)
+            cuda_stacks = cuda.stacks(user_only)
+            result, _ = take_dump(
+                top=request.top,
+                time_budget=request.time_budget,
+                user_frames_only=user_only,
+                reveal=request.reveal,
+                cuda_stacks=cuda_stacks,
+                baseline=baseline,
+                requests=self._request_total(),
+            )
+            result.allocation_sites = self._sites(before)
+        finally:
+            cuda.stop()
+            if started_tracing:
+                tracemalloc.stop()
+            self.active = False
+            self.traced_seconds += self._clock() - pause
+        self.windows += 1
+        self.last = result
+        if self._record is not None:
+            self._record({"reason": reason, **_finding_of(result)})
+        result.notes.append(f"traced for {result.window_seconds:.1f} s ({reason})")
+        return result
+
+    def _sites(self, before: tracemalloc.Snapshot | None) -> list[Site]:
+        """The sites that grew in the window, in the user's code; also the bounded gauges."""
+        after = tracemalloc.take_snapshot().filter_traces(_IGNORED)
+        if before is None:
+            stats = [(s.traceback, s.size, s.count) for s in after.statistics("traceback")]
+        else:
+            diff = after.compare_to(before.filter_traces(_IGNORED), "traceback")
+            stats = [(s.traceback, s.size_diff, s.count_diff) for s in diff]
+        by_site: dict[str, list[int]] = {}
+        for traceback, size, count in stats:
+            if size <= 0:
+                continue
+            user = [f for f in reversed(traceback) if not is_library(f.filename)]
+            frame = user[0] if user else traceback[-1]
+            entry = by_site.setdefault(site_label(frame.filename, frame.lineno), [0, 0])
+            entry[0] += size
+            entry[1] += count
+        ranked = sorted(by_site.items(), key=lambda kv: -kv[1][0])
+        top, rest = ranked[: self.top_sites], ranked[self.top_sites :]
+        self.sites = [
+            Sample("tracemalloc_top_bytes", float(size), (("site", site),))
+            for site, (size, _) in top
+        ]
+        self.sites.append(
+            Sample(
+                "tracemalloc_top_bytes", float(sum(s for _, (s, _) in rest)), (("site", "other"),)
+            )
+        )
+        return [Site(site, size, count) for site, (size, count) in top]
+
+    def _borrow_from_last(self, result: Dump) -> None:
+        """A dump without a window reports the last window's growth and stacks per holder."""
+        last = self.last
+        if last is None:
+            return
+        measured = {o.path: o for o in last.owners}
+        for owner in result.owners:
+            earlier = measured.get(owner.path)
+            if earlier is None:
+                continue
+            owner.growth_bytes_per_second = earlier.growth_bytes_per_second
+            owner.growth_bytes_per_request = earlier.growth_bytes_per_request
+            if not owner.allocation_stacks:
+                owner.allocation_stacks = earlier.allocation_stacks
+        result.allocation_sites = last.allocation_sites
+        age = time.time() - last.taken_at
+        result.notes.append(f"growth and stacks from the traced window {age:.0f} s ago")
+
+    def cause_of(self, result: Dump, trimmed: int | None = None) -> Any:
+        since = result.taken_at - max(result.window_seconds or 0.0, 600.0)
+        series = {
+            name: [(t, v) for t, v in self._series(name) if t >= since] for name in CAUSE_SERIES
+        }
+        growth = [
+            (o.path, o.growth_bytes_per_second)
+            for o in sorted(result.owners, key=lambda o: -(o.growth_bytes_per_second or 0.0))
+            if o.growth_bytes_per_second is not None
+        ]
+        return classify(series, growth, worker=self._is_worker(), trimmed_bytes=trimmed)
+
+    def _request_total(self) -> int:
+        return sum(self._requests().values())
+
+    def samples(self) -> list[Sample]:
+        return [
+            Sample("escalations_total", float(self.windows)),
+            Sample("escalation_failures_total", float(self.failures)),
+            Sample("escalation_traced_seconds_total", self.traced_seconds),
+            Sample("escalation_active", 1.0 if self.active else 0.0),
+            Sample("dump_pause_seconds", self.last_pause),
+            *self.sites,
+        ]
+
+
+_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_IGNORED = (
+    tracemalloc.Filter(False, tracemalloc.__file__),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+    tracemalloc.Filter(False, "<unknown>"),
+    tracemalloc.Filter(False, os.path.join(os.path.dirname(os.path.abspath(__file__)), "*")),
+    tracemalloc.Filter(
+        False,
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diag", "*"),
+    ),
+)
+
+
+def _finding_of(result: Dump) -> dict[str, Any]:
+    """What the history keeps of a window: bounded (top owners, their first stack, no chain)."""
+    document = result.to_json()
+    document["owners"] = [
+        {**owner, "chain": [], "allocation_stacks": owner["allocation_stacks"][:1]}
+        for owner in document["owners"][:5]
+    ]
+    return document
+
+
+class _CudaHistory:
+    """torch's CUDA allocation history for a window, only where the host already uses CUDA."""
+
+    def __init__(self, torch: Any) -> None:
+        self._torch = torch
+
+    @classmethod
+    def start(cls) -> _CudaHistory:
+        torch = sys.modules.get("torch")
+        try:
+            if torch is None or not torch.cuda.is_initialized():
+                return cls(None)  # never initialise CUDA ourselves
+            torch.cuda.memory._record_memory_history(
+                enabled="all", context="alloc", stacks="python", max_entries=CUDA_HISTORY_ENTRIES
+            )
+        except Exception:
+            log.debug("diag: no CUDA allocation history", exc_info=True)
+            return cls(None)
+        return cls(torch)
+
+    def stacks(self, user_only: bool) -> dict[int, tuple[Frame, ...]]:
+        if self._torch is None:
+            return {}
+        try:
+            return cuda_block_stacks(self._torch.cuda.memory._snapshot(), user_only)
+        except Exception:
+            log.debug("diag: the CUDA snapshot failed", exc_info=True)
+            return {}
+
+    def stop(self) -> None:
+        if self._torch is not None:
+            try:
+                self._torch.cuda.memory._record_memory_history(enabled=None)
+            except Exception:
+                log.debug("diag: stopping the CUDA allocation history failed", exc_info=True)
+            self._torch = None
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def malloc_trim_test() -> int | None:
+    """Bytes ``malloc_trim(0)`` returns to the system: the proof of allocator retention. It
+    changes the process (for the better), so it runs only when asked."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None  # not glibc
+    trim.argtypes = [ctypes.c_size_t]
+    before = _resident_bytes()
+    trim(0)
+    return max(before - _resident_bytes(), 0)
