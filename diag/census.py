@@ -259,17 +259,22 @@ _LIBRARY = _library_prefixes()
 
 def is_library(path: str) -> bool:
     """Frames of the standard library, installed packages (torch...) and diag itself."""
-    return path.startswith(_LIBRARY) or path.startswith("<") or "site-packages" in path
+    return path.startswith(_LIBRARY) or path.startswith("<frozen") or "site-packages" in path
 
 
 def frames_of(traceback: tracemalloc.Traceback, user_only: bool) -> tuple[Frame, ...]:
-    """Innermost first, the user's frames only unless none are."""
-    frames = [
-        Frame(f.filename, f.lineno, function_at(f.filename, f.lineno)) for f in reversed(traceback)
-    ]
+    """Innermost first, the user's frames only unless none are. Function names are read from
+    the source (tracemalloc keeps file and line only), for the frames kept."""
+    return _frames_of(tuple((f.filename, f.lineno) for f in reversed(traceback)), user_only)
+
+
+@functools.lru_cache(maxsize=4096)
+def _frames_of(places: tuple[tuple[str, int], ...], user_only: bool) -> tuple[Frame, ...]:
     if user_only:
-        frames = [f for f in frames if not is_library(f.file)] or frames
-    return tuple(frames[:FRAMES_PER_STACK])
+        places = tuple(p for p in places if not is_library(p[0])) or places
+    return tuple(
+        Frame(file, line, function_at(file, line)) for file, line in places[:FRAMES_PER_STACK]
+    )
 
 
 def cuda_block_stacks(snapshot: Mapping[str, Any], user_only: bool) -> dict[int, tuple[Frame, ...]]:
@@ -306,16 +311,24 @@ class Baseline:
 _CONTAINER_TYPES = (dict, list, set, collections.deque)
 
 
+def _newest(entries: Any, container: Any) -> Iterator[Any]:
+    """Newest first where the container keeps an order: what grew is at the end."""
+    if type(container) is set:
+        return iter(entries)
+    return reversed(entries)  # type: ignore[no-any-return]
+
+
 def _entries_of(container: Any) -> list[Any]:
     if issubclass(type(container), dict):
-        return [x for kv in itertools.islice(dict.items(container), ENTRY_SAMPLE) for x in kv]
-    return list(itertools.islice(iter(container), ENTRY_SAMPLE))
+        pairs = itertools.islice(_newest(dict.items(container), container), ENTRY_SAMPLE)
+        return [x for kv in pairs for x in kv]
+    return list(itertools.islice(_newest(container, container), ENTRY_SAMPLE))
 
 
 def _sample_values(container: Any) -> list[Any]:
     if issubclass(type(container), dict):
-        return list(itertools.islice(dict.values(container), ENTRY_SAMPLE))
-    return list(itertools.islice(iter(container), ENTRY_SAMPLE))
+        return list(itertools.islice(_newest(dict.values(container), container), ENTRY_SAMPLE))
+    return list(itertools.islice(_newest(container, container), ENTRY_SAMPLE))
 
 
 def _deep_size(container: Any) -> int:
@@ -359,8 +372,12 @@ class Census:
         self.tracing = tracemalloc.is_tracing()
         self.complete = True
         self.entries: dict[int, int] = {}  # for the next window's baseline
+        self.stacks: dict[int, tuple[Frame, ...]] = {}  # id(object) -> where it was allocated
 
-    def run(self) -> list[Owner]:
+    def run(self, on_collected: Callable[[], None] | None = None) -> list[Owner]:
+        """Walk the heap. ``on_collected`` runs once every object's allocation stack is read
+        and before the holder search: a window stops tracemalloc there, so the search, which
+        allocates an int per id(), runs at full speed."""
         torch = sys.modules.get("torch")
         numpy = sys.modules.get("numpy")
         measured: dict[int, _Measure] = {}
@@ -383,7 +400,20 @@ class Census:
             if info is not None:
                 measured[id(obj)] = info
                 targets.append(obj)
-        ownership = find_holders(targets, self._left(), reveal=self.reveal)
+        for obj in targets:
+            _, device, key, _ = measured[id(obj)]
+            stack = self._stack(obj, device, key)
+            if stack is not None:
+                self.stacks[id(obj)] = stack
+        if self.tracing:
+            for container in containers:
+                for value in _sample_values(container):
+                    traceback = object_traceback(value)
+                    if traceback is not None:
+                        self.stacks[id(value)] = frames_of(traceback, self.user_only)
+        if on_collected is not None:
+            on_collected()
+        ownership = find_holders(targets, self._left(), reveal=self.reveal, exclude=(containers,))
         self.complete = ownership.complete
         del targets
         counted = {measured[id(o)][2] for h in ownership.holders for o in h.objects}
@@ -436,7 +466,7 @@ class Census:
             entry = contents[(kind_of, device)]
             entry[0] += 1
             entry[1] += size
-            stack = self._stack(obj, device, key)
+            stack = self.stacks.get(id(obj))
             if stack is not None:
                 stacks[stack][0] += size
                 stacks[stack][1] += 1
@@ -491,9 +521,9 @@ class Census:
             by_stack: dict[tuple[Frame, ...], int] = defaultdict(int)
             for value in values:
                 by_type[_type_name(value)] += 1
-                traceback = object_traceback(value) if self.tracing else None
-                if traceback is not None:
-                    by_stack[frames_of(traceback, self.user_only)] += 1
+                stack = self.stacks.get(id(value))
+                if stack is not None:
+                    by_stack[stack] += 1
             contents = {
                 (name, "cpu"): [round(n * scale), round(n * scale * per_value)]
                 for name, n in by_type.items()
@@ -567,6 +597,7 @@ def take_dump(
     cuda_stacks: Mapping[int, tuple[Frame, ...]] | None = None,
     baseline: Baseline | None = None,
     requests: int | None = None,
+    on_collected: Callable[[], None] | None = None,
 ) -> tuple[Dump, Baseline]:
     """Who holds the process's memory, biggest first; with a ``baseline`` (a window's start)
     each owner's growth since then. Also returns this census as the next window's baseline."""
@@ -577,7 +608,18 @@ def take_dump(
         cuda_stacks=cuda_stacks,
         entries_before=baseline.entries if baseline is not None else None,
     )
-    owners = census.run()
+    # The census holds the GIL from start to end: the host's threads wait (the pause we
+    # report) instead of changing the heap under the walk, and the walk ends sooner.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(max(time_budget, switch))
+    try:
+        owners = census.run(on_collected)
+    finally:
+        sys.setswitchinterval(switch)
+        # Walking running frames leaves reference cycles through frame objects, and a dead
+        # frame keeps its locals (every object the census listed) alive until the next
+        # collection. Collect the young generations now: only what the census created.
+        gc.collect(1)
     now = time.time()
     dump = Dump(
         pid=os.getpid(),
@@ -616,12 +658,13 @@ def _functions_of(path: str) -> tuple[tuple[int, int, str], ...]:
     except (OSError, SyntaxError, ValueError):
         return ()
     return tuple(
-        (node.lineno, node.end_lineno or node.lineno, node.name)
+        (node.lineno, node.end_lineno or node.lineno, getattr(node, "name", "<lambda>"))
         for node in ast.walk(tree)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def function_at(path: str, line: int) -> str:
     """The innermost function around ``line`` of ``path``, or "<module>"."""
     enclosing = [

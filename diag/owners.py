@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import sys
 import threading
 import time
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +121,7 @@ def _reads_as_attributes(grand: Any, parent: Any) -> bool:
         return False
     if issubclass(type(grand), type) or _namespace_of(grand) is parent:
         return True
-    namespace = _namespace_of(grand)
+    namespace = grand if type(grand) is dict else _namespace_of(grand)
     if type(namespace) is dict:
         return any(namespace.get(name) is parent for name in _ATTRIBUTE_DICTS)
     return False
@@ -142,6 +143,10 @@ def _step(grand: Any, parent: Any, child: Any, reveal: bool, namespace: bool) ->
         if any(key is child for key, _ in items):
             return "{<key>}"
         return "[?]"
+    if kind is tuple and type(grand) is types.FunctionType and grand.__closure__ is parent:
+        for name, cell in zip(grand.__code__.co_freevars, grand.__closure__, strict=False):
+            if cell is child:
+                return f" › {name} (closure of {grand.__qualname__}())"
     defaults = grand.__defaults__ if type(grand) is types.FunctionType else None
     if kind is tuple and defaults is not None and defaults is parent:
         code = grand.__code__
@@ -152,7 +157,7 @@ def _step(grand: Any, parent: Any, child: Any, reveal: bool, namespace: bool) ->
     if kind in (list, tuple):
         for index, value in enumerate(parent):
             if value is child:
-                return f"[{index}]"
+                return f"[{index}]" if reveal else "[<int>]"  # many entries, one path
         return "[?]"
     if kind in (set, frozenset):
         return "{<member>}"
@@ -168,7 +173,11 @@ def _step(grand: Any, parent: Any, child: Any, reveal: bool, namespace: bool) ->
         for name, cell in zip(parent.__code__.co_freevars, closure, strict=False):
             if cell is child:
                 return f" › {name} (closure of {parent.__qualname__}())"
-        if child is parent.__defaults__ or child is parent.__kwdefaults__:
+        if (
+            child is parent.__defaults__
+            or child is parent.__closure__
+            or child is parent.__kwdefaults__
+        ):
             return ""  # the next step names the argument
         if child is parent.__globals__:
             return " (its globals)"
@@ -181,8 +190,8 @@ def _step(grand: Any, parent: Any, child: Any, reveal: bool, namespace: bool) ->
         return " (its functools.lru_cache)"
     if issubclass(kind, type) or _namespace_of(parent) is child:
         return ""  # a class's or an instance's namespace: its attributes read as obj.attr
-    name = _attribute_name(parent, child)
-    return f".{name}" if name is not None else f"<{kind.__name__}>"
+    attribute = _attribute_name(parent, child)
+    return f".{attribute}" if attribute is not None else f"<{kind.__name__}>"
 
 
 def _attribute_name(obj: Any, value: Any) -> str | None:
@@ -232,6 +241,14 @@ class _Search:
         self.deadline = deadline
         self.reveal = reveal
         self.own: set[int] = set()
+        self._frame_locals: dict[int, str] | None = None
+        # A running frame's f_locals dict mirrors its locals: not a parent of its own.
+        # (A module's top-level frame's f_locals is the module's globals: a root, kept.)
+        self._locals_dicts = {
+            id(f.f_locals)
+            for f in _running_frames()
+            if not _tooling_frame(f) and f.f_code.co_name != "<module>"
+        }
         self.roots = _roots()
         self._note(self.roots, targets)
 
@@ -243,65 +260,131 @@ class _Search:
     def referrers(self, objects: tuple[Any, ...]) -> list[Any]:
         """Who refers to ``objects`` (one C pass over the heap). An exact tuple is passed to
         the C function as it is, so no argument tuple of ours shows up as a referrer."""
-        frame = sys._getframe()
         self._note(objects)
         found = gc.get_referrers(*objects)
         self._note(found)
-        out = [r for r in found if id(r) not in self.own and r is not frame and not _is_ours(r)]
+        # Our own frames (this one among them) are skipped by file. Never keep a frame in a
+        # variable a comprehension reads: the cell would make a cycle that keeps every object
+        # the search touched alive until the next collection.
+        own = self.own
+        out = [r for r in found if id(r) not in own and not _is_ours(r)]
         self._note(out)
         return out
 
-    def path_of(self, holder: Any) -> tuple[str, list[Link]]:
-        """Walk up from a holder to a root, one C pass per level, and name the path."""
-        text, links, _ = self.path_and_parent(holder)
-        return text, links
-
-    def path_and_parent(self, holder: Any) -> tuple[str, list[Link], Any]:
-        """``path_of``, and the holder's parent on that path (None at a root)."""
-        chain = [holder]
-        self._note(chain)
-        current = holder
+    def paths_of(self, objects: Sequence[Any]) -> list[tuple[str, list[Link], Any]]:
+        """Walk up from many objects at once to their roots: one C pass over the heap per
+        level for all of them, not one per object. Returns (path, links, parent) each."""
+        chains: list[list[Any]] = [[obj] for obj in objects]
+        self._note(chains, *chains)
+        named: dict[int, str] = {}  # index -> root name
         for _ in range(MAX_DEPTH):
-            root = self.roots.get(id(current))
-            if root is not None:
-                return (*render(root, chain[::-1], self.reveal), _second(chain))
-            if time.monotonic() > self.deadline:
+            open_chains = []
+            for index, chain in enumerate(chains):
+                if index in named:
+                    continue
+                root = self.roots.get(id(chain[-1]))
+                if root is not None:
+                    named[index] = root
+                else:
+                    open_chains.append(index)
+            if not open_chains or time.monotonic() > self.deadline:
                 break
-            parents = self.referrers((current,))
-            if not parents:
-                break
-            parent = _best_parent(parents, self.roots)
-            if type(current) is types.CellType:
-                parent = self._closure_owner(current, parents) or parent
-            chain.append(parent)
-            current = parent
-            if type(parent) is types.FrameType and id(parent) in self.roots:
-                return (*render(self.roots[id(parent)], chain[::-1], self.reveal), parent)
-        text, links = render("", chain[::-1][1:], self.reveal)
-        return f"<unreachable {type(chain[-1]).__name__}>{text}", links, _second(chain)
+            tips = tuple({id(chains[i][-1]): chains[i][-1] for i in open_chains}.values())
+            parents = self._parents(tips)
+            for index in open_chains:
+                chain = chains[index]
+                candidates = parents.get(id(chain[-1]))
+                if not candidates:
+                    local = self.frame_locals().get(id(chain[-1]))
+                    named[index] = local or f"<unreachable {type(chain[-1]).__name__}>"
+                    continue
+                chain.append(_best_parent(candidates, self.roots))
+        out = []
+        for index, chain in enumerate(chains):
+            root = named.get(index) or f"<unreachable {type(chain[-1]).__name__}>"
+            ordered = chain[::-1]
+            if root.startswith("<unreachable"):
+                text, links = render("", ordered, self.reveal)
+                out.append((root + text, links, _second(chain)))
+            else:
+                out.append((*render(root, ordered, self.reveal), _second(chain)))
+        return out
 
-    def _closure_owner(self, cell: Any, parents: list[Any]) -> Any:
-        """The function whose closure holds ``cell`` (skipping the closure tuple)."""
-        for closure in parents:
-            if type(closure) is not tuple:
+    def frame_locals(self) -> dict[int, str]:
+        """id(value) -> "thread 'name' › function() › local" for running frames' locals, which
+        gc.get_referrers cannot see."""
+        if self._frame_locals is None:
+            self._frame_locals = {}
+            names = {t.ident: t.name for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                current: types.FrameType | None = frame
+                while current is not None:
+                    # A module's top-level frame holds its globals: the module root names them.
+                    if not _tooling_frame(current) and current.f_code.co_name != "<module>":
+                        where = f"thread {names.get(ident, ident)!r} › {current.f_code.co_name}()"
+                        for name, value in list(current.f_locals.items()):
+                            self._frame_locals.setdefault(id(value), f"{where} › {name}")
+                    current = current.f_back
+        return self._frame_locals
+
+    def _parents(self, tips: tuple[Any, ...]) -> dict[int, list[Any]]:
+        """id(tip) -> the objects that refer to it, from one pass over the heap. Roots and
+        dicts are matched first: a class is referred to by every instance, and looking into a
+        million instances to find the module that names it would cost another pass."""
+        wanted = {id(t) for t in tips}
+        self._note(tips)
+        referrers = self.referrers(tips) if len(tips) <= 2 * SAMPLE else self.full_pass(wanted)
+        found = [r for r in referrers if id(r) not in self._locals_dicts]
+        self._note(found)
+        parents: dict[int, list[Any]] = {}
+        ranked = sorted(found, key=lambda r: 0 if id(r) in self.roots else 1 if _is_dict(r) else 2)
+        self._note(ranked, parents)
+        for referrer in ranked:
+            rank = 0 if id(referrer) in self.roots else 1 if _is_dict(referrer) else 2
+            for child in gc.get_referents(referrer):
+                if id(child) in wanted:
+                    got = parents.get(id(child))
+                    if got is None:
+                        got = parents[id(child)] = []
+                        self._note(got)  # it refers to the next level's tips
+                    if not got or rank < 2:
+                        got.append(referrer)
+            if rank == 2 and len(parents) == len(wanted):
+                break  # every tip has a parent: the rest would not be preferred anyway
+        return parents
+
+    def full_pass(self, wanted: Container[int]) -> list[Any]:
+        """Every object on the heap that refers to one whose id is ``wanted``: one pass in
+        Python. gc.get_referrers compares each reference with each of its arguments, so past a
+        few dozen objects this single pass is cheaper than many C passes."""
+        everything = gc.get_objects()
+        self._note(everything)
+        found: list[Any] = []
+        self._note(found)
+        for obj in everything:
+            if id(obj) in self.own or obj is everything or _is_ours(obj):
                 continue
-            for function in self.referrers((closure,)):
-                if type(function) is types.FunctionType and function.__closure__ is closure:
-                    return function
-        return None
+            for referent in gc.get_referents(obj):
+                if id(referent) in wanted:
+                    found.append(obj)
+                    break
+        everything.clear()
+        return found
+
+    def path_of(self, holder: Any) -> tuple[str, list[Link]]:
+        text, links, _ = self.paths_of([holder])[0]
+        return text, links
 
     def scan_frames(self, pending: dict[int, Any]) -> list[Holder]:
         """Running frames keep their locals outside the gc's reach: look at them directly,
         a few levels into the containers and objects they hold."""
         holders: list[Holder] = []
         names = {t.ident: t.name for t in threading.enumerate()}
-        own_thread = threading.get_ident()
         for ident, frame in sys._current_frames().items():
             current: types.FrameType | None = frame
             while current is not None:
-                ours = ident == own_thread and current.f_code.co_filename in _OWN_FILES
                 # A module's top-level frame holds its globals: the module root names them.
-                if not ours and current.f_code.co_name != "<module>":
+                if not _tooling_frame(current) and current.f_code.co_name != "<module>":
                     where = f"thread {names.get(ident, ident)!r} › {current.f_code.co_name}()"
                     for name, value in list(current.f_locals.items()):
                         # A module in a local is a root of its own: named by the search.
@@ -338,6 +421,8 @@ class _Search:
 
 
 _CONTAINERS = (list, dict, tuple, set, frozenset)
+#: Sampled rounds that found no referrer at all before one full pass takes over.
+FULL_PASS_AFTER = 3
 FRAME_DEPTH = 3
 EXPAND_AT_MOST = 1000
 #: Frames of the search itself, and of the census that calls it, hold the targets too.
@@ -358,7 +443,7 @@ def _children(value: Any, reveal: bool) -> list[tuple[str, Any]]:
     if _is_dict(value):
         return [(f"[{_key_text(k, reveal)}]", v) for k, v in list(dict.items(value))]
     if kind in (list, tuple):
-        return [(f"[{i}]", v) for i, v in enumerate(value)]
+        return [(f"[{i}]" if reveal else "[<int>]", v) for i, v in enumerate(value)]
     if kind in (set, frozenset):
         return [("{<member>}", v) for v in value]
     namespace = _namespace_of(value)
@@ -394,6 +479,21 @@ def _split_namespace(
     return out
 
 
+def _split_frame(
+    path: str, chain: list[Link], frame: types.FrameType, held: list[Any]
+) -> list[Holder]:
+    """A frame (kept by a traceback) holds its locals: ``… › synthesize() › audio``."""
+    wanted = {id(obj) for obj in held}
+    out = []
+    where = f"{path} › {frame.f_code.co_name}()"
+    for name, value in list(frame.f_locals.items()):
+        if id(value) in wanted:
+            wanted.discard(id(value))
+            step = Link(f" › {frame.f_code.co_name}() › {name}", type(value).__name__)
+            out.append(Holder(f"{where} › {name}", type(value).__name__, [value], [*chain, step]))
+    return out
+
+
 def _cell_filled(cell: Any) -> bool:
     try:
         cell.cell_contents  # noqa: B018 - an empty cell raises
@@ -404,6 +504,26 @@ def _cell_filled(cell: Any) -> bool:
 
 def _is_ours(obj: Any) -> bool:
     return type(obj) is types.FrameType and obj.f_code.co_filename in _OWN_FILES
+
+
+#: diag's own packages: the frames of its threads (the sampler, the control socket) hold the
+#: agent's objects, which are nobody's leak.
+_TOOLING_DIRS = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name) + os.sep
+    for name in ("diag", "probes")
+)
+
+
+def _tooling_frame(frame: types.FrameType) -> bool:
+    return frame.f_code.co_filename.startswith(_TOOLING_DIRS)
+
+
+def _running_frames() -> Iterator[types.FrameType]:
+    for frame in sys._current_frames().values():
+        current: types.FrameType | None = frame
+        while current is not None:
+            yield current
+            current = current.f_back
 
 
 def _best_parent(parents: list[Any], roots: dict[int, str]) -> Any:
@@ -418,40 +538,62 @@ def _best_parent(parents: list[Any], roots: dict[int, str]) -> Any:
 
 
 def find_holders(
-    targets: Iterable[Any], time_budget: float = 2.0, reveal: bool = False
+    targets: Iterable[Any], time_budget: float = 2.0, reveal: bool = False, exclude: Any = ()
 ) -> Ownership:
     """Group ``targets`` by the containers that hold them directly, with readable paths. The
     ``targets`` container itself (the caller's list) is not a holder. Holders with the same
-    path (the nodes of one functools.lru_cache...) are one holder."""
+    path (the nodes of one functools.lru_cache...) are one holder. ``exclude``: more of the
+    caller's own containers that refer to targets or holders."""
     started = time.monotonic()
     pending = {id(t): t for t in targets}
     search = _Search(list(pending.values()), started + time_budget, reveal)
-    search._note(targets, pending)
-    holders: list[Holder] = search.scan_frames(pending)
-    by_id: dict[int, Holder] = {}
-    orphans = 0
+    search._note(targets, pending, exclude, *exclude)
+    containers: list[Any] = []
+    contents: list[list[Any]] = []
+    unreferenced: dict[int, Any] = {}  # no object on the heap refers to them
+    search._note(containers, contents, unreferenced)
+    seen: set[int] = set()
+
+    def claim(container: Any) -> bool:
+        if id(container) in seen:
+            return False
+        held = [pending.pop(id(r)) for r in gc.get_referents(container) if id(r) in pending]
+        if held:
+            seen.add(id(container))
+            containers.append(container)
+            contents.append(held)
+        return bool(held)
+
+    rounds_without_referrers = 0
     while pending and time.monotonic() < search.deadline:
+        if rounds_without_referrers >= FULL_PASS_AFTER and len(pending) > 8 * SAMPLE:
+            # Many targets nobody on the heap refers to (tensors autograd or C++ keeps alive):
+            # one pass over every object beats a sampled pass per 32 of them.
+            for container in search.full_pass(pending):
+                claim(container)
+            unreferenced.update(pending)
+            pending.clear()
+            break
         sample = tuple(itertools.islice(pending.values(), SAMPLE))
-        direct = search.referrers(sample)
-        placed_any = False
-        for container in direct:
-            if id(container) in by_id:
-                continue
-            held = [pending.pop(id(r)) for r in gc.get_referents(container) if id(r) in pending]
-            if not held:
-                continue
-            placed_any = True
-            path, chain, parent = search.path_and_parent(container)
-            holder = Holder(path, type(container).__name__, held, chain, id(container))
-            by_id[id(container)] = holder
-            if _is_namespace(container, parent, search.roots):
-                holders.extend(_split_namespace(path, chain, container, held))
-            else:
-                holders.append(holder)
-        if not placed_any:
-            for t in sample:  # held by nothing but the search and the caller
-                if pending.pop(id(t), None) is not None:
-                    orphans += 1
+        placed = sum(claim(container) for container in search.referrers(sample))
+        # Every referrer of the sample was looked at: a sampled target still pending has none.
+        for target in sample:
+            if pending.pop(id(target), None) is not None:
+                unreferenced[id(target)] = target
+        rounds_without_referrers = 0 if placed else rounds_without_referrers + 1
+    # Running frames' locals are invisible to gc.get_referrers: look there for the rest.
+    holders: list[Holder] = search.scan_frames(unreferenced)
+    orphans = len(unreferenced)
+    unreferenced.clear()
+    named = search.paths_of(containers)
+    for container, held, (path, chain, parent) in zip(containers, contents, named, strict=True):
+        if _is_namespace(container, parent, search.roots):
+            holders.extend(_split_namespace(path, chain, container, held))
+        elif type(container) is types.FrameType:
+            holders.extend(_split_frame(path, chain, container, held))
+        else:
+            holders.append(Holder(path, type(container).__name__, held, chain, id(container)))
+    containers.clear()
     merged: dict[str, Holder] = {}
     for holder in holders:
         if holder.path in merged:
@@ -470,4 +612,4 @@ def name_objects(
     ``exclude``: more of the caller's own containers that refer to them."""
     search = _Search(objects, time.monotonic() + time_budget, reveal)
     search._note(objects, exclude, *exclude)
-    return [search.path_of(obj) for obj in objects]
+    return [(path, links) for path, links, _ in search.paths_of(objects)]

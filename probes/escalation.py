@@ -160,9 +160,16 @@ class Escalation:
         before = None if started_tracing else tracemalloc.take_snapshot()
         cuda = _CudaHistory.start()
         self.active = True
+
+        def stop_tracing() -> None:
+            cuda.stop()
+            if started_tracing and tracemalloc.is_tracing():
+                tracemalloc.stop()
+
         try:
             self._stop.wait(request.window)
             cuda_stacks = cuda.stacks(user_only)
+            sites = self._sites(before)
             result, _ = take_dump(
                 top=request.top,
                 time_budget=request.time_budget,
@@ -171,12 +178,11 @@ class Escalation:
                 cuda_stacks=cuda_stacks,
                 baseline=baseline,
                 requests=self._request_total(),
+                on_collected=stop_tracing,
             )
-            result.allocation_sites = self._sites(before)
+            result.allocation_sites = sites
         finally:
-            cuda.stop()
-            if started_tracing:
-                tracemalloc.stop()
+            stop_tracing()
             self.active = False
             self.traced_seconds += self._clock() - pause
         self.windows += 1
@@ -235,7 +241,9 @@ class Escalation:
         result.notes.append(f"growth and stacks from the traced window {age:.0f} s ago")
 
     def cause_of(self, result: Dump, trimmed: int | None = None) -> Any:
-        since = result.taken_at - max(result.window_seconds or 0.0, 600.0)
+        # The window's own series when there is one (the slopes it measured), else the last
+        # ten minutes.
+        since = result.taken_at - (result.window_seconds or 600.0)
         series = {
             name: [(t, v) for t, v in self._series(name) if t >= since] for name in CAUSE_SERIES
         }
