@@ -25,6 +25,7 @@ BENCHMARKS = {
     "history": "bench_history",
     "watch": "bench_watch",
     "attach": "bench_attach",
+    "dump": "bench_dump",
     "detector": "detector",
 }
 
