@@ -20,7 +20,7 @@ import gc
 import sys
 import time
 import types
-from typing import Any
+from typing import Any, ClassVar
 
 import objgraph
 import torch
@@ -63,7 +63,7 @@ def build_service(objects: int) -> types.ModuleType:
     module._AUDIO_CACHE = {f"req-{i}": torch.zeros(256) for i in range(LEAKED["_AUDIO_CACHE"])}
 
     class ChatMemory:
-        sessions = {i: torch.zeros(256) for i in range(LEAKED["ChatMemory.sessions"])}
+        sessions: ClassVar = {i: torch.zeros(256) for i in range(LEAKED["ChatMemory.sessions"])}
 
     module.ChatMemory = ChatMemory
 

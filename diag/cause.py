@@ -27,7 +27,7 @@ EXPLAINS = 0.25
 @dataclass
 class Cause:
     kind: str  # leak, allocator_retention, cuda_caching_plateau, fragmentation,
-    #            copy_on_write, native_growth, no_growth
+    #            copy_on_write, native_growth, no_growth, unknown
     summary: str
     evidence: list[str] = field(default_factory=list)
 
@@ -71,6 +71,11 @@ def classify(
     """``series``: name -> recent points (CUDA ones summed over devices); ``owner_growth``:
     (holder path, bytes per second) measured over a traced window, biggest first."""
     grows = MIN_GROWTH_PER_HOUR / 3600
+    if slope(series.get("process_resident_memory_bytes", ())) is None:
+        return Cause(
+            "unknown",
+            "too few samples yet to tell how memory moves (the agent needs a few ticks)",
+        )
     rss = _rate(series, "process_resident_memory_bytes")
     uss = _rate(series, "process_unique_memory_bytes")
     malloc = _rate(series, "malloc_in_use_bytes")

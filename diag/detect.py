@@ -71,6 +71,9 @@ class DetectorConfig:
     min_rise_share: float = 0.01
     #: Growth that would take longer than this to reach the limit is reported, not alerted on.
     max_forecast_seconds: float = 30 * 86400.0
+    #: Demos only: every clock reading is multiplied by it, so an hour of a real service's
+    #: life plays in a minute (60). Rates and forecasts come back in real seconds.
+    time_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +218,21 @@ class Detector:
 
     def update(self, t: float, value: float, limit: float | None = None) -> Verdict:
         """Add one sample; returns the current verdict (re-evaluated when a bucket closes)."""
+        scale = self.config.time_scale
+        if scale == 1.0:
+            return self._update(t, value, limit)
+        verdict = self._update(t * scale, value, limit)
+        return dataclasses.replace(
+            verdict,
+            t=verdict.t / scale,
+            rate=None if verdict.rate is None else verdict.rate * scale,
+            seconds_to_oom=_unscale(verdict.seconds_to_oom, scale),
+            seconds_to_oom_low=_unscale(verdict.seconds_to_oom_low, scale),
+            seconds_to_oom_high=_unscale(verdict.seconds_to_oom_high, scale),
+            window_seconds=_unscale(verdict.window_seconds, scale),
+        )
+
+    def _update(self, t: float, value: float, limit: float | None = None) -> Verdict:
         if limit is not None:
             self.limit = limit
         if t < self._last_t:
@@ -238,9 +256,10 @@ class Detector:
         return self.verdict
 
     def extend(self, samples: Iterable[tuple[float, float]]) -> Verdict:
+        verdict = self.verdict
         for t, value in samples:
-            self.update(t, value)
-        return self.verdict
+            verdict = self.update(t, value)
+        return verdict
 
     # -- history --------------------------------------------------------------------------
 
@@ -521,6 +540,10 @@ class RecentRate:
         step = max(1, len(points) // 40)
         picked = list(points)[::step]
         return _theil_sen([p[0] for p in picked], [p[1] for p in picked])
+
+
+def _unscale(seconds: float | None, scale: float) -> float | None:
+    return None if seconds is None else seconds / scale
 
 
 def replay(

@@ -33,6 +33,8 @@ class Settings:
     #: The detector's eagerness: its durations are divided by it (1.0 is the tuned default;
     #: the demo compresses hours into a minute with a large value).
     sensitivity: float = 1.0
+    #: Demos only: the detector's clock runs this many times faster (60: an hour a minute).
+    time_scale: float = 1.0
     detail_interval: float = 30.0
     series_capacity: int = 2048
     max_series: int = 512
@@ -82,7 +84,7 @@ ENV_PREFIX = "DIAG_"
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
-        raise ValueError("must be a positive number of seconds")
+        raise ValueError("must be a positive number")
     return value
 
 
@@ -143,6 +145,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "escalation_window": _non_negative_float,
     "escalation_interval": _non_negative_float,
     "sensitivity": _positive_float,
+    "time_scale": _positive_float,
     "detail_interval": _positive_float,
     "series_capacity": _positive_int,
     "max_series": _positive_int,

@@ -82,7 +82,10 @@ class Agent:
         self._environ = environ
         self.requests = requests or default_stats()
         self.analyzer = GrowthAnalyzer(
-            DetectorConfig(sensitivity=self.settings.sensitivity), requests=self.requests
+            DetectorConfig(
+                sensitivity=self.settings.sensitivity, time_scale=self.settings.time_scale
+            ),
+            requests=self.requests,
         )
         self.recorder = self._make_recorder(clock)
         self.escalation = Escalation(

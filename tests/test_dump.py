@@ -8,7 +8,19 @@ import pytest
 from click.testing import CliRunner
 
 from diag.cli import main
-from tests.conftest import DIAG, child_env
+from tests.conftest import DIAG, child_env, memory_cgroup
+
+
+@pytest.fixture
+def short_tmp():
+    """pytest's tmp_path is too long for a Unix socket path (108 bytes) under it."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="diag-")
+    yield __import__("pathlib").Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
 
 SERVICE = """
 import threading
@@ -69,3 +81,92 @@ def test_a_process_without_the_agent_is_told_how_to_get_one():
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.e2e
+def test_the_d_key_of_the_live_watch_view_shows_the_dump(short_tmp):
+    """A real terminal (tmux): `diag watch` on a process with the agent, then the `d` key."""
+    import os
+
+    from tests.conftest import PYTHON, REPO, poll, require_tool
+
+    pytest.importorskip("torch")
+    tmux = require_tool("tmux")
+    tmp_path = short_tmp
+    env = child_env(XDG_RUNTIME_DIR=str(tmp_path), DIAG_HISTORY=str(tmp_path / "h"))
+    target = subprocess.Popen([*DIAG, "run", "--", sys.executable, "-c", SERVICE],
+                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    session = f"diag-dump-key-{os.getpid()}"
+    try:
+        assert target.stdout.readline() == "ready\n"
+        command = (f"cd {REPO} && XDG_RUNTIME_DIR={tmp_path} DIAG_HISTORY={tmp_path}/w "
+                   f"PYTHONPATH={REPO} {PYTHON} -m diag watch --pid {target.pid} "
+                   "--interval 0.3")  # fmt: skip
+        subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "150", "-y", "60",
+                        command], check=True)  # fmt: skip
+
+        def screen(needle):
+            shown = subprocess.run([tmux, "capture-pane", "-p", "-t", session],
+                                   capture_output=True, text=True, check=True).stdout  # fmt: skip
+            return shown if needle in shown else None
+
+        poll(lambda: screen("d: dump"), timeout=30)
+        subprocess.run([tmux, "send-keys", "-t", session, "d"], check=True)
+        try:
+            shown = poll(lambda: screen("__main__._AUDIO_CACHE"), timeout=60)
+        except AssertionError:
+            print(screen(""))  # what the terminal showed instead
+            raise
+        assert "500 × torch.Tensor float32 cpu" in shown
+    finally:
+        subprocess.run([tmux, "kill-session", "-t", session], check=False)
+        target.kill()
+        target.wait()
+        target.stdout.close()
+
+
+@pytest.mark.e2e
+def test_watch_dumps_by_itself_when_the_verdict_turns_leak(short_tmp):
+    """A leak the detector calls within the test's time: a 1.2 GB cgroup limit makes the
+    forecast short, and the detector's clock runs 120 times faster (as in the demo)."""
+    pytest.importorskip("torch")
+    tmp_path = short_tmp
+    env = child_env(XDG_RUNTIME_DIR=str(tmp_path), DIAG_HISTORY=str(tmp_path / "h"),
+                    DIAG_TIME_SCALE="120")  # fmt: skip
+    leaking = SERVICE.replace("threading.Event().wait()", LEAK_LOOP)
+    with memory_cgroup(1200 * 1024 * 1024) as join:
+        command = [*DIAG, "run", "--", sys.executable, "-c", leaking]
+        target = subprocess.Popen(
+            command, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=join
+        )
+        _watch_until_leak(target, env)
+
+
+def _watch_until_leak(target, env):
+    try:
+        assert target.stdout.readline() == "ready\n"
+        watched = subprocess.run(
+            [*DIAG, "watch", "--pid", str(target.pid), "--interval", "0.2", "--duration", "40",
+             "--json", "--dump-on-leak"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+    finally:
+        target.kill()
+        target.wait()
+        target.stdout.close()
+    events = [json.loads(line) for line in watched.stdout.splitlines()]
+    dumps = [e for e in events if e.get("event") == "dump"]
+    assert len(dumps) == 1, watched.stderr
+    assert dumps[0]["owners"][0]["path"] == "__main__._AUDIO_CACHE"
+    first_leak = next(i for i, e in enumerate(events) if e.get("verdict") == "leak")
+    assert first_leak < events.index(dumps[0])  # taken once the verdict turned
+
+
+LEAK_LOOP = """
+import time
+i = 500
+while True:
+    i += 1
+    _AUDIO_CACHE[f"req-{i}"] = synthesize("hello")
+    time.sleep(0.002)
+"""

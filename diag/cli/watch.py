@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from diag.control import request
-from diag.detect import Detector, RecentRate, Verdict
+from diag.detect import Detector, DetectorConfig, RecentRate, Verdict
 from diag.errors import UsageError
 from diag.history import HistoryWriter, default_root, run_name
 from diag.model import Sample, series_key
@@ -60,13 +60,22 @@ def zombie_exit(pid: int, proc_root: str = "/proc") -> dict[str, Any] | None:
 
 
 class Watcher:
-    def __init__(self, pid: int, history: str | None, limit: float | None = None) -> None:
+    def __init__(
+        self,
+        pid: int,
+        history: str | None,
+        limit: float | None = None,
+        sensitivity: float = 1.0,
+        time_scale: float = 1.0,
+    ) -> None:
         self.pid = pid
         self.process = ProcessProbe(pid)
         self.limits = LimitsProbe(pid)
         self.nvml = NvmlProbe(pid)
         self.fixed_limit = limit
-        self.detector = Detector(limit)
+        self.detector = Detector(
+            limit, DetectorConfig(sensitivity=sensitivity, time_scale=time_scale)
+        )
         self.recent = RecentRate()
         self.verdict: Verdict | None = None
         self.oom_kills_first: float | None = None
@@ -271,7 +280,7 @@ def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
         )
         table.add_row(f"agent {key}"[:48], shown)
     title = f"diag watch: pid {pid} {' '.join(command)[:60]}"
-    return Panel(table, title=title, subtitle="Ctrl-C to stop", expand=False)
+    return Panel(table, title=title, subtitle="d: dump · Ctrl-C: stop", expand=False)
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -296,6 +305,24 @@ def _line(row: dict[str, Any]) -> str:
 @click.option("--history", help="History directory (default: $DIAG_HISTORY or per user; off).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per tick, per line.")
 @click.option("--attach", "attach_first", is_flag=True, help="Start the agent in it first.")
+@click.option(
+    "--sensitivity",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    envvar="DIAG_SENSITIVITY",
+    help="The detector's eagerness: its durations are divided by it.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    envvar="DIAG_TIME_SCALE",
+    help="Demos only: run the detector's clock this many times faster.",
+)
+@click.option(
+    "--dump-on-leak", is_flag=True, help="Take a dump (diag dump) when the verdict turns leak."
+)
 def watch(
     pid: int,
     interval: float,
@@ -303,6 +330,9 @@ def watch(
     history: str | None,
     as_json: bool,
     attach_first: bool,
+    sensitivity: float,
+    time_scale: float,
+    dump_on_leak: bool,
 ) -> None:
     """Watch a process from outside: memory, its limit, the growth verdict; record its end.
 
@@ -315,19 +345,23 @@ def watch(
 
         result = attach(pid, {})
         click.echo(f"agent started in pid {pid} (python {result.get('python')})", err=True)
-    watcher = Watcher(pid, history)
+    watcher = Watcher(pid, history, sensitivity=sensitivity, time_scale=time_scale)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.monotonic()
     ended: dict[str, Any] | None = None
     live = None
+    keys = None
     if not as_json and sys.stdout.isatty():
         from rich.live import Live
 
         live = Live(auto_refresh=False)
         live.start()
+        keys = KeyReader.start()
     rows: list[dict[str, Any]] = []
     command = _command_of(pid)
+    shown_dump: Any = None
+    dumped_on_leak = False
     try:
         while True:
             row = watcher.tick(time.time())
@@ -335,10 +369,15 @@ def watch(
                 ended = watcher.ended(time.time())
                 break
             rows = [*rows[-59:], row]
-            if live is not None:
-                live.update(live_panel(pid, command, rows), refresh=True)
-            else:
+            if live is None:
                 click.echo(json.dumps(row) if as_json else _line(row))
+            wants_dump = keys is not None and keys.pressed("d")
+            if dump_on_leak and row["verdict"] == "leak" and not dumped_on_leak:
+                dumped_on_leak = wants_dump = True
+            if wants_dump:
+                shown_dump = _take_dump(pid, as_json, live is not None)
+            if live is not None:
+                live.update(_with_dump(live_panel(pid, command, rows), shown_dump), refresh=True)
             if duration is not None and time.monotonic() - started >= duration:
                 break
             if stop.wait(interval):
@@ -346,6 +385,8 @@ def watch(
     except KeyboardInterrupt:
         pass
     finally:
+        if keys is not None:
+            keys.stop()
         if live is not None:
             live.stop()
     if ended is None:
@@ -356,6 +397,80 @@ def watch(
             click.echo(f"diag report {watcher.writer.run_dir}", err=True)
     if ended is not None or watcher.saw_leak:
         raise click.exceptions.Exit(1)
+
+
+class KeyReader:
+    """Single key presses from the terminal while the live view runs (cbreak mode, restored on
+    stop). Only where stdin is a terminal."""
+
+    def __init__(self, fd: int, saved: Any) -> None:
+        self._fd, self._saved = fd, saved
+        self._keys: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._read, name="diag-keys", daemon=True).start()
+
+    @classmethod
+    def start(cls) -> KeyReader | None:
+        import termios
+        import tty
+
+        if not sys.stdin.isatty():
+            return None
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        return cls(fd, saved)
+
+    def _read(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.2)
+            if ready:
+                key = os.read(self._fd, 1).decode(errors="replace").lower()
+                with self._lock:
+                    self._keys.add(key)
+
+    def pressed(self, key: str) -> bool:
+        with self._lock:
+            found = key in self._keys
+            self._keys.discard(key)
+        return found
+
+    def stop(self) -> None:
+        import termios
+
+        self._stop.set()
+        termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+
+
+def _take_dump(pid: int, as_json: bool, live: bool) -> Any:
+    """A dump of the agent in ``pid``: printed (plain, JSON) or returned for the live view."""
+    from diag.cli.dump import render, render_text
+    from diag.control import request
+
+    document = request(pid, "dump", timeout=120.0)
+    if document is None:
+        line = f"no diag agent answers in pid {pid}: start one with `diag attach --pid {pid}`"
+        if as_json:
+            click.echo(json.dumps({"event": "dump", "pid": pid, "error": line}))
+        elif not live:
+            click.echo(line, err=True)
+        return line
+    if as_json:
+        click.echo(json.dumps({"event": "dump", **document}))
+    elif not live:
+        click.echo(render_text(document))
+    return render(document)
+
+
+def _with_dump(panel: Any, dump: Any) -> Any:
+    """The dump above the panel: a live view is cropped at the terminal's bottom, and the
+    holders are what the user pressed the key for."""
+    from rich.console import Group
+
+    return panel if dump is None else Group(dump, panel)
 
 
 def _ended_text(ended: dict[str, Any]) -> str:
