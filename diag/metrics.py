@@ -179,7 +179,7 @@ CATALOG: tuple[MetricSpec, ...] = (
         "escalation",
         "Seconds spent with tracemalloc on for windows.",
     ),
-    _g("escalation_active", "escalation", "1 while a traced window runs."),
+    _g("escalation_tracing_enabled", "escalation", "1 while a traced window runs."),
     _g("dump_pause_seconds", "escalation", "The last dump's heap walk (the host's pause)."),
 )
 

@@ -555,7 +555,8 @@ def find_holders(
     seen: set[int] = set()
 
     def claim(container: Any) -> bool:
-        if id(container) in seen:
+        # A running frame's f_locals dict mirrors its locals: the frame scan names them.
+        if id(container) in seen or id(container) in search._locals_dicts:
             return False
         held = [pending.pop(id(r)) for r in gc.get_referents(container) if id(r) in pending]
         if held:

@@ -262,7 +262,7 @@ class Escalation:
             Sample("escalations_total", float(self.windows)),
             Sample("escalation_failures_total", float(self.failures)),
             Sample("escalation_traced_seconds_total", self.traced_seconds),
-            Sample("escalation_active", 1.0 if self.active else 0.0),
+            Sample("escalation_tracing_enabled", 1.0 if self.active else 0.0),
             Sample("dump_pause_seconds", self.last_pause),
             *self.sites,
         ]

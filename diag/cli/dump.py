@@ -93,8 +93,9 @@ def render(document: dict[str, Any]) -> Tree:
 
 
 def render_text(document: dict[str, Any], width: int = 140) -> str:
-    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-    console.print(render(document))
+    with open(os.devnull, "w") as sink:
+        console = Console(width=width, record=True, file=sink)
+        console.print(render(document))
     return console.export_text()
 
 

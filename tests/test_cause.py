@@ -1,0 +1,80 @@
+"""Cause classification: each kind of growth from the marks it leaves on the series."""
+
+from diag.cause import classify
+
+MiB = 1024 * 1024
+
+
+def line(rate_per_s, start=100 * MiB, seconds=600, step=10):
+    return [(float(t), start + rate_per_s * t) for t in range(0, seconds + 1, step)]
+
+
+def flat(level=100 * MiB):
+    return line(0.0, level)
+
+
+def test_a_holder_that_grows_as_fast_as_rss_is_a_leak():
+    series = {"process_resident_memory_bytes": line(MiB), "malloc_in_use_bytes": line(MiB)}
+    cause = classify(series, [("svc._AUDIO_CACHE", 0.9 * MiB), ("svc.other", 1000.0)])
+    assert cause.kind == "leak"
+    assert "svc._AUDIO_CACHE" in cause.summary
+    assert any("svc._AUDIO_CACHE grew" in e for e in cause.evidence)
+
+
+def test_reserved_stepping_up_while_allocated_is_flat_is_the_caching_allocator():
+    series = {
+        "process_resident_memory_bytes": flat(),
+        "cuda_allocated_bytes": flat(2000 * MiB),
+        "cuda_reserved_bytes": line(2 * MiB, 2000 * MiB),
+        "cuda_inactive_split_bytes": flat(10 * MiB),
+        "cuda_alloc_retries_total": flat(0),
+    }
+    assert classify(series).kind == "cuda_caching_plateau"
+
+
+def test_growing_split_blocks_and_retries_are_fragmentation():
+    series = {
+        "process_resident_memory_bytes": flat(),
+        "cuda_allocated_bytes": flat(2000 * MiB),
+        "cuda_reserved_bytes": line(2 * MiB, 2000 * MiB),
+        "cuda_inactive_split_bytes": line(MiB, 10 * MiB),
+        "cuda_alloc_retries_total": line(0.01, 0),
+    }
+    cause = classify(series)
+    assert cause.kind == "fragmentation"
+    assert "expandable_segments" in cause.summary
+
+
+def test_free_memory_glibc_keeps_is_allocator_retention():
+    series = {
+        "process_resident_memory_bytes": flat(1000 * MiB),
+        "malloc_in_use_bytes": flat(200 * MiB),
+        "malloc_free_retained_bytes": flat(700 * MiB),
+    }
+    assert classify(series).kind == "allocator_retention"
+    proven = classify(series, trimmed_bytes=650 * MiB)
+    assert proven.kind == "allocator_retention"
+    assert any("malloc_trim(0) returned 650.0 MiB" in e for e in proven.evidence)
+
+
+def test_a_worker_whose_unique_memory_grows_with_a_flat_heap_is_copy_on_write():
+    series = {
+        "process_resident_memory_bytes": line(MiB / 4),
+        "process_unique_memory_bytes": line(MiB / 4),
+        "malloc_in_use_bytes": flat(),
+        "python_allocated_blocks": flat(1e6),
+    }
+    assert classify(series, worker=True).kind == "copy_on_write"
+    assert classify(series, worker=False).kind == "native_growth"  # not a forked worker
+
+
+def test_flat_memory_and_too_few_samples():
+    assert classify({"process_resident_memory_bytes": flat()}).kind == "no_growth"
+    assert classify({"process_resident_memory_bytes": flat()[:2]}).kind == "unknown"
+
+
+def test_a_growing_python_heap_without_a_named_holder_asks_for_a_window():
+    series = {"process_resident_memory_bytes": line(MiB), "malloc_in_use_bytes": line(MiB)}
+    cause = classify(series)
+    assert cause.kind == "leak"
+    assert "--window" in cause.summary
