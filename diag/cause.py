@@ -27,7 +27,7 @@ EXPLAINS = 0.25
 @dataclass
 class Cause:
     kind: str  # leak, allocator_retention, cuda_caching_plateau, fragmentation,
-    #            copy_on_write, native_growth, no_growth, unknown
+    #            copy_on_write, native_growth, no_growth, unexplained, unknown
     summary: str
     evidence: list[str] = field(default_factory=list)
 
@@ -111,6 +111,16 @@ def classify(
         path, rate = owner_growth[0]
         evidence.append(f"{path} grew {_per_hour(rate)}; holders in all {_per_hour(held)}")
         return Cause("leak", f"live objects are piling up in {path}", evidence)
+    if owner_growth and held < grows and (rss > grows or malloc > grows):
+        # A traced window measured every holder and none grew: the window's own growth is
+        # tracemalloc's (a trace per live allocation) or lies outside what the census sees.
+        evidence.append(f"holders measured in the window grew {_per_hour(held)} in all")
+        return Cause(
+            "unexplained",
+            "memory grew during the traced window but no holder did: the growth may be "
+            "tracing's own, or objects outside containers; watch the verdict over a longer span",
+            evidence,
+        )
     if allocated > grows:
         evidence.append(f"CUDA allocated {_per_hour(allocated)}")
         return Cause(

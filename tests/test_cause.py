@@ -78,3 +78,9 @@ def test_a_growing_python_heap_without_a_named_holder_asks_for_a_window():
     cause = classify(series)
     assert cause.kind == "leak"
     assert "--window" in cause.summary
+
+
+def test_a_window_where_no_holder_grew_is_not_called_a_leak():
+    series = {"process_resident_memory_bytes": line(MiB), "malloc_in_use_bytes": line(MiB)}
+    cause = classify(series, [("svc._RECENT", 12.0), ("svc.other", -40.0)])
+    assert cause.kind == "unexplained"

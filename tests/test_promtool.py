@@ -200,7 +200,16 @@ def test_every_probe_exposition_passes_promtool_and_is_catalogued():
     # Every catalogued metric is exposed and linted, but those of a cgroup this host may lack.
     expected = {spec.name for spec in CATALOG} - HOST_DEPENDENT - NEED_HISTORY
     assert expected <= seen, expected - seen
-    for probe in ("process", "heap", "limits", "cuda", "nvml", "tracemalloc", "agent"):
+    for probe in (
+        "process",
+        "heap",
+        "limits",
+        "cuda",
+        "nvml",
+        "tracemalloc",
+        "agent",
+        "escalation",
+    ):
         assert any(BY_NAME[name].probe == probe for name in seen), probe
 
     # cuda and nvml: one row per device, from the fakes.
@@ -233,6 +242,7 @@ def test_every_probe_exposition_passes_promtool_and_is_catalogued():
         "detector": 1.0,
         "requests": 1.0,
         "history": 1.0,
+        "escalation": 1.0,
     }
     (last_tick,) = rows(families, "last_tick_timestamp_seconds")
     assert last_tick.value == clock.now
