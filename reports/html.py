@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from diag.units import format_bytes, format_duration
 from reports import text
+from reports.dump import render_text
 from reports.postmortem import PostMortem, SeriesReport
 
 WIDTH, HEIGHT = 880, 280
@@ -157,7 +158,8 @@ def render(report: PostMortem) -> str:
     )
     body.append(f"<h2>Memory, first to last sample</h2><table>{rows}</table>")
     if report.last_finding:
-        body.append(f"<h2>Last culprit finding</h2><pre>{e(str(report.last_finding))}</pre>")
+        tree = render_text(report.last_finding)
+        body.append(f"<h2>Last culprit finding</h2><pre>{e(tree)}</pre>")
     if report.problems:
         items = "".join(f"<li>{e(p)}</li>" for p in report.problems)
         body.append(f'<h2>History</h2><ul class="problems">{items}</ul>')

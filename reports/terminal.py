@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.panel import Panel
 
-from reports import text
+from reports import dump, text
 from reports.postmortem import PostMortem
 
 
@@ -15,10 +15,9 @@ def render(report: PostMortem, console: Console) -> None:
     body.extend(f"  {line}" for line in text.evidence_lines(report))
     body.append("")
     body.extend(text.memory_lines(report))
-    if report.last_finding:
-        body.append(
-            f"last culprit finding: {report.last_finding.get('summary', report.last_finding)}"
-        )
     for problem in report.problems:
         body.append(f"[yellow]history: {problem}[/]")
     console.print(Panel("\n".join(body), title=f"diag report: {report.run_dir}", expand=False))
+    if report.last_finding:
+        console.print("[bold]the last culprit finding (a traced window, from the history)[/]")
+        console.print(dump.render(report.last_finding))

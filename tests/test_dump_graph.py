@@ -2,8 +2,9 @@
 
 import pytest
 
-from diag.cli.dump import graph_dot, render_text, write_graph
+from diag.cli.dump import graph_dot, write_graph
 from diag.errors import DiagError
+from reports.dump import render_text
 
 DOCUMENT = {
     "pid": 42,

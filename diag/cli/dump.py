@@ -8,95 +8,19 @@ chain from a root to each holder as a graph with ``--graph``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
-from rich.tree import Tree
 
 from diag.control import request
 from diag.errors import DiagError
 from diag.units import format_bytes
+from reports.dump import render
 
 GRAPH_FORMATS = ("dot", "svg", "png", "pdf")
-_CONTAINERS = ("dict", "list", "set", "tuple", "deque", "OrderedDict", "defaultdict", "frozenset")
-
-
-def _rate(owner: dict[str, Any]) -> str:
-    per_request = owner.get("growth_bytes_per_request")
-    per_second = owner.get("growth_bytes_per_second")
-    parts = []
-    if per_request is not None and per_request != 0:
-        parts.append(
-            f"{'+' if per_request > 0 else '-'}{format_bytes(abs(per_request))} per request"
-        )
-    if per_second is not None:
-        sign = "+" if per_second >= 0 else "-"
-        parts.append(f"{sign}{format_bytes(abs(per_second))}/s")
-    return ", ".join(parts)
-
-
-def _stack_text(stack: dict[str, Any]) -> str:
-    return "  ← ".join(
-        f"{f['file'].rsplit('/', 1)[-1]}:{f['line']} {f['function']}()" for f in stack["frames"][:4]
-    )
-
-
-def render(document: dict[str, Any]) -> Tree:
-    """The holders as a tree, biggest first, under the cause."""
-    head = f"pid {document['pid']}: heap walked in {document['pause_seconds']:.2f} s"
-    if not document["complete"]:
-        head += " (time budget hit: some objects not placed)"
-    if document.get("window_seconds"):
-        head += f"; traced {document['window_seconds']:.0f} s"
-        if document.get("requests") is not None:
-            head += f", {document['requests']:,} requests"
-    tree = Tree(escape(head))
-    cause = document.get("cause") or {}
-    if cause:
-        branch = tree.add(escape(f"cause: {cause['kind']}: {cause['summary']}"))
-        for line in cause.get("evidence", []):
-            branch.add(escape(line))
-    for note in document.get("notes", []):
-        tree.add(escape(f"({note})"))
-    for owner in document["owners"]:
-        count = owner["objects"]
-        entries = f"{count:,} entries, " if count != 1 or owner["kind"] in _CONTAINERS else ""
-        label = (
-            f"{owner['path']}  {owner['kind']}, {entries}retains "
-            f"{format_bytes(owner['retained_bytes'])}"
-        )
-        rate = _rate(owner)
-        branch = tree.add(escape(f"{label}, {rate}" if rate else label))
-        for content in owner["contents"]:
-            each = content["bytes"] / max(content["count"], 1)
-            branch.add(
-                escape(
-                    f"{content['count']:,} × {content['type']} {content['device']} "
-                    f"({format_bytes(each)} each)"
-                )
-            )
-        for stack in owner["allocation_stacks"][:2]:
-            branch.add(escape(f"allocated at {_stack_text(stack)}"))
-    sites = document.get("allocation_sites") or []
-    if sites:
-        branch = tree.add("grew most in the window (tracemalloc: Python's allocator only)")
-        for site in sites[:5]:
-            branch.add(
-                escape(f"{site['site']}  +{format_bytes(site['bytes'])} in {site['count']:,}")
-            )
-    return tree
-
-
-def render_text(document: dict[str, Any], width: int = 140) -> str:
-    with open(os.devnull, "w") as sink:
-        console = Console(width=width, record=True, file=sink)
-        console.print(render(document))
-    return console.export_text()
 
 
 def graph_dot(document: dict[str, Any]) -> str:

@@ -447,8 +447,8 @@ class KeyReader:
 
 def _take_dump(pid: int, as_json: bool, live: bool) -> Any:
     """A dump of the agent in ``pid``: printed (plain, JSON) or returned for the live view."""
-    from diag.cli.dump import render, render_text
     from diag.control import request
+    from reports.dump import render, render_text
 
     document = request(pid, "dump", timeout=120.0)
     if document is None:
