@@ -315,16 +315,8 @@ class _Search:
         gc.get_referrers cannot see."""
         if self._frame_locals is None:
             self._frame_locals = {}
-            names = {t.ident: t.name for t in threading.enumerate()}
-            for ident, frame in sys._current_frames().items():
-                current: types.FrameType | None = frame
-                while current is not None:
-                    # A module's top-level frame holds its globals: the module root names them.
-                    if not _tooling_frame(current) and current.f_code.co_name != "<module>":
-                        where = f"thread {names.get(ident, ident)!r} › {current.f_code.co_name}()"
-                        for name, value in list(current.f_locals.items()):
-                            self._frame_locals.setdefault(id(value), f"{where} › {name}")
-                    current = current.f_back
+            for where, name, value in _running_locals():
+                self._frame_locals.setdefault(id(value), f"{where} › {name}")
         return self._frame_locals
 
     def _parents(self, tips: tuple[Any, ...]) -> dict[int, list[Any]]:
@@ -379,18 +371,10 @@ class _Search:
         """Running frames keep their locals outside the gc's reach: look at them directly,
         a few levels into the containers and objects they hold."""
         holders: list[Holder] = []
-        names = {t.ident: t.name for t in threading.enumerate()}
-        for ident, frame in sys._current_frames().items():
-            current: types.FrameType | None = frame
-            while current is not None:
-                # A module's top-level frame holds its globals: the module root names them.
-                if not _tooling_frame(current) and current.f_code.co_name != "<module>":
-                    where = f"thread {names.get(ident, ident)!r} › {current.f_code.co_name}()"
-                    for name, value in list(current.f_locals.items()):
-                        # A module in a local is a root of its own: named by the search.
-                        if id(value) not in self.own and type(value) is not types.ModuleType:
-                            self._scan_local(f"{where} › {name}", value, pending, holders)
-                current = current.f_back
+        for where, name, value in _running_locals():
+            # A module in a local is a root of its own: named by the search.
+            if id(value) not in self.own and type(value) is not types.ModuleType:
+                self._scan_local(f"{where} › {name}", value, pending, holders)
         return holders
 
     def _scan_local(
@@ -516,6 +500,21 @@ _TOOLING_DIRS = tuple(
 
 def _tooling_frame(frame: types.FrameType) -> bool:
     return frame.f_code.co_filename.startswith(_TOOLING_DIRS)
+
+
+def _running_locals() -> Iterator[tuple[str, str, Any]]:
+    """("thread 'name' › function()", local name, value) for the user's running frames. A
+    module's top-level frame is left out: its locals are its globals, which the module root
+    names; so are diag's own frames."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        current: types.FrameType | None = frame
+        while current is not None:
+            if not _tooling_frame(current) and current.f_code.co_name != "<module>":
+                where = f"thread {names.get(ident, ident)!r} › {current.f_code.co_name}()"
+                for name, value in list(current.f_locals.items()):
+                    yield where, name, value
+            current = current.f_back
 
 
 def _running_frames() -> Iterator[types.FrameType]:

@@ -352,6 +352,7 @@ class Agent:
             self._workers_lock.release()
 
     def _after_fork_in_child(self) -> None:
+        self.escalation.reset_after_fork()
         self._workers_lock = threading.Lock()
         self._workers_lock_held_for_fork = False
         self.sampler.after_fork_in_child()

@@ -98,6 +98,7 @@ class Escalation:
         self.traced_seconds = 0.0
         self.last_pause = 0.0
         self.active = False
+        self._tracing_ours = False  # tracemalloc was started by the running window
 
     # -- triggers --------------------------------------------------------------------------
 
@@ -129,6 +130,16 @@ class Escalation:
     def close(self) -> None:
         self._stop.set()
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: the parent's window (and its thread) did not come along. Its
+        lock may be held and its tracing on; the child starts clean."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if self.active and self._tracing_ours and tracemalloc.is_tracing():
+            tracemalloc.stop()
+        self.active = False
+        self._tracing_ours = False
+
     # -- the dump --------------------------------------------------------------------------
 
     def dump(self, request: DumpRequest, reason: str = "asked") -> Dump:
@@ -157,6 +168,7 @@ class Escalation:
         started_tracing = not tracemalloc.is_tracing()
         if started_tracing:
             tracemalloc.start(WINDOW_FRAMES)
+        self._tracing_ours = started_tracing
         before = None if started_tracing else tracemalloc.take_snapshot()
         cuda = _CudaHistory.start()
         self.active = True
@@ -165,6 +177,7 @@ class Escalation:
             cuda.stop()
             if started_tracing and tracemalloc.is_tracing():
                 tracemalloc.stop()
+            self._tracing_ours = False
 
         try:
             self._stop.wait(request.window)

@@ -151,3 +151,19 @@ def memory_cgroup(limit: int) -> Iterator[Callable[[], None]]:
 def _history_in_tmp(tmp_path_factory, monkeypatch):
     """Agents record a history by default; in tests it goes to a temporary directory."""
     monkeypatch.setenv("DIAG_HISTORY", str(tmp_path_factory.mktemp("history")))
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
+    """``{"name{labels}": value}`` for every sample at a /metrics URL."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            inner = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{inner}}}" if inner else s.name] = s.value
+    return out

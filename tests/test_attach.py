@@ -8,10 +8,9 @@ from click.testing import CliRunner
 
 from diag.attach import Target, check_can_attach, inspect_target, ptrace_scope
 from diag.cli import main
-from diag.cli.demo import scrape
 from diag.errors import ProcessError
 from diag.testing import BUSY_ALLOCATING_SCRIPT, IDLE_WAITING_SCRIPT
-from tests.conftest import child_env, poll, require_tool
+from tests.conftest import child_env, poll, require_tool, scrape
 
 BUSY = BUSY_ALLOCATING_SCRIPT
 IDLE = IDLE_WAITING_SCRIPT

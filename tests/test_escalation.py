@@ -131,3 +131,25 @@ def test_cuda_blocks_join_tensors_by_storage_address():
     key = ("cuda:0", 0x7F0000000000, 1024 * 1024)
     assert census._stack(object(), "cuda:0", key) == stacks[0x7F0000000000]
     assert census._stack(object(), "cpu", ("cpu", 0x7F0000000000, 1)) is None
+
+
+def test_a_child_forked_during_a_window_starts_clean():
+    import os
+    import tracemalloc
+
+    escalation = make_escalation([], window=5.0)
+    thread = threading.Thread(target=escalation.dump, args=(DumpRequest(window=5.0),))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not escalation.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert escalation.active and tracemalloc.is_tracing()
+    pid = os.fork()
+    if pid == 0:  # the child: no window thread, so no lock holder and no tracing of its own
+        escalation.reset_after_fork()
+        ok = escalation._lock.acquire(timeout=1) and not tracemalloc.is_tracing()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    escalation.close()
+    thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0

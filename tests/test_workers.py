@@ -27,8 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
-from diag.cli.demo import scrape
-from tests.conftest import APPS, DIAG, PYTHON, REPO, child_env, free_port, poll
+from tests.conftest import APPS, DIAG, PYTHON, REPO, child_env, free_port, poll, scrape
 
 RSS = "diag_process_resident_memory_bytes"
 _WORKER_LABEL = re.compile(r"[{,]worker=([^,}]*)")
