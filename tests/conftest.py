@@ -119,13 +119,13 @@ def log_of(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def memory_cgroup(limit: int) -> Iterator[Callable[[], None]]:
+def memory_cgroup(limit: int, name: str = "") -> Iterator[Callable[[], None]]:
     """A child cgroup v1 memory cgroup of ours with ``limit``, for real OOM kills; yields a
     ``preexec_fn`` that moves a child process into it. Needs root: elsewhere the test skips,
     and under ``make test`` (DIAG_REQUIRE_TOOLS=1) it fails."""
     with open("/proc/self/cgroup") as f:
         path = next((line.split(":", 2)[2].strip() for line in f if ":memory:" in line), None)
-    cgroup = f"/sys/fs/cgroup/memory{path}/diag-test-{os.getpid()}" if path else None
+    cgroup = f"/sys/fs/cgroup/memory{path}/diag-test-{os.getpid()}{name}" if path else None
     try:
         os.mkdir(cgroup)  # type: ignore[arg-type]
     except (OSError, TypeError) as exc:
