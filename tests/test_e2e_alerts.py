@@ -1,0 +1,111 @@
+"""The deploy/ alert rules in a real Prometheus, against the real reference services.
+
+The leaking TTS service and its bounded twin run under `diag run` (each in its own memory
+cgroup, so that its forecast meets a limit), driven by the load generator. Prometheus scrapes
+both and evaluates deploy/prometheus/diag-rules.yml with its `for:` delays shortened to 5 s and
+the detector's clock 120 times faster (as in `diag demo`): everything else is the shipped rule.
+The leak alert must go pending, then firing, for the leaking service, and nothing may fire for
+the twin.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+
+import pytest
+
+from tests.conftest import (
+    DIAG,
+    REPO,
+    child_env,
+    free_port,
+    log_of,
+    memory_cgroup,
+    poll,
+    require_tool,
+    spawned,
+)
+from tests.test_e2e_prometheus import Prometheus
+
+pytestmark = pytest.mark.e2e
+LEAK_ALERT = "DiagMemoryLeakSuspected"
+
+
+def test_the_leak_alert_goes_pending_then_firing_for_the_leak_only(tmp_path):
+    pytest.importorskip("fastapi")
+    prometheus_bin = require_tool("prometheus")
+    rules = (REPO / "deploy" / "prometheus" / "diag-rules.yml").read_text()
+    (tmp_path / "rules.yml").write_text(re.sub(r"for: \d+[smh]", "for: 5s", rules))
+    ports = {name: (free_port(), free_port()) for name in ("leaking", "twin")}
+    scrape = "".join(
+        f"  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{metrics}']\n"
+        for name, (metrics, _) in ports.items()
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: ['{tmp_path / 'rules.yml'}']\nscrape_configs:\n{scrape}"
+    )
+    env = child_env(DIAG_TIME_SCALE="120", TTS_SAMPLES_PER_CHAR="1024", PYTHONPATH=str(REPO))
+    apps = {"leaking": "examples.tts_service:app", "twin": "examples.tts_service_fixed:app"}
+    prometheus_port = free_port()
+    seen: list[tuple[str, str, str]] = []  # (job, alertname, state)
+    stop = threading.Event()
+    sys.path.insert(0, str(REPO))
+    from examples.loadgen import drive
+
+    with (
+        memory_cgroup(600 * 1024 * 1024) as join_leaking,
+        memory_cgroup(600 * 1024 * 1024, name="twin") as join_twin,
+    ):
+        joins = {"leaking": join_leaking, "twin": join_twin}
+        argv = {
+            name: [*DIAG, "run", "--port", str(metrics), "--interval", "0.25", "--",
+                   sys.executable, "-m", "uvicorn", apps[name], "--port", str(port),
+                   "--log-level", "warning"]
+            for name, (metrics, port) in ports.items()
+        }  # fmt: skip
+        prometheus_argv = [
+            prometheus_bin,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ]
+        with (
+            spawned(argv["leaking"], tmp_path / "leaking.log", env=env, cwd=REPO,
+                    preexec_fn=joins["leaking"]),
+            spawned(argv["twin"], tmp_path / "twin.log", env=env, cwd=REPO,
+                    preexec_fn=joins["twin"]),
+            spawned(prometheus_argv, tmp_path / "prometheus.log", cwd=tmp_path),
+        ):  # fmt: skip
+            loads = [
+                threading.Thread(target=drive, args=(f"http://127.0.0.1:{port}", 12.0, 90.0),
+                                 kwargs={"stop": stop}, daemon=True)
+                for _, port in ports.values()
+            ]  # fmt: skip
+            for load in loads:
+                load.start()
+            api = Prometheus(prometheus_port)
+
+            def fired() -> bool:
+                alerts = api.get("/api/v1/alerts")["data"]["alerts"]
+                for alert in alerts:
+                    entry = (alert["labels"].get("job"), alert["labels"]["alertname"],
+                             alert["state"])  # fmt: skip
+                    if entry not in seen:
+                        seen.append(entry)
+                return ("leaking", LEAK_ALERT, "firing") in seen
+
+            try:
+                poll(fired, timeout=100, every=0.5)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"{exc}\nseen: {seen}\nleaking: {log_of(tmp_path / 'leaking.log')}"
+                ) from None
+            finally:
+                stop.set()
+    states = [state for job, name, state in seen if job == "leaking" and name == LEAK_ALERT]
+    assert states[:2] == ["pending", "firing"], seen
+    assert not [entry for entry in seen if entry[0] == "twin"], seen
