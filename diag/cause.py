@@ -22,6 +22,8 @@ Points = Sequence[tuple[float, float]]
 MIN_GROWTH_PER_HOUR = 16 * 1024 * 1024
 #: ...and a part explains the whole when it accounts for this share of it.
 EXPLAINS = 0.25
+#: Holders growing this many times MIN_GROWTH_PER_HOUR are a leak whatever RSS says.
+FAST_HOLDER_GROWTH = 10
 
 
 @dataclass
@@ -107,9 +109,14 @@ def classify(
             "this is a cache filling up to its plateau, not a leak",
             evidence,
         )
-    if owner_growth and held > 0 and (held >= EXPLAINS * max(rss, allocated) or rss < grows):
+    # Live objects growing is a leak when they explain a fair share of the growth, or grow fast
+    # on their own: RSS measured over a short traced window is noisy and includes tracing's
+    # own memory, so a holder piling up megabytes a minute is not second-guessed by it.
+    explains = held >= EXPLAINS * max(rss, allocated) or rss < grows
+    if owner_growth and held >= grows and (explains or held >= FAST_HOLDER_GROWTH * grows):
         path, rate = owner_growth[0]
-        evidence.append(f"{path} grew {_per_hour(rate)}; holders in all {_per_hour(held)}")
+        share = f", {held / rss:.0%} of RSS growth" if rss > 0 else ""
+        evidence.append(f"{path} grew {_per_hour(rate)}; holders in all {_per_hour(held)}{share}")
         return Cause("leak", f"live objects are piling up in {path}", evidence)
     if owner_growth and held < grows and (rss > grows or malloc > grows):
         # A traced window measured every holder and none grew: the window's own growth is

@@ -84,3 +84,14 @@ def test_a_window_where_no_holder_grew_is_not_called_a_leak():
     series = {"process_resident_memory_bytes": line(MiB), "malloc_in_use_bytes": line(MiB)}
     cause = classify(series, [("svc._RECENT", 12.0), ("svc.other", -40.0)])
     assert cause.kind == "unexplained"
+
+
+def test_a_fast_growing_holder_is_a_leak_even_when_rss_grows_faster():
+    # A short traced window: RSS also carries tracemalloc's memory and is noisy.
+    series = {
+        "process_resident_memory_bytes": line(2 * MiB),
+        "malloc_in_use_bytes": line(0.3 * MiB),
+    }
+    assert classify(series, [("svc._ERRORS", 0.3 * MiB)]).kind == "leak"
+    # A holder creeping at a few KB/s beside fast native growth is not blamed for it.
+    assert classify(series, [("svc.small", 5000.0)]).kind != "leak"
