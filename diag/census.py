@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from diag import OWN_DIRS
 from diag.owners import Holder, Link, find_holders, name_objects
 
 #: A Python container is looked at when it has this many entries, or when it grew by
@@ -248,10 +249,8 @@ def object_traceback(obj: Any) -> tracemalloc.Traceback | None:
 
 def _library_prefixes() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
-    here = os.path.dirname(os.path.abspath(__file__))
-    own = [here, os.path.join(os.path.dirname(here), "probes")]
     found = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return tuple(p + os.sep for p in (*found, *own) if p)
+    return tuple(p + os.sep for p in (*found, *OWN_DIRS) if p)
 
 
 _LIBRARY = _library_prefixes()

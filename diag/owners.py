@@ -37,6 +37,8 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from diag import OWN_DIRS
+
 SAMPLE = 32
 MAX_DEPTH = 12
 KEY_SHOWN_AT_MOST = 40
@@ -237,7 +239,6 @@ def render(root: str, chain: Sequence[Any], reveal: bool = False) -> tuple[str, 
 
 class _Search:
     def __init__(self, targets: Sequence[Any], deadline: float, reveal: bool) -> None:
-        self.targets = targets
         self.deadline = deadline
         self.reveal = reveal
         self.own: set[int] = set()
@@ -492,10 +493,7 @@ def _is_ours(obj: Any) -> bool:
 
 #: diag's own packages: the frames of its threads (the sampler, the control socket) hold the
 #: agent's objects, which are nobody's leak.
-_TOOLING_DIRS = tuple(
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name) + os.sep
-    for name in ("diag", "probes")
-)
+_TOOLING_DIRS = tuple(d + os.sep for d in OWN_DIRS)
 
 
 def _tooling_frame(frame: types.FrameType) -> bool:

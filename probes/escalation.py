@@ -29,11 +29,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from diag.cause import classify
+from diag.cause import Cause, classify
 from diag.census import Dump, Frame, Site, cuda_block_stacks, is_library, take_dump
 from diag.detect import Verdict
 from diag.model import Sample
-from probes.tracing import site_label
+from probes.tracing import IGNORED_TRACES, site_label, site_samples
 
 log = logging.getLogger("diag")
 
@@ -207,11 +207,11 @@ class Escalation:
 
     def _sites(self, before: tracemalloc.Snapshot | None) -> list[Site]:
         """The sites that grew in the window, in the user's code; also the bounded gauges."""
-        after = tracemalloc.take_snapshot().filter_traces(_IGNORED)
+        after = tracemalloc.take_snapshot().filter_traces(IGNORED_TRACES)
         if before is None:
             stats = [(s.traceback, s.size, s.count) for s in after.statistics("traceback")]
         else:
-            diff = after.compare_to(before.filter_traces(_IGNORED), "traceback")
+            diff = after.compare_to(before.filter_traces(IGNORED_TRACES), "traceback")
             stats = [(s.traceback, s.size_diff, s.count_diff) for s in diff]
         by_site: dict[str, list[int]] = {}
         for traceback, size, count in stats:
@@ -223,16 +223,8 @@ class Escalation:
             entry[0] += size
             entry[1] += count
         ranked = sorted(by_site.items(), key=lambda kv: -kv[1][0])
-        top, rest = ranked[: self.top_sites], ranked[self.top_sites :]
-        self.sites = [
-            Sample("tracemalloc_top_bytes", float(size), (("site", site),))
-            for site, (size, _) in top
-        ]
-        self.sites.append(
-            Sample(
-                "tracemalloc_top_bytes", float(sum(s for _, (s, _) in rest)), (("site", "other"),)
-            )
-        )
+        top = ranked[: self.top_sites]
+        self.sites = site_samples({site: size for site, (size, _) in ranked}, self.top_sites)
         return [Site(site, size, count) for site, (size, count) in top]
 
     def _borrow_from_last(self, result: Dump) -> None:
@@ -253,7 +245,7 @@ class Escalation:
         age = time.time() - last.taken_at
         result.notes.append(f"growth and stacks from the traced window {age:.0f} s ago")
 
-    def cause_of(self, result: Dump, trimmed: int | None = None) -> Any:
+    def cause_of(self, result: Dump, trimmed: int | None = None) -> Cause:
         # The window's own series when there is one (the slopes it measured), else the last
         # ten minutes.
         since = result.taken_at - (result.window_seconds or 600.0)
@@ -279,20 +271,6 @@ class Escalation:
             Sample("dump_pause_seconds", self.last_pause),
             *self.sites,
         ]
-
-
-_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_IGNORED = (
-    tracemalloc.Filter(False, tracemalloc.__file__),
-    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
-    tracemalloc.Filter(False, "<unknown>"),
-    tracemalloc.Filter(False, os.path.join(os.path.dirname(os.path.abspath(__file__)), "*")),
-    tracemalloc.Filter(
-        False,
-        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diag", "*"),
-    ),
-)
 
 
 def _finding_of(result: Dump) -> dict[str, Any]:

@@ -13,20 +13,17 @@ import os
 import tracemalloc
 from collections.abc import Callable
 
+from diag import OWN_DIRS
 from diag.model import Sample, labels_of
 from probes.base import Cadence, ProbeUnavailable
 
-_OWN_DIRS = tuple(
-    os.path.dirname(os.path.abspath(path))
-    for path in (__file__, os.path.join(os.path.dirname(__file__), "..", "diag", "__init__.py"))
-)
-
-_IGNORED = (
+#: Traces that are nobody's allocation site: tracemalloc, the import system, diag itself.
+IGNORED_TRACES = (
     tracemalloc.Filter(False, tracemalloc.__file__),
     tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
     tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
     tracemalloc.Filter(False, "<unknown>"),
-    *(tracemalloc.Filter(False, os.path.join(d, "*")) for d in _OWN_DIRS),
+    *(tracemalloc.Filter(False, os.path.join(d, "*")) for d in OWN_DIRS),
 )
 
 
@@ -34,6 +31,17 @@ def site_label(filename: str, lineno: int) -> str:
     """``package/module.py:42``: the last two path parts keep labels short yet recognisable."""
     parts = filename.replace("\\", "/").split("/")
     return f"{'/'.join(parts[-2:])}:{lineno}"
+
+
+def site_samples(sizes: dict[str, float], top: int) -> list[Sample]:
+    """``tracemalloc_top_bytes`` for the ``top`` biggest sites, the rest summed as
+    ``site="other"``: the label set stays bounded whatever the host allocates."""
+    ranked = sorted(sizes.items(), key=lambda kv: -kv[1])
+    rest = sum(size for _, size in ranked[top:])
+    return [
+        Sample("tracemalloc_top_bytes", float(size), labels_of(site=site))
+        for site, size in [*ranked[:top], ("other", rest)]
+    ]
 
 
 class TracemallocProbe:
@@ -77,19 +85,13 @@ class TracemallocProbe:
         ]
 
     def _refresh_sites(self) -> None:
-        snapshot = tracemalloc.take_snapshot().filter_traces(_IGNORED)
-        stats = snapshot.statistics("lineno")
+        snapshot = tracemalloc.take_snapshot().filter_traces(IGNORED_TRACES)
         sites: dict[str, float] = {}
-        for stat in stats[: self.top]:
+        for stat in snapshot.statistics("lineno"):
             frame = stat.traceback[0]
             label = site_label(frame.filename, frame.lineno)
             sites[label] = sites.get(label, 0.0) + stat.size
-        rest = sum(stat.size for stat in stats[self.top :])
-        sites["other"] = sites.get("other", 0.0) + float(rest)
-        self._sites = [
-            Sample("tracemalloc_top_bytes", size, labels_of(site=site))
-            for site, size in sites.items()
-        ]
+        self._sites = site_samples(sites, self.top)
 
     def close(self) -> None:
         if self._started_by_us:

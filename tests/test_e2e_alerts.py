@@ -27,7 +27,7 @@ from tests.conftest import (
     require_tool,
     spawned,
 )
-from tests.test_e2e_prometheus import Prometheus
+from tests.test_e2e_prometheus import Prometheus, prometheus_command
 
 pytestmark = pytest.mark.e2e
 LEAK_ALERT = "DiagMemoryLeakSuspected"
@@ -67,12 +67,7 @@ def test_the_leak_alert_goes_pending_then_firing_for_the_leak_only(tmp_path):
                    "--log-level", "warning"]
             for name, (metrics, port) in ports.items()
         }  # fmt: skip
-        prometheus_argv = [
-            prometheus_bin,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prometheus_port}",
-        ]
+        prometheus_argv = prometheus_command(prometheus_bin, config, tmp_path, prometheus_port)
         with (
             spawned(argv["leaking"], tmp_path / "leaking.log", env=env, cwd=REPO,
                     preexec_fn=joins["leaking"]),

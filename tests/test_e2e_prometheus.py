@@ -63,6 +63,16 @@ class Prometheus:
         return result[0][1] if result else None
 
 
+def prometheus_command(binary: str, config: Path, tmp_path: Path, port: int) -> list[str]:
+    """A Prometheus on 127.0.0.1:port with its TSDB under ``tmp_path``."""
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+
+
 def write_config(tmp_path: Path, target_port: int) -> Path:
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -95,12 +105,7 @@ def test_prometheus_scrapes_a_service_run_under_diag(tmp_path):
     service_log, prometheus_log = tmp_path / "service.stderr", tmp_path / "prometheus.stderr"
     service_argv = [*DIAG, "run", "--port", str(service_port), "--interval", "0.5", "--"]
     service_argv += [PYTHON, str(APPS / "prom_service.py")]
-    prometheus_argv = [
-        prometheus_bin,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{prometheus_port}",
-    ]
+    prometheus_argv = prometheus_command(prometheus_bin, config, tmp_path, prometheus_port)
     with (
         spawned(service_argv, service_log, env=child_env()) as service,
         spawned(prometheus_argv, prometheus_log, cwd=tmp_path) as prometheus,

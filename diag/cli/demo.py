@@ -143,7 +143,7 @@ class Demo:
         return self.detected is not None and self.dump is not None and names_the_culprit(self.dump)
 
     def _watch(self, service: subprocess.Popen[bytes], runtime: str, killer: bool) -> str:
-        from diag.cli.watch import Watcher, _ended_text, _line, live_panel
+        from diag.cli.watch import Watcher, ended_text, live_panel, tick_line
 
         pid = service.pid
         watcher = Watcher(pid, None, time_scale=TIME_SCALE)
@@ -160,13 +160,13 @@ class Demo:
             while time.monotonic() - started < DEADLINE:
                 row = watcher.tick(time.time())
                 if row is None:
-                    return _ended_text(watcher.ended(time.time()))
+                    return ended_text(watcher.ended(time.time()))
                 rows = [*rows[-59:], row]
                 if live is not None:
                     live.update(live_panel(pid, ["examples.tts_service"], rows), refresh=True)
                 elif time.monotonic() - last_line >= 3:
                     last_line = time.monotonic()
-                    self.say(_line(row))
+                    self.say(tick_line(row))
                 if row["verdict"] == "leak" and self.detected is None:
                     if live is not None:
                         live.stop()

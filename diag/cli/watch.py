@@ -283,7 +283,7 @@ def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
     return Panel(table, title=title, subtitle="d: dump · Ctrl-C: stop", expand=False)
 
 
-def _line(row: dict[str, Any]) -> str:
+def tick_line(row: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(row["t"]))
     rate = row["growth_bytes_per_second"]
     growth = f"{format_bytes(rate * 3600)}/h" if rate else "-"
@@ -370,7 +370,7 @@ def watch(
                 break
             rows = [*rows[-59:], row]
             if live is None:
-                click.echo(json.dumps(row) if as_json else _line(row))
+                click.echo(json.dumps(row) if as_json else tick_line(row))
             wants_dump = keys is not None and keys.pressed("d")
             if dump_on_leak and row["verdict"] == "leak" and not dumped_on_leak:
                 dumped_on_leak = wants_dump = True
@@ -392,7 +392,7 @@ def watch(
     if ended is None:
         watcher.close()
     else:
-        click.echo(json.dumps(ended) if as_json else _ended_text(ended), err=not as_json)
+        click.echo(json.dumps(ended) if as_json else ended_text(ended), err=not as_json)
         if watcher.writer is not None:
             click.echo(f"diag report {watcher.writer.run_dir}", err=True)
     if ended is not None or watcher.saw_leak:
@@ -473,7 +473,7 @@ def _with_dump(panel: Any, dump: Any) -> Any:
     return panel if dump is None else Group(dump, panel)
 
 
-def _ended_text(ended: dict[str, Any]) -> str:
+def ended_text(ended: dict[str, Any]) -> str:
     how = ended["how"]
     detail = ended.get("signal_name") or (
         f"status {ended['status']}" if ended.get("status") is not None else ""
