@@ -39,9 +39,15 @@ def private_directory(path: str) -> str:
 
 
 def request(
-    pid: int, op: str, timeout: float = 2.0, environ: Mapping[str, str] = os.environ, **args: Any
+    pid: int,
+    op: str,
+    timeout: float = 2.0,
+    environ: Mapping[str, str] = os.environ,
+    keep_errors: bool = False,
+    **args: Any,
 ) -> dict[str, Any] | None:
-    """Ask the agent in ``pid``; None when there is no agent we may talk to."""
+    """Ask the agent in ``pid``; None when there is no agent we may talk to, or when it
+    answers ``{"error": ...}`` (returned as such with ``keep_errors``)."""
     path = socket_path(pid, environ)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
@@ -60,4 +66,4 @@ def request(
         reply: dict[str, Any] = json.loads(data)
     except ValueError:
         return None
-    return None if "error" in reply else reply
+    return None if "error" in reply and not keep_errors else reply

@@ -48,6 +48,9 @@ POINTS_PER_WIDTH = 48
 MAX_GROUPS = 12
 MIN_GROUPS = 6
 LEAK_EXIT_BUCKETS = 6
+#: After one of diag's dumps ends, the host still settles from it (requests queued during the
+#: pause run at once) for about this long: memory samples are held back until then.
+SETTLE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -540,6 +543,46 @@ class RecentRate:
         step = max(1, len(points) // 40)
         picked = list(points)[::step]
         return _theil_sen([p[0] for p in picked], [p[1] for p in picked])
+
+
+class DisturbanceDiscount:
+    """Keeps diag's own disturbances out of a memory series before a detector sees it.
+
+    A dump pauses the host (queued requests then run at once, each thread's arena keeps what
+    it used) and a traced window adds tracemalloc's tables: the process's RSS steps up by tens
+    of MB and often stays there. Fed as is, that step reads as growth, and a window opened
+    because a verdict turned "growing" could turn it into a leak by itself.
+
+    So samples taken while disturbed are held back (``adjust`` returns None), and the step
+    between the level before (the lowest of the last few samples) and the first sample after
+    is subtracted from every later sample. The offset shrinks as the process gives that memory
+    back: the adjusted series never falls below the level before because of it. A leak that
+    goes on during the disturbance loses only what it grew meanwhile; its rate is untouched,
+    and forecasts are too (the limit is judged as headroom above the adjusted value).
+    """
+
+    def __init__(self, recent: int = 8) -> None:
+        self.offset = 0.0
+        self._floor: float | None = None  # the adjusted level before the last disturbance
+        self._holding = False
+        self._recent: deque[float] = deque(maxlen=recent)
+
+    def adjust(self, value: float, disturbed: bool) -> float | None:
+        if disturbed:
+            if not self._holding:
+                self._holding = True
+                self._floor = min(self._recent) if self._recent else None
+            return None
+        floor = self._floor
+        if self._holding:
+            self._holding = False
+            if floor is not None:
+                self.offset += max(value - self.offset - floor, 0.0)
+        if floor is not None and value - self.offset < floor:
+            self.offset = max(value - floor, 0.0)  # given back: less of the step remains
+        adjusted = value - self.offset
+        self._recent.append(adjusted)
+        return adjusted
 
 
 def _unscale(seconds: float | None, scale: float) -> float | None:

@@ -172,6 +172,12 @@ CATALOG: tuple[MetricSpec, ...] = (
     _g("agent_series", "agent", "Series held in the agent's bounded store."),
     _c("agent_dropped_series_total", "agent", "New series refused because the store was full."),
     # escalation: the culprit search's traced windows and their cost
+    _c("dumps_total", "escalation", "Dumps taken (census only or traced window)."),
+    _g(
+        "dump_active",
+        "escalation",
+        "1 while a dump runs; the detectors hold memory samples until it settles.",
+    ),
     _c("escalations_total", "escalation", "Traced windows run (automatic and asked for)."),
     _c("escalation_failures_total", "escalation", "Traced windows that failed."),
     _c(

@@ -86,6 +86,8 @@ class Agent:
                 sensitivity=self.settings.sensitivity, time_scale=self.settings.time_scale
             ),
             requests=self.requests,
+            # The escalation below is made next: looked up at each tick, not now.
+            disturbed=lambda t: self.escalation.disturbs(t),
         )
         self.recorder = self._make_recorder(clock)
         self.escalation = Escalation(
@@ -209,7 +211,9 @@ class Agent:
             return
 
     def _start_control(self) -> None:
-        control = ControlServer(self._answer, socket_path(os.getpid(), self._environ))
+        control = ControlServer(
+            self._answer, socket_path(os.getpid(), self._environ), slow_ops=frozenset({"dump"})
+        )
         try:
             control.start()
         except OSError as exc:

@@ -8,6 +8,11 @@ does; for a GPU, the device total. Growth per request comes from the request cou
 
 Subscribers (``on_change``) hear of every change of verdict state; the culprit search starts
 its escalation there. A failing subscriber is logged once and never reaches the host.
+
+diag's own dumps disturb host memory (a paused host catches up at once, tracemalloc's tables
+come and go): while ``disturbed(t)`` says so, host-memory samples are held back from the
+detectors and the retention estimate, and the step across is discounted afterwards
+(``DisturbanceDiscount``). The exported gauges keep the raw values.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from diag.detect import Detector, DetectorConfig, Verdict
+from diag.detect import Detector, DetectorConfig, DisturbanceDiscount, Verdict
 from diag.model import Labels, Sample, labels_of, series_key
 from diag.retention import RetentionEstimator
 from probes.requests import RequestStats
@@ -34,6 +39,10 @@ WATCHED: dict[str, tuple[str, str]] = {
     "gpu_process_used_bytes": ("total", "gpu_total_bytes"),
 }
 MAX_DETECTORS = 64
+#: Host-memory series that diag's own dumps disturb.
+DISCOUNTED = frozenset(
+    {"process_resident_memory_bytes", "process_unique_memory_bytes", "malloc_in_use_bytes"}
+)
 _LOOKED_UP = frozenset(
     {"memory_limit_bytes", "memory_limit_usage_bytes", "process_resident_memory_bytes"}
     | {limit for _, limit in WATCHED.values()}
@@ -50,8 +59,12 @@ class GrowthAnalyzer:
         config: DetectorConfig | None = None,
         requests: RequestStats | None = None,
         retention_series: str = "process_resident_memory_bytes",
+        disturbed: Callable[[float], bool] = lambda t: False,
     ) -> None:
         self.config = config or DetectorConfig()
+        self._disturbed = disturbed
+        self._discounts: dict[str, DisturbanceDiscount] = {}
+        self._retention_samples: list[Sample] = []
         self._requests = requests
         self._retention_series = retention_series
         self._detectors: dict[str, tuple[Detector, Labels, str]] = {}
@@ -71,21 +84,43 @@ class GrowthAnalyzer:
         usage = values.get(("memory_limit_usage_bytes", ()))
         if limit is not None and usage is not None:
             headroom = max(limit - usage, 0.0)
+        disturbed = self._disturbed(t)
         out: list[Sample] = []
+        adjusted: dict[str, float | None] = {}
         for sample in samples:
             rule = WATCHED.get(sample.name)
             if rule is None:
                 continue
+            value: float | None = sample.value
+            if sample.name in DISCOUNTED and not sample.labels:
+                value = self._discount(sample.name, sample.value, disturbed)
+                adjusted[sample.name] = value
             kind, limit_name = rule
-            if kind == "headroom":
-                series_limit = sample.value + headroom if headroom is not None else None
-            else:
+            series_limit = None
+            if kind == "total":
                 series_limit = values.get((limit_name, sample.labels))
-            out.extend(self._judge(t, sample, series_limit))
-        out.extend(self._retained_per_request(t, values))
+            elif headroom is not None and value is not None:
+                series_limit = value + headroom
+            out.extend(self._judge(t, sample, value, series_limit))
+        name = self._retention_series
+        memory = adjusted[name] if name in adjusted else values.get((name, ()))
+        if memory is not None:
+            self._retention_samples = self._retained_per_request(t, memory)
+        elif name not in adjusted:
+            self._retention_samples = []
+        out.extend(self._retention_samples)  # while held back: the last estimate stands
         return out
 
-    def _judge(self, t: float, sample: Sample, limit: float | None) -> list[Sample]:
+    def _discount(self, name: str, value: float, disturbed: bool) -> float | None:
+        discount = self._discounts.get(name)
+        if discount is None:
+            discount = self._discounts[name] = DisturbanceDiscount()
+        return discount.adjust(value, disturbed)
+
+    def _judge(
+        self, t: float, sample: Sample, value: float | None, limit: float | None
+    ) -> list[Sample]:
+        """``value`` None: held back (a dump disturbs it); the last verdict stands meanwhile."""
         key = series_key(sample.name, sample.labels)
         entry = self._detectors.get(key)
         if entry is None:
@@ -95,17 +130,16 @@ class GrowthAnalyzer:
             entry = self._detectors[key] = (Detector(limit, self.config), labels, key)
         detector, labels, _ = entry
         previous = self.verdicts.get(key)
-        verdict = detector.update(t, sample.value, limit)
+        if value is None:
+            return verdict_samples(previous, labels) if previous is not None else []
+        verdict = detector.update(t, value, limit)
         self.verdicts[key] = verdict
         if previous is None or previous.state != verdict.state:
             self._notify(key, previous, verdict)
         return verdict_samples(verdict, labels)
 
-    def _retained_per_request(
-        self, t: float, values: dict[tuple[str, Labels], float]
-    ) -> list[Sample]:
-        memory = values.get((self._retention_series, ()))
-        if self._requests is None or memory is None:
+    def _retained_per_request(self, t: float, memory: float) -> list[Sample]:
+        if self._requests is None:
             return []
         estimate = self._retention.update(t, memory, self._requests.totals())
         if estimate is None:

@@ -6,6 +6,10 @@ refused if it is anyone else's or open to others; every connection's peer uid is
 (SO_PEERCRED) against ours. One request per connection: a JSON line in, a JSON line out,
 bounded in size. Requests only read what the sampler already has (``latest``, ``status``): a
 request never runs a probe on the caller's behalf.
+
+Slow requests (a dump, whose traced window lasts seconds) run on a thread of their own, one at a
+time, so that a ``diag watch`` reading ``latest`` meanwhile is answered at once; a second slow
+request while one runs is refused with a line saying so.
 """
 
 from __future__ import annotations
@@ -51,9 +55,12 @@ class ControlServer:
         handler: Handler,
         path: str,
         peer: Callable[[socket.socket], int] = peer_uid,
+        slow_ops: frozenset[str] = frozenset(),
     ) -> None:
         self.path = path
         self._handler = handler
+        self._slow_ops = slow_ops
+        self._slow: threading.Thread | None = None
         self._peer = peer
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -81,17 +88,39 @@ class ControlServer:
                 connection, _ = server.accept()  # blocks: no wake-ups while nobody asks
             except OSError:
                 return  # shut down by stop(), or closed after fork
-            with connection:
-                try:
-                    self._answer(connection)
-                except Exception:  # a bad client never reaches the host
-                    log.debug("diag: control request failed", exc_info=True)
+            try:
+                message = self._read(connection)
+                if message is not None and message.get("op") in self._slow_ops:
+                    if self._slow is not None and self._slow.is_alive():
+                        _send(connection, {"error": "busy: another dump is running; retry"})
+                    else:
+                        self._slow = threading.Thread(
+                            target=self._answer_and_close,
+                            args=(connection, message),
+                            name="diag-control-slow",
+                            daemon=True,
+                        )
+                        self._slow.start()
+                        continue  # the thread owns the connection now
+                elif message is not None:
+                    _send(connection, self._handler(message))
+            except Exception:  # a bad client never reaches the host
+                log.debug("diag: control request failed", exc_info=True)
+            connection.close()
 
-    def _answer(self, connection: socket.socket) -> None:
+    def _answer_and_close(self, connection: socket.socket, message: dict[str, Any]) -> None:
+        with connection:
+            try:
+                _send(connection, self._handler(message))
+            except Exception:
+                log.debug("diag: control request failed", exc_info=True)
+
+    def _read(self, connection: socket.socket) -> dict[str, Any] | None:
+        """The request, or None after answering why it cannot be taken."""
         connection.settimeout(2.0)
         if self._peer(connection) != os.geteuid():
-            connection.sendall(b'{"error": "another user: refused"}\n')
-            return
+            _send(connection, {"error": "another user: refused"})
+            return None
         data = b""
         while b"\n" not in data and len(data) <= MAX_REQUEST:
             chunk = connection.recv(MAX_REQUEST)
@@ -99,10 +128,10 @@ class ControlServer:
                 break
             data += chunk
         if len(data) > MAX_REQUEST:
-            connection.sendall(b'{"error": "request too large"}\n')
-            return
-        reply = self._handler(json.loads(data.decode() or "{}"))
-        connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
+            _send(connection, {"error": "request too large"})
+            return None
+        message: dict[str, Any] = json.loads(data.decode() or "{}")
+        return message
 
     def stop(self) -> None:
         self._stop.set()
@@ -123,3 +152,8 @@ class ControlServer:
             self._socket.close()
             self._socket = None
         self._thread = None
+        self._slow = None
+
+
+def _send(connection: socket.socket, reply: dict[str, Any]) -> None:
+    connection.sendall(json.dumps(reply, default=str).encode() + b"\n")

@@ -31,7 +31,7 @@ from typing import Any
 
 from diag.cause import Cause, classify
 from diag.census import Dump, Frame, Site, cuda_block_stacks, is_library, take_dump
-from diag.detect import Verdict
+from diag.detect import SETTLE_SECONDS, Verdict
 from diag.model import Sample
 from probes.tracing import IGNORED_TRACES, site_label, site_samples
 
@@ -93,6 +93,9 @@ class Escalation:
         self.last: Dump | None = None
         self.sites: list[Sample] = []
         # Exported cost.
+        self.dumps = 0  # every dump, census only or windowed
+        self.dumping = False
+        self._last_ended: float | None = None
         self.windows = 0
         self.failures = 0
         self.traced_seconds = 0.0
@@ -139,26 +142,43 @@ class Escalation:
             tracemalloc.stop()
         self.active = False
         self._tracing_ours = False
+        self.dumping = False
+
+    def disturbs(self, t: float) -> bool:
+        """Whether memory sampled at ``t`` carries a dump's disturbance: one is running, or
+        ended less than ``SETTLE_SECONDS`` ago (the detectors hold such samples back)."""
+        if self.dumping:
+            return True
+        return self._last_ended is not None and t - self._last_ended < SETTLE_SECONDS
 
     # -- the dump --------------------------------------------------------------------------
 
     def dump(self, request: DumpRequest, reason: str = "asked") -> Dump:
         """A census now, or at the end of a traced window of ``request.window`` seconds."""
         with self._lock:
-            if request.window > 0:
-                result = self._window(request, reason)
-            else:
-                result, _ = take_dump(
-                    top=request.top,
-                    time_budget=request.time_budget,
-                    user_frames_only=not request.all_frames,
-                    reveal=request.reveal,
-                )
-                self._borrow_from_last(result)
-            trimmed = malloc_trim_test() if request.trim else None
-            result.cause = self.cause_of(result, trimmed).to_json()
-            self.last_pause = result.pause_seconds
-            return result
+            self.dumping = True
+            self.dumps += 1
+            try:
+                return self._dump(request, reason)
+            finally:
+                self.dumping = False
+                self._last_ended = self._clock()
+
+    def _dump(self, request: DumpRequest, reason: str) -> Dump:
+        if request.window > 0:
+            result = self._window(request, reason)
+        else:
+            result, _ = take_dump(
+                top=request.top,
+                time_budget=request.time_budget,
+                user_frames_only=not request.all_frames,
+                reveal=request.reveal,
+            )
+            self._borrow_from_last(result)
+        trimmed = malloc_trim_test() if request.trim else None
+        result.cause = self.cause_of(result, trimmed).to_json()
+        self.last_pause = result.pause_seconds
+        return result
 
     def _window(self, request: DumpRequest, reason: str) -> Dump:
         user_only = not request.all_frames
@@ -264,6 +284,8 @@ class Escalation:
 
     def samples(self) -> list[Sample]:
         return [
+            Sample("dumps_total", float(self.dumps)),
+            Sample("dump_active", 1.0 if self.dumping else 0.0),
             Sample("escalations_total", float(self.windows)),
             Sample("escalation_failures_total", float(self.failures)),
             Sample("escalation_traced_seconds_total", self.traced_seconds),

@@ -9,7 +9,7 @@ from probes.cuda import CudaProbe
 # Base units, counts and 0/1 flags: every name says what its number is.
 UNITS = (
     *("bytes", "seconds", "total", "objects", "blocks", "info", "series"),
-    *("enabled", "suspected", "full"),
+    *("enabled", "suspected", "full", "active"),
 )
 
 

@@ -187,6 +187,19 @@ CASES = {
         "__main__._OUTPUTS",
         "infer",
     ),
+    "numpy arrays": (
+        """
+        import numpy as np
+        _SPECTROGRAMS = {}
+        def spectrogram(i):
+            return np.zeros(1024, dtype=np.float32)  # numpy's buffer is traced directly
+        def analyse(i):
+            _SPECTROGRAMS[i] = spectrogram(i)
+        leak_forever(analyse)
+        """,
+        "__main__._SPECTROGRAMS",
+        "spectrogram",
+    ),
     "plain Python objects": (
         """
         _REQUEST_LOG = []

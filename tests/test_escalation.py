@@ -69,7 +69,9 @@ def test_a_verdict_turning_to_leak_starts_one_traced_window(monkeypatch):
     assert first.allocation_stacks[0].frames[0].function == "synthesize"
     sites = {dict(s.labels)["site"]: s.value for s in escalation.samples() if s.labels}
     assert "other" in sites and len(sites) <= 4  # top 3 and the rest: bounded labels
-    assert escalation.samples()[0].name == "escalations_total"
+    counters = {s.name: s.value for s in escalation.samples() if not s.labels}
+    assert counters["escalations_total"] == 1 and counters["dumps_total"] == 1
+    assert counters["dump_active"] == 0
 
 
 def test_a_dump_without_a_window_borrows_the_last_windows_growth():

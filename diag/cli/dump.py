@@ -134,12 +134,15 @@ def dump(
         reveal=show_keys,
         all_frames=all_frames,
         trim=trim,
+        keep_errors=True,
     )
     if document is None:
         raise DiagError(
             f"pid {pid} runs no diag agent we can reach: start it with `diag run -- ...`, "
             f"or inject it with `diag attach --pid {pid}` (or add --attach)"
         )
+    if "error" in document:
+        raise DiagError(f"the agent in pid {pid} did not dump: {document['error']}")
     if graph:
         click.echo(write_graph(document, graph), err=True)
     if as_json:

@@ -9,6 +9,7 @@ connecting to an embedded agent and ``--attach`` come with the rest of ``diag wa
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -19,7 +20,14 @@ from typing import Any
 import click
 
 from diag.control import request
-from diag.detect import Detector, DetectorConfig, RecentRate, Verdict
+from diag.detect import (
+    SETTLE_SECONDS,
+    Detector,
+    DetectorConfig,
+    DisturbanceDiscount,
+    RecentRate,
+    Verdict,
+)
 from diag.errors import UsageError
 from diag.history import HistoryWriter, default_root, run_name
 from diag.model import Sample, series_key
@@ -77,6 +85,11 @@ class Watcher:
             limit, DetectorConfig(sensitivity=sensitivity, time_scale=time_scale)
         )
         self.recent = RecentRate()
+        # The agent's dumps disturb RSS (see DisturbanceDiscount): held back while one runs
+        # and until it settles, known from the agent's dump gauges.
+        self.discount = DisturbanceDiscount()
+        self._dumps_seen: float | None = None
+        self._disturbed_until = -math.inf
         self.verdict: Verdict | None = None
         self.oom_kills_first: float | None = None
         self.oom_kills_last: float | None = None
@@ -110,8 +123,16 @@ class Watcher:
         if kills is not None:
             self.oom_kills_first = kills if self.oom_kills_first is None else self.oom_kills_first
             self.oom_kills_last = kills
+        agent = agent_series(self.pid)
         previous = self.verdict
-        verdict = self.detector.update(t, rss, limit)
+        verdict = previous
+        adjusted = self.discount.adjust(rss, self._disturbed(t, agent))
+        if adjusted is not None:
+            if limit is not None:
+                limit -= self.discount.offset  # the headroom is the same
+            verdict = self.detector.update(t, adjusted, limit)
+        if verdict is None:
+            verdict = self.detector.verdict
         recent = self.recent.update(t, rss)
         self.verdict = verdict
         self.saw_leak = self.saw_leak or verdict.state == "leak"
@@ -134,10 +155,22 @@ class Watcher:
             "seconds_to_oom_low": verdict.seconds_to_oom_low,
             "seconds_to_oom_high": verdict.seconds_to_oom_high,
         }
-        agent = agent_series(self.pid)
         if agent is not None:
             row["agent"] = agent
         return row
+
+    def _disturbed(self, t: float, agent: dict[str, float] | None) -> bool:
+        """Whether the agent is dumping, or did within the last ``SETTLE_SECONDS``. A dump that
+        began and ended between two ticks shows as a change of ``dumps_total``."""
+        if agent is not None:
+            dumps = agent.get("dumps_total")
+            changed = dumps is not None and dumps != self._dumps_seen
+            if changed and self._dumps_seen is None:
+                changed = False  # the first reading: dumps before the watch began
+            self._dumps_seen = dumps
+            if changed or agent.get("dump_active"):
+                self._disturbed_until = t + SETTLE_SECONDS
+        return t < self._disturbed_until
 
     def _optional(self, probe: LimitsProbe | NvmlProbe) -> list[Sample]:
         try:
@@ -200,7 +233,8 @@ class Watcher:
 AGENT_SERIES = (
     "python_allocated_blocks", "malloc_in_use_bytes", "malloc_free_retained_bytes",
     "gc_tracked_objects", "cuda_allocated_bytes", "cuda_reserved_bytes",
-    "tracemalloc_top_bytes", "requests_total", "leak_suspected",
+    "tracemalloc_top_bytes", "requests_total", "leak_suspected", "dumps_total",
+    "dump_active",
 )  # fmt: skip
 
 
