@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -103,3 +104,36 @@ def test_sockets_of_dead_agents_are_removed(runtime):
         assert os.path.exists(socket_path(os.getpid()))
     finally:
         agent.stop()
+
+
+def test_a_slow_request_runs_aside_and_a_second_one_is_refused(runtime):
+    """A dump's traced window lasts seconds: `latest` is answered meanwhile (a `diag watch`
+    reading the same agent), and a second dump gets a line saying why, not a wait."""
+    release = threading.Event()
+
+    def handler(message):
+        if message["op"] == "dump":
+            release.wait(10)
+            return {"dumped": True}
+        return {"latest": True}
+
+    server = ControlServer(handler, socket_path(os.getpid()), slow_ops=frozenset({"dump"}))
+    server.start()
+    try:
+        answers = []
+        first = threading.Thread(
+            target=lambda: answers.append(request(os.getpid(), "dump", timeout=10)),
+        )
+        first.start()
+        for _ in range(20):  # until the first dump is taken
+            second = request(os.getpid(), "dump", timeout=0.5, keep_errors=True)
+            if second is not None and "error" in second:
+                break
+        assert second == {"error": "busy: another dump is running; retry"}
+        assert request(os.getpid(), "latest", timeout=1.0) == {"latest": True}
+        release.set()
+        first.join(10)
+        assert answers == [{"dumped": True}]
+    finally:
+        release.set()
+        server.stop()
