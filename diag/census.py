@@ -151,6 +151,44 @@ def _measure_array(obj: Any) -> _Measure | None:
 
 
 _OTHER, _TENSOR, _ARRAY, _CONTAINER = range(4)
+#: Objects whose referents are listed by one C call: bounds the list that call returns.
+_REFERENTS_CHUNK = 4096
+#: Untracked containers nested in untracked containers, looked into this deep for arrays.
+UNTRACKED_DEPTH = 3
+
+
+def _arrays(objects: list[Any], ndarray: type) -> tuple[list[Any], dict[int, Any]]:
+    """numpy arrays, which the gc does not track, so ``gc.get_objects()`` never lists them:
+    found among what tracked objects refer to, a chunk of objects per C call (the referents of
+    a million objects are never one list). A dict or list that holds only untracked objects (an
+    int-keyed dict of arrays) is not tracked either, and ``gc.get_referrers`` cannot see it:
+    such containers are looked into (a whole batch per C call, each alone only when the batch
+    held an array), and the arrays inside come with them, id(array) -> container."""
+    arrays: list[Any] = []
+    parents: dict[int, Any] = {}
+    is_tracked = gc.is_tracked
+    wanted = {ndarray, dict, list}
+    for start in range(0, len(objects), _REFERENTS_CHUNK):
+        # One Python pass over the referents (millions): keep the few that may matter.
+        kept = [
+            r for r in gc.get_referents(*objects[start : start + _REFERENTS_CHUNK])
+            if type(r) in wanted
+        ]  # fmt: skip
+        arrays.extend([r for r in kept if type(r) is ndarray])
+        boxes = [r for r in kept if type(r) is not ndarray and not is_tracked(r)]
+        del kept
+        for _ in range(UNTRACKED_DEPTH):
+            if not boxes:
+                break
+            inside = gc.get_referents(*boxes)
+            if any(type(r) is ndarray for r in inside):
+                for box in boxes:
+                    for found in gc.get_referents(box):
+                        if type(found) is ndarray:
+                            arrays.append(found)
+                            parents.setdefault(id(found), box)
+            boxes = [r for r in inside if type(r) in (dict, list)]  # untracked: inside one
+    return arrays, parents
 
 
 def _classifier(torch: Any, numpy: Any) -> Callable[[type], int]:
@@ -384,7 +422,8 @@ class Census:
         containers: list[Any] = []
         skip = _namespaces()
         classify = _classifier(torch, numpy)
-        for obj in gc.get_objects():
+        objects = gc.get_objects()
+        for obj in objects:
             what = classify(type(obj))
             if what == _OTHER:
                 continue
@@ -399,6 +438,17 @@ class Census:
             if info is not None:
                 measured[id(obj)] = info
                 targets.append(obj)
+        parents: dict[int, Any] = {}
+        if numpy is not None:
+            arrays, parents = _arrays(objects, numpy.ndarray)
+            for array in arrays:
+                if id(array) not in measured:
+                    info = _measure_array(array)
+                    if info is not None:
+                        measured[id(array)] = info
+                        targets.append(array)
+            del arrays
+        del objects
         for obj in targets:
             _, device, key, _ = measured[id(obj)]
             stack = self._stack(obj, device, key)
@@ -412,7 +462,13 @@ class Census:
                         self.stacks[id(value)] = frames_of(traceback, self.user_only)
         if on_collected is not None:
             on_collected()
-        ownership = find_holders(targets, self._left(), reveal=self.reveal, exclude=(containers,))
+        ownership = find_holders(
+            targets,
+            self._left(),
+            reveal=self.reveal,
+            exclude=(containers, parents),
+            parents=parents,
+        )
         self.complete = ownership.complete
         del targets
         counted = {measured[id(o)][2] for h in ownership.holders for o in h.objects}

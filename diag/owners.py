@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -535,12 +535,17 @@ def _best_parent(parents: list[Any], roots: dict[int, str]) -> Any:
 
 
 def find_holders(
-    targets: Iterable[Any], time_budget: float = 2.0, reveal: bool = False, exclude: Any = ()
+    targets: Iterable[Any],
+    time_budget: float = 2.0,
+    reveal: bool = False,
+    exclude: Any = (),
+    parents: Mapping[int, Any] | None = None,
 ) -> Ownership:
     """Group ``targets`` by the containers that hold them directly, with readable paths. The
     ``targets`` container itself (the caller's list) is not a holder. Holders with the same
     path (the nodes of one functools.lru_cache...) are one holder. ``exclude``: more of the
-    caller's own containers that refer to targets or holders."""
+    caller's own containers that refer to targets or holders. ``parents``: id(target) -> a
+    container known to hold it that the gc does not track (``gc.get_referrers`` misses it)."""
     started = time.monotonic()
     pending = {id(t): t for t in targets}
     search = _Search(list(pending.values()), started + time_budget, reveal)
@@ -562,6 +567,8 @@ def find_holders(
             contents.append(held)
         return bool(held)
 
+    for container in {id(c): c for c in (parents or {}).values()}.values():
+        claim(container)
     rounds_without_referrers = 0
     while pending and time.monotonic() < search.deadline:
         if rounds_without_referrers >= FULL_PASS_AFTER and len(pending) > 8 * SAMPLE:

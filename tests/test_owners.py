@@ -44,6 +44,9 @@ def service(tmp_path, monkeypatch):
     module = importlib.import_module("leaky_service")
     yield module
     sys.modules.pop("leaky_service", None)
+    # Its functions and globals refer to each other: without this, the module and its 2,000
+    # tensors live on until a full collection, and later tests' dumps see them as holders.
+    module.__dict__.clear()
 
 
 def test_holders_of_every_kind_are_named(service):

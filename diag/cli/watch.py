@@ -236,6 +236,8 @@ AGENT_SERIES = (
     "tracemalloc_top_bytes", "requests_total", "leak_suspected", "dumps_total",
     "dump_active",
 )  # fmt: skip
+#: Read to keep the agent's dumps out of the verdict, not worth a row of the live view.
+BOOKKEEPING = frozenset({"dumps_total", "dump_active"})
 
 
 def agent_series(pid: int) -> dict[str, float] | None:
@@ -306,7 +308,8 @@ def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
             f"({format_duration(row['seconds_to_oom_low'])} to "
             f"{format_duration(row['seconds_to_oom_high'])})",
         )
-    for key, value in sorted(row.get("agent", {}).items())[:12]:
+    agent = {k: v for k, v in row.get("agent", {}).items() if k not in BOOKKEEPING}
+    for key, value in sorted(agent.items())[:12]:
         shown = (
             f"{value:,.0f}"
             if not key.endswith("bytes") and "bytes{" not in key
