@@ -229,7 +229,14 @@ class Agent:
             samples = (
                 [] if tick is None else [[s.name, s.value, dict(s.labels)] for s in tick.samples]
             )
-            return {"pid": os.getpid(), "t": tick.t if tick else None, "samples": samples}
+            return {
+                "pid": os.getpid(),
+                "t": tick.t if tick else None,
+                "samples": samples,
+                # Live, not as of the last tick: a watch holds its samples while we dump.
+                "dumps_total": self.escalation.dumps,
+                "dump_active": self.escalation.dumping,
+            }
         if op == "status":
             return {
                 "pid": os.getpid(),

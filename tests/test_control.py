@@ -33,6 +33,7 @@ def test_an_agent_answers_latest_and_status(runtime):
         latest = request(os.getpid(), "latest")
         assert latest is not None and latest["pid"] == os.getpid()
         assert ["process_resident_memory_bytes", 42.0, {}] in latest["samples"]
+        assert (latest["dumps_total"], latest["dump_active"]) == (0, False)  # live, for watch
         status = request(os.getpid(), "status")
         assert status is not None
         assert {p["name"] for p in status["probes"]} >= {"fake", "requests", "detector"}
@@ -109,10 +110,11 @@ def test_sockets_of_dead_agents_are_removed(runtime):
 def test_a_slow_request_runs_aside_and_a_second_one_is_refused(runtime):
     """A dump's traced window lasts seconds: `latest` is answered meanwhile (a `diag watch`
     reading the same agent), and a second dump gets a line saying why, not a wait."""
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def handler(message):
         if message["op"] == "dump":
+            entered.set()
             release.wait(10)
             return {"dumped": True}
         return {"latest": True}
@@ -125,10 +127,8 @@ def test_a_slow_request_runs_aside_and_a_second_one_is_refused(runtime):
             target=lambda: answers.append(request(os.getpid(), "dump", timeout=10)),
         )
         first.start()
-        for _ in range(20):  # until the first dump is taken
-            second = request(os.getpid(), "dump", timeout=0.5, keep_errors=True)
-            if second is not None and "error" in second:
-                break
+        assert entered.wait(5)
+        second = request(os.getpid(), "dump", timeout=2, keep_errors=True)
         assert second == {"error": "busy: another dump is running; retry"}
         assert request(os.getpid(), "latest", timeout=1.0) == {"latest": True}
         release.set()

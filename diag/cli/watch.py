@@ -250,6 +250,9 @@ def agent_series(pid: int) -> dict[str, float] | None:
     for name, value, labels in reply.get("samples", []):
         if name in AGENT_SERIES:
             out[series_key(name, tuple(sorted(labels.items())))] = float(value)
+    for name in BOOKKEEPING:  # the agent's live dump state, fresher than its last tick's
+        if name in reply:
+            out[name] = float(reply[name])
     return out
 
 
