@@ -122,16 +122,6 @@ class Dump:
 _Measure = tuple[str, str, tuple[Any, ...], int]  # (kind, device, storage key, bytes)
 
 
-def _measure(obj: Any, torch: Any, numpy: Any) -> _Measure | None:
-    """(kind, device, storage key, bytes) for a tensor or an owning array; None otherwise."""
-    kind = type(obj)
-    if torch is not None and issubclass(kind, torch.Tensor):
-        return _measure_tensor(obj)
-    if numpy is not None and kind is numpy.ndarray:
-        return _measure_array(obj)
-    return None
-
-
 def _measure_tensor(obj: Any) -> _Measure | None:
     try:
         storage = obj.untyped_storage()
@@ -150,7 +140,7 @@ def _measure_array(obj: Any) -> _Measure | None:
     return f"numpy.ndarray {obj.dtype}", "cpu", ("numpy", id(obj)), int(obj.nbytes)
 
 
-_OTHER, _TENSOR, _ARRAY, _CONTAINER = range(4)
+_OTHER, _TENSOR, _CONTAINER = range(3)
 #: Objects whose referents are listed by one C call: bounds the list that call returns.
 _REFERENTS_CHUNK = 4096
 #: Untracked containers nested in untracked containers, looked into this deep for arrays.
@@ -191,9 +181,10 @@ def _arrays(objects: list[Any], ndarray: type) -> tuple[list[Any], dict[int, Any
     return arrays, parents
 
 
-def _classifier(torch: Any, numpy: Any) -> Callable[[type], int]:
+def _classifier(torch: Any) -> Callable[[type], int]:
     """What a type is to the census, decided once per type: a heap has a million objects but
-    a few thousand types, and ``issubclass`` against torch.Tensor is not cheap."""
+    a few thousand types, and ``issubclass`` against torch.Tensor is not cheap. (numpy arrays
+    are never among the gc's objects: ``_arrays`` finds them.)"""
     known: dict[type, int] = {}
 
     def classify(kind: type) -> int:
@@ -201,8 +192,6 @@ def _classifier(torch: Any, numpy: Any) -> Callable[[type], int]:
         if found is None:
             if torch is not None and issubclass(kind, torch.Tensor):
                 found = _TENSOR
-            elif numpy is not None and kind is numpy.ndarray:
-                found = _ARRAY
             elif issubclass(kind, _CONTAINER_TYPES):
                 found = _CONTAINER
             else:
@@ -421,7 +410,7 @@ class Census:
         targets: list[Any] = []
         containers: list[Any] = []
         skip = _namespaces()
-        classify = _classifier(torch, numpy)
+        classify = _classifier(torch)
         objects = gc.get_objects()
         for obj in objects:
             what = classify(type(obj))
@@ -434,7 +423,7 @@ class Census:
                     if entries >= BIG_CONTAINER_ENTRIES or self._grew(obj, entries):
                         containers.append(obj)
                 continue
-            info = _measure_tensor(obj) if what == _TENSOR else _measure_array(obj)
+            info = _measure_tensor(obj)
             if info is not None:
                 measured[id(obj)] = info
                 targets.append(obj)
@@ -529,7 +518,7 @@ class Census:
                 with_graph.append(obj)
         if with_graph:
             for saved in saved_tensors(with_graph, torch, graph_budget):
-                info = _measure(saved, torch, None)
+                info = _measure_tensor(saved)  # saved_tensors yields tensors only
                 if info is None or info[2] in counted or info[2] in seen:
                     continue  # a parameter or another holder's tensor: not this graph's
                 seen.add(info[2])

@@ -364,10 +364,6 @@ class _Search:
         everything.clear()
         return found
 
-    def path_of(self, holder: Any) -> tuple[str, list[Link]]:
-        text, links, _ = self.paths_of([holder])[0]
-        return text, links
-
     def scan_frames(self, pending: dict[int, Any]) -> list[Holder]:
         """Running frames keep their locals outside the gc's reach: look at them directly,
         a few levels into the containers and objects they hold."""

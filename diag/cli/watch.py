@@ -233,10 +233,10 @@ class Watcher:
 AGENT_SERIES = (
     "python_allocated_blocks", "malloc_in_use_bytes", "malloc_free_retained_bytes",
     "gc_tracked_objects", "cuda_allocated_bytes", "cuda_reserved_bytes",
-    "tracemalloc_top_bytes", "requests_total", "leak_suspected", "dumps_total",
-    "dump_active",
+    "tracemalloc_top_bytes", "requests_total", "leak_suspected",
 )  # fmt: skip
-#: Read to keep the agent's dumps out of the verdict, not worth a row of the live view.
+#: The agent's live dump state from its `latest` answer: read to keep its dumps out of the
+#: verdict, not worth a row of the live view.
 BOOKKEEPING = frozenset({"dumps_total", "dump_active"})
 
 
@@ -250,7 +250,7 @@ def agent_series(pid: int) -> dict[str, float] | None:
     for name, value, labels in reply.get("samples", []):
         if name in AGENT_SERIES:
             out[series_key(name, tuple(sorted(labels.items())))] = float(value)
-    for name in BOOKKEEPING:  # the agent's live dump state, fresher than its last tick's
+    for name in BOOKKEEPING:  # live: fresher than the last tick's gauges
         if name in reply:
             out[name] = float(reply[name])
     return out
