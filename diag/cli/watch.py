@@ -487,12 +487,15 @@ class KeyReader:
 
 def _take_dump(pid: int, as_json: bool, live: bool) -> Any:
     """A dump of the agent in ``pid``: printed (plain, JSON) or returned for the live view."""
-    from diag.control import request
     from reports.dump import render, render_text
 
-    document = request(pid, "dump", timeout=120.0)
-    if document is None:
-        line = f"no diag agent answers in pid {pid}: start one with `diag attach --pid {pid}`"
+    document = request(pid, "dump", timeout=120.0, keep_errors=True)
+    if document is None or "error" in document:
+        line = (
+            f"no diag agent answers in pid {pid}: start one with `diag attach --pid {pid}`"
+            if document is None
+            else f"the agent in pid {pid} did not dump: {document['error']}"  # busy
+        )
         if as_json:
             click.echo(json.dumps({"event": "dump", "pid": pid, "error": line}))
         elif not live:
