@@ -60,6 +60,7 @@ class HeapProbe:
         *,
         detail_interval: float = 30.0,
         cadence: Cadence | None = None,
+        blocks_cadence: Cadence | None = None,
         mallinfo2: Callable[[], _MallInfo2] | None = None,
     ) -> None:
         # gc.get_objects holds the GIL for its whole walk (15 ms for 270k objects): besides
@@ -67,7 +68,7 @@ class HeapProbe:
         self._cadence = cadence or Cadence(detail_interval, budget=0.0001)
         # getallocatedblocks walks every arena (27 µs here, ~1 ms on a GiB of small objects):
         # every tick unless that would cost more than 0.1 % of wall time.
-        self._blocks_cadence = Cadence(0.0)
+        self._blocks_cadence = blocks_cadence or Cadence(0.0)
         self._blocks: list[Sample] = []
         self._tracked: list[Sample] = []
         if mallinfo2 is None:

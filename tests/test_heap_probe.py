@@ -11,7 +11,9 @@ def _values(probe):
 
 
 def test_gc_and_python_allocator_readings():
-    probe = HeapProbe(cadence=Cadence(0.0, budget=1.0))
+    # Both readings on every call: by default they skip ticks when the heap is large enough
+    # that walking it would cost more than their budget (this test process's heap often is).
+    probe = HeapProbe(cadence=Cadence(0.0, budget=1.0), blocks_cadence=Cadence(0.0, budget=1.0))
     before = _values(probe)
     junk = [[i] for i in range(100_000)]  # lists are always gc-tracked (small dicts may not be)
     gc.collect()  # moves them to the oldest generation
@@ -51,3 +53,26 @@ def test_without_glibc_it_says_why_and_keeps_the_python_readings(monkeypatch):
     assert "malloc_in_use_bytes" not in names
     assert "python_allocated_blocks" in names
     assert probe.notes == (reason,)
+
+
+def test_allocated_blocks_skip_ticks_once_their_walk_is_costly():
+    clock = [0.0]
+
+    def monotonic():
+        return clock[0]
+
+    probe = HeapProbe(blocks_cadence=Cadence(0.0, budget=0.001, monotonic=monotonic))
+    real_count = probe._count_blocks
+
+    def costly_count():  # a 5 ms arena walk on this fake clock
+        real_count()
+        clock[0] += 0.005
+
+    probe._count_blocks = costly_count
+    first = _values(probe)[("python_allocated_blocks", ())]
+    junk = [[i] for i in range(50_000)]
+    clock[0] += 1.0  # 1 s later: a 5 ms walk may run at most every 5 s
+    assert _values(probe)[("python_allocated_blocks", ())] == first  # the held reading
+    clock[0] += 4.0
+    assert _values(probe)[("python_allocated_blocks", ())] >= first + 40_000
+    del junk
