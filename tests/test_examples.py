@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import statistics
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,17 +58,6 @@ def test_synthesize_returns_a_fresh_deterministic_float32_waveform():
     ids = torch.arange(40)
     with torch.inference_mode():
         assert torch.equal(fresh(ids, 8), load_model()(ids, 8))
-
-
-def test_synthesize_is_fast():
-    synthesize(TEXT)  # the first call warms up torch's kernels
-    times = []
-    for _ in range(10):
-        started = time.perf_counter()
-        synthesize(TEXT)
-        times.append(time.perf_counter() - started)
-    # ~2 ms on a 2-core CPU; the bound is loose so a busy machine does not fail it.
-    assert statistics.median(times) < 0.1
 
 
 def test_lru_cache_keeps_the_most_recently_stored():
