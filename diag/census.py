@@ -543,13 +543,19 @@ class Census:
         chosen: list[Any] = []
         sizes: list[int] = []
         for container in containers:
-            if id(container) in holding_tensors or time.monotonic() > self.deadline:
+            if id(container) in holding_tensors:
                 continue
+            if time.monotonic() > self.deadline:
+                self.complete = False  # the rest are not weighed
+                break
             retained = _deep_size(container)
             if retained >= MIN_CONTAINER_BYTES or self._grew(container, len(container)):
                 chosen.append(container)
                 sizes.append(retained)
-        names = name_objects(chosen, self._left(), reveal=self.reveal, exclude=(containers,))
+        names, in_time = name_objects(
+            chosen, self._left(), reveal=self.reveal, exclude=(containers,)
+        )
+        self.complete = self.complete and in_time
         owners = []
         for container, retained, (path, chain) in zip(chosen, sizes, names, strict=True):
             if path.startswith("<unreachable") or _is_tooling(path):

@@ -38,7 +38,7 @@ def render(document: dict[str, Any]) -> Tree:
     """The holders as a tree, biggest first, under the cause."""
     head = f"pid {document['pid']}: heap walked in {document['pause_seconds']:.2f} s"
     if not document["complete"]:
-        head += " (time budget hit: some objects not placed)"
+        head += " (time budget hit: some objects not placed or their paths not found)"
     if document.get("window_seconds"):
         head += f"; traced {document['window_seconds']:.0f} s"
         if document.get("requests") is not None:

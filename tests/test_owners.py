@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from diag.owners import find_holders
+from diag.owners import find_holders, name_objects
 
 torch = pytest.importorskip("torch")
 
@@ -118,3 +118,54 @@ def test_locals_of_a_running_function_are_named():
         ("thread 'MainThread' › test_locals_of_a_running_function_are_named() › box.store", 50)
     ]
     del box
+
+
+_ERRORS: list[Exception] = []
+
+
+def _fail_with_audio():
+    audio = torch.ones(7)  # noqa: F841 (the traceback keeps the frame, and it)
+    raise RuntimeError("vocoder failed")
+
+
+def test_many_holders_of_one_object_each_cost_a_few_passes(monkeypatch):
+    # A thousand exceptions, each pinning a frame that holds one tensor: a thousand holders.
+    for _ in range(1000):
+        try:
+            _fail_with_audio()
+        except RuntimeError as exc:
+            _ERRORS.append(exc)
+    passes = []
+    get_referrers = gc.get_referrers
+
+    def counted(*objects):
+        passes.append(len(objects))
+        return get_referrers(*objects)
+
+    try:
+        targets = [o for o in gc.get_objects() if type(o) is torch.Tensor and o.shape == (7,)]
+        monkeypatch.setattr(gc, "get_referrers", counted)
+        result = find_holders(targets, time_budget=30.0)
+    finally:
+        _ERRORS.clear()
+    assert [(h.path, h.count) for h in result.holders] == [
+        ("tests.test_owners._ERRORS[<int>].__traceback__ › _fail_with_audio() › audio", 1000)
+    ]
+    assert result.complete
+    # Sampled passes place 32 holders each: after the first, one full pass places the rest
+    # (and the paths' levels are full passes too), not 1000 / 32 sampled ones.
+    assert len(passes) <= 3, passes
+
+
+def test_a_path_search_cut_by_its_deadline_says_so():
+    held = {"audio": torch.ones(1)}
+    _HELD[0] = held
+    try:
+        names, in_time = name_objects([held], time_budget=0.0)
+        assert not in_time
+        assert names[0][0] == "<dict: path search out of time>"
+        names, in_time = name_objects([held], time_budget=10.0)
+        assert in_time
+        assert names[0][0] == "tests.test_owners._HELD[<int>]"
+    finally:
+        _HELD.clear()
