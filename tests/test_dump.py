@@ -72,6 +72,57 @@ def test_dump_names_the_module_level_cache_first(tmp_path):
     assert "__main__.view  Tensor, retains 16.0 KiB" in text  # a global: named by its variable
 
 
+BIG_HEAP = """
+import threading
+import torch
+_ERRORS = []
+def synthesize_or_fail():
+    audio = torch.zeros(16)
+    raise RuntimeError("vocoder failed")
+for _ in range(3000):
+    try:
+        synthesize_or_fail()
+    except RuntimeError as exc:
+        _ERRORS.append(exc)  # 3,000 holders: each traceback pins a frame holding one tensor
+_JUNK = [[i] for i in range(1_000_000)]  # a heap whose every full pass takes a while
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.mark.e2e
+def test_budget_bounds_the_walk_and_an_incomplete_dump_says_so(tmp_path):
+    pytest.importorskip("torch")
+    env = child_env(XDG_RUNTIME_DIR=str(tmp_path), DIAG_HISTORY=str(tmp_path / "h"))
+    target = subprocess.Popen([*DIAG, "run", "--", sys.executable, "-c", BIG_HEAP],
+                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    dump = [*DIAG, "dump", "--pid", str(target.pid)]
+    try:
+        assert target.stdout.readline() == "ready\n"
+        # Placing 3,000 holders and walking each one's path up four levels takes passes over
+        # a million objects: far more than 0.1 s on any machine.
+        hurried = subprocess.run([*dump, "--budget", "0.1", "--json"],
+                                 capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+        shown = subprocess.run([*dump, "--budget", "0.1"],
+                               capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+        patient = subprocess.run([*dump, "--budget", "60", "--json"],
+                                 capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    finally:
+        target.kill()
+        target.wait()
+        target.stdout.close()
+    assert hurried.returncode == 0, hurried.stderr
+    assert json.loads(hurried.stdout)["complete"] is False
+    shown_text = " ".join(shown.stdout.split())  # rich wraps lines at the terminal width
+    assert "(time budget hit: some objects not placed or their paths not found)" in shown_text
+    assert patient.returncode == 0, patient.stderr
+    document = json.loads(patient.stdout)
+    assert document["complete"] is True
+    first = document["owners"][0]
+    assert first["path"] == "__main__._ERRORS[<int>].__traceback__ › synthesize_or_fail() › audio"
+    assert first["objects"] == 3000
+
+
 def test_a_process_without_the_agent_is_told_how_to_get_one():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -252,8 +252,9 @@ def dumps(tmp_path_factory):
         def dump(name):
             pid = children[name].pid
             done = subprocess.run(
-                [*DIAG, "dump", "--pid", str(pid), "--window", str(WINDOW), "--json"],
-                capture_output=True, text=True, timeout=120, env=env,
+                [*DIAG, "dump", "--pid", str(pid), "--window", str(WINDOW), "--json",
+                 "--budget", "60"],  # nine children on two cores: walks are slow, not wrong
+                capture_output=True, text=True, timeout=300, env=env,
             )  # fmt: skip
             assert done.returncode == 0, f"{name}: {done.stderr}"
             return json.loads(done.stdout)

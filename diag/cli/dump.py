@@ -91,6 +91,13 @@ def write_graph(document: dict[str, Any], path: str) -> str:
     default=0.0,
     help="Trace this many seconds first: growth per holder and allocation stacks.",
 )
+@click.option(
+    "--budget",
+    type=click.FloatRange(0.1, 60),
+    default=10.0,
+    show_default=True,
+    help="Seconds each heap walk may pause the process; past it the dump says it is incomplete.",
+)
 @click.option("--json", "as_json", is_flag=True, help="The documented JSON document.")
 @click.option(
     "--graph", "graph", metavar="FILE", help="Draw root-to-holder chains (.dot/.svg/.png)."
@@ -103,6 +110,7 @@ def dump(
     pid: int,
     top: int,
     window: float,
+    budget: float,
     as_json: bool,
     graph: str | None,
     show_keys: bool,
@@ -128,9 +136,10 @@ def dump(
     document = request(
         pid,
         "dump",
-        timeout=120.0 + window,
+        timeout=120.0 + window + 2 * budget,  # a window walks the heap twice
         top=top,
         window=window,
+        time_budget=budget,
         reveal=show_keys,
         all_frames=all_frames,
         trim=trim,
