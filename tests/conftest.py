@@ -46,17 +46,18 @@ def poll(check: Callable[[], T | None], timeout: float = 30.0, every: float = 0.
     """For external processes (Prometheus, a server starting) that cannot signal readiness:
     call ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last: object = None  # what the last call returned or raised, for the failure message
     while time.monotonic() < deadline:
         try:
             result = check()
         except Exception as exc:  # a server not up yet, a scrape not done yet
-            last_error = exc
+            last = exc
         else:
             if result:
                 return result
+            last = result
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {check}; last: {last_error!r}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {check}; last: {last!r}")
 
 
 def child_env(**extra: str) -> dict[str, str]:
