@@ -1,5 +1,6 @@
 """diag dump against a real process running the agent (started with diag run)."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -39,23 +40,30 @@ threading.Event().wait()
 """
 
 
+@contextlib.contextmanager
+def served(script, env, *run_options, **popen):
+    """A child running ``script`` under ``diag run``, once it printed "ready"; always killed."""
+    command = [*DIAG, "run", *run_options, "--", sys.executable, "-c", script]
+    target = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, **popen)
+    try:
+        assert target.stdout.readline() == "ready\n"
+        yield target
+    finally:
+        target.kill()
+        target.wait()
+        target.stdout.close()
+
+
 @pytest.mark.e2e
 def test_dump_names_the_module_level_cache_first(tmp_path):
     pytest.importorskip("torch")
     env = child_env(XDG_RUNTIME_DIR=str(tmp_path), DIAG_HISTORY=str(tmp_path / "h"))
-    target = subprocess.Popen([*DIAG, "run", "--", sys.executable, "-c", SERVICE],
-                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    try:
-        assert target.stdout.readline() == "ready\n"
+    with served(SERVICE, env) as target:
         result = subprocess.run([*DIAG, "dump", "--pid", str(target.pid), "--json"],
                                 capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
         shown = subprocess.run([*DIAG, "dump", "--pid", str(target.pid)],
                                capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
         text = shown.stdout
-    finally:
-        target.kill()
-        target.wait()
-        target.stdout.close()
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["pid"] == target.pid
@@ -94,11 +102,8 @@ threading.Event().wait()
 def test_budget_bounds_the_walk_and_an_incomplete_dump_says_so(tmp_path):
     pytest.importorskip("torch")
     env = child_env(XDG_RUNTIME_DIR=str(tmp_path), DIAG_HISTORY=str(tmp_path / "h"))
-    target = subprocess.Popen([*DIAG, "run", "--", sys.executable, "-c", BIG_HEAP],
-                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    dump = [*DIAG, "dump", "--pid", str(target.pid)]
-    try:
-        assert target.stdout.readline() == "ready\n"
+    with served(BIG_HEAP, env) as target:
+        dump = [*DIAG, "dump", "--pid", str(target.pid)]
         # Placing 3,000 holders and walking each one's path up four levels takes passes over
         # a million objects: far more than 0.1 s on any machine.
         hurried = subprocess.run([*dump, "--budget", "0.1", "--json"],
@@ -107,10 +112,6 @@ def test_budget_bounds_the_walk_and_an_incomplete_dump_says_so(tmp_path):
                                capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
         patient = subprocess.run([*dump, "--budget", "60", "--json"],
                                  capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
-    finally:
-        target.kill()
-        target.wait()
-        target.stdout.close()
     assert hurried.returncode == 0, hurried.stderr
     assert json.loads(hurried.stdout)["complete"] is False
     shown_text = " ".join(shown.stdout.split())  # rich wraps lines at the terminal width
@@ -146,35 +147,30 @@ def test_the_d_key_of_the_live_watch_view_shows_the_dump(short_tmp):
     tmux = require_tool("tmux")
     tmp_path = short_tmp
     env = child_env(XDG_RUNTIME_DIR=str(tmp_path), DIAG_HISTORY=str(tmp_path / "h"))
-    target = subprocess.Popen([*DIAG, "run", "--", sys.executable, "-c", SERVICE],
-                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
     session = f"diag-dump-key-{os.getpid()}"
-    try:
-        assert target.stdout.readline() == "ready\n"
+
+    def screen(needle):
+        shown = subprocess.run([tmux, "capture-pane", "-p", "-t", session],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        return shown if needle in shown else None
+
+    with served(SERVICE, env) as target:
         command = (f"cd {REPO} && XDG_RUNTIME_DIR={tmp_path} DIAG_HISTORY={tmp_path}/w "
                    f"PYTHONPATH={REPO} {PYTHON} -m diag watch --pid {target.pid} "
                    "--interval 0.3")  # fmt: skip
         subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "150", "-y", "60",
                         command], check=True)  # fmt: skip
-
-        def screen(needle):
-            shown = subprocess.run([tmux, "capture-pane", "-p", "-t", session],
-                                   capture_output=True, text=True, check=True).stdout  # fmt: skip
-            return shown if needle in shown else None
-
-        poll(lambda: screen("d: dump"), timeout=30)
-        subprocess.run([tmux, "send-keys", "-t", session, "d"], check=True)
         try:
-            shown = poll(lambda: screen("__main__._AUDIO_CACHE"), timeout=60)
-        except AssertionError:
-            print(screen(""))  # what the terminal showed instead
-            raise
-        assert "500 × torch.Tensor float32 cpu" in shown
-    finally:
-        subprocess.run([tmux, "kill-session", "-t", session], check=False)
-        target.kill()
-        target.wait()
-        target.stdout.close()
+            poll(lambda: screen("d: dump"), timeout=30)
+            subprocess.run([tmux, "send-keys", "-t", session, "d"], check=True)
+            try:
+                shown = poll(lambda: screen("__main__._AUDIO_CACHE"), timeout=60)
+            except AssertionError:
+                print(screen(""))  # what the terminal showed instead
+                raise
+            assert "500 × torch.Tensor float32 cpu" in shown
+        finally:
+            subprocess.run([tmux, "kill-session", "-t", session], check=False)
 
 
 @pytest.mark.e2e
@@ -186,26 +182,12 @@ def test_watch_dumps_by_itself_when_the_verdict_turns_leak(short_tmp):
     env = child_env(XDG_RUNTIME_DIR=str(tmp_path), DIAG_HISTORY=str(tmp_path / "h"),
                     DIAG_TIME_SCALE="120")  # fmt: skip
     leaking = SERVICE.replace("threading.Event().wait()", LEAK_LOOP)
-    with memory_cgroup(1200 * 1024 * 1024) as join:
-        command = [*DIAG, "run", "--", sys.executable, "-c", leaking]
-        target = subprocess.Popen(
-            command, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=join
-        )
-        _watch_until_leak(target, env)
-
-
-def _watch_until_leak(target, env):
-    try:
-        assert target.stdout.readline() == "ready\n"
+    with memory_cgroup(1200 * 1024 * 1024) as join, served(leaking, env, preexec_fn=join) as target:
         watched = subprocess.run(
             [*DIAG, "watch", "--pid", str(target.pid), "--interval", "0.2", "--duration", "40",
              "--json", "--dump-on-leak"],
             capture_output=True, text=True, timeout=120, env=env,
         )  # fmt: skip
-    finally:
-        target.kill()
-        target.wait()
-        target.stdout.close()
     events = [json.loads(line) for line in watched.stdout.splitlines()]
     dumps = [e for e in events if e.get("event") == "dump"]
     assert len(dumps) == 1, watched.stderr
@@ -239,12 +221,7 @@ threading.Event().wait()
 @pytest.mark.e2e
 def test_trim_proves_allocator_retention_in_a_real_fragmented_heap(short_tmp):
     env = child_env(XDG_RUNTIME_DIR=str(short_tmp), DIAG_HISTORY=str(short_tmp / "h"))
-    target = subprocess.Popen(
-        [*DIAG, "run", "--interval", "0.5", "--", sys.executable, "-c", FRAGMENTED],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert target.stdout.readline() == "ready\n"
+    with served(FRAGMENTED, env, "--interval", "0.5") as target:
         time.sleep(3)  # a few ticks: the cause reads RSS's recent slope
         rss_before = _resident(target.pid)
         result = subprocess.run(
@@ -252,10 +229,6 @@ def test_trim_proves_allocator_retention_in_a_real_fragmented_heap(short_tmp):
             capture_output=True, text=True, timeout=120, env=env,
         )  # fmt: skip
         rss_after = _resident(target.pid)
-    finally:
-        target.kill()
-        target.wait()
-        target.stdout.close()
     assert result.returncode == 0, result.stderr
     cause = json.loads(result.stdout)["cause"]
     assert cause["kind"] == "allocator_retention", cause
