@@ -560,16 +560,15 @@ def find_holders(
     search._note(containers, contents, unreferenced)
     seen: set[int] = set()
 
-    def claim(container: Any) -> bool:
+    def claim(container: Any) -> None:
         # A running frame's f_locals dict mirrors its locals: the frame scan names them.
         if id(container) in seen or id(container) in search._locals_dicts:
-            return False
+            return
         held = [pending.pop(id(r)) for r in gc.get_referents(container) if id(r) in pending]
         if held:
             seen.add(id(container))
             containers.append(container)
             contents.append(held)
-        return bool(held)
 
     for container in {id(c): c for c in (parents or {}).values()}.values():
         claim(container)
