@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from diag import OWN_DIRS
+from diag.model import Clock
 from diag.owners import Holder, Link, find_holders, name_objects
 
 #: A Python container is looked at when it has this many entries, or when it grew by
@@ -378,7 +379,8 @@ def _namespaces() -> set[int]:
 
 
 class Census:
-    """One walk of the heap: tensors and arrays by storage, big containers, then holders."""
+    """One walk of the heap: tensors and arrays by storage, big containers, then holders.
+    ``monotonic`` times the walk against ``time_budget``."""
 
     def __init__(
         self,
@@ -388,8 +390,10 @@ class Census:
         reveal: bool = False,
         cuda_stacks: Mapping[int, tuple[Frame, ...]] | None = None,
         entries_before: Mapping[int, int] | None = None,
+        monotonic: Clock = time.monotonic,
     ) -> None:
-        self.started = time.monotonic()
+        self._monotonic = monotonic
+        self.started = monotonic()
         self.deadline = self.started + time_budget
         self.user_only = user_frames_only
         self.reveal = reveal
@@ -438,19 +442,29 @@ class Census:
                         targets.append(array)
             del arrays
         del objects
+        # Tracebacks are read while tracemalloc still has them; they are turned into frames
+        # after on_collected, which may stop tracing: that work need not be traced.
+        tracebacks: list[tuple[int, tracemalloc.Traceback]] = []
         for obj in targets:
             _, device, key, _ = measured[id(obj)]
-            stack = self._stack(obj, device, key)
+            stack = self.cuda_stacks.get(key[1]) if device.startswith("cuda") else None
             if stack is not None:
                 self.stacks[id(obj)] = stack
+            elif self.tracing:
+                traceback = object_traceback(obj)
+                if traceback is not None:
+                    tracebacks.append((id(obj), traceback))
         if self.tracing:
             for container in containers:
                 for value in _sample_values(container):
                     traceback = object_traceback(value)
                     if traceback is not None:
-                        self.stacks[id(value)] = frames_of(traceback, self.user_only)
+                        tracebacks.append((id(value), traceback))
         if on_collected is not None:
             on_collected()
+        for ident, traceback in tracebacks:
+            self.stacks[ident] = frames_of(traceback, self.user_only)
+        del tracebacks
         ownership = find_holders(
             targets,
             self._left(),
@@ -471,23 +485,13 @@ class Census:
         return owners
 
     def _left(self) -> float:
-        return max(self.deadline - time.monotonic(), 0.1)
+        return max(self.deadline - self._monotonic(), 0.1)
 
     def _grew(self, container: Any, entries: int) -> bool:
         if self.entries_before is None:
             return False
         grown = entries - self.entries_before.get(id(container), 0)
         return grown >= GROWN_ENTRIES and grown >= entries // 4
-
-    def _stack(self, obj: Any, device: str, key: tuple[Any, ...]) -> tuple[Frame, ...] | None:
-        if device.startswith("cuda") and self.cuda_stacks:
-            stack = self.cuda_stacks.get(key[1])
-            if stack is not None:
-                return stack
-        if not self.tracing:
-            return None
-        traceback = object_traceback(obj)
-        return frames_of(traceback, self.user_only) if traceback is not None else None
 
     def _tensor_owner(
         self,
@@ -545,7 +549,7 @@ class Census:
         for container in containers:
             if id(container) in holding_tensors:
                 continue
-            if time.monotonic() > self.deadline:
+            if self._monotonic() > self.deadline:
                 self.complete = False  # the rest are not weighed
                 break
             retained = _deep_size(container)
@@ -648,15 +652,22 @@ def take_dump(
     baseline: Baseline | None = None,
     requests: int | None = None,
     on_collected: Callable[[], None] | None = None,
+    clock: Clock = time.time,
+    monotonic: Clock = time.monotonic,
 ) -> tuple[Dump, Baseline]:
     """Who holds the process's memory, biggest first; with a ``baseline`` (a window's start)
-    each owner's growth since then. Also returns this census as the next window's baseline."""
+    each owner's growth since then. Also returns this census as the next window's baseline.
+
+    ``clock`` is wall time: the dump's ``taken_at`` and the baseline's start, so a window's
+    length is measured on it (give both censuses of a window the same clock). ``monotonic``
+    times the pause against ``time_budget``."""
     census = Census(
         time_budget=time_budget,
         user_frames_only=user_frames_only,
         reveal=reveal,
         cuda_stacks=cuda_stacks,
         entries_before=baseline.entries if baseline is not None else None,
+        monotonic=monotonic,
     )
     # The census holds the GIL from start to end: the host's threads wait (the pause we
     # report) instead of changing the heap under the walk, and the walk ends sooner.
@@ -670,11 +681,11 @@ def take_dump(
         # frame keeps its locals (every object the census listed) alive until the next
         # collection. Collect the young generations now: only what the census created.
         gc.collect(1)
-    now = time.time()
+    now = clock()
     dump = Dump(
         pid=os.getpid(),
         taken_at=now,
-        pause_seconds=time.monotonic() - census.started,
+        pause_seconds=monotonic() - census.started,
         complete=census.complete,
         cause={},
         owners=owners,

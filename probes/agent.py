@@ -29,7 +29,7 @@ from diag.settings import Settings
 from probes.analysis import GrowthAnalyzer, VerdictListener
 from probes.base import Probe
 from probes.control import ControlServer
-from probes.cuda import CudaProbe, NvmlProbe
+from probes.cuda import CudaProbe, NvmlProbe, OomListener
 from probes.escalation import DumpRequest, Escalation
 from probes.exposition import Source, TickCollector, make_registry
 from probes.heap import HeapProbe
@@ -55,15 +55,36 @@ Role = Literal["standalone", "server", "worker"]
 MAX_WINDOW = 600.0
 
 
-def default_probes(settings: Settings) -> list[Probe]:
+@dataclasses.dataclass(frozen=True)
+class ProbeHooks:
+    """What an agent gives the probes it samples, when it builds them.
+
+    ``window_sites``: the last escalation window's top allocation sites, which the tracemalloc
+    probe reports between windows. ``cuda_oom``: records a CUDA out-of-memory event in the
+    history; None when the agent keeps no history.
+
+    ``default_probes`` passes them to the probes' constructors. A probe the user built is
+    offered them once, as the agent is built, through its ``use_hooks(hooks)`` method if it
+    has one (the shipped tracemalloc and CUDA probes do; a user's own probe may too).
+    """
+
+    window_sites: Callable[[], list[Sample]] = list
+    cuda_oom: OomListener | None = None
+
+
+def default_probes(settings: Settings, hooks: ProbeHooks | None = None) -> list[Probe]:
+    hooks = hooks or ProbeHooks()
     return [
         ProcessProbe(detail_interval=settings.detail_interval),
         HeapProbe(detail_interval=settings.detail_interval),
         LimitsProbe(),
-        CudaProbe(),
+        CudaProbe(on_oom=hooks.cuda_oom),
         NvmlProbe(),
         TracemallocProbe(
-            start=settings.trace, frames=settings.trace_frames, top=settings.top_sites
+            start=settings.trace,
+            frames=settings.trace_frames,
+            top=settings.top_sites,
+            fallback_sites=hooks.window_sites,
         ),
     ]
 
@@ -78,55 +99,58 @@ class Agent:
         environ: Any = os.environ,
         requests: RequestStats | None = None,
     ) -> None:
+        # Each part is built after the parts it uses, and given them as it is built.
         self.settings = settings or Settings()
         self._environ = environ
         self.requests = requests or default_stats()
-        self.analyzer = GrowthAnalyzer(
-            DetectorConfig(
-                sensitivity=self.settings.sensitivity, time_scale=self.settings.time_scale
-            ),
-            requests=self.requests,
-            # The escalation below is made next: looked up at each tick, not now.
-            disturbed=lambda t: self.escalation.disturbs(t),
-        )
+        self.role: Role = "standalone"  # the escalation asks it at each dump (_is_worker)
         self.recorder = self._make_recorder(clock)
-        self.escalation = Escalation(
+        store = SeriesStore(self.settings.series_capacity, self.settings.max_series)
+        escalation = self.escalation = Escalation(
             requests=self.requests.totals,
-            series=lambda name: self.sampler.store.summed(name),
+            series=store.summed,  # the sampler fills it
             record=self._record_finding,
-            is_worker=lambda: self.role == "worker",
+            is_worker=self._is_worker,
             window=self.settings.escalation_window,
             interval=self.settings.escalation_interval,
             top_sites=self.settings.top_sites,
             clock=clock,
         )
-        self.analyzer.on_change(self.escalation.on_verdict)
-        chosen = list(probes) if probes is not None else default_probes(self.settings)
+        self.analyzer = GrowthAnalyzer(
+            DetectorConfig(
+                sensitivity=self.settings.sensitivity, time_scale=self.settings.time_scale
+            ),
+            requests=self.requests,
+            disturbed=escalation.disturbs,
+        )
+        self.analyzer.on_change(escalation.on_verdict)
+        if self.recorder is not None:
+            self.analyzer.on_change(self.recorder.record_verdict)
+        hooks = ProbeHooks(
+            # Between windows the gauges keep the last window's top sites.
+            window_sites=lambda: escalation.sites,
+            cuda_oom=self._record_cuda_oom if self.recorder is not None else None,
+        )
+        chosen = self._probes(probes, hooks)
         if not any(p.name == "requests" for p in chosen):
             chosen.append(RequestsProbe(self.requests))  # the agent's own request counters
-        chosen.append(_EscalationProbe(self.escalation))
-        for probe in chosen:
-            if isinstance(probe, TracemallocProbe):
-                # Between windows the gauges keep the last window's top sites.
-                probe.fallback_sites = lambda: self.escalation.sites
+        chosen.append(_EscalationProbe(escalation))
         if self.recorder is not None:
             chosen.append(_HistoryProbe(self.recorder))
-            self.analyzer.on_change(self.recorder.record_verdict)
-            for probe in chosen:
-                if isinstance(probe, CudaProbe) and probe.on_oom is None:
-                    probe.on_oom = self._record_cuda_oom
         self.sampler = Sampler(
             chosen,
             interval=self.settings.interval,
             clock=clock,
-            store=SeriesStore(self.settings.series_capacity, self.settings.max_series),
+            store=store,
             analyzers=[self.analyzer],
         )
         if self.recorder is not None:
             self.sampler.add_listener(self.recorder.record_tick)
         self.registry = make_registry(TickCollector(self._sources, self.settings.namespace))
-        self.role: Role = "standalone"
         self.port: int | None = None
+        #: The host /metrics is bound to, as the server reports it (``settings.address``
+        #: resolved, e.g. "127.0.0.1" or "::"); with ``port``, where to scrape this process.
+        self.address: str | None = None
         self.http_error: str | None = None
         self._server: Any = None
         self._worker_dir: str | None = None
@@ -145,6 +169,22 @@ class Agent:
         if root == "off":
             return None
         return HistoryRecorder(root, self.settings, clock)
+
+    def _probes(self, probes: Sequence[Probe] | None, hooks: ProbeHooks) -> list[Probe]:
+        if probes is None:
+            return default_probes(self.settings, hooks)
+        # Probes the user built were made without the agent: each is offered the hooks through
+        # its own use_hooks() (an optional protocol, see ProbeHooks), so the shipped tracemalloc
+        # and CUDA probes behave as they do among the defaults, a user's probe may take them
+        # too, and the agent needs to know no probe class.
+        for probe in probes:
+            use_hooks = getattr(probe, "use_hooks", None)
+            if callable(use_hooks):
+                use_hooks(hooks)
+        return list(probes)
+
+    def _is_worker(self) -> bool:
+        return self.role == "worker"
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -222,7 +262,8 @@ class Agent:
         self._control = control
 
     def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
-        """A control request: it reads what the sampler has, it never samples."""
+        """A control request: ``latest`` reads what the sampler has and never samples; ``dump``
+        walks the heap (and may trace a window) on a thread of the control server's own."""
         op = message.get("op")
         if op == "latest":
             tick = self.sampler.latest
@@ -271,7 +312,8 @@ class Agent:
             self.recorder.record_event("cuda-oom", **record)
 
     def on_verdict_change(self, listener: VerdictListener) -> None:
-        """Call ``listener(series, previous, verdict)`` whenever a series' verdict changes."""
+        """Call ``listener(series, previous, verdict)`` whenever a series' verdict changes state
+        (leak, growing, steady...), not on every tick's new forecast."""
         self.analyzer.on_change(listener)
 
     # -- exposition ----------------------------------------------------------------------
@@ -313,6 +355,7 @@ class Agent:
             log.error("diag: %s; sampling continues without it", self.http_error)
             return
         self._server = server
+        self.address = str(server.server_address[0])
         self.port = int(server.server_address[1])
         self.role = "server"
         self._worker_dir = create_worker_directory()
@@ -379,6 +422,7 @@ class Agent:
             self._server.socket.close()
             self._server = None
             self.port = None
+            self.address = None
         if self._publisher is not None:
             self._publisher.close()  # the parent's slot stays the parent's
             self._publisher = None

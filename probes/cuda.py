@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diag.model import Sample, labels_of
 from probes.base import ProbeUnavailable
+
+if TYPE_CHECKING:
+    from probes.agent import ProbeHooks
 
 #: torch.cuda.memory_stats keys → metric names. The keys are the allocator's documented ones.
 MEMORY_STATS_KEYS = {
@@ -57,6 +60,12 @@ class CudaProbe:
         self.on_oom = on_oom
         self._oom_attach = oom_attach
         self._observing = False
+
+    def use_hooks(self, hooks: ProbeHooks) -> None:
+        """Built by the user and given to an agent: unless told where OOMs go, record them
+        in the agent's history (when it keeps one)."""
+        if self.on_oom is None:
+            self.on_oom = hooks.cuda_oom
 
     def sample(self) -> list[Sample]:
         cuda = self._cuda()

@@ -18,7 +18,6 @@ made during the window. Nothing here raises into the host: a failed window is lo
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -29,10 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from diag import watched
 from diag.cause import Cause, classify
 from diag.census import Dump, Frame, Site, cuda_block_stacks, is_library, take_dump
 from diag.detect import SETTLE_SECONDS, Verdict
-from diag.model import Sample
+from diag.model import Clock, Sample
 from probes.tracing import IGNORED_TRACES, site_label, site_samples
 
 log = logging.getLogger("diag")
@@ -43,17 +43,19 @@ WINDOW_FRAMES = 24
 #: Torch's allocation history keeps at most this many events (each holds a stack).
 CUDA_HISTORY_ENTRIES = 100_000
 GROWING_STATES = ("growing", "leak")
-CAUSE_SERIES = (
-    "process_resident_memory_bytes",
-    "process_unique_memory_bytes",
-    "malloc_in_use_bytes",
-    "malloc_free_retained_bytes",
-    "python_allocated_blocks",
-    "cuda_allocated_bytes",
-    "cuda_reserved_bytes",
-    "cuda_inactive_split_bytes",
-    "cuda_alloc_retries_total",
-)
+CAUSE_SERIES = watched.names_read_by("cause")
+
+
+#: Waits out a traced window: ``wait(seconds)`` returns early, and True, once the escalation is
+#: closed. Injected so that a test can play the window's traffic and move its clocks instead.
+Wait = Callable[[float], bool]
+#: Runs an automatic window away from the caller (the sampler's thread, which must not stall).
+Spawn = Callable[[Callable[[], None]], None]
+
+
+def in_a_thread(work: Callable[[], None]) -> None:
+    """The default ``Spawn``: a daemon thread of its own."""
+    threading.Thread(target=work, name="diag-escalation", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,15 @@ class DumpRequest:
 
 
 class Escalation:
+    """Dumps and traced windows, one at a time.
+
+    Two clocks: ``clock`` is wall time, the samples' time base (when a dump ended, compared
+    with sample times by ``disturbs``; dump timestamps and window lengths); ``monotonic``
+    measures durations (the spacing of automatic windows, the time traced, census budgets).
+    ``wait`` waits out a window and ``spawn`` runs an automatic one off the caller's thread;
+    the defaults are an Event that ``close()`` sets and a daemon thread.
+    """
+
     def __init__(
         self,
         *,
@@ -77,7 +88,10 @@ class Escalation:
         window: float = 30.0,
         interval: float = 3600.0,
         top_sites: int = 10,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+        wait: Wait | None = None,
+        spawn: Spawn = in_a_thread,
     ) -> None:
         self._requests = requests
         self._series = series
@@ -87,6 +101,9 @@ class Escalation:
         self.interval = interval
         self.top_sites = top_sites
         self._clock = clock
+        self._monotonic = monotonic
+        self._wait = wait or self._wait_unless_closed
+        self._spawn = spawn
         self._lock = threading.Lock()  # one window at a time
         self._stop = threading.Event()
         self._last_auto: float | None = None
@@ -94,7 +111,6 @@ class Escalation:
         self.sites: list[Sample] = []
         # Exported cost.
         self.dumps = 0  # every dump, census only or windowed
-        self.dumping = False
         self._last_ended: float | None = None
         self.windows = 0
         self.failures = 0
@@ -111,17 +127,14 @@ class Escalation:
             return
         if previous is not None and previous.state in GROWING_STATES:
             return
-        now = self._clock()
+        now = self._monotonic()
         if self._last_auto is not None and now - self._last_auto < self.interval:
             return
-        if self._lock.locked():
+        if self.dumping:
             return
         self._last_auto = now
         reason = f"{key} turned {verdict.state}"
-        thread = threading.Thread(
-            target=self._auto, args=(reason,), name="diag-escalation", daemon=True
-        )
-        thread.start()
+        self._spawn(lambda: self._auto(reason))
 
     def _auto(self, reason: str) -> None:
         try:
@@ -133,6 +146,15 @@ class Escalation:
     def close(self) -> None:
         self._stop.set()
 
+    def _wait_unless_closed(self, seconds: float) -> bool:
+        return self._stop.wait(seconds)  # looked up now: a forked child has a new Event
+
+    @property
+    def dumping(self) -> bool:
+        """Whether a dump (with or without a window) is running now. Exported as
+        ``dump_active``; an automatic window does not start meanwhile."""
+        return self._lock.locked()
+
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's window (and its thread) did not come along. Its
         lock may be held and its tracing on; the child starts clean."""
@@ -142,7 +164,6 @@ class Escalation:
             tracemalloc.stop()
         self.active = False
         self._tracing_ours = False
-        self.dumping = False
 
     def disturbs(self, t: float) -> bool:
         """Whether memory sampled at ``t`` carries a dump's disturbance: one is running, or
@@ -156,12 +177,10 @@ class Escalation:
     def dump(self, request: DumpRequest, reason: str = "asked") -> Dump:
         """A census now, or at the end of a traced window of ``request.window`` seconds."""
         with self._lock:
-            self.dumping = True
             self.dumps += 1
             try:
                 return self._dump(request, reason)
             finally:
-                self.dumping = False
                 self._last_ended = self._clock()
 
     def _dump(self, request: DumpRequest, reason: str) -> Dump:
@@ -173,6 +192,8 @@ class Escalation:
                 time_budget=request.time_budget,
                 user_frames_only=not request.all_frames,
                 reveal=request.reveal,
+                clock=self._clock,
+                monotonic=self._monotonic,
             )
             self._borrow_from_last(result)
         trimmed = malloc_trim_test() if request.trim else None
@@ -182,8 +203,14 @@ class Escalation:
 
     def _window(self, request: DumpRequest, reason: str) -> Dump:
         user_only = not request.all_frames
-        _, baseline = take_dump(top=1, time_budget=request.time_budget, reveal=request.reveal)
-        pause = self._clock()
+        _, baseline = take_dump(
+            top=1,
+            time_budget=request.time_budget,
+            reveal=request.reveal,
+            clock=self._clock,
+            monotonic=self._monotonic,
+        )
+        traced_from = self._monotonic()
         baseline.requests = self._request_total()
         started_tracing = not tracemalloc.is_tracing()
         if started_tracing:
@@ -200,7 +227,7 @@ class Escalation:
             self._tracing_ours = False
 
         try:
-            self._stop.wait(request.window)
+            self._wait(request.window)
             cuda_stacks = cuda.stacks(user_only)
             sites = self._sites(before)
             result, _ = take_dump(
@@ -212,12 +239,14 @@ class Escalation:
                 baseline=baseline,
                 requests=self._request_total(),
                 on_collected=stop_tracing,
+                clock=self._clock,
+                monotonic=self._monotonic,
             )
             result.allocation_sites = sites
         finally:
             stop_tracing()
             self.active = False
-            self.traced_seconds += self._clock() - pause
+            self.traced_seconds += self._monotonic() - traced_from
         self.windows += 1
         self.last = result
         if self._record is not None:
@@ -262,7 +291,7 @@ class Escalation:
             if not owner.allocation_stacks:
                 owner.allocation_stacks = earlier.allocation_stacks
         result.allocation_sites = last.allocation_sites
-        age = time.time() - last.taken_at
+        age = self._clock() - last.taken_at
         result.notes.append(f"growth and stacks from the traced window {age:.0f} s ago")
 
     def cause_of(self, result: Dump, trimmed: int | None = None) -> Cause:
@@ -351,10 +380,10 @@ def _resident_bytes() -> int:
 def malloc_trim_test() -> int | None:
     """Bytes ``malloc_trim(0)`` returns to the system: the proof of allocator retention. It
     changes the process (for the better), so it runs only when asked."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        # The symbols already loaded into the process: find_library("c") would fork
+        # ldconfig inside the host.
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):
         return None  # not glibc
     trim.argtypes = [ctypes.c_size_t]

@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 import tracemalloc
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from diag import OWN_DIRS
 from diag.model import Sample, labels_of
 from probes.base import Cadence, ProbeUnavailable
+
+if TYPE_CHECKING:
+    from probes.agent import ProbeHooks
 
 #: Traces that are nobody's allocation site: tracemalloc, the import system, diag itself.
 IGNORED_TRACES = (
@@ -55,6 +59,7 @@ class TracemallocProbe:
         top: int = 10,
         site_interval: float = 30.0,
         cadence: Cadence | None = None,
+        fallback_sites: Callable[[], list[Sample]] = list,
     ) -> None:
         self.top = top
         self._cadence = cadence or Cadence(site_interval, budget=0.01)
@@ -62,7 +67,11 @@ class TracemallocProbe:
         self._start, self._frames = start, frames
         self._started_by_us = False
         #: The last escalation window's sites, reported while tracemalloc is off.
-        self.fallback_sites: Callable[[], list[Sample]] = list
+        self.fallback_sites = fallback_sites
+
+    def use_hooks(self, hooks: ProbeHooks) -> None:
+        """Built by the user and given to an agent: report its escalation windows' sites."""
+        self.fallback_sites = hooks.window_sites
 
     def sample(self) -> list[Sample]:
         if self._start and not self._started_by_us and not tracemalloc.is_tracing():

@@ -35,7 +35,7 @@ def test_serves_metrics_on_loopback_only_by_default():
     agent = _started(_fake_agent(port=0))
     try:
         assert agent.role == "server"
-        assert agent._server.server_address[0] == "127.0.0.1"
+        assert agent.address == "127.0.0.1"
         with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/metrics", timeout=5) as r:
             body = r.read().decode()
         assert "diag_process_resident_memory_bytes 42.0" in body
@@ -59,6 +59,7 @@ def test_a_busy_port_is_logged_not_raised(caplog):
             agent.stop()
 
 
+@pytest.mark.e2e
 def test_tls_options_pass_through_to_prometheus_client(tmp_path):
     openssl = require_tool("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -127,6 +128,7 @@ def _run_python(code: str, timeout: float = 30) -> subprocess.CompletedProcess[s
     )  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_stops_cleanly_at_interpreter_exit():
     out = _run_python(
         "import threading, probes\n"
@@ -139,6 +141,7 @@ def test_stops_cleanly_at_interpreter_exit():
     assert out.stderr == ""
 
 
+@pytest.mark.e2e
 def test_fork_gives_the_child_its_own_sampler_and_no_duplicate_threads():
     out = _run_python(
         "import os, threading, probes\n"

@@ -1,13 +1,18 @@
 """The escalation window in-process: triggered by a verdict, rate-limited, recorded, and its
-allocation sites kept as bounded gauges; CUDA stacks joined to tensors by storage address."""
+allocation sites kept as bounded gauges; CUDA stacks joined to tensors by storage address.
+
+A window's wait is played, not slept through: the test's ``wait`` runs the service's traffic and
+moves fake clocks by the window's length, and an automatic window runs on the caller's thread.
+"""
 
 import threading
 import time
 
 import pytest
 
-from diag.census import Census, Frame, cuda_block_stacks
+from diag.census import Frame, cuda_block_stacks, take_dump
 from diag.detect import Verdict
+from diag.testing import FakeClock
 from probes.escalation import DumpRequest, Escalation
 
 torch = pytest.importorskip("torch")
@@ -19,7 +24,7 @@ def synthesize(i):
     return torch.zeros(1024)
 
 
-def make_escalation(findings, window=0.6):
+def make_escalation(findings, window=0.6, **timing):
     return Escalation(
         requests=lambda: {"/talk": 0},
         series=lambda name: [],
@@ -27,37 +32,43 @@ def make_escalation(findings, window=0.6):
         window=window,
         interval=3600.0,
         top_sites=3,
+        **timing,
     )
+
+
+def played(traffic):
+    """Timing for an escalation whose windows take no real time: its ``wait`` runs
+    ``traffic`` (what the service does meanwhile, traced) and moves both clocks by the window's
+    length; an automatic window runs at once, on the caller's thread."""
+    clock, monotonic = FakeClock(), FakeClock(0.0)
+
+    def wait(seconds):
+        traffic()
+        clock.advance(seconds)
+        monotonic.advance(seconds)
+        return False  # not closed meanwhile
+
+    return {"clock": clock, "monotonic": monotonic, "wait": wait, "spawn": lambda work: work()}
+
+
+def leak(entries):
+    start = len(_CACHE)
+    for i in range(start, start + entries):
+        _CACHE[i] = synthesize(i)
 
 
 def verdict(state):
     return Verdict(time.time(), state, "test")
 
 
-def test_a_verdict_turning_to_leak_starts_one_traced_window(monkeypatch):
+def test_a_verdict_turning_to_leak_starts_one_traced_window():
     findings = []
-    escalation = make_escalation(findings)
-    stop = threading.Event()
-
-    def leak():
-        i = 0
-        while not stop.is_set():
-            _CACHE[i] = synthesize(i)
-            i += 1
-            time.sleep(0.002)
-
-    leaker = threading.Thread(target=leak, daemon=True)
-    leaker.start()
+    escalation = make_escalation(findings, **played(lambda: leak(500)))
     try:
         escalation.on_verdict("process_resident_memory_bytes", verdict("steady"), verdict("leak"))
         # A second change within the interval starts nothing more.
         escalation.on_verdict("malloc_in_use_bytes", verdict("steady"), verdict("growing"))
-        deadline = time.monotonic() + 60
-        while escalation.last is None and time.monotonic() < deadline:
-            time.sleep(0.1)
     finally:
-        stop.set()
-        leaker.join()
         _CACHE.clear()
     assert escalation.windows == 1
     assert (
@@ -76,12 +87,9 @@ def test_a_verdict_turning_to_leak_starts_one_traced_window(monkeypatch):
 
 def test_a_dump_without_a_window_borrows_the_last_windows_growth():
     findings = []
-    escalation = make_escalation(findings)
-    for i in range(200):
-        _CACHE[i] = synthesize(i)
+    escalation = make_escalation(findings, **played(lambda: leak(300)))
+    leak(200)
     try:
-        timer = threading.Timer(0.2, lambda: _CACHE.update({-i: synthesize(i) for i in range(300)}))
-        timer.start()
         escalation.dump(DumpRequest(window=0.5))
         now = escalation.dump(DumpRequest())
     finally:
@@ -129,12 +137,57 @@ def test_cuda_blocks_join_tensors_by_storage_address():
         Frame("/srv/tts_service.py", 42, "synthesize"),
         Frame("/srv/app.py", 88, "talk"),
     )
-    census = Census(time_budget=1.0, cuda_stacks=stacks)
-    key = ("cuda:0", 0x7F0000000000, 1024 * 1024)
-    assert census._stack(object(), "cuda:0", key) == stacks[0x7F0000000000]
-    assert census._stack(object(), "cpu", ("cpu", 0x7F0000000000, 1)) is None
+    # A census joins them to the tensors whose storage is at that address, on that device only.
+    _ON_GPU.append(placed("cuda:0", 0x7F0000000000))
+    _ON_CPU.append(placed("cpu", 0x7F0000000000))
+    try:
+        dump, _ = take_dump(top=1000, cuda_stacks=stacks)
+    finally:
+        _ON_GPU.clear()
+        _ON_CPU.clear()
+    owners = {o.path: o for o in dump.owners}
+    on_gpu = owners["tests.test_escalation._ON_GPU"]
+    assert [tuple(s.frames) for s in on_gpu.allocation_stacks] == [stacks[0x7F0000000000]]
+    assert owners["tests.test_escalation._ON_CPU"].allocation_stacks == []
 
 
+_ON_GPU: list[object] = []
+_ON_CPU: list[object] = []
+
+
+class _Storage:
+    def __init__(self, address, size):
+        self.address, self.size = address, size
+
+    def nbytes(self):
+        return self.size
+
+    def data_ptr(self):
+        return self.address
+
+
+class _Placed(torch.Tensor):
+    """A tensor whose storage says it lies at a given address on a given device: what a CUDA
+    tensor shows the census, on a machine without a GPU."""
+
+    placed_device = "cpu"
+    placed_address = 0
+
+    @property
+    def device(self):
+        return torch.device(self.placed_device)
+
+    def untyped_storage(self):
+        return _Storage(self.placed_address, 1024 * 1024)
+
+
+def placed(device, address):
+    tensor = torch.zeros(4).as_subclass(_Placed)
+    tensor.placed_device, tensor.placed_address = device, address
+    return tensor
+
+
+@pytest.mark.e2e
 def test_a_child_forked_during_a_window_starts_clean():
     import os
     import tracemalloc
@@ -149,7 +202,7 @@ def test_a_child_forked_during_a_window_starts_clean():
     pid = os.fork()
     if pid == 0:  # the child: no window thread, so no lock holder and no tracing of its own
         escalation.reset_after_fork()
-        ok = escalation._lock.acquire(timeout=1) and not tracemalloc.is_tracing()
+        ok = not escalation.dumping and not tracemalloc.is_tracing()
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     escalation.close()

@@ -61,14 +61,15 @@ def test_allocated_blocks_skip_ticks_once_their_walk_is_costly():
     def monotonic():
         return clock[0]
 
-    probe = HeapProbe(blocks_cadence=Cadence(0.0, budget=0.001, monotonic=monotonic))
-    real_count = probe._count_blocks
+    class CostlyCadence(Cadence):
+        def run(self, reading):
+            def costly():  # a 5 ms arena walk on this fake clock
+                reading()
+                clock[0] += 0.005
 
-    def costly_count():  # a 5 ms arena walk on this fake clock
-        real_count()
-        clock[0] += 0.005
+            super().run(costly)
 
-    probe._count_blocks = costly_count
+    probe = HeapProbe(blocks_cadence=CostlyCadence(0.0, budget=0.001, monotonic=monotonic))
     first = _values(probe)[("python_allocated_blocks", ())]
     junk = [[i] for i in range(50_000)]
     clock[0] += 1.0  # 1 s later: a 5 ms walk may run at most every 5 s
