@@ -5,7 +5,7 @@ holder (a leak), glibc keeping freed memory (allocator retention: ``malloc_trim`
 PyTorch's caching allocator keeping reserved blocks (a plateau, not a leak), fragmentation of
 that cache, copy-on-write of pages a pre-forked worker shares with its master, or native memory
 no Python-level tool sees. Each leaves a different mark on the series the agent records; this
-module reads those marks. Pure: series and owners in, a verdict out.
+module reads those marks. Pure: series and holders' growth in, a ``Cause`` out.
 """
 
 from __future__ import annotations

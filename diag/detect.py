@@ -36,10 +36,10 @@ import itertools
 import math
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 State = Literal["insufficient_data", "warming_up", "steady", "growing", "bounded_growth", "leak"]
 
@@ -56,8 +56,9 @@ SETTLE_SECONDS = 3.0
 @dataclass(frozen=True)
 class DetectorConfig:
     #: Higher is more eager (more lead time, more false alerts); 1.0 is the tuned default. It
-    #: scales how long growth must be watched (the durations below are divided by it); the
-    #: trend test's z is left alone, since 12 groups cannot reach much beyond z = 4.
+    #: divides how long growth must be watched (min_leak_seconds, young_min_leak_seconds and
+    #: watched_share_of_forecast); the other durations, and the trend test's z, are left
+    #: alone (12 groups cannot reach much beyond z = 4).
     sensitivity: float = 1.0
     #: The shortest growth that can be called a leak, and the share of the predicted time to
     #: OOM it must have been watched for.
@@ -127,7 +128,7 @@ class _Window:
     significant: bool
     onset_inside: bool  # its first half is flat: the growth began inside it
     decelerating: bool
-    steps: bool  # most of the rise came in a few jumps
+    steps: bool  # a ratchet: the rise came in a few jumps, ever more rarely
     rate: float
     rate_low: float
     rate_high: float
@@ -208,7 +209,7 @@ class Detector:
         self._lows: list[float] = []
         self._highs: list[float] = []
         self._counts: list[int] = [0]
-        self._bucket: list[float] | None = None  # [start, min, max]
+        self._bucket: list[float] | None = None  # [start, min, max, deepest fall inside]
         self._regime_start = start_time
         self._regime_floor = math.inf  # the lowest value since the regime began
         self._drops: deque[float] = deque(maxlen=8)
@@ -411,7 +412,9 @@ class Detector:
         )
 
     def _candidate_lengths(self, regime: float) -> list[float]:
-        """Window lengths ending now: 10 min, 20 min, 40 min, ... and the whole regime."""
+        """Window lengths ending now: ``min_leak_seconds`` (10 min), then each √2 times the
+        last (14 min, 20 min, ...) up to the regime's length, and the whole regime when it is
+        over 1.25 times the longest."""
         lengths = []
         seconds = self.config.min_leak_seconds
         while seconds <= regime + 1e-9:
@@ -525,8 +528,8 @@ class Detector:
 
 class RecentRate:
     """A growth rate usable within seconds, for people watching live: the Theil-Sen slope of
-    the last ``seconds`` of samples (at most 40 points, evenly picked). The detector's rate
-    needs ten minutes of evidence; this one answers "how fast right now" from the start."""
+    the last ``seconds`` of samples (every n-th of them: fewer than 80 points). The detector's
+    rate needs ten minutes of evidence; this one answers "how fast right now" from the start."""
 
     def __init__(self, seconds: float = 120.0, min_points: int = 8) -> None:
         self.seconds = seconds
@@ -589,6 +592,47 @@ def _unscale(seconds: float | None, scale: float) -> float | None:
     return None if seconds is None else seconds / scale
 
 
+#: One verdict as episodes are cut from it: its time, its state and its forecast (seconds to
+#: OOM, low and high bounds).
+VerdictPoint: TypeAlias = tuple[float, str, float | None, float | None, float | None]
+
+
+def leak_episodes(series: str, verdicts: Iterable[VerdictPoint]) -> list[Alert]:
+    """The leak episodes in a series' verdicts, in time order. An episode starts at a ``leak``
+    verdict, with that verdict's forecast, and ends at the next verdict that is not ``leak``;
+    the last one is still open (``end`` None) if none came."""
+    alerts: list[Alert] = []
+    open_alert: Alert | None = None
+    for t, state, seconds_to_oom, low, high in verdicts:
+        if state == "leak" and open_alert is None:
+            open_alert = Alert(series, t, None, seconds_to_oom, low, high)
+            alerts.append(open_alert)
+        elif state != "leak" and open_alert is not None:
+            alerts[-1] = dataclasses.replace(open_alert, end=t)
+            open_alert = None
+    return alerts
+
+
+def _verdict_changes(
+    detector: Detector, times: Sequence[float], values: Sequence[float]
+) -> Iterator[VerdictPoint]:
+    """The detector's verdicts as it takes the samples in turn, each new one once."""
+    last: Verdict | None = None
+    update = detector.update
+    for t, v in zip(times, values, strict=True):
+        verdict = update(t, v)
+        if verdict is last:
+            continue  # unchanged between bucket closes: the common, cheap case
+        last = verdict
+        yield (
+            verdict.t,
+            verdict.state,
+            verdict.seconds_to_oom,
+            verdict.seconds_to_oom_low,
+            verdict.seconds_to_oom_high,
+        )
+
+
 def replay(
     times: Sequence[float],
     values: Sequence[float],
@@ -601,33 +645,4 @@ def replay(
     """Run one detector over a recorded series; the leak episodes, in order. Pass ``detector``
     to read its final verdict afterwards."""
     detector = detector or Detector(limit, config)
-    update = detector.update
-    alerts: list[Alert] = []
-    open_alert: Alert | None = None
-    last: Verdict | None = None
-    for t, v in zip(times, values, strict=True):
-        verdict = update(t, v)
-        if verdict is last:
-            continue  # unchanged between bucket closes: the common, cheap case
-        last = verdict
-        if verdict.state == "leak" and open_alert is None:
-            open_alert = Alert(
-                series,
-                verdict.t,
-                None,
-                verdict.seconds_to_oom,
-                verdict.seconds_to_oom_low,
-                verdict.seconds_to_oom_high,
-            )
-            alerts.append(open_alert)
-        elif verdict.state != "leak" and open_alert is not None:
-            alerts[-1] = Alert(
-                series,
-                open_alert.start,
-                verdict.t,
-                open_alert.seconds_to_oom,
-                open_alert.seconds_to_oom_low,
-                open_alert.seconds_to_oom_high,
-            )
-            open_alert = None
-    return alerts
+    return leak_episodes(series, _verdict_changes(detector, times, values))

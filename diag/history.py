@@ -18,9 +18,9 @@ was still in the process. The reader takes every record whose CRC holds, stops a
 cut record, and resyncs on the magic after a damaged one, saying what it skipped.
 
 Bounded: a segment is closed at ``segment_bytes``; when the run's raw segments pass
-``raw_budget``, the oldest is rewritten as one SUMMARY per series and minute (min, max, last)
-and the raw file removed; summaries beyond ``summary_budget`` are dropped oldest first. Each
-segment repeats the series definitions, so any suffix of segments reads on its own.
+``raw_budget``, the oldest is rewritten as one SUMMARY per minute (each series' min, max and
+last) and the raw file removed; summaries beyond ``summary_budget`` are dropped oldest first.
+Each segment repeats the series definitions, so any suffix of segments reads on its own.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sample vocabulary shared by the probes, the sampler, the exposition and later the detector.
+"""The sample vocabulary shared by the probes, the sampler, the exposition and the history.
 
 A probe returns `Sample`s; one sampler pass bundles them into a `Tick`. Names are metric names
 without the namespace (``process_resident_memory_bytes``), in base units; labels are a sorted
@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-#: A wall clock: seconds since the epoch. Injected everywhere time is read, so tests drive it.
+#: A clock in seconds: ``time.time`` (a wall clock) or ``time.monotonic`` (for durations).
+#: Injected where a test must drive time.
 Clock = Callable[[], float]
 
 Labels = tuple[tuple[str, str], ...]

@@ -8,8 +8,9 @@ thousands of objects sit in a few containers. So the search works on holders, no
    refers to them (``gc.get_referrers``: one pass over the heap for the whole sample).
 2. Each holder found claims every target it refers to directly (one look at its referents),
    so one holder found for one sampled tensor places all 10,000 it keeps.
-3. From each holder, walk up the referrers level by level (one C pass each) to a root: a
-   module's globals, a thread's running frame.
+3. From each holder, walk up the referrers level by level (one pass over the heap per level
+   for all holders: in C for a few, in Python for many) to a root: a module's globals, a
+   thread's running frame.
 
 Nothing here knows a list of leak patterns: a path is whatever chain of references the heap
 has, and each step is named by how the parent refers to the child (a key, an index, an
@@ -82,12 +83,8 @@ def _roots() -> dict[int, str]:
         namespace = getattr(module, "__dict__", None)
         if type(namespace) is dict:
             roots.setdefault(id(namespace), name)
-    names = {t.ident: t.name for t in threading.enumerate()}
-    for ident, frame in sys._current_frames().items():
-        current: types.FrameType | None = frame
-        while current is not None:
-            roots.setdefault(id(current), f"thread {names.get(ident, ident)!r}")
-            current = current.f_back
+    for thread, frame in _running_frames(users_only=False):
+        roots.setdefault(id(frame), thread)
     return roots
 
 
@@ -118,7 +115,8 @@ _ATTRIBUTE_DICTS = ("_modules", "_parameters", "_buffers")
 
 
 def _reads_as_attributes(grand: Any, parent: Any) -> bool:
-    """Is ``parent`` (a dict) a namespace: the ``__dict__`` of ``grand``, or a class's?"""
+    """Do ``parent``'s (a dict's) keys read as attributes of ``grand``: its ``__dict__``, a
+    class's namespace, or one of nn.Module's ``_modules``/``_parameters``/``_buffers``?"""
     if grand is None:
         return False
     if issubclass(type(grand), type) or _namespace_of(grand) is parent:
@@ -246,11 +244,7 @@ class _Search:
         self._frame_locals: dict[int, str] | None = None
         # A running frame's f_locals dict mirrors its locals: not a parent of its own.
         # (A module's top-level frame's f_locals is the module's globals: a root, kept.)
-        self._locals_dicts = {
-            id(f.f_locals)
-            for f in _running_frames()
-            if not _tooling_frame(f) and f.f_code.co_name != "<module>"
-        }
+        self._locals_dicts = {id(f.f_locals) for _, f in _running_frames(users_only=True)}
         self.roots = _roots()
         self._note(self.roots, targets)
 
@@ -274,8 +268,8 @@ class _Search:
         return out
 
     def paths_of(self, objects: Sequence[Any]) -> list[tuple[str, list[Link], Any]]:
-        """Walk up from many objects at once to their roots: one C pass over the heap per
-        level for all of them, not one per object. Returns (path, links, parent) each."""
+        """Walk up from many objects at once to their roots: one pass over the heap per level
+        for all of them, not one per object. Returns (path, links, parent) each."""
         chains: list[list[Any]] = [[obj] for obj in objects]
         self._note(chains, *chains)
         named: dict[int, str] = {}  # index -> root name
@@ -504,27 +498,28 @@ def _tooling_frame(frame: types.FrameType) -> bool:
     return frame.f_code.co_filename.startswith(_TOOLING_DIRS)
 
 
-def _running_locals() -> Iterator[tuple[str, str, Any]]:
-    """("thread 'name' › function()", local name, value) for the user's running frames. A
-    module's top-level frame is left out: its locals are its globals, which the module root
-    names; so are diag's own frames."""
+def _running_frames(*, users_only: bool) -> Iterator[tuple[str, types.FrameType]]:
+    """("thread 'name'", frame) for every frame each thread is running, innermost first.
+    ``users_only`` leaves out diag's own frames and modules' top-level frames (their locals
+    are their globals, which the module root names)."""
     names = {t.ident: t.name for t in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
+        thread = f"thread {names.get(ident, ident)!r}"
         current: types.FrameType | None = frame
         while current is not None:
-            if not _tooling_frame(current) and current.f_code.co_name != "<module>":
-                where = f"thread {names.get(ident, ident)!r} › {current.f_code.co_name}()"
-                for name, value in list(current.f_locals.items()):
-                    yield where, name, value
+            if not users_only or (
+                not _tooling_frame(current) and current.f_code.co_name != "<module>"
+            ):
+                yield thread, current
             current = current.f_back
 
 
-def _running_frames() -> Iterator[types.FrameType]:
-    for frame in sys._current_frames().values():
-        current: types.FrameType | None = frame
-        while current is not None:
-            yield current
-            current = current.f_back
+def _running_locals() -> Iterator[tuple[str, str, Any]]:
+    """("thread 'name' › function()", local name, value) for the user's running frames."""
+    for thread, frame in _running_frames(users_only=True):
+        where = f"{thread} › {frame.f_code.co_name}()"
+        for name, value in list(frame.f_locals.items()):
+            yield where, name, value
 
 
 def _best_parent(parents: list[Any], roots: dict[int, str]) -> Any:

@@ -4,8 +4,9 @@ The socket is ``<runtime dir>/diag-<uid>/<pid>.sock``; the runtime dir is ``$XDG
 or the system's temporary directory. The ``diag-<uid>`` directory is created with mode 0700 and
 refused if it is anyone else's or open to others; every connection's peer uid is checked
 (SO_PEERCRED) against ours. One request per connection: a JSON line in, a JSON line out,
-bounded in size. Requests only read what the sampler already has (``latest``, ``status``): a
-request never runs a probe on the caller's behalf.
+bounded in size. ``latest`` and ``status`` only read what the sampler already has: a request
+never runs a probe on the caller's behalf. ``dump`` walks the heap (and, when asked, traces a
+window), within the time budget it is given.
 
 Slow requests (a dump, whose traced window lasts seconds) run on a thread of their own, one at a
 time, so that a ``diag watch`` reading ``latest`` meanwhile is answered at once; a second slow

@@ -1,4 +1,5 @@
-"""Writes the agent's history: a start record, every tick, verdict changes, a clean stop.
+"""Writes the agent's history: a start record, every tick, each change of a verdict's state,
+findings and other events, a clean stop.
 
 The run directory is ``<history root>/<UTC start>-<pid>``; a forked child starts its own run.
 A missing stop record is how ``diag report`` knows the process was killed.

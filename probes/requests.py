@@ -3,8 +3,9 @@
 ``probes.request("tts")`` is a context manager and a decorator (sync and async); the ASGI and
 WSGI middlewares wrap a whole app and use the route path as the endpoint. Counting costs a lock
 and a few additions per request; the ``requests`` probe turns the totals into samples each tick,
-so they reach /metrics, the workers' slots and the growth-per-request estimate alike. Endpoints
-beyond ``max_endpoints`` are counted under ``endpoint="other"``: labels stay bounded.
+so they reach /metrics, the workers' slots and the growth-per-request estimate alike. Once
+``max_endpoints - 1`` endpoints are named, new ones are counted under ``endpoint="other"``:
+labels stay bounded.
 """
 
 from __future__ import annotations
@@ -233,7 +234,8 @@ class WSGIMiddleware:
         except BaseException:
             stats.record(self._endpoint(environ), time.perf_counter() - started, True)
             raise
-        # Time to the first byte: the body may stream for long after, and is not ours to buffer.
+        # Timed until the app returns its body: a streamed body may go on long after (and its
+        # status come later), and is not ours to buffer.
         stats.record(
             self._endpoint(environ),
             time.perf_counter() - started,

@@ -196,3 +196,23 @@ def test_real_traces_recorded_to_a_real_oom_kill():
     assert alerts and meta["t_leak"] <= alerts[0].start <= meta["t_oom"] - 600
     actual = meta["t_oom"] - alerts[0].start
     assert abs(math.log2(alerts[0].seconds_to_oom / actual)) < 0.25
+
+
+def test_recorded_verdicts_give_the_same_episodes_as_a_replay():
+    """``diag report`` cuts leak episodes from the verdicts the agent recorded, ``replay`` from
+    a detector's: the same verdicts give the same alerts either way."""
+    from reports.postmortem import alerts_from_verdicts
+
+    leak, _ = LEAKS["linear"]
+    # Two lives of six hours: a leak whose episode the restart ends, then one still open.
+    times, values = series(lambda t: leak(t % 21600), hours=12)
+    detector = Detector(LIMIT)
+    events, last = [], None
+    for t, v in zip(times, values, strict=True):
+        verdict = detector.update(t, v)
+        if last is None or verdict.state != last.state:  # the agent records state changes
+            events.append({"kind": "verdict", "t": verdict.t, "series": "rss", **verdict.fields()})
+        last = verdict
+    alerts = replay(times, values, LIMIT, series="rss")
+    assert [a.end is None for a in alerts] == [False, True]
+    assert alerts_from_verdicts(events, "rss") == alerts

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -50,8 +49,8 @@ def test_round_trip(tmp_path):
 
 def test_every_cut_in_the_last_records_recovers_all_before_it(tmp_path):
     _write_run(tmp_path / "full", ticks=20).close()
-    (segment,) = [p for _, p in h._segments(str(tmp_path / "full"))]
-    data = Path(segment).read_bytes()
+    (segment,) = (tmp_path / "full").glob("seg-*.dh")  # the documented file names
+    data = segment.read_bytes()
     ends = _record_ends(data)
     cut_dir = tmp_path / "cut"
     cut_dir.mkdir()
@@ -78,12 +77,12 @@ def _record_ends(data):
 
 def test_damage_in_the_middle_is_skipped_and_reported(tmp_path):
     _write_run(tmp_path / "run", ticks=30).close()
-    (segment,) = [p for _, p in h._segments(str(tmp_path / "run"))]
-    data = bytearray(Path(segment).read_bytes())
+    (segment,) = (tmp_path / "run").glob("seg-*.dh")
+    data = bytearray(segment.read_bytes())
     ends = _record_ends(bytes(data))
     start = ends[10]
     data[start + 14 : start + 18] = b"\xff\xff\xff\xff"  # inside a tick's payload
-    Path(segment).write_bytes(bytes(data))
+    segment.write_bytes(bytes(data))
     run = h.read_run(str(tmp_path / "run"))
     assert run.ticks == 29  # one damaged tick lost, everything after it recovered
     assert len(run.problems) == 1
@@ -113,6 +112,7 @@ w.close()
 """
 
 
+@pytest.mark.e2e
 def test_a_reader_while_the_writer_writes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=child_env())
     reads = 0
@@ -168,6 +168,7 @@ def test_a_full_disk_is_said_once_and_nothing_is_lost_when_space_returns(
     assert list(rss.times) == [float(i) for i in range(61)]
 
 
+@pytest.mark.e2e
 def test_a_real_full_tmpfs(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
@@ -180,7 +181,7 @@ def test_a_real_full_tmpfs(tmp_path):
         pytest.skip(message)
     try:
         writer = h.HistoryWriter(str(mount / "run"), flush_seconds=0.0, max_buffer=64 * 1024)
-        for i in range(5000):  # ~190 kB of ticks into 64 kB
+        for i in range(5000):  # ~210 kB of ticks into 64 kB
             writer.write_samples(float(i), _samples(i))
         assert writer.stats.disk_full
         assert writer.stats.dropped_bytes > 0  # bounded memory: the oldest buffered went
@@ -200,7 +201,7 @@ def test_rotation_and_summaries_keep_the_run_bounded(tmp_path):
     for i in range(20_000):  # 20,000 s of 1 s ticks
         writer.write_samples(float(i), _samples(i))
     writer.close()
-    sizes = [os.path.getsize(p) for _, p in h._segments(str(tmp_path))]
+    sizes = [p.stat().st_size for p in tmp_path.iterdir()]  # everything the run left on disk
     assert sum(sizes) <= 40_000 + 30_000 + 16_000 + 2_000
     run = h.read_run(str(tmp_path))
     assert run.problems == []
@@ -229,6 +230,7 @@ while True:
 """
 
 
+@pytest.mark.e2e
 def test_sigkill_loses_at_most_the_last_second(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", AGENT], stdout=subprocess.PIPE, text=True,
