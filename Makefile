@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test test-fast lint bench system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ lint: $(BIN)/.installed
 
 test: $(BIN)/.installed system-deps lint
 	DIAG_REQUIRE_TOOLS=1 $(BIN)/pytest
+
+# The fast tier: no process, no external tool (tests/conftest.py fails a test that starts one
+# without @pytest.mark.e2e); `make test` runs these and the e2e tests.
+test-fast: $(BIN)/.installed
+	$(BIN)/pytest -m "not e2e"
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks

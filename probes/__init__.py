@@ -21,6 +21,7 @@ from diag.settings import Settings
 from probes.agent import Agent
 from probes.requests import ASGIMiddleware, RequestScope, WSGIMiddleware, default_stats
 
+# The public API of the embedded agent, pinned by tests/test_public_api.py (README, "Public API").
 __all__ = [
     "ASGIMiddleware",
     "Agent",

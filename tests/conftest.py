@@ -1,7 +1,9 @@
-"""Shared test helpers: external tools, free ports, polling of things that cannot signal us."""
+"""Shared test helpers: external tools, free ports, polling of things that cannot signal us;
+and the guard that keeps the fast tier (``pytest -m "not e2e"``) free of processes."""
 
 from __future__ import annotations
 
+import _posixsubprocess
 import contextlib
 import os
 import select
@@ -10,9 +12,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+import traceback
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
@@ -20,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 PYTHON = sys.executable
 DIAG = [PYTHON, "-m", "diag"]
+
+pytest_plugins = ["pytester"]  # tests/test_tiers.py runs the guard below on tests of its own
 
 T = TypeVar("T")
 
@@ -168,3 +173,121 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
             inner = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{inner}}}" if inner else s.name] = s.value
     return out
+
+
+# -- the fast tier: a test not marked e2e starts no process -----------------------------------
+#
+# `pytest -m "not e2e"` (`make test-fast`) must start no process, so a test that starts one must
+# say so with @pytest.mark.e2e. An audit hook sees every process start of this interpreter; it
+# cannot be removed, so it acts only while `_Guard.where` names something that may start none:
+# a test not marked e2e (its setup, call and teardown) or the import of a test module (shared
+# by both tiers). It raises at the moment of the start, before any process exists, and records
+# it, so a test that swallows the exception (the agent never lets one reach the host) fails too.
+
+#: CPython's audit events raised before a process starts (os.spawn* and pty go through os.fork,
+#: os.forkpty or os.exec; os.posix_spawnp raises "os.posix_spawn").
+_PROCESS_EVENTS = frozenset(
+    {
+        "subprocess.Popen",
+        "os.fork",
+        "os.forkpty",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.exec",
+        "os.system",
+        "os.startfile",
+        "_posixsubprocess.fork_exec",  # ours, below
+    }
+)
+
+
+class StartsAProcess(Exception):
+    """Raised into a test not marked e2e when it starts a process."""
+
+
+class _Guard:
+    where: ClassVar[str | None] = None  # what is running now that must start no process
+    caught: ClassVar[list[str]] = []  # the starts it refused
+
+
+def _no_process_here(event: str, args: tuple[Any, ...]) -> None:
+    if event not in _PROCESS_EVENTS or _Guard.where is None:
+        return
+    what = args[1] if event == "subprocess.Popen" else args[:2]  # the command line
+    start = f"{event} {str(what)[:200]}" if what else event
+    message = (
+        f"{_Guard.where} starts a process ({start}): mark it @pytest.mark.e2e; "
+        f"`pytest -m 'not e2e'` (make test-fast) starts none"
+    )
+    stack = "".join(traceback.format_stack(limit=8)[:-1])
+    _Guard.caught.append(f"{message}\nat:\n{stack}")
+    raise StartsAProcess(message)
+
+
+sys.addaudithook(_no_process_here)
+
+# multiprocessing's "spawn" and "forkserver" start their processes (and its resource tracker)
+# with _posixsubprocess.fork_exec, which raises no audit event in CPython 3.11: give it one.
+# (subprocess holds its own reference, and audits "subprocess.Popen" itself.)
+_fork_exec = _posixsubprocess.fork_exec
+
+
+def _audited_fork_exec(*args: Any) -> int:
+    sys.audit("_posixsubprocess.fork_exec", args[0], args[1])
+    return int(_fork_exec(*args))
+
+
+_posixsubprocess.fork_exec = _audited_fork_exec
+
+
+def _guarded(where: str | None) -> Generator[None, Any, tuple[Any, list[str]]]:
+    """A hook wrapper's body: guards with ``where`` (None: anything goes) while the wrapped
+    hook runs; returns its result and the process starts refused meanwhile."""
+    outer = (_Guard.where, _Guard.caught)  # a pytester run inside a test nests
+    _Guard.where, _Guard.caught = where, []
+    try:
+        result = yield
+    except BaseException:
+        if not _Guard.caught:
+            raise
+        result = None  # fail with the start refused, not with what it led to
+    finally:
+        caught = _Guard.caught
+        _Guard.where, _Guard.caught = outer
+    return result, caught
+
+
+def _test_phase(item: pytest.Item) -> Generator[None, Any, Any]:
+    where = None if item.get_closest_marker("e2e") else f"{item.nodeid} (not marked e2e)"
+    result, caught = yield from _guarded(where)
+    if caught:
+        pytest.fail("\n".join(caught), pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
+    return (yield from _test_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    return (yield from _test_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, Any]:
+    return (yield from _test_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """Importing a test module (it happens while collecting it) starts no process either."""
+    where = f"importing {collector.nodeid}" if isinstance(collector, pytest.Module) else None
+    report, caught = yield from _guarded(where)
+    if caught and report is not None:
+        report.outcome = "failed"
+        report.longrepr = "\n".join(caught)
+    return report

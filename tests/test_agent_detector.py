@@ -2,6 +2,8 @@
 
 import subprocess
 
+import pytest
+
 import probes
 from diag.model import Sample
 from diag.settings import Settings
@@ -65,6 +67,7 @@ def test_flat_memory_is_not_a_leak():
     assert "leak" not in [state for _, state in changes]
 
 
+@pytest.mark.e2e
 def test_the_exposition_with_verdicts_and_requests_passes_promtool():
     promtool = require_tool("promtool")
     agent, _, _, _ = _leaking_service(0.5 * MiB, 2, hours=1.5)

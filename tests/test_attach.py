@@ -66,6 +66,7 @@ def test_ptrace_scope_reads_yama(tmp_path):
     assert ptrace_scope(str(tmp_path / "missing")) is None  # no Yama: classic rules
 
 
+@pytest.mark.e2e
 def test_bad_targets_are_one_line_each(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["attach", "--pid", str(2**22 + 99)])
@@ -82,6 +83,7 @@ def test_bad_targets_are_one_line_each(tmp_path):
         sleeper.wait()
 
 
+@pytest.mark.e2e
 def test_no_gdb_says_how_to_get_it(monkeypatch):
     proc = subprocess.Popen([sys.executable, "-c", IDLE], stdout=subprocess.PIPE, text=True)
     try:

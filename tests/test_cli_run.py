@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from diag.cli import main
@@ -47,6 +48,7 @@ def _diag_run(args, code, env=None, timeout=30):
     )  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_program_runs_with_the_agent_already_started_same_pid_same_status():
     code = (
         "import os, sys, probes\n"
@@ -63,6 +65,7 @@ def test_program_runs_with_the_agent_already_started_same_pid_same_status():
     assert out == f"True 0.2 True server {proc.pid}\n"  # exec: the program is diag's process
 
 
+@pytest.mark.e2e
 def test_settings_also_come_from_the_environment():
     out = _diag_run(
         [], "import probes; print(probes.agent().settings.interval)",
@@ -71,6 +74,7 @@ def test_settings_also_come_from_the_environment():
     assert out.stdout == "0.7\n", out.stderr
 
 
+@pytest.mark.e2e
 def test_a_shadowed_sitecustomize_still_runs(tmp_path):
     (tmp_path / "sitecustomize.py").write_text("import builtins; builtins.APP_SITE = True\n")
     env = child_env()
@@ -82,6 +86,7 @@ def test_a_shadowed_sitecustomize_still_runs(tmp_path):
     assert out.stdout == "True True\n", out.stderr
 
 
+@pytest.mark.e2e
 def test_a_python_without_diag_still_runs_and_says_how_to_fix_it(tmp_path):
     venv = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -100,6 +105,7 @@ def test_a_python_without_diag_still_runs_and_says_how_to_fix_it(tmp_path):
     assert f"install it there: {bare_python} -m pip install diag" in out.stderr
 
 
+@pytest.mark.e2e
 def test_history_goes_where_diag_run_says(tmp_path):
     code = "import probes; probes.agent().sampler.tick()"
     out = _diag_run(["--history", str(tmp_path / "h")], code)

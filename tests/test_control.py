@@ -92,6 +92,7 @@ def test_watch_shows_the_richer_series_of_an_agent_in_the_target(runtime, tmp_pa
     assert "malloc_in_use_bytes" in row["agent"]
 
 
+@pytest.mark.e2e
 def test_sockets_of_dead_agents_are_removed(runtime):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip

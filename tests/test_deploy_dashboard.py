@@ -5,6 +5,8 @@ import json
 import re
 import subprocess
 
+import pytest
+
 from diag.metrics import spec_of_sample
 from tests.conftest import REPO, require_tool
 
@@ -37,6 +39,7 @@ def test_it_shows_what_an_operator_needs():
         assert needed in text, needed
 
 
+@pytest.mark.e2e
 def test_every_query_uses_diag_metrics_and_parses_in_promtool(tmp_path):
     promtool = require_tool("promtool")
     rules = []

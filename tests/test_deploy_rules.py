@@ -3,12 +3,15 @@
 import re
 import subprocess
 
+import pytest
+
 from diag.metrics import BY_NAME
 from tests.conftest import REPO, require_tool
 
 RULES = REPO / "deploy" / "prometheus"
 
 
+@pytest.mark.e2e
 def test_rules_are_valid_and_every_rule_fires_and_stays_silent_as_tested():
     promtool = require_tool("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES / "diag-rules.yml")],

@@ -124,6 +124,7 @@ def test_budget_bounds_the_walk_and_an_incomplete_dump_says_so(tmp_path):
     assert first["objects"] == 3000
 
 
+@pytest.mark.e2e
 def test_a_process_without_the_agent_is_told_how_to_get_one():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

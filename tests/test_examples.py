@@ -79,6 +79,7 @@ def test_drive_counts_refused_connections_as_errors():
     assert counts["requests"] == 10 and counts["errors"] == 10 and counts["ok"] == 0
 
 
+@pytest.mark.e2e
 def test_loadgen_cli_prints_a_summary_and_exits_0():
     nobody = f"http://127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "examples.loadgen", "--url", nobody, "--rate", "10"]

@@ -90,6 +90,7 @@ def test_real_cpu_torch_is_left_uninitialised():
     assert not torch.cuda.is_initialized()
 
 
+@pytest.mark.e2e
 def test_agent_never_imports_torch():
     # A fresh interpreter: after several ticks of every default probe, torch is still unloaded.
     code = (

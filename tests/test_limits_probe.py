@@ -155,6 +155,7 @@ def test_no_cgroup_says_so(tmp_path):
     assert probe.notes == ("cgroup: no memory cgroup found; RAM is the limit",)
 
 
+@pytest.mark.e2e
 def test_real_machine_own_process_and_another_pid():
     own = _values(LimitsProbe())
     total = own[("system_memory_total_bytes", ())]

@@ -97,6 +97,7 @@ def child():
     proc.stdout.close()
 
 
+@pytest.mark.e2e
 def test_another_pid(child):
     probe = ProcessProbe(child.pid, cadence=Cadence(0.0, budget=1.0))
     values = _values(probe)
@@ -105,6 +106,7 @@ def test_another_pid(child):
     probe.close()
 
 
+@pytest.mark.e2e
 def test_zombie_then_reaped(child):
     probe = ProcessProbe(child.pid)
     _values(probe)

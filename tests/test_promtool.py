@@ -168,6 +168,7 @@ def scrape(port: int) -> str:
 # -- the in-process agent, every probe --------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_every_probe_exposition_passes_promtool_and_is_catalogued():
     require_tool("promtool")
     was_tracing = tracemalloc.is_tracing()

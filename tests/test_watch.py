@@ -34,6 +34,7 @@ def leaker():
     proc.stdout.close()
 
 
+@pytest.mark.e2e
 def test_watch_json_lines_until_the_target_is_killed(tmp_path, leaker):
     watcher = subprocess.Popen(
         [*DIAG, "watch", "--pid", str(leaker.pid), "--interval", "0.1", "--json",
@@ -75,6 +76,7 @@ def test_watch_json_lines_until_the_target_is_killed(tmp_path, leaker):
     assert json.loads(report.stdout)["ended"]["how"] == "killed"
 
 
+@pytest.mark.e2e
 def test_watch_stops_after_its_duration_with_the_target_alive(tmp_path, leaker):
     result = subprocess.run(
         [*DIAG, "watch", "--pid", str(leaker.pid), "--interval", "0.1", "--duration", "0.5",
@@ -88,6 +90,7 @@ def test_watch_stops_after_its_duration_with_the_target_alive(tmp_path, leaker):
     assert leaker.poll() is None
 
 
+@pytest.mark.e2e
 def test_bad_pids_are_one_line_and_exit_2():
     runner = CliRunner()
     result = runner.invoke(main, ["watch", "--pid", str(2**22 + 4321)])
@@ -103,6 +106,7 @@ def test_bad_pids_are_one_line_and_exit_2():
         zombie.wait()
 
 
+@pytest.mark.e2e
 def test_watch_sees_a_real_oom_kill(tmp_path):
     with memory_cgroup(120 * 1024 * 1024) as join:
         target = subprocess.Popen([sys.executable, "-c", LEAKER], stdout=subprocess.PIPE,

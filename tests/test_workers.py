@@ -474,6 +474,7 @@ def test_uvicorn_spawned_workers_are_the_only_slot_holders(tmp_path):
         assert not directory.exists(), "the master left its worker directory behind"
 
 
+@pytest.mark.e2e
 def test_directories_of_dead_masters_are_removed(tmp_path, monkeypatch):
     import subprocess
     import sys
