@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diag.errors import DiagError, ProcessError, UsageError
+from diag.procfs import check_target
 
 GDB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_attach", "gdb_inject.py")
 
@@ -37,13 +38,12 @@ class Target:
 
 
 def inspect_target(pid: int, proc_root: str = "/proc") -> Target:
+    check_target(pid, "attach to", proc_root)
     try:
         with open(f"{proc_root}/{pid}/status", encoding="utf-8", errors="replace") as f:
             status = f.read()
-    except FileNotFoundError:
+    except FileNotFoundError:  # it exited since the check
         raise UsageError(f"no process with pid {pid}; check the pid (ps -ef)") from None
-    if re.search(r"^State:\s+Z", status, re.M):
-        raise UsageError(f"pid {pid} has exited (a zombie, not yet reaped); nothing to attach to")
     uid_match = re.search(r"^Uid:\s+(\d+)", status, re.M)
     uid = int(uid_match.group(1)) if uid_match else -1
     try:

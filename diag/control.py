@@ -14,7 +14,12 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from diag.errors import DiagError
+
 MAX_REPLY = 16 * 1024 * 1024
+#: Fields of the agent's ``latest`` answer beside its samples: its dump state, live (fresher
+#: than its last tick), which a watcher reads to keep the agent's own dumps out of its verdict.
+DUMP_STATE = ("dumps_total", "dump_active")
 
 
 def socket_directory(environ: Mapping[str, str] = os.environ, uid: int | None = None) -> str:
@@ -67,3 +72,19 @@ def request(
     except ValueError:
         return None
     return None if "error" in reply and not keep_errors else reply
+
+
+def ask_dump(
+    pid: int, *, timeout: float, environ: Mapping[str, str] = os.environ, **options: Any
+) -> dict[str, Any]:
+    """The agent in ``pid`` dumps (see ``probes.control`` for the options) and answers with the
+    document; one clear ``DiagError`` when no agent answers or it would not dump (busy)."""
+    document = request(pid, "dump", timeout=timeout, environ=environ, keep_errors=True, **options)
+    if document is None:
+        raise DiagError(
+            f"pid {pid} runs no diag agent we can reach: start it with `diag run -- ...`, "
+            f"or inject it with `diag attach --pid {pid}` (or add --attach)"
+        )
+    if "error" in document:
+        raise DiagError(f"the agent in pid {pid} did not dump: {document['error']}")
+    return document

@@ -1,4 +1,5 @@
-"""Reading recorded series: CSV files with a header ``t,value`` (seconds, bytes)."""
+"""Reading recorded series: CSV files with a header ``t,value`` (seconds, bytes), and the memory
+series of diag histories."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 from array import array
 from dataclasses import dataclass
 
+from diag import watched
 from diag.errors import UsageError
+from diag.history import find_runs, read_run
 
 
 @dataclass
@@ -48,3 +51,25 @@ def read_csv(path: str) -> RecordedSeries:
         raise UsageError(f"{path}: no samples after the header")
     stem = os.path.splitext(os.path.basename(path))[0]
     return RecordedSeries(path, stem if columns[1] == "value" else columns[1], times, values)
+
+
+#: The memory series of a history that analyze replays.
+HISTORY_SERIES = frozenset(watched.names_read_by("analyze"))
+
+
+def read_inputs(path: str) -> list[RecordedSeries]:
+    """A CSV file is one series; a history (a run, or a directory of runs) gives each run's
+    memory series, named ``run/series``."""
+    if not os.path.isdir(path):
+        return [read_csv(path)]
+    runs = find_runs(path)
+    if not runs:
+        raise UsageError(f"{path}: a directory without diag history runs")
+    out = []
+    for run_dir in runs:
+        history = read_run(run_dir)
+        for key, data in sorted(history.series.items()):
+            if data.name in HISTORY_SERIES and len(data.times) > 1:
+                name = f"{os.path.basename(run_dir)}/{key}"
+                out.append(RecordedSeries(run_dir, name, data.times, data.lows))
+    return out

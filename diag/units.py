@@ -53,3 +53,11 @@ def format_duration(seconds: float) -> str:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def format_forecast(seconds: float, low: float | None, high: float | None) -> str:
+    """A time to OOM with its bounds: ``14 s (12 s to 19 s)``; the bounds only when known."""
+    text = format_duration(seconds)
+    if low is not None and high is not None:
+        text += f" ({format_duration(low)} to {format_duration(high)})"
+    return text

@@ -1,10 +1,9 @@
 """The detector inside the agent: one ``Detector`` per watched series, verdicts as samples.
 
-Watched: RSS, USS, malloc in use, CUDA allocated and reserved per device, NVML per-process GPU
-memory, and the top tracemalloc sites. Each is judged against the limit that will stop it: for
-host memory the headroom under the effective limit (``memory_limit_bytes`` minus its usage) is
-added to the series' own value, so RSS is forecast to meet the limit when the cgroup's usage
-does; for a GPU, the device total. Growth per request comes from the request counters.
+Judged: the series that ``diag.watched.CATALOGUE`` gives to the ``detector``, each against the
+limit that will stop it (``watched.limit_for``: host memory against the headroom under the
+effective limit, a GPU against its device total). Growth per request comes from the request
+counters.
 
 Subscribers (``on_change``) hear of every change of verdict state; the culprit search starts
 its escalation there. A failing subscriber is logged once and never reaches the host.
@@ -20,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from diag import watched
 from diag.detect import Detector, DetectorConfig, DisturbanceDiscount, Verdict
 from diag.model import Labels, Sample, labels_of, series_key
 from diag.retention import RetentionEstimator
@@ -27,26 +27,11 @@ from probes.requests import RequestStats
 
 log = logging.getLogger("diag")
 
-#: Watched series -> how its limit is found: ("headroom", name) adds the host's headroom,
-#: ("total", name) reads a per-device total with the same labels.
-WATCHED: dict[str, tuple[str, str]] = {
-    "process_resident_memory_bytes": ("headroom", "memory_limit_bytes"),
-    "process_unique_memory_bytes": ("headroom", "memory_limit_bytes"),
-    "malloc_in_use_bytes": ("headroom", "memory_limit_bytes"),
-    "tracemalloc_top_bytes": ("headroom", "memory_limit_bytes"),
-    "cuda_allocated_bytes": ("total", "cuda_total_bytes"),
-    "cuda_reserved_bytes": ("total", "cuda_total_bytes"),
-    "gpu_process_used_bytes": ("total", "gpu_total_bytes"),
-}
+#: At most this many series are judged (one detector each): sites and devices are bounded
+#: upstream, this bounds the product.
 MAX_DETECTORS = 64
-#: Host-memory series that diag's own dumps disturb.
-DISCOUNTED = frozenset(
-    {"process_resident_memory_bytes", "process_unique_memory_bytes", "malloc_in_use_bytes"}
-)
-_LOOKED_UP = frozenset(
-    {"memory_limit_bytes", "memory_limit_usage_bytes", "process_resident_memory_bytes"}
-    | {limit for _, limit in WATCHED.values()}
-)
+JUDGED = frozenset(watched.names_read_by("detector"))
+DISCOUNTED = frozenset(row.name for row in watched.CATALOGUE if row.disturbed_by_dumps)
 
 VerdictListener = Callable[[str, Verdict | None, Verdict], None]
 
@@ -67,6 +52,7 @@ class GrowthAnalyzer:
         self._retention_samples: list[Sample] = []
         self._requests = requests
         self._retention_series = retention_series
+        self._looked_up = watched.LIMIT_INPUTS | {retention_series}
         self._detectors: dict[str, tuple[Detector, Labels, str]] = {}
         self._retention = RetentionEstimator()
         self._listeners: list[VerdictListener] = []
@@ -78,29 +64,23 @@ class GrowthAnalyzer:
 
     def analyze(self, t: float, samples: Sequence[Sample]) -> list[Sample]:
         # Only the limits and the retention series are looked up: index just those.
-        values = {(s.name, s.labels): s.value for s in samples if s.name in _LOOKED_UP}
-        headroom = None
-        limit = values.get(("memory_limit_bytes", ()))
-        usage = values.get(("memory_limit_usage_bytes", ()))
-        if limit is not None and usage is not None:
-            headroom = max(limit - usage, 0.0)
+        looked_up = self._looked_up
+        values = {(s.name, s.labels): s.value for s in samples if s.name in looked_up}
         disturbed = self._disturbed(t)
         out: list[Sample] = []
         adjusted: dict[str, float | None] = {}
         for sample in samples:
-            rule = WATCHED.get(sample.name)
-            if rule is None:
+            if sample.name not in JUDGED:
                 continue
             value: float | None = sample.value
             if sample.name in DISCOUNTED and not sample.labels:
                 value = self._discount(sample.name, sample.value, disturbed)
                 adjusted[sample.name] = value
-            kind, limit_name = rule
-            series_limit = None
-            if kind == "total":
-                series_limit = values.get((limit_name, sample.labels))
-            elif headroom is not None and value is not None:
-                series_limit = value + headroom
+            series_limit = (
+                None
+                if value is None  # held back: judged later
+                else watched.limit_for(sample.name, sample.labels, value, values)
+            )
             out.extend(self._judge(t, sample, value, series_limit))
         name = self._retention_series
         memory = adjusted[name] if name in adjusted else values.get((name, ()))

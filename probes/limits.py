@@ -216,6 +216,16 @@ class LimitsProbe:
         out.append(Sample("memory_limit_info", 1.0, labels_of(source=source)))
         return out
 
+    def oom_kills(self) -> int | None:
+        """The cgroup's OOM-kill counter now; None without a memory cgroup or when unreadable
+        (a watcher reads it once more after its target is gone)."""
+        if self._cgroup is None:
+            return None
+        try:
+            return parse_oom_kills(self._cgroup.oom.read())
+        except (OSError, ValueError):
+            return None
+
     def reset_after_fork(self) -> None:
         self.close()  # our copies of the parent's descriptors: _locate() opens our own
 

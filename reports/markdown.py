@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diag.units import format_duration
+from diag.units import format_forecast
 from reports import text
 from reports.postmortem import PostMortem
 
@@ -16,15 +16,13 @@ def render(report: PostMortem) -> str:
         name, _, rest = line.partition(": ")
         out.append(f"| {name} | {rest} |")
     if report.alerts:
-        out += ["", "| alert start | series | time to OOM (low - high) |", "|---|---|---|"]
+        out += ["", "| alert start | series | time to OOM (low to high) |", "|---|---|---|"]
         for a in report.alerts:
             tto = (
                 "-"
                 if a["seconds_to_oom"] is None
-                else (
-                    f"{format_duration(a['seconds_to_oom'])} "
-                    f"({format_duration(a['seconds_to_oom_low'])} - "
-                    f"{format_duration(a['seconds_to_oom_high'])})"
+                else format_forecast(
+                    a["seconds_to_oom"], a["seconds_to_oom_low"], a["seconds_to_oom_high"]
                 )
             )
             out.append(f"| {text.when(a['start'])} | `{a['series']}` | {tto} |")

@@ -8,24 +8,16 @@ samples, and the kernel's log line for the pid when it can be read.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from diag.detect import Alert, Detector, replay
+from diag import procfs, watched
+from diag.detect import Alert, Detector, leak_episodes, replay
 from diag.history import History, SeriesData, read_run
+from diag.model import Labels
 
-#: Series judged in the report, in the order shown, with how their limit is found.
-MEMORY_SERIES = (
-    ("process_resident_memory_bytes", "RSS"),
-    ("process_unique_memory_bytes", "USS"),
-    ("malloc_in_use_bytes", "malloc in use"),
-    ("cuda_allocated_bytes", "CUDA allocated"),
-    ("cuda_reserved_bytes", "CUDA reserved"),
-    ("gpu_process_used_bytes", "GPU memory (NVML)"),
-)
 MAX_PLOT_POINTS = 800
 
 
@@ -84,54 +76,12 @@ def _kernel_log_lines(read_kmsg: Callable[[], Iterable[str]]) -> tuple[list[str]
         return [], f"the kernel log is not readable ({exc.strerror or exc})"
 
 
-def read_kmsg(path: str = "/dev/kmsg") -> Iterator[str]:
-    """The kernel ring buffer, without blocking at its end."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        while True:
-            try:
-                record = os.read(fd, 8192)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno == 32:  # EPIPE: a record was overwritten while reading; go on
-                    continue
-                raise
-            if not record:
-                return
-            yield record.decode(errors="replace").split(";", 1)[-1].strip()
-    finally:
-        os.close(fd)
-
-
-def oom_lines_for(pid: int, lines: Iterable[str]) -> list[str]:
-    """Kernel lines that say the OOM killer chose this pid."""
-    patterns = (
-        re.compile(rf"Killed process {pid}\b"),
-        re.compile(rf"oom-kill:.*\bpid={pid}\b"),
-    )
-    return [line for line in lines if any(p.search(line) for p in patterns)]
-
-
-def _alive(pid: int, proc_root: str, since: float | None) -> bool:
-    """The run's process is still there (not a later process that reused the pid)."""
-    try:
-        import psutil
-
-        process = psutil.Process(pid)
-        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-            return False  # dying or waiting to be reaped: not running
-        return since is None or process.create_time() <= since + 1.0
-    except Exception:
-        return os.path.exists(f"{proc_root}/{pid}") and since is None
-
-
 def how_it_ended(
     history: History,
     pid: int | None,
     *,
     proc_root: str = "/proc",
-    read_kernel_log: Callable[[], Iterable[str]] = read_kmsg,
+    read_kernel_log: Callable[[], Iterable[str]] = procfs.read_kmsg,
 ) -> dict[str, Any]:
     exits = history.events_of("exit")
     if exits:  # a watcher saw it end: its record is the best evidence
@@ -143,7 +93,7 @@ def how_it_ended(
     if stops:
         return {"how": "exit", "clean_stop": True, "at": stops[-1].get("t"),
                 "reason": stops[-1].get("reason")}  # fmt: skip
-    if pid is not None and _alive(pid, proc_root, history.first_sample):
+    if pid is not None and procfs.is_alive(pid, history.first_sample, proc_root):
         return {"how": "running", "pid": pid}
     if pid is None:
         return {"how": "unknown", "why": "the history has no start record"}
@@ -155,7 +105,7 @@ def how_it_ended(
         "or lost power",
     }
     lines, problem = _kernel_log_lines(read_kernel_log)
-    kernel = oom_lines_for(pid, lines)
+    kernel = procfs.oom_lines_for(pid, lines)
     if kernel:
         evidence.update(how="oom-kill", kernel_log=kernel[-2:])
     elif problem:
@@ -180,23 +130,31 @@ def how_it_ended(
 
 
 def _limit_for(history: History, data: SeriesData) -> Callable[[int], float | None]:
-    """The limit each sample is judged against, as the agent does (headroom for host memory,
-    the device total for a GPU)."""
-    if data.name.startswith(("cuda_", "gpu_")):
-        total_name = "cuda_total_bytes" if data.name.startswith("cuda_") else "gpu_total_bytes"
-        total = history.get(total_name, **data.labels)
-        value = total.values[-1] if total is not None and total.values else None
-        return lambda i: value
-    usage = history.get("memory_limit_usage_bytes")
-    limit = history.get("memory_limit_bytes")
+    """The limit each sample is judged against, as the agent does (``watched.limit_for``:
+    headroom for host memory, the device total for a GPU)."""
+    row = watched.BY_NAME[data.name]
+    labels = tuple(sorted(data.labels.items()))
+    readings: dict[tuple[str, Labels], float] = {}
+    if row.total is not None:
+        total = history.get(row.total, **data.labels)
+        if total is not None and total.values:
+            readings[(row.total, labels)] = total.values[-1]
+        return lambda i: watched.limit_for(data.name, labels, data.values[i], readings)
+    usage = history.get(watched.HOST_USAGE)
+    limit = history.get(watched.HOST_LIMIT)
     if usage is None or limit is None or not usage.values:
         return lambda i: None
-    headrooms = (lim - use for lim, use in zip(limit.values, usage.values, strict=False))
-    by_time = dict(zip(usage.times, headrooms, strict=False))
+    by_time = dict(zip(usage.times, zip(limit.values, usage.values, strict=False), strict=False))
 
     def at(i: int) -> float | None:
-        headroom = by_time.get(data.times[i])
-        return data.values[i] + max(headroom, 0.0) if headroom is not None else None
+        pair = by_time.get(data.times[i])
+        if pair is None:
+            return None
+        tick: dict[tuple[str, Labels], float] = {
+            (watched.HOST_LIMIT, ()): pair[0],
+            (watched.HOST_USAGE, ()): pair[1],
+        }
+        return watched.limit_for(data.name, labels, data.values[i], tick)
 
     return at
 
@@ -212,24 +170,23 @@ def alerts_from_verdicts(events: Iterable[dict[str, Any]], key: str) -> list[Ale
     verdicts = [e for e in events if e.get("kind") == "verdict" and e.get("series") == key]
     if not verdicts:
         return None
-    alerts: list[Alert] = []
-    for event in verdicts:
-        open_alert = alerts and alerts[-1].end is None
-        if event.get("state") == "leak" and not open_alert:
-            alerts.append(
-                Alert(key, float(event["t"]), None, event.get("seconds_to_oom"),
-                      event.get("seconds_to_oom_low"), event.get("seconds_to_oom_high"))
-            )  # fmt: skip
-        elif event.get("state") != "leak" and open_alert:
-            last = alerts[-1]
-            alerts[-1] = Alert(key, last.start, float(event["t"]), last.seconds_to_oom,
-                               last.seconds_to_oom_low, last.seconds_to_oom_high)  # fmt: skip
-    return alerts
+    points = (
+        (
+            float(e["t"]),
+            e.get("state", ""),
+            e.get("seconds_to_oom"),
+            e.get("seconds_to_oom_low"),
+            e.get("seconds_to_oom_high"),
+        )
+        for e in verdicts
+    )
+    return leak_episodes(key, points)
 
 
 def _series_reports(history: History) -> list[SeriesReport]:
     out: list[SeriesReport] = []
-    for name, title in MEMORY_SERIES:
+    for row in watched.read_by("report"):
+        name, title = row.name, row.title
         for key, data in sorted(history.series.items()):
             if data.name != name or len(data.times) < 2:
                 continue

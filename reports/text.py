@@ -1,10 +1,10 @@
-"""The post-mortem as words: the lines shared by the terminal and Markdown renderers."""
+"""The post-mortem as words: the lines shared by the terminal, Markdown and HTML renderers."""
 
 from __future__ import annotations
 
 import datetime
 
-from diag.units import format_bytes, format_duration
+from diag.units import format_bytes, format_duration, format_forecast
 from reports.postmortem import PostMortem
 
 HOW = {
@@ -36,10 +36,8 @@ def verdict_line(report: PostMortem) -> str:
     first = report.alerts[0]
     line = f"First leak warning at {when(first['start'])} on {first['series']}"
     if first["seconds_to_oom"] is not None:
-        line += (
-            f", forecasting OOM in {format_duration(first['seconds_to_oom'])}"
-            f" ({format_duration(first['seconds_to_oom_low'])}"
-            f" to {format_duration(first['seconds_to_oom_high'])})"
+        line += ", forecasting OOM in " + format_forecast(
+            first["seconds_to_oom"], first["seconds_to_oom_low"], first["seconds_to_oom_high"]
         )
     if report.lead_seconds is not None:
         line += f"; {format_duration(report.lead_seconds)} before the end"

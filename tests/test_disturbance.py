@@ -9,12 +9,12 @@ runs and until it settles, and discount the step across it.
 import os
 import random
 
-from diag.cli.watch import Watcher
 from diag.detect import SETTLE_SECONDS, DisturbanceDiscount, Verdict
 from diag.model import Sample
 from diag.testing import FakeClock
 from probes.analysis import GrowthAnalyzer
 from probes.escalation import DumpRequest, Escalation
+from probes.watcher import DumpSettling, Watcher
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -110,15 +110,35 @@ def test_the_escalation_disturbs_while_it_dumps_and_until_it_settles():
 
 
 def test_watch_holds_its_samples_while_the_agent_dumps():
-    watcher = Watcher(os.getpid(), history="off")
-    assert not watcher._disturbed(0.0, {"dumps_total": 4.0})  # dumps before the watch began
-    assert not watcher._disturbed(1.0, {"dumps_total": 4.0})
-    assert watcher._disturbed(2.0, {"dumps_total": 4.0, "dump_active": 1.0})
-    assert watcher._disturbed(3.0, None)  # no answer (paused by its census): still settling
+    settling = DumpSettling()
+    assert not settling.disturbed(0.0, {"dumps_total": 4.0})  # dumps before the watch began
+    assert not settling.disturbed(1.0, {"dumps_total": 4.0})
+    assert settling.disturbed(2.0, {"dumps_total": 4.0, "dump_active": 1.0})
+    assert settling.disturbed(3.0, None)  # no answer (paused by its census): still settling
     # A census that began and ended between two ticks shows as a new count.
-    assert watcher._disturbed(10.0, {"dumps_total": 5.0})
-    assert watcher._disturbed(10.0 + SETTLE_SECONDS - 0.5, {"dumps_total": 5.0})
-    assert not watcher._disturbed(10.0 + SETTLE_SECONDS + 0.5, {"dumps_total": 5.0})
+    assert settling.disturbed(10.0, {"dumps_total": 5.0})
+    assert settling.disturbed(10.0 + SETTLE_SECONDS - 0.5, {"dumps_total": 5.0})
+    assert not settling.disturbed(10.0 + SETTLE_SECONDS + 0.5, {"dumps_total": 5.0})
+
+
+def test_the_watcher_keeps_the_agents_dumps_out_of_its_verdict():
+    """Through the watcher itself, with the agent reader injected: RSS that steps up while the
+    agent in the target dumps is discounted once the dump has settled (this test process is
+    the target, and its own 64 MiB stands for the step)."""
+    readings = {6.0: {"dumps_total": 0.0, "dump_active": 1.0}}
+    now = [0.0]
+    watcher = Watcher(
+        os.getpid(),
+        history="off",
+        read_agent=lambda pid: readings.get(now[0], {"dumps_total": 0.0}),
+    )
+    step = None
+    for now[0] in (5.0, 6.0, 7.0, 6.0 + SETTLE_SECONDS + 1.0):
+        if now[0] == 7.0:
+            step = b"\x01" * (64 * 2**20)  # touched pages: resident at once
+        assert watcher.tick(now[0]) is not None
+    assert step is not None
+    assert watcher.discount.offset >= 48 * 2**20
 
 
 def test_held_series_keep_their_last_verdict_gauges():

@@ -2,9 +2,9 @@
 
 import pytest
 
-from diag.cli.dump import graph_dot, write_graph
 from diag.errors import DiagError
 from reports.dump import render_text
+from reports.graph import graph_dot, write_graph
 
 DOCUMENT = {
     "pid": 42,
@@ -51,6 +51,7 @@ def test_dot_names_each_step_and_marks_the_holder():
     assert "n0 -> n1;" in dot
 
 
+@pytest.mark.e2e
 def test_graph_files_by_extension(tmp_path, monkeypatch):
     from tests.conftest import require_tool
 

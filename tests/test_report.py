@@ -9,6 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from diag import procfs
 from diag.cli import main
 from diag.history import HistoryWriter, read_run
 from diag.model import Sample
@@ -69,7 +70,7 @@ def test_kernel_log_names_an_oom_kill():
     line = ("Memory cgroup out of memory: Killed process 4242 (python) total-vm:283188kB, "
             "anon-rss:194532kB")  # fmt: skip
     other = "Memory cgroup out of memory: Killed process 42421 (python)"
-    assert postmortem.oom_lines_for(4242, [other, line]) == [line]
+    assert procfs.oom_lines_for(4242, [other, line]) == [line]
 
 
 def test_oom_kill_from_the_kernel_log_and_from_the_limit(tmp_path):
@@ -108,6 +109,7 @@ import sys; sys.stdin.read()
 """
 
 
+@pytest.mark.e2e
 def test_a_running_process_and_then_its_real_sigkill(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", LIVE], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,
@@ -143,6 +145,7 @@ while True:
 """
 
 
+@pytest.mark.e2e
 def test_a_real_oom_kill_in_a_memory_cgroup(tmp_path):
     with memory_cgroup(150 * MiB) as join:
         proc = subprocess.run([sys.executable, "-c", LEAKER], preexec_fn=join,

@@ -143,27 +143,17 @@ class Demo:
         return self.detected is not None and self.dump is not None and names_the_culprit(self.dump)
 
     def _watch(self, service: subprocess.Popen[bytes], runtime: str, killer: bool) -> str:
-        from diag.cli.watch import Watcher, ended_text, live_panel, tick_line
+        from probes.watcher import Watcher, follow
+        from reports.live import LivePanel, ended_text, tick_line
 
         pid = service.pid
         watcher = Watcher(pid, None, time_scale=TIME_SCALE)
-        rows: list[dict[str, Any]] = []
-        live = None
-        if self.interactive:
-            from rich.live import Live
-
-            live = Live(auto_refresh=False)
-            live.start()
-        started = time.monotonic()
+        live = LivePanel(pid, ["examples.tts_service"]) if self.interactive else None
         last_line = 0.0
         try:
-            while time.monotonic() - started < DEADLINE:
-                row = watcher.tick(time.time())
-                if row is None:
-                    return ended_text(watcher.ended(time.time()))
-                rows = [*rows[-59:], row]
+            for row in follow(watcher, 0.5, threading.Event(), duration=DEADLINE):
                 if live is not None:
-                    live.update(live_panel(pid, ["examples.tts_service"], rows), refresh=True)
+                    live.show(row)
                 elif time.monotonic() - last_line >= 3:
                     last_line = time.monotonic()
                     self.say(tick_line(row))
@@ -176,10 +166,11 @@ class Demo:
                     if killer:
                         self.say("no cgroup here: ending the service with SIGKILL instead")
                         os.kill(pid, signal.SIGKILL)
-                time.sleep(0.5)
         finally:
             if live is not None:
                 live.stop()
+        if watcher.exit is not None:
+            return ended_text(watcher.exit)
         return "still running at the demo's deadline (killed)"
 
     def _warn_and_dump(self, pid: int, row: dict[str, Any], runtime: str) -> None:

@@ -8,78 +8,14 @@ chain from a root to each holder as a graph with ``--graph``.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from typing import Any
 
 import click
 from rich.console import Console
 
-from diag.control import request
-from diag.errors import DiagError
-from diag.units import format_bytes
+from diag.control import ask_dump
+from diag.procfs import check_target
 from reports.dump import render
-
-GRAPH_FORMATS = ("dot", "svg", "png", "pdf")
-
-
-def graph_dot(document: dict[str, Any]) -> str:
-    """The chains from roots to the holders, as graphviz DOT (one node per step)."""
-    lines = [
-        "digraph holders {",
-        "  rankdir=LR;",
-        '  node [shape=box, fontname="monospace", fontsize=10];',
-    ]
-    names: dict[str, str] = {}
-
-    def node(key: str, label: str, extra: str = "") -> str:
-        if key not in names:
-            names[key] = f"n{len(names)}"
-            lines.append(f"  {names[key]} [label={json.dumps(label)}{extra}];")
-        return names[key]
-
-    for owner in document["owners"]:
-        chain = owner.get("chain") or []
-        previous = None
-        prefix = ""
-        for index, link in enumerate(chain):
-            prefix += link["step"]
-            last = index == len(chain) - 1
-            label = f"{link['type']}\n{prefix if index == 0 else link['step'].strip()}"
-            if last:
-                label += f"\n{format_bytes(owner['retained_bytes'])} retained"
-            current = node(prefix, label, ', style=filled, fillcolor="#f4c7c3"' if last else "")
-            if previous is not None:
-                lines.append(f"  {previous} -> {current};")
-            previous = current
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def write_graph(document: dict[str, Any], path: str) -> str:
-    """Write the graph to ``path``; its extension picks the format. Returns a line to show."""
-    extension = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-    if extension not in GRAPH_FORMATS:
-        raise click.UsageError(
-            f"--graph {path}: name a .dot, .svg, .png or .pdf file (the extension picks the format)"
-        )
-    dot_text = graph_dot(document)
-    if extension == "dot":
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(dot_text)
-        return f"graph written to {path} (render it with graphviz: dot -Tsvg {path} -o graph.svg)"
-    dot = shutil.which("dot")
-    if dot is None:
-        raise DiagError(
-            f"--graph {path}: graphviz's `dot` is not installed (apt install graphviz, or "
-            f"pip's graphviz has no binary); or write the DOT text with --graph holders.dot"
-        )
-    done = subprocess.run(
-        [dot, f"-T{extension}", "-o", path], input=dot_text, text=True, capture_output=True
-    )
-    if done.returncode != 0:
-        raise DiagError(f"--graph {path}: dot failed: {done.stderr.strip()}")
-    return f"graph written to {path}"
+from reports.graph import write_graph
 
 
 @click.command()
@@ -123,9 +59,7 @@ def dump(
     Without --window it reports the holders now, with the growth and stacks of the agent's last
     traced window (it runs one by itself when a leak starts). Exit 1 when no agent answers.
     """
-    from diag.cli.watch import check_target
-
-    check_target(pid)
+    check_target(pid, "dump")
     if attach_first:
         from diag.attach import attach
 
@@ -133,9 +67,8 @@ def dump(
         click.echo(f"agent started in pid {pid}", err=True)
     if window and not as_json:
         click.echo(f"tracing pid {pid} for {window:.0f} s...", err=True)
-    document = request(
+    document = ask_dump(
         pid,
-        "dump",
         timeout=120.0 + window + 2 * budget,  # a window walks the heap twice
         top=top,
         window=window,
@@ -143,15 +76,7 @@ def dump(
         reveal=show_keys,
         all_frames=all_frames,
         trim=trim,
-        keep_errors=True,
     )
-    if document is None:
-        raise DiagError(
-            f"pid {pid} runs no diag agent we can reach: start it with `diag run -- ...`, "
-            f"or inject it with `diag attach --pid {pid}` (or add --attach)"
-        )
-    if "error" in document:
-        raise DiagError(f"the agent in pid {pid} did not dump: {document['error']}")
     if graph:
         click.echo(write_graph(document, graph), err=True)
     if as_json:

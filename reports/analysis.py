@@ -1,0 +1,48 @@
+"""``diag analyze``'s results: each recorded series replayed through the detector, as data (the
+documented JSON line) and as a readable summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diag.detect import Alert, Detector, Verdict, replay
+from diag.series_io import RecordedSeries
+from diag.units import format_bytes, format_duration, format_forecast
+
+
+def analyze_series(series: RecordedSeries, limit: float | None) -> tuple[list[Alert], Verdict]:
+    detector = Detector(limit)
+    alerts = replay(series.times, series.values, limit, series=series.name, detector=detector)
+    return alerts, detector.verdict
+
+
+def result_document(series: RecordedSeries, alerts: list[Alert], final: Verdict) -> dict[str, Any]:
+    """The documented ``--json`` line for one input (times on the input's clock)."""
+    return {
+        "file": series.path,
+        "series": series.name,
+        "samples": len(series.times),
+        "first_sample": series.times[0],
+        "last_sample": series.times[-1],
+        "alerts": [a.to_json() for a in alerts],
+        "final": final.fields(),
+    }
+
+
+def summary(series: RecordedSeries, alerts: list[Alert], final: Verdict) -> str:
+    t0 = series.times[0]
+    span = series.times[-1] - t0
+    lines = [f"{series.path}: {len(series.times):,} samples over {format_duration(span)}"]
+    for a in alerts:
+        when = f"leak from +{format_duration(a.start - t0)}"
+        when += f" to +{format_duration(a.end - t0)}" if a.end is not None else " to the end"
+        if a.seconds_to_oom is not None:
+            when += ", forecast OOM in " + format_forecast(
+                a.seconds_to_oom, a.seconds_to_oom_low, a.seconds_to_oom_high
+            )
+        lines.append(f"  {when}")
+    if not alerts:
+        lines.append("  no leak")
+    rate = f", {format_bytes(final.rate * 3600)}/h" if final.rate else ""
+    lines.append(f"  final verdict: {final.state} ({final.reason}{rate})")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""The live views of a watch: a rich panel redrawn each tick, or one line per tick.
+
+Rows are the ``Watcher.tick`` documents (``diag watch --json`` prints them as they are); these
+functions only draw them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from diag.control import DUMP_STATE
+from diag.units import format_bytes, format_forecast
+
+SPARKS = "▁▂▃▄▅▆▇█"
+#: How many rows the panel's sparkline shows: the last minute at the default interval.
+ROWS_SHOWN = 60
+
+
+def sparkline(values: list[float], width: int = ROWS_SHOWN) -> str:
+    values = values[-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(
+        SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values
+    )
+
+
+def forecast_of(row: dict[str, Any]) -> str | None:
+    if row["seconds_to_oom"] is None:
+        return None
+    return format_forecast(
+        row["seconds_to_oom"], row["seconds_to_oom_low"], row["seconds_to_oom_high"]
+    )
+
+
+def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
+    """The live view: memory against its limit, its recent shape, growth, verdict, forecast."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    row = rows[-1]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    rss, limit = row["rss_bytes"], row["limit_bytes"]
+    memory = format_bytes(rss)
+    if limit:
+        share = rss / limit
+        filled = int(min(share, 1.0) * 30)
+        memory += f" of {format_bytes(limit)} ({share:.0%})  [{'█' * filled}{'·' * (30 - filled)}]"
+    table.add_row("memory", memory)
+    table.add_row("last minute", sparkline([r["rss_bytes"] for r in rows]))
+    rate = row["growth_bytes_per_second"]
+    table.add_row(
+        "growth",
+        "-" if rate is None else f"{format_bytes(rate)}/s, {format_bytes(rate * 3600)}/h",
+    )
+    style = {"leak": "bold red", "growing": "yellow", "bounded_growth": "cyan"}.get(
+        row["verdict"], "green"
+    )
+    table.add_row("verdict", f"[{style}]{row['verdict']}[/] ({row['reason']})")
+    forecast = forecast_of(row)
+    if forecast is not None:
+        table.add_row("time to OOM", forecast)
+    agent = {k: v for k, v in row.get("agent", {}).items() if k not in DUMP_STATE}
+    for key, value in sorted(agent.items())[:12]:
+        is_bytes = key.endswith("bytes") or "bytes{" in key
+        table.add_row(f"agent {key}"[:48], format_bytes(value) if is_bytes else f"{value:,.0f}")
+    title = f"diag watch: pid {pid} {' '.join(command)[:60]}"
+    return Panel(table, title=title, subtitle="d: dump · Ctrl-C: stop", expand=False)
+
+
+def tick_line(row: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(row["t"]))
+    rate = row["growth_bytes_per_second"]
+    growth = f"{format_bytes(rate * 3600)}/h" if rate else "-"
+    text = f"{when} pid {row['pid']} RSS {format_bytes(row['rss_bytes'])} growth {growth} "
+    text += f"{row['verdict']} ({row['reason']})"
+    forecast = forecast_of(row)
+    if forecast is not None:
+        text += f", OOM in {forecast}"
+    return text
+
+
+def ended_text(ended: dict[str, Any]) -> str:
+    how = ended["how"]
+    detail = ended.get("signal_name") or (
+        f"status {ended['status']}" if ended.get("status") is not None else ""
+    )
+    return f"pid {ended['pid']} ended: {how}" + (f" ({detail})" if detail else "")
+
+
+class LivePanel:
+    """The panel on a terminal, redrawn with each row; a dump, when there is one, above it (a
+    live view is cropped at the terminal's bottom, and the holders are what the user asked for).
+    """
+
+    def __init__(self, pid: int, command: list[str]) -> None:
+        from rich.live import Live
+
+        self.pid, self.command = pid, command
+        self.rows: list[dict[str, Any]] = []
+        self._live = Live(auto_refresh=False)
+        self._live.start()
+
+    def show(self, row: dict[str, Any], dump: Any = None) -> None:
+        from rich.console import Group
+
+        self.rows = [*self.rows[-(ROWS_SHOWN - 1) :], row]
+        panel = live_panel(self.pid, self.command, self.rows)
+        self._live.update(panel if dump is None else Group(dump, panel), refresh=True)
+
+    def stop(self) -> None:
+        self._live.stop()
