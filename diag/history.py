@@ -57,6 +57,9 @@ _SUMMARY_ROW = struct.Struct("<Hddd")
 _MAGIC_BYTES = struct.pack("<H", RECORD_MAGIC)
 
 MiB = 1024 * 1024
+#: Events handed to the kernel at once: what a SIGKILL right after must not take away (the
+#: start and the end of a run, findings, and what the process said as it ended).
+FORCED_EVENTS = frozenset({"start", "stop", "exit", "finding", "cuda-oom", "signal", "exception"})
 
 
 def default_root(env: Mapping[str, str] = os.environ) -> str:
@@ -178,7 +181,7 @@ class HistoryWriter:
         document = {"kind": kind, "t": t, **fields}
         with self._lock:
             self._buffer += _record(EVENT, json.dumps(document, default=str).encode())
-            self._maybe_flush(force=kind in ("start", "stop", "exit", "finding", "cuda-oom"))
+            self._maybe_flush(force=kind in FORCED_EVENTS)
 
     # flushing
 

@@ -101,3 +101,13 @@ def oom_lines_for(pid: int, lines: Iterable[str]) -> list[str]:
         re.compile(rf"oom-kill:.*\bpid={pid}\b"),
     )
     return [line for line in lines if any(p.search(line) for p in patterns)]
+
+
+def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> str | None:
+    """This boot of the machine: a history whose start record names another boot ended with
+    the machine (power loss, a reboot), not with a signal."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None

@@ -36,6 +36,9 @@ class Settings:
     #: Demos only: the detector's clock runs this many times faster (60: an hour a minute).
     time_scale: float = 1.0
     detail_interval: float = 30.0
+    #: Record how the process ends (signals, crashes' stacks, unhandled exceptions,
+    #: os._exit) in its history: see ``probes.endings``.
+    record_endings: bool = True
     series_capacity: int = 2048
     max_series: int = 512
     history: str | None = None
@@ -147,6 +150,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "sensitivity": _positive_float,
     "time_scale": _positive_float,
     "detail_interval": _positive_float,
+    "record_endings": _bool,
     "series_capacity": _positive_int,
     "max_series": _positive_int,
     "history": _text,

@@ -23,13 +23,14 @@ import prometheus_client
 from diag.control import socket_path
 from diag.detect import DetectorConfig
 from diag.history import default_root
-from diag.model import Clock, Sample
+from diag.model import Clock, Sample, Tick
 from diag.series import SeriesStore
 from diag.settings import Settings
 from probes.analysis import GrowthAnalyzer, VerdictListener
 from probes.base import Probe
 from probes.control import ControlServer
 from probes.cuda import CudaProbe, NvmlProbe, OomListener
+from probes.endings import EndRecorder
 from probes.escalation import DumpRequest, Escalation
 from probes.exposition import Source, TickCollector, make_registry
 from probes.heap import HeapProbe
@@ -146,6 +147,7 @@ class Agent:
         )
         if self.recorder is not None:
             self.sampler.add_listener(self.recorder.record_tick)
+        self.endings = EndRecorder(self._record_event, self._record_end)
         self.registry = make_registry(TickCollector(self._sources, self.settings.namespace))
         self.port: int | None = None
         #: The host /metrics is bound to, as the server reports it (``settings.address``
@@ -183,6 +185,17 @@ class Agent:
                 use_hooks(hooks)
         return list(probes)
 
+    def _record_event(self, kind: str, **fields: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.record_event(kind, **fields)
+
+    def _record_end(self, reason: str, **fields: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.stop(reason, **fields)
+
+    def _observe_endings(self, tick: Tick) -> None:
+        self.endings.observe()
+
     def _is_worker(self) -> bool:
         return self.role == "worker"
 
@@ -198,6 +211,11 @@ class Agent:
         self._started = True
         _RUNNING.add(self)
         self._start_history()
+        if self.settings.record_endings:
+            self.endings.install(self.recorder.run_dir if self.recorder is not None else None)
+            for note in self.endings.notes:
+                self._record_event("note", text=note)
+            self.sampler.add_listener(self._observe_endings)
         self._start_control()
         if self.settings.port is not None:
             worker_dir = self._server_directory_of_parent()
@@ -213,6 +231,8 @@ class Agent:
             return
         self._started = False
         _RUNNING.discard(self)
+        self.endings.uninstall()
+        self.sampler.remove_listener(self._observe_endings)
         if self._control is not None:
             self._control.stop()
             self._control = None
@@ -414,6 +434,10 @@ class Agent:
             # The parent's run is the parent's: the child records a run of its own.
             self.recorder.abandon()
             self._start_history()
+            if self.settings.record_endings and self.recorder is not None:
+                run_dir = self.recorder.run_dir
+                if run_dir is not None:
+                    self.endings.open_fault_file(run_dir)
         if self._control is not None:
             self._control.forget_after_fork()  # the parent's socket; the child gets its own
             self._start_control()

@@ -19,6 +19,7 @@ from diag import __version__
 from diag.detect import Verdict
 from diag.history import HistoryWriter, WriterStats, run_name
 from diag.model import Sample, Tick
+from diag.procfs import boot_id
 from diag.settings import Settings
 
 
@@ -53,6 +54,7 @@ def describe_process(settings: Settings) -> dict[str, Any]:
         "diag": __version__,
         "torch": getattr(torch, "__version__", None),
         "settings": {k: v for k, v in asdict(settings).items() if k != "problems"},
+        "boot_id": boot_id(),
         "limits": _limits(),
     }
 
@@ -82,9 +84,14 @@ class HistoryRecorder:
         if self.writer is not None:
             self.writer.write_event(kind, self._clock(), **fields)
 
-    def stop(self, reason: str = "stop") -> None:
+    @property
+    def run_dir(self) -> str | None:
+        return self.writer.run_dir if self.writer is not None else None
+
+    def stop(self, reason: str = "stop", **fields: Any) -> None:
+        """The stop record (``reason``: exit, stop, signal, os._exit), then the run is closed."""
         if self.writer is not None:
-            self.writer.write_event("stop", self._clock(), reason=reason)
+            self.writer.write_event("stop", self._clock(), reason=reason, **fields)
             self.writer.close()
             self.writer = None
 

@@ -8,15 +8,17 @@ samples, and the kernel's log line for the pid when it can be read.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from diag import procfs, watched
+from diag import watched
 from diag.detect import Alert, Detector, leak_episodes, replay
 from diag.history import History, SeriesData, read_run
 from diag.model import Labels
+from reports.ending import how_it_ended, join_watcher
 
 MAX_PLOT_POINTS = 800
 
@@ -32,6 +34,12 @@ class SeriesReport:
     first: float
     last: float
     alerts: list[Alert]
+    #: The detector's last word on the series (recorded live, else replayed): a state such as
+    #: ``insufficient_data``, ``warming_up``, ``steady``, ``growing`` or ``leak``, its reason,
+    #: and the growth rate behind it (bytes per second) when it measured one.
+    verdict: str = "insufficient_data"
+    verdict_reason: str = ""
+    verdict_rate: float | None = None
 
 
 @dataclass
@@ -64,66 +72,23 @@ class PostMortem:
         return document
 
 
-# -- how did it end -------------------------------------------------------------------------
+# -- how did it end: reports.ending ---------------------------------------------------------
 
 
-def _kernel_log_lines(read_kmsg: Callable[[], Iterable[str]]) -> tuple[list[str], str | None]:
+def _watcher_exit(run_dir: str, pid: int | None) -> dict[str, Any] | None:
+    """The exit record of a ``diag watch`` of the same process beside this run, if any."""
+    if pid is None or run_dir.rstrip("/").endswith("-watch"):
+        return None
+    root = os.path.dirname(run_dir.rstrip("/"))
     try:
-        return list(read_kmsg()), None
-    except PermissionError:
-        return [], "the kernel log is not readable (root or CAP_SYSLOG needed)"
-    except OSError as exc:
-        return [], f"the kernel log is not readable ({exc.strerror or exc})"
-
-
-def how_it_ended(
-    history: History,
-    pid: int | None,
-    *,
-    proc_root: str = "/proc",
-    read_kernel_log: Callable[[], Iterable[str]] = procfs.read_kmsg,
-) -> dict[str, Any]:
-    exits = history.events_of("exit")
-    if exits:  # a watcher saw it end: its record is the best evidence
-        record = dict(exits[-1])
-        record.pop("kind", None)
-        record.setdefault("how", "exit")
-        return record
-    stops = history.events_of("stop")
-    if stops:
-        return {"how": "exit", "clean_stop": True, "at": stops[-1].get("t"),
-                "reason": stops[-1].get("reason")}  # fmt: skip
-    if pid is not None and procfs.is_alive(pid, history.first_sample, proc_root):
-        return {"how": "running", "pid": pid}
-    if pid is None:
-        return {"how": "unknown", "why": "the history has no start record"}
-    evidence: dict[str, Any] = {
-        "how": "killed",
-        "clean_stop": False,
-        "last_sample": history.last_sample,  # None when it died within its first second
-        "why": "the history ends without a stop record: the process was killed (SIGKILL) "
-        "or lost power",
-    }
-    lines, problem = _kernel_log_lines(read_kernel_log)
-    kernel = procfs.oom_lines_for(pid, lines)
-    if kernel:
-        evidence.update(how="oom-kill", kernel_log=kernel[-2:])
-    elif problem:
-        evidence["kernel_log"] = problem
-    usage = history.get("memory_limit_usage_bytes")
-    limit = history.get("memory_limit_bytes")
-    if usage is not None and limit is not None and usage.values and limit.values:
-        share = usage.values[-1] / limit.values[-1] if limit.values[-1] else 0.0
-        evidence["usage_of_limit_at_last_sample"] = round(share, 4)
-        if share >= 0.9 and evidence["how"] == "killed":
-            evidence["how"] = "oom-kill"
-            evidence["why"] = (
-                f"no stop record, and memory was at {share:.0%} of its limit at the last sample"
-            )
-    kills = history.get("cgroup_oom_kills_total")
-    if kills is not None and len(kills.values) >= 2 and kills.values[-1] > kills.values[0]:
-        evidence["cgroup_oom_kills_during_run"] = kills.values[-1] - kills.values[0]
-    return evidence
+        names = sorted(n for n in os.listdir(root) if n.endswith(f"-{pid}-watch"))
+    except OSError:
+        return None
+    for name in reversed(names):
+        exits = read_run(os.path.join(root, name)).events_of("exit")
+        if exits:
+            return exits[-1]
+    return None
 
 
 # -- the memory series and the detector's view of them --------------------------------------
@@ -191,13 +156,25 @@ def _series_reports(history: History) -> list[SeriesReport]:
             if data.name != name or len(data.times) < 2:
                 continue
             limit_at = _limit_for(history, data)
-            picked = _downsample(len(data.times))
+            picked = list(_downsample(len(data.times)))
+            if picked[-1] != len(data.times) - 1:
+                picked.append(len(data.times) - 1)  # the plot ends where the series ended
             judged_limit = limit_at(len(data.times) - 1)
-            alerts = alerts_from_verdicts(history.events, key)
+            recorded = [
+                e for e in history.events if e.get("kind") == "verdict" and e.get("series") == key
+            ]
+            alerts = alerts_from_verdicts(recorded, key)
             if alerts is None:  # nothing recorded live: replay the same detector now
                 detector = Detector(judged_limit)
                 lows = data.lows
                 alerts = replay(data.times, lows, judged_limit, series=key, detector=detector)
+                final = detector.verdict
+                state: str = final.state
+                reason, rate = final.reason, final.rate
+            else:
+                state = str(recorded[-1].get("state", "insufficient_data"))
+                reason = str(recorded[-1].get("reason", ""))
+                rate = recorded[-1].get("rate")
             label = title + "".join(f" {k}={v}" for k, v in sorted(data.labels.items()))
             highs = data.highs
             out.append(
@@ -211,6 +188,9 @@ def _series_reports(history: History) -> list[SeriesReport]:
                     first=data.values[0],
                     last=data.values[-1],
                     alerts=alerts,
+                    verdict=state,
+                    verdict_reason=reason,
+                    verdict_rate=None if rate is None else float(rate),
                 )
             )
     return out
@@ -224,7 +204,7 @@ def build(run_dir: str, **kwargs: Any) -> PostMortem:
     if pid is None:
         match = re.search(r"-(\d+)(-watch)?$", run_dir.rstrip("/"))
         pid = int(match.group(1)) if match else None
-    ended = how_it_ended(history, pid, **kwargs)
+    ended = join_watcher(how_it_ended(history, pid, run_dir, **kwargs), _watcher_exit(run_dir, pid))
     series = _series_reports(history)
     alerts: list[dict[str, Any]] = [a.to_json() for s in series for a in s.alerts]
     alerts.sort(key=lambda a: a["start"])

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
+from diag.detect import BUCKET_SECONDS, MIN_GROUPS, DetectorConfig
 from diag.units import format_bytes, format_duration, format_forecast
-from reports.postmortem import PostMortem
+from reports.ending import NO_STOP_RECORD
+from reports.postmortem import PostMortem, SeriesReport
 
-HOW = {
-    "oom-kill": "killed by the OOM killer",
-    "killed": "killed without a clean stop (SIGKILL)",
-    "exit": "exited",
-    "running": "still running",
-    "unknown": "ended, how is unknown",
-}
+#: How many lines of a stack the summary shows (the JSON and the history keep them all).
+STACK_LINES = 12
 
 
 def when(t: float | None) -> str:
@@ -25,14 +23,108 @@ def when(t: float | None) -> str:
 
 
 def headline(report: PostMortem) -> str:
-    how = HOW.get(report.ended.get("how", "unknown"), report.ended.get("how", "?"))
     command = " ".join(report.command) or "?"
-    return f"pid {report.pid} ({command}) {how}"
+    return f"pid {report.pid} ({command}) {ending(report.ended)}"
+
+
+def _short_where(where: str) -> str:
+    """``gunicorn/arbiter.py:415 in halt`` for a frame in an installed package."""
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in where:
+            return where.split(marker, 1)[1]
+    return where
+
+
+def _short(name: object) -> str:
+    return str(name).rsplit(".", 1)[-1]
+
+
+def ending(ended: dict[str, Any]) -> str:
+    """How the process ended, in words, from ``PostMortem.ended`` (see ``reports.ending``)."""
+    how = ended.get("how", "unknown")
+    text: str
+    if how == "signal":
+        host = ended.get("after_host_handler")
+        text = (
+            f"stopped by {ended.get('signal')} after a clean shutdown (its own handler, {host}, "
+            "ran first and raised the signal again)"
+            if host
+            else f"stopped by {ended.get('signal')} (the signal's default action: it had no "
+            "handler of its own)"
+        )
+    elif how == "exception":
+        exception = ended.get("exception") or {}
+        kind = _short(exception.get("type", "exception"))
+        signals = [s.get("signal") for s in ended.get("signals", [])]
+        text = f"ended by an unhandled {kind}"
+        if exception.get("message"):
+            text += f": {exception['message']}"
+        if signals:
+            text = f"stopped by {signals[-1]} ({kind}, not caught)"
+    elif how == "os-exit":
+        text = f"ended by os._exit({ended.get('status')})"
+    elif how == "crash":
+        fault = ended.get("fault") or {}
+        kind = ", ".join(str(x) for x in (fault.get("error"), fault.get("signal")) if x)
+        text = f"crashed in native code ({kind})"
+    elif how == "exit":
+        text = (
+            "stopped its agent (probes.stop()); the process may have run on"
+            if ended.get("reason") == "stop"
+            else "exited cleanly"
+        )
+        if ended.get("status") is not None:
+            text = f"exited with status {ended['status']}"
+        call, handler = ended.get("exit_call"), ended.get("in_signal_handler")
+        if handler:
+            text = (
+                f"ended by its {handler['signal']} handler ({handler['handler']} called "
+                f"sys.exit({handler.get('status')})), exit status {ended.get('status')}"
+            )
+            if handler["signal"] == "SIGABRT" and "gunicorn" in str(handler["handler"]):
+                text += ": a gunicorn worker past its --timeout, aborted by its master"
+        elif call and call.get("where"):
+            text += f" (sys.exit at {_short_where(call['where'])})"
+        handled = [s for s in ended.get("signals", []) if s.get("handled_by")]
+        if handled:
+            text += f" after {handled[-1].get('signal')} (handled by {handled[-1]['handled_by']})"
+    elif how == "oom-kill":
+        text = "killed by the OOM killer"
+    elif how == "killed":
+        after = ended.get("after_signal")
+        if ended.get("signal_name"):
+            text = f"killed by {ended['signal_name']}"
+        elif after:
+            text = (
+                f"killed after {after.get('signal')} and a grace period: still running "
+                f"{after.get('seconds_to_last_sample', 0):.0f} s later, then no stop record"
+            )
+        else:
+            text = NO_STOP_RECORD
+            if ended.get("sigterm_handler"):
+                text += (
+                    f"; SIGTERM was its own handler's ({ended['sigterm_handler']}): a SIGKILL "
+                    "after an orchestrator's grace period would end it this way"
+                )
+    elif how == "reboot":
+        text = "ended when the machine restarted (power loss or a reboot)"
+    elif how == "running":
+        text = "still running"
+    else:
+        text = "ended, how is unknown"
+    watcher = ended.get("watcher")
+    if watcher:
+        seen = watcher.get("signal_name") or (
+            f"status {watcher['status']}" if watcher.get("status") is not None else None
+        )
+        if seen:
+            text += f"; diag watch saw it end with {seen}"
+    return text
 
 
 def verdict_line(report: PostMortem) -> str:
     if not report.alerts:
-        return "The detector saw no leak in the recorded memory series."
+        return no_alert_line(report)
     first = report.alerts[0]
     line = f"First leak warning at {when(first['start'])} on {first['series']}"
     if first["seconds_to_oom"] is not None:
@@ -41,6 +133,113 @@ def verdict_line(report: PostMortem) -> str:
         )
     if report.lead_seconds is not None:
         line += f"; {format_duration(report.lead_seconds)} before the end"
+    return line + "."
+
+
+#: The detector's states that are no verdict yet: too few samples, or the warm-up after a start.
+UNDECIDED = ("insufficient_data", "warming_up")
+#: A change smaller than this share of the level is "flat" (the detector's own noise floor).
+FLAT_SHARE = DetectorConfig().min_rise_share
+
+
+def detector_needs(config: DetectorConfig | None = None) -> tuple[float, float, float]:
+    """How long the detector must watch a series, in seconds: before its first verdict (enough
+    buckets for a trend test), its warm-up after a start, and the least growth after it that
+    can be called a leak."""
+    config = config or DetectorConfig()
+    return MIN_GROUPS * BUCKET_SECONDS, config.warmup_seconds, config.min_leak_seconds
+
+
+def run_seconds(report: PostMortem) -> float | None:
+    if report.first_sample is None or report.last_sample is None:
+        return None
+    return report.last_sample - report.first_sample
+
+
+def is_flat(series: SeriesReport) -> bool:
+    delta = series.last - series.first
+    return abs(delta) <= FLAT_SHARE * max(abs(series.first), abs(series.last), 1.0)
+
+
+def growth_phrase(series: SeriesReport) -> str:
+    """``RSS grew 27.0 MiB -> 459.0 MiB (+432.0 MiB)``, or that it stayed flat."""
+    first, last = format_bytes(series.first), format_bytes(series.last)
+    delta = series.last - series.first
+    if is_flat(series):
+        return f"{series.title} stayed flat ({first} -> {last})"
+    verb, sign = ("grew", "+") if delta > 0 else ("fell", "-")
+    return f"{series.title} {verb} {first} -> {last} ({sign}{format_bytes(abs(delta))})"
+
+
+def finding_phrase(report: PostMortem) -> str | None:
+    """What the last culprit finding says grows: its biggest growing holder, or None."""
+    owners = (report.last_finding or {}).get("owners") or []
+    growing = [o for o in owners if (o.get("growth_bytes_per_second") or 0) > 0]
+    if not growing:
+        return None
+    owner = growing[0]  # a finding lists its holders biggest first
+    return (
+        f"the last culprit finding names {owner.get('path', '?')}, a {owner.get('kind', '?')} "
+        f"retaining {format_bytes(owner.get('retained_bytes') or 0)} and growing "
+        f"+{format_bytes(owner['growth_bytes_per_second'])}/s"
+    )
+
+
+def _why_no_verdict(report: PostMortem, seconds: float | None) -> str:
+    first, warmup, min_leak = detector_needs()
+    needs = (
+        f"the detector gives a first verdict after {format_duration(first)} of samples and can "
+        f"call a leak only after {format_duration(warmup + min_leak)} (a "
+        f"{format_duration(warmup)} warm-up, then {format_duration(min_leak)} of steady growth)"
+    )
+    if seconds is None:
+        return f"no samples were recorded; {needs}"
+    if seconds < warmup + min_leak:
+        return f"the run lasted {format_duration(seconds)}, and {needs}"
+    # Long enough, yet undecided: a restart (a new warm-up) or a gap in the samples.
+    last = report.series[0]
+    return (
+        f"the run lasted {format_duration(seconds)}, but the detector's last word on "
+        f"{last.title} was {last.verdict.replace('_', ' ')} ({last.verdict_reason})"
+    )
+
+
+def _join(phrases: list[str]) -> str:
+    if len(phrases) <= 1:
+        return "".join(phrases)
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def no_alert_line(report: PostMortem) -> str:
+    """The verdict when no leak alert was raised: never a flat "no leak" when the detector did
+    not get to decide, and never silent about growth the series or the last finding show."""
+    seconds = run_seconds(report)
+    finding = finding_phrase(report)
+    if not report.series:
+        line = "The history holds no memory series for the detector to judge"
+        return line + (f"; {finding}." if finding else ".")
+    undecided = [s for s in report.series if s.verdict in UNDECIDED]
+    growth = _join([growth_phrase(s) for s in report.series])
+    if len(undecided) == len(report.series):
+        line = f"No leak verdict yet: {_why_no_verdict(report, seconds)}. "
+        line += f"In those {format_duration(seconds)}, " if seconds is not None else "Meanwhile "
+        line += growth
+        if finding:
+            line += f"; {finding}"
+        return line + "."
+    notes = []
+    for s in report.series:
+        if s.verdict in UNDECIDED:
+            notes.append(f"no verdict yet on {s.title} ({s.verdict_reason})")
+        elif s.verdict in ("growing", "bounded_growth"):
+            kind = "growth that is bounded" if s.verdict == "bounded_growth" else "growth"
+            notes.append(f"the detector judged {s.title} {kind}, not a leak: {s.verdict_reason}")
+    over = f" over {format_duration(seconds)}" if seconds is not None else ""
+    line = f"The detector saw no leak in the recorded memory series{over}: {growth}"
+    if notes:
+        line += "; " + "; ".join(notes)
+    if finding:
+        line += f"; but {finding}"
     return line + "."
 
 
@@ -57,9 +256,18 @@ def evidence_lines(report: PostMortem) -> list[str]:
         lines.append(
             f"memory at the last sample: {ended['usage_of_limit_at_last_sample']:.0%} of its limit"
         )
-    for key in ("status", "signal", "oom_kills_before", "oom_kills_after"):
-        if key in ended:
+    for key in ("status", "signal", "where", "oom_kills_before", "oom_kills_after"):
+        if ended.get(key) is not None:
             lines.append(f"{key.replace('_', ' ')}: {ended[key]}")
+    exception = ended.get("exception")
+    if exception:
+        lines.append(f"unhandled {exception.get('type')}: {exception.get('message', '')}")
+        stack = list(reversed(exception.get("stack", [])))  # most recent call first
+        lines.extend(f"  {frame}" for frame in stack[:STACK_LINES])
+    fault = ended.get("fault")
+    if fault:
+        lines.append(f"the crashing thread ({fault.get('threads')} threads in all):")
+        lines.extend(f"  {frame}" for frame in fault.get("crashing_thread", [])[:STACK_LINES])
     return lines
 
 
@@ -67,8 +275,10 @@ def memory_lines(report: PostMortem) -> list[str]:
     lines = []
     for s in report.series:
         grew = s.last - s.first
+        sign = "+" if grew > 0 else ""  # format_bytes signs a fall itself
         lines.append(
-            f"{s.title}: {format_bytes(s.first)} -> {format_bytes(s.last)} ({format_bytes(grew)})"
+            f"{s.title}: {format_bytes(s.first)} -> {format_bytes(s.last)} "
+            f"({sign}{format_bytes(grew)})"
         )
     for endpoint, per_request in sorted(report.retained_per_request.items()):
         lines.append(f"growth per request: {format_bytes(per_request)} per {endpoint} request")

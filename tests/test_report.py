@@ -161,7 +161,7 @@ def test_markdown_and_html_render_the_story(tmp_path):
     _leaking_run(tmp_path / "run-4242")
     data = postmortem.build(str(tmp_path / "run-4242"), read_kernel_log=lambda: [])
     text = markdown.render(data)
-    assert "killed without a clean stop" in text
+    assert "ended without a stop record" in text
     assert "| `process_resident_memory_bytes` |" in text
     assert "1.9 MiB per /talk request" in text
     page = html.render(data)

@@ -1,0 +1,226 @@
+"""How a run ended, from the evidence its history holds, as data (``PostMortem.ended``).
+
+The agent writes what the process said as it ended (``probes.endings``): a ``stop`` record at
+exit, after a signal's default action or at ``os._exit``; the signals that reached a handler;
+an unhandled exception; the Python stacks of a native crash in ``fault.txt``. A watcher outside
+(``diag watch``) writes an ``exit`` record with the status the kernel kept. Where a run ends
+with none of that, the kernel's log, the memory limit, the machine's boot id and the signals
+seen before are what is left, and the document says which it used. Nothing is guessed: a run
+that simply stops is "ended without a stop record", not a SIGKILL.
+
+``how``: exit, exception, signal, os-exit, crash, oom-kill, killed, reboot, running or
+unknown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from diag import procfs
+from diag.history import History
+
+FAULT_FILE = "fault.txt"  # written by probes.endings
+FAULT_TEXT_LIMIT = 64 * 1024
+#: faulthandler's words for the signals it reports.
+CRASH_SIGNALS = {
+    "Segmentation fault": "SIGSEGV",
+    "Bus error": "SIGBUS",
+    "Aborted": "SIGABRT",
+    "Floating-point exception": "SIGFPE",
+    "Illegal instruction": "SIGILL",
+}
+NO_STOP_RECORD = "ended without a stop record (a signal's default action, SIGKILL or power loss)"
+
+
+def read_fault(run_dir: str) -> dict[str, Any] | None:
+    """What faulthandler wrote for a native crash: the error, the crashing
+    thread's Python stack (most recent call first) and every thread's, as text."""
+    try:
+        with open(os.path.join(run_dir, FAULT_FILE), encoding="utf-8", errors="replace") as f:
+            text = f.read(FAULT_TEXT_LIMIT)
+    except OSError:
+        return None
+    match = re.search(r"^Fatal Python error: (.+)$", text, re.M)
+    if match is None:
+        return None
+    error = match.group(1).strip()
+    current: list[str] = []
+    section = re.search(r"^Current thread [^\n]*\n((?:  File .*\n?)+)", text, re.M)
+    if section is not None:
+        current = [line.strip() for line in section.group(1).splitlines() if line.strip()]
+    return {
+        "error": error,
+        "signal": CRASH_SIGNALS.get(error),
+        "crashing_thread": current,
+        "threads": len(re.findall(r"^(?:Current thread|Thread) 0x", text, re.M)),
+        "text": text[match.start() :],
+    }
+
+
+def _kernel_log_lines(read_kmsg: Callable[[], Iterable[str]]) -> tuple[list[str], str | None]:
+    try:
+        return list(read_kmsg()), None
+    except PermissionError:
+        return [], "the kernel log is not readable (root or CAP_SYSLOG needed)"
+    except OSError as exc:
+        return [], f"the kernel log is not readable ({exc.strerror or exc})"
+
+
+def _from_stop(stop: dict[str, Any], history: History) -> dict[str, Any]:
+    reason = stop.get("reason")
+    ended: dict[str, Any] = {"how": "exit", "clean_stop": True, "at": stop.get("t"),
+                             "reason": reason}  # fmt: skip
+    if reason == "signal":
+        ended.update(how="signal", signal=stop.get("signal"), where=stop.get("where"))
+        if stop.get("after_host_handler"):
+            # The host's handler ran first (a server's graceful shutdown), restored ours and
+            # raised the signal again: the default action after a clean shutdown.
+            ended["after_host_handler"] = stop["after_host_handler"]
+    elif reason == "os._exit":
+        ended.update(how="os-exit", status=stop.get("status"))
+    exceptions = history.events_of("exception")
+    if exceptions and reason == "exit":
+        ended.update(how="exception", exception=_without_kind(exceptions[-1]))
+    calls = history.events_of("exit-call")
+    if calls and ended["how"] == "exit" and reason == "exit":
+        call = _without_kind(calls[-1])
+        ended.update(status=call.get("status") or 0, exit_call=call)
+        # An exit begun in a signal handler is that signal's end, even where the host caught
+        # the SystemExit and exited later (gunicorn's sync worker does, with status 0).
+        for earlier in reversed(calls):
+            handler = _signal_handler_at(earlier.get("where"), history)
+            if handler is not None:
+                ended["in_signal_handler"] = {**handler, "status": earlier.get("status")}
+                break
+    signals = [e for e in history.events_of("signal") if reason != "signal"]
+    if signals:
+        ended["signals"] = [_without_kind(e) for e in signals]
+    return ended
+
+
+def _signal_handler_at(where: str | None, history: History) -> dict[str, Any] | None:
+    """The host's signal handler that ``where`` (``file:line in function``) is in, if the agent
+    saw one of that name installed: a ``sys.exit`` there is that signal's end."""
+    if not where:
+        return None
+    function = where.rsplit(" in ", 1)[-1]
+    for event in reversed(history.events_of("signal-handler")):
+        if str(event.get("handler", "")).rsplit(".", 1)[-1] == function:
+            return {"signal": event.get("signal"), "handler": event.get("handler")}
+    return None
+
+
+def _without_kind(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != "kind"}
+
+
+def _without_a_stop(
+    history: History,
+    pid: int,
+    run_dir: str | None,
+    read_kernel_log: Callable[[], Iterable[str]],
+    current_boot: str | None,
+) -> dict[str, Any]:
+    ended: dict[str, Any] = {
+        "how": "killed",
+        "clean_stop": False,
+        "last_sample": history.last_sample,  # None when it died within its first second
+        "why": NO_STOP_RECORD,
+    }
+    fault = read_fault(run_dir) if run_dir is not None else None
+    if fault is not None:
+        ended.update(how="crash", fault=fault)
+        ended["why"] = (
+            f"a native crash ({fault['error']}): faulthandler wrote the Python stacks of "
+            f"{fault['threads']} threads as it happened"
+        )
+        return ended
+    lines, problem = _kernel_log_lines(read_kernel_log)
+    kernel = procfs.oom_lines_for(pid, lines)
+    if kernel:
+        ended.update(how="oom-kill", kernel_log=kernel[-2:])
+    elif problem:
+        ended["kernel_log"] = problem
+    usage = history.get("memory_limit_usage_bytes")
+    limit = history.get("memory_limit_bytes")
+    if usage is not None and limit is not None and usage.values and limit.values:
+        share = usage.values[-1] / limit.values[-1] if limit.values[-1] else 0.0
+        ended["usage_of_limit_at_last_sample"] = round(share, 4)
+        if share >= 0.9 and ended["how"] == "killed":
+            ended["how"] = "oom-kill"
+            ended["why"] = (
+                f"no stop record, and memory was at {share:.0%} of its limit at the last sample"
+            )
+    kills = history.get("cgroup_oom_kills_total")
+    if kills is not None and len(kills.values) >= 2 and kills.values[-1] > kills.values[0]:
+        ended["cgroup_oom_kills_during_run"] = kills.values[-1] - kills.values[0]
+    if ended["how"] != "killed":
+        return ended
+    signals = history.events_of("signal")
+    end = history.last_sample
+    if signals and end is not None:
+        # The host's own handler took the signal and the process did not finish in time:
+        # what an orchestrator does after its grace period (Kubernetes: SIGKILL 30 s later).
+        last = signals[-1]
+        waited = max(end - float(last["t"]), 0.0)
+        ended["after_signal"] = {**_without_kind(last), "seconds_to_last_sample": waited}
+        ended["why"] = (
+            f"{last.get('signal')} reached its handler ({last.get('handled_by')}), and the "
+            f"process was still running {waited:.0f} s later, then ended without a stop record: "
+            "killed (SIGKILL) after a grace period"
+        )
+        return ended
+    handlers = {e.get("signal"): e.get("handler") for e in history.events_of("signal-handler")}
+    host_handler = handlers.get("SIGTERM")
+    if host_handler not in (None, "default", "ignored"):
+        # Its arrival went to the host's handler, not the agent's: say what is known.
+        ended["sigterm_handler"] = host_handler
+    started_on = next(iter(history.events_of("start")), {}).get("boot_id")
+    if started_on and current_boot:
+        if started_on != current_boot:
+            why = "the machine has restarted since (its boot id changed): a power loss or a "
+            ended.update(how="reboot", why=why + "reboot ended the run")
+        else:
+            ended["why"] = (
+                NO_STOP_RECORD + "; the machine has not restarted since, so not a power loss"
+            )
+    return ended
+
+
+def how_it_ended(
+    history: History,
+    pid: int | None,
+    run_dir: str | None = None,
+    *,
+    proc_root: str = "/proc",
+    read_kernel_log: Callable[[], Iterable[str]] = procfs.read_kmsg,
+    current_boot: Callable[[], str | None] = procfs.boot_id,
+) -> dict[str, Any]:
+    exits = history.events_of("exit")
+    if exits:  # a watcher saw it end: its record is the best evidence
+        record = _without_kind(exits[-1])
+        record.setdefault("how", "exit")
+        return record
+    stops = history.events_of("stop")
+    if stops:
+        return _from_stop(stops[-1], history)
+    if pid is not None and procfs.is_alive(pid, history.first_sample, proc_root):
+        return {"how": "running", "pid": pid}
+    if pid is None:
+        return {"how": "unknown", "why": "the history has no start record"}
+    return _without_a_stop(history, pid, run_dir, read_kernel_log, current_boot())
+
+
+def join_watcher(ended: dict[str, Any], watcher_exit: dict[str, Any] | None) -> dict[str, Any]:
+    """The agent's account joined with a watcher's (``diag watch`` outside saw the exit status
+    or signal the kernel kept): the watcher's record under ``watcher``, and its OOM-kill
+    evidence where the agent had none."""
+    if watcher_exit is None:
+        return ended
+    joined = {**ended, "watcher": _without_kind(watcher_exit)}
+    if watcher_exit.get("how") == "oom-kill" and ended.get("how") in ("killed", "unknown"):
+        joined["how"] = "oom-kill"
+    return joined
