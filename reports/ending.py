@@ -124,6 +124,8 @@ def _without_a_stop(
     read_kernel_log: Callable[[], Iterable[str]],
     current_boot: str | None,
 ) -> dict[str, Any]:
+    """No stop record: the evidence, strongest first. Each step adds what it knows to ``ended``
+    and says whether it settled the question."""
     ended: dict[str, Any] = {
         "how": "killed",
         "clean_stop": False,
@@ -138,6 +140,16 @@ def _without_a_stop(
             f"{fault['threads']} threads as it happened"
         )
         return ended
+    if _oom_evidence(ended, history, pid, read_kernel_log) or _after_a_signal(ended, history):
+        return ended
+    _unknown_signal(ended, history, current_boot)
+    return ended
+
+
+def _oom_evidence(
+    ended: dict[str, Any], history: History, pid: int, read_kernel_log: Callable[[], Iterable[str]]
+) -> bool:
+    """The kernel's line for the pid, memory at the limit, the cgroup's kill counter."""
     lines, problem = _kernel_log_lines(read_kernel_log)
     kernel = procfs.oom_lines_for(pid, lines)
     if kernel:
@@ -157,37 +169,42 @@ def _without_a_stop(
     kills = history.get("cgroup_oom_kills_total")
     if kills is not None and len(kills.values) >= 2 and kills.values[-1] > kills.values[0]:
         ended["cgroup_oom_kills_during_run"] = kills.values[-1] - kills.values[0]
-    if ended["how"] != "killed":
-        return ended
+    return bool(ended["how"] != "killed")
+
+
+def _after_a_signal(ended: dict[str, Any], history: History) -> bool:
+    """A signal reached a handler the agent wrapped, and the process went on until it was
+    killed: what an orchestrator does after its grace period (Kubernetes: SIGKILL 30 s later)."""
     signals = history.events_of("signal")
     end = history.last_sample
-    if signals and end is not None:
-        # The host's own handler took the signal and the process did not finish in time:
-        # what an orchestrator does after its grace period (Kubernetes: SIGKILL 30 s later).
-        last = signals[-1]
-        waited = max(end - float(last["t"]), 0.0)
-        ended["after_signal"] = {**_without_kind(last), "seconds_to_last_sample": waited}
-        ended["why"] = (
-            f"{last.get('signal')} reached its handler ({last.get('handled_by')}), and the "
-            f"process was still running {waited:.0f} s later, then ended without a stop record: "
-            "killed (SIGKILL) after a grace period"
-        )
-        return ended
+    if not signals or end is None:
+        return False
+    last = signals[-1]
+    waited = max(end - float(last["t"]), 0.0)
+    ended["after_signal"] = {**_without_kind(last), "seconds_to_last_sample": waited}
+    ended["why"] = (
+        f"{last.get('signal')} reached its handler ({last.get('handled_by')}), and the process "
+        f"was still running {waited:.0f} s later, then ended without a stop record: killed "
+        "(SIGKILL) after a grace period"
+    )
+    return True
+
+
+def _unknown_signal(ended: dict[str, Any], history: History, current_boot: str | None) -> None:
+    """Nothing says which signal: what is known around it (the host's own SIGTERM handler, to
+    which a SIGTERM went unseen; whether the machine restarted since)."""
     handlers = {e.get("signal"): e.get("handler") for e in history.events_of("signal-handler")}
     host_handler = handlers.get("SIGTERM")
     if host_handler not in (None, "default", "ignored"):
-        # Its arrival went to the host's handler, not the agent's: say what is known.
         ended["sigterm_handler"] = host_handler
     started_on = next(iter(history.events_of("start")), {}).get("boot_id")
-    if started_on and current_boot:
-        if started_on != current_boot:
-            why = "the machine has restarted since (its boot id changed): a power loss or a "
-            ended.update(how="reboot", why=why + "reboot ended the run")
-        else:
-            ended["why"] = (
-                NO_STOP_RECORD + "; the machine has not restarted since, so not a power loss"
-            )
-    return ended
+    if not started_on or not current_boot:
+        return
+    if started_on != current_boot:
+        why = "the machine has restarted since (its boot id changed): a power loss or a reboot"
+        ended.update(how="reboot", why=why + " ended the run")
+    else:
+        ended["why"] = NO_STOP_RECORD + "; the machine has not restarted since, so not a power loss"
 
 
 def how_it_ended(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 from diag.detect import BUCKET_SECONDS, MIN_GROUPS, DetectorConfig
@@ -39,87 +40,101 @@ def _short(name: object) -> str:
     return str(name).rsplit(".", 1)[-1]
 
 
-def ending(ended: dict[str, Any]) -> str:
-    """How the process ended, in words, from ``PostMortem.ended`` (see ``reports.ending``)."""
-    how = ended.get("how", "unknown")
-    text: str
-    if how == "signal":
-        host = ended.get("after_host_handler")
-        text = (
+def _signal_end(ended: dict[str, Any]) -> str:
+    host = ended.get("after_host_handler")
+    if host:
+        return (
             f"stopped by {ended.get('signal')} after a clean shutdown (its own handler, {host}, "
             "ran first and raised the signal again)"
-            if host
-            else f"stopped by {ended.get('signal')} (the signal's default action: it had no "
-            "handler of its own)"
         )
-    elif how == "exception":
-        exception = ended.get("exception") or {}
-        kind = _short(exception.get("type", "exception"))
-        signals = [s.get("signal") for s in ended.get("signals", [])]
-        text = f"ended by an unhandled {kind}"
-        if exception.get("message"):
-            text += f": {exception['message']}"
-        if signals:
-            text = f"stopped by {signals[-1]} ({kind}, not caught)"
-    elif how == "os-exit":
-        text = f"ended by os._exit({ended.get('status')})"
-    elif how == "crash":
-        fault = ended.get("fault") or {}
-        kind = ", ".join(str(x) for x in (fault.get("error"), fault.get("signal")) if x)
-        text = f"crashed in native code ({kind})"
-    elif how == "exit":
+    return (
+        f"stopped by {ended.get('signal')} (the signal's default action: it had no handler of "
+        "its own)"
+    )
+
+
+def _exception_end(ended: dict[str, Any]) -> str:
+    exception = ended.get("exception") or {}
+    kind = _short(exception.get("type", "exception"))
+    signals = [s.get("signal") for s in ended.get("signals", [])]
+    if signals:  # SIGINT's KeyboardInterrupt, not caught
+        return f"stopped by {signals[-1]} ({kind}, not caught)"
+    message = exception.get("message")
+    return f"ended by an unhandled {kind}" + (f": {message}" if message else "")
+
+
+def _crash_end(ended: dict[str, Any]) -> str:
+    fault = ended.get("fault") or {}
+    kind = ", ".join(str(x) for x in (fault.get("error"), fault.get("signal")) if x)
+    return f"crashed in native code ({kind})"
+
+
+def _exit_end(ended: dict[str, Any]) -> str:
+    handler = ended.get("in_signal_handler")
+    if handler:
         text = (
-            "stopped its agent (probes.stop()); the process may have run on"
-            if ended.get("reason") == "stop"
-            else "exited cleanly"
+            f"ended by its {handler['signal']} handler ({handler['handler']} called "
+            f"sys.exit({handler.get('status')})), exit status {ended.get('status')}"
         )
-        if ended.get("status") is not None:
-            text = f"exited with status {ended['status']}"
-        call, handler = ended.get("exit_call"), ended.get("in_signal_handler")
-        if handler:
-            text = (
-                f"ended by its {handler['signal']} handler ({handler['handler']} called "
-                f"sys.exit({handler.get('status')})), exit status {ended.get('status')}"
-            )
-            if handler["signal"] == "SIGABRT" and "gunicorn" in str(handler["handler"]):
-                text += ": a gunicorn worker past its --timeout, aborted by its master"
-        elif call and call.get("where"):
+        if handler["signal"] == "SIGABRT" and "gunicorn" in str(handler["handler"]):
+            text += ": a gunicorn worker past its --timeout, aborted by its master"
+        return text
+    if ended.get("status") is not None:
+        text = f"exited with status {ended['status']}"
+        call = ended.get("exit_call") or {}
+        if call.get("where"):
             text += f" (sys.exit at {_short_where(call['where'])})"
-        handled = [s for s in ended.get("signals", []) if s.get("handled_by")]
-        if handled:
-            text += f" after {handled[-1].get('signal')} (handled by {handled[-1]['handled_by']})"
-    elif how == "oom-kill":
-        text = "killed by the OOM killer"
-    elif how == "killed":
-        after = ended.get("after_signal")
-        if ended.get("signal_name"):
-            text = f"killed by {ended['signal_name']}"
-        elif after:
-            text = (
-                f"killed after {after.get('signal')} and a grace period: still running "
-                f"{after.get('seconds_to_last_sample', 0):.0f} s later, then no stop record"
-            )
-        else:
-            text = NO_STOP_RECORD
-            if ended.get("sigterm_handler"):
-                text += (
-                    f"; SIGTERM was its own handler's ({ended['sigterm_handler']}): a SIGKILL "
-                    "after an orchestrator's grace period would end it this way"
-                )
-    elif how == "reboot":
-        text = "ended when the machine restarted (power loss or a reboot)"
-    elif how == "running":
-        text = "still running"
+    elif ended.get("reason") == "stop":
+        text = "stopped its agent (probes.stop()); the process may have run on"
     else:
-        text = "ended, how is unknown"
-    watcher = ended.get("watcher")
-    if watcher:
-        seen = watcher.get("signal_name") or (
-            f"status {watcher['status']}" if watcher.get("status") is not None else None
-        )
-        if seen:
-            text += f"; diag watch saw it end with {seen}"
+        text = "exited cleanly"
+    handled = [s for s in ended.get("signals", []) if s.get("handled_by")]
+    if handled:
+        text += f" after {handled[-1].get('signal')} (handled by {handled[-1]['handled_by']})"
     return text
+
+
+def _killed_end(ended: dict[str, Any]) -> str:
+    after = ended.get("after_signal")
+    if ended.get("signal_name"):  # a watcher saw the signal
+        return f"killed by {ended['signal_name']}"
+    if after:
+        return (
+            f"killed after {after.get('signal')} and a grace period: still running "
+            f"{after.get('seconds_to_last_sample', 0):.0f} s later, then no stop record"
+        )
+    text = NO_STOP_RECORD
+    if ended.get("sigterm_handler"):
+        text += (
+            f"; SIGTERM was its own handler's ({ended['sigterm_handler']}): a SIGKILL after an "
+            "orchestrator's grace period would end it this way"
+        )
+    return text
+
+
+#: The words for each ``ended["how"]`` (see ``reports.ending``).
+ENDINGS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "signal": _signal_end,
+    "exception": _exception_end,
+    "crash": _crash_end,
+    "exit": _exit_end,
+    "killed": _killed_end,
+    "os-exit": lambda ended: f"ended by os._exit({ended.get('status')})",
+    "oom-kill": lambda ended: "killed by the OOM killer",
+    "reboot": lambda ended: "ended when the machine restarted (power loss or a reboot)",
+    "running": lambda ended: "still running",
+}
+
+
+def ending(ended: dict[str, Any]) -> str:
+    """How the process ended, in words, from ``PostMortem.ended``."""
+    words = ENDINGS.get(ended.get("how", "unknown"))
+    text = words(ended) if words is not None else "ended, how is unknown"
+    watcher = ended.get("watcher") or {}
+    seen = watcher.get("signal_name") or (
+        f"status {watcher['status']}" if watcher.get("status") is not None else None
+    )
+    return text + (f"; diag watch saw it end with {seen}" if seen else "")
 
 
 def verdict_line(report: PostMortem) -> str:
