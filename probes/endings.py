@@ -6,10 +6,11 @@ A SIGKILL leaves nothing to run, but most ends leave a moment to say what they a
   has not handled one itself when the agent starts, the agent's handler takes its place and
   chains to what was there: the default action (after a ``stop`` record naming the signal, it
   restores the default and raises the signal again, so the process dies of it with the same
-  status) or Python's ``default_int_handler`` (KeyboardInterrupt, as before). Where the host
-  has a handler already, the agent's wraps it: it records the signal's arrival, then calls it.
-  Servers that install their own handler later (uvicorn, hypercorn) capture the agent's as the
-  original, restore it after their graceful shutdown and re-raise the signal; the agent then
+  status) or Python's ``default_int_handler`` (KeyboardInterrupt, as before). A handler of
+  the host's own, set before the agent or after it, is tapped (``probes.signals``: its
+  arrival is written, then it runs). Servers that install their own handler later (uvicorn)
+  capture the agent's as the original, restore it after their graceful shutdown and re-raise
+  the signal; the agent then
   records the stop, and ``observe`` (each tick) has noted the host's handler meanwhile, so the
   report can say "stopped by SIGTERM after the host's own shutdown".
 - **Native crashes** (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL): ``faulthandler`` writes
@@ -18,6 +19,11 @@ A SIGKILL leaves nothing to run, but most ends leave a moment to say what they a
   have. A fatal Python error disables faulthandler before it aborts: it is not seen here.
 - **An unhandled exception**: ``sys.excepthook`` records its type, message and stack, then
   calls the hook that was there (which prints the traceback as before).
+- **A resource running out** (``probes.exhaustion``): an unhandled exception that says so
+  (``EMFILE``, ``can't start new thread``, ``EAGAIN`` from a fork...) also writes a
+  ``resource-exhausted`` event, from ``sys.excepthook`` and from ``threading.excepthook``
+  (chained the same way: a server's thread dying of ``EMFILE`` while the process goes on is
+  the common case), bounded to a few a minute.
 - **os._exit(status)**: skips atexit, so the agent wraps it to write a ``stop`` record first.
 - **sys.exit(status)** runs atexit but its status is lost by then: the agent wraps it to note
   the status and where it was called (a gunicorn worker's SIGABRT handler calls
@@ -45,6 +51,8 @@ from types import FrameType, TracebackType
 from typing import IO, Any
 
 from diag import OWN_DIRS
+from probes import exhaustion
+from probes.signals import SignalTap
 
 log = logging.getLogger("diag")
 
@@ -108,19 +116,34 @@ class EndRecorder:
         self._host_handlers: dict[int, str] = {}  # signal -> the host's handler seen over ours
         self._fault_file: IO[str] | None = None
         self._previous_excepthook: Callable[..., Any] | None = None
+        self._previous_threading_excepthook: Callable[..., Any] | None = None
+        self.exhaustion = exhaustion.ExhaustionRecorder(record)
         self._original_exit: Callable[[int], Any] | None = None
         self._original_sys_exit: Callable[..., Any] | None = None
         self._exit_calls = 0
         self.notes: list[str] = []
+        self._tap = SignalTap(
+            record,
+            (*ENDING_SIGNALS, signal.SIGABRT, signal.SIGQUIT),
+            describe,
+            where,
+            signal_name,
+            is_ours=lambda handler: handler == self._on_signal,
+        )
 
     # -- install and remove ------------------------------------------------------------------
 
     def install(self, run_dir: str | None) -> None:
         self._install_signals()
+        if threading.current_thread() is threading.main_thread():
+            self._tap.install()
         if run_dir is not None:
             self.open_fault_file(run_dir)
         self._previous_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
+        self._previous_threading_excepthook = threading.excepthook
+        threading.excepthook = self._threading_excepthook
+        exhaustion.activate(self.exhaustion)
         self._original_exit = os._exit
         os._exit = self._exit
         self._original_sys_exit = sys.exit
@@ -133,8 +156,8 @@ class EndRecorder:
         for signum in ENDING_SIGNALS:
             try:
                 previous = signal.getsignal(signum)
-                if previous == signal.SIG_IGN or previous is None:
-                    continue  # ignored, or set from C: not ours to touch
+                if previous is not signal.default_int_handler and previous != signal.SIG_DFL:
+                    continue  # ignored, set from C, or the host's own: the tap wraps that
                 signal.signal(signum, self._on_signal)
                 self._installed[signum] = previous
             except (OSError, ValueError) as exc:
@@ -165,6 +188,7 @@ class EndRecorder:
             self._fault_file = None
 
     def uninstall(self) -> None:
+        self._tap.uninstall()
         for signum, previous in list(self._installed.items()):
             try:
                 if signal.getsignal(signum) == self._on_signal:
@@ -175,6 +199,13 @@ class EndRecorder:
         self._close_fault_file()
         if sys.excepthook == self._excepthook and self._previous_excepthook is not None:
             sys.excepthook = self._previous_excepthook
+        if (
+            threading.excepthook == self._threading_excepthook
+            and self._previous_threading_excepthook is not None
+        ):
+            threading.excepthook = self._previous_threading_excepthook
+        if exhaustion.active() is self.exhaustion:
+            exhaustion.activate(None)
         if os._exit == self._exit and self._original_exit is not None:
             os._exit = self._original_exit  # type: ignore[assignment]
         if sys.exit == self._sys_exit and self._original_sys_exit is not None:
@@ -231,8 +262,18 @@ class EndRecorder:
             message=str(value)[:MESSAGE_CHARS],
             stack=stack_of(tb),
         )
+        self.exhaustion.seen(value, how="unhandled", force=True)
         previous = self._previous_excepthook or sys.__excepthook__
         previous(kind, value, tb)
+
+    def _threading_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        """A thread died of an exception: written down when it says a resource ran out (the
+        process goes on, so it is not the end), then the hook that was there prints it."""
+        if args.exc_value is not None:
+            thread = args.thread.name if args.thread is not None else None
+            self.exhaustion.seen(args.exc_value, how="thread", thread=thread)
+        previous = self._previous_threading_excepthook or threading.__excepthook__
+        previous(args)
 
     def _sys_exit(self, status: object = None) -> Any:
         if self._exit_calls < MAX_EXIT_CALLS:

@@ -50,20 +50,43 @@ def test_handlers_and_hooks_come_off_as_they_were(recorder, monkeypatch):
 def test_a_host_handler_installed_before_is_wrapped_and_still_called(recorder):
     endings, calls = recorder
     seen = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+
+    def drain(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, drain)
     try:
         endings.install(None)
-        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, sys._getframe())
+        assert signal.getsignal(signal.SIGTERM) is drain  # the host sees its own handler
+        signal.raise_signal(signal.SIGTERM)  # a real signal, taken by the host's handler
         assert seen == [signal.SIGTERM]
         kind, fields = calls.events[-1]
         assert kind == "signal" and fields["signal"] == "SIGTERM"
-        assert "<lambda>" in fields["handled_by"]
-        assert fields["where"].endswith("in test_a_host_handler_installed_before_is_wrapped_and_"
-                                        "still_called")  # fmt: skip
+        assert fields["handled_by"].endswith("drain")
+        assert "in test_a_host_handler_installed_before" in fields["where"]
         endings.uninstall()
-        assert signal.getsignal(signal.SIGTERM) is not endings._on_signal
+        assert signal.getsignal(signal.SIGTERM) is drain
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_host_handler_installed_after_the_agent_is_tapped_and_handed_back(recorder):
+    """As uvicorn does: save the agent's handler, install its own, restore, re-raise."""
+    endings, calls = recorder
+    endings.install(None)
+    seen = []
+
+    def handle_exit(signum, frame):
+        seen.append(signum)
+
+    original = signal.signal(signal.SIGTERM, handle_exit)
+    assert signal.getsignal(signal.SIGTERM) is handle_exit
+    signal.raise_signal(signal.SIGTERM)
+    assert seen == [signal.SIGTERM]
+    assert calls.events[-1][0] == "signal"
+    assert calls.events[-1][1]["handled_by"].endswith("handle_exit")
+    assert signal.signal(signal.SIGTERM, original) is handle_exit  # restored as it was saved
+    assert signal.getsignal(signal.SIGTERM) == endings._on_signal
 
 
 def test_a_host_handler_installed_over_ours_is_noted_once(recorder):

@@ -125,7 +125,11 @@ CASES = [
      serving, "SIGTERM", "run", 0, lambda e: e["how"] == "exit"),
     ("gunicorn uvicorn-workers SIGINT", lambda p: gunicorn(p, "uvicorn.workers.UvicornWorker"),
      serving, "SIGINT", "run", 0, lambda e: e["how"] == "exit"),
-    ("SIGTERM, then SIGKILL after a grace period", lambda p: program("stubborn"),
+    ("SIGTERM to a handler set after the agent, then SIGKILL", lambda p: program("stubborn"),
+     printed_ready, "term_then_kill", "run", -9,
+     lambda e: e["how"] == "killed" and e["after_signal"]["signal"] == "SIGTERM"
+     and "<lambda>" in e["after_signal"]["handled_by"] and "grace period" in e["_text"]),
+    ("SIGTERM to a handler set before the agent, then SIGKILL", lambda p: program("stubborn"),
      printed_ready, "term_then_kill", "embedded", -9,
      lambda e: e["how"] == "killed" and e["after_signal"]["signal"] == "SIGTERM"
      and "grace period" in e["_text"]),
