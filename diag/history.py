@@ -132,6 +132,7 @@ class HistoryWriter:
         self._fd = -1
         self._segment = 0
         self._segment_size = 0
+        self._exhausted_at: float | None = None
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         existing = _segments(run_dir)
         self._segment = existing[-1][0] if existing else 0
@@ -216,6 +217,8 @@ class HistoryWriter:
 
     def _write_failed(self, exc: OSError) -> None:
         self.stats.write_errors += 1
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            self._out_of_descriptors(exc)
         first = not self.stats.disk_full
         self.stats.disk_full = True
         if first:
@@ -233,6 +236,22 @@ class HistoryWriter:
             self.stats.dropped_bytes += cut
             del self._buffer[:cut]
             self._buffer[:0] = b"".join(self._definitions)
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """The process ran out of file descriptors as a segment was opened: a
+        ``resource-exhausted`` event into the buffer, written once a descriptor is free again
+        (at most one a minute)."""
+        now = self._monotonic()
+        if self._exhausted_at is not None and now - self._exhausted_at < 60.0:
+            return
+        self._exhausted_at = now
+        document = {
+            "kind": "resource-exhausted", "t": time.time(), "resource": "fds",
+            "error": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+            "type": "builtins.OSError", "message": str(exc)[:300], "how": "agent",
+            "where": "diag history writer: opening a segment", "stack": [],
+        }  # fmt: skip
+        self._buffer += _record(EVENT, json.dumps(document).encode())
 
     def _next_segment(self) -> None:
         if self._fd >= 0:

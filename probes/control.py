@@ -26,10 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 from diag.control import private_directory
+from probes import exhaustion
 
 log = logging.getLogger("diag")
 
 MAX_REQUEST = 4096
+#: How long the control socket waits before accepting again after running out of descriptors.
+ACCEPT_RETRY_SECONDS = 1.0
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -87,8 +90,13 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 connection, _ = server.accept()  # blocks: no wake-ups while nobody asks
-            except OSError:
-                return  # shut down by stop(), or closed after fork
+            except OSError as exc:
+                # Out of descriptors (the host leaks them): say so, wait, and serve again
+                # when some are free; anything else is stop() or a close after fork.
+                if self._stop.is_set() or not exhaustion.note(exc, "diag control socket accept"):
+                    return
+                self._stop.wait(ACCEPT_RETRY_SECONDS)
+                continue
             try:
                 message = self._read(connection)
                 if message is not None and message.get("op") in self._slow_ops:

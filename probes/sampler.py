@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from diag.metrics import HISTOGRAM_ROWS
 from diag.model import Clock, Labels, Sample, Tick, labels_of
 from diag.series import SeriesStore
+from probes import exhaustion
 from probes.base import Probe, ProbeUnavailable, notes_of
 
 log = logging.getLogger("diag")
@@ -146,6 +147,7 @@ class Sampler:
                 log.info("diag: probe %s disabled: %s", state.name, exc.reason)
             return ()
         except Exception as exc:
+            exhaustion.note(exc, f"diag probe {state.name}")  # EMFILE reading /proc, say
             self._record_failure(state, exc)
             return ()
         finally:

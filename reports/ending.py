@@ -9,7 +9,9 @@ seen before are what is left, and the document says which it used. Nothing is gu
 that simply stops is "ended without a stop record", not a SIGKILL.
 
 ``how``: exit, exception, signal, os-exit, crash, oom-kill, killed, reboot, running or
-unknown.
+unknown. Beside it, ``resource``: a resource the process ran out of (``resource-exhausted``
+events: an unhandled ``EMFILE``, a thread that died of one, the agent's own operations failing
+so), with the last ``resource_usage``/``resource_limit`` samples near that moment.
 """
 
 from __future__ import annotations
@@ -33,6 +35,71 @@ CRASH_SIGNALS = {
     "Illegal instruction": "SIGILL",
 }
 NO_STOP_RECORD = "ended without a stop record (a signal's default action, SIGKILL or power loss)"
+#: The judged resource series (``resource_usage{resource}`` against ``resource_limit``).
+RESOURCE_USAGE, RESOURCE_LIMIT = "resource_usage", "resource_limit"
+#: Each resource in words: what the process runs out of, and the series' title.
+RESOURCES: dict[str, tuple[str, str]] = {
+    "fds": ("file descriptors", "open file descriptors"),
+    "threads": ("threads", "threads"),
+    "memory_maps": ("memory maps", "memory maps"),
+    "shm": ("shared memory", "shared memory segments"),
+    "children": ("child processes", "child processes"),
+    "asyncio_tasks": ("asyncio tasks", "asyncio tasks"),
+}
+
+
+def resource_words(resource: str) -> str:
+    return RESOURCES.get(resource, (resource.replace("_", " "), ""))[0]
+
+
+def resource_title(resource: str) -> str:
+    return RESOURCES.get(resource, ("", resource.replace("_", " ")))[1]
+
+
+def _nearest(history: History, name: str, resource: str, t: float | None) -> float | None:
+    data = history.get(name, resource=resource)
+    if data is None or not data.values:
+        return None
+    if t is None:
+        return data.values[-1]
+    i = min(range(len(data.times)), key=lambda j: abs(data.times[j] - t))
+    return data.values[i]
+
+
+def ran_out(history: History) -> dict[str, Any] | None:
+    """The resource the process ran out of, from its ``resource-exhausted`` events: the one
+    that ended it (unhandled), else the first (a thread died of it, the agent's own operation
+    failed), with the usage and limit sampled nearest that moment when they were."""
+    events = history.events_of("resource-exhausted")
+    if not events:
+        return None
+    fatal = [e for e in events if e.get("how") == "unhandled"]
+    event = fatal[-1] if fatal else events[0]
+    out = _without_kind(event)
+    resource = str(event.get("resource", "?"))
+    t = event.get("t")
+    usage = _nearest(history, RESOURCE_USAGE, resource, t)
+    limit = _nearest(history, RESOURCE_LIMIT, resource, t)
+    if usage is not None:
+        out["usage"] = usage
+    if limit is not None:
+        out["limit"] = limit
+    out["events"] = len(events)
+    return out
+
+
+def how_it_ended(
+    history: History,
+    pid: int | None,
+    run_dir: str | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """How the run ended (``_how_it_ended``), with the resource it ran out of, if any."""
+    ended = _how_it_ended(history, pid, run_dir, **kwargs)
+    resource = ran_out(history)
+    if resource is not None:
+        ended["resource"] = resource
+    return ended
 
 
 def read_fault(run_dir: str) -> dict[str, Any] | None:
@@ -207,7 +274,7 @@ def _unknown_signal(ended: dict[str, Any], history: History, current_boot: str |
         ended["why"] = NO_STOP_RECORD + "; the machine has not restarted since, so not a power loss"
 
 
-def how_it_ended(
+def _how_it_ended(
     history: History,
     pid: int | None,
     run_dir: str | None = None,

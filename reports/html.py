@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from diag.units import format_bytes, format_duration
+from diag.units import format_duration
 from reports import text
 from reports.dump import render_text
 from reports.postmortem import PostMortem, SeriesReport
@@ -18,8 +18,9 @@ LEFT, RIGHT, TOP, BOTTOM = 76, 16, 34, 36
 #: A series is drawn on an axis at least this share of its level tall, so that noise of a few
 #: MiB on a flat GiB is drawn as the small wobble it is, not as a swing across the chart...
 MIN_SPAN_SHARE = 0.05
-#: ... and never shorter than this.
+#: ... and never shorter than this (a count: never shorter than a few of it).
 MIN_SPAN_BYTES = 1024.0 * 1024.0
+MIN_SPAN_COUNT = 4.0
 #: Space above and below the data, as a share of the span drawn.
 MARGIN_SHARE = 0.06
 #: An axis whose bottom would sit this close to zero (a share of its span) starts at zero.
@@ -104,7 +105,8 @@ def y_axis(series: SeriesReport) -> YAxis:
     lo, hi = min(series.values), max(series.values)
     level = max(abs(lo), abs(hi))
     flat = text.is_flat(series) and hi - lo <= 2 * text.FLAT_SHARE * max(level, 1.0)
-    least = max(MIN_SPAN_SHARE * level, MIN_SPAN_BYTES)
+    counted = series.unit != "bytes"
+    least = max(MIN_SPAN_SHARE * level, MIN_SPAN_COUNT if counted else MIN_SPAN_BYTES)
     if hi - lo < least:  # barely moves: an axis tall enough to draw the movement at its size
         middle = (lo + hi) / 2
         lo, hi = middle - least / 2, middle + least / 2
@@ -117,8 +119,10 @@ def y_axis(series: SeriesReport) -> YAxis:
         high = max(high, limit + margin)
     if min(series.values) >= 0 and low < ZERO_SNAP_SHARE * (high - low):
         low = 0.0  # memory cannot go below zero, and near it the zero line is the reference
-    unit, name = _unit(max(abs(low), abs(high)))
+    unit, name = (1.0, "") if counted else _unit(max(abs(low), abs(high)))
     step = _nice_step(high - low, unit)
+    if counted:
+        step = float(max(1, math.ceil(step)))  # a count's ticks are whole numbers
     first = math.ceil(low / step - 1e-9)
     ticks = [i * step for i in range(first, math.floor(high / step + 1e-9) + 1)]
     return YAxis(low, high, ticks, unit, name, limit, shown, flat)
@@ -127,6 +131,8 @@ def y_axis(series: SeriesReport) -> YAxis:
 def _tick_label(value: float, axis: YAxis) -> str:
     step = (axis.ticks[1] - axis.ticks[0]) / axis.unit if len(axis.ticks) > 1 else 1.0
     decimals = next((d for d in range(4) if abs(round(step, d) - step) < 1e-6 * step), 3)
+    if not axis.unit_name:  # a count
+        return f"{value:,.{decimals}f}"
     return f"{value / axis.unit:.{decimals}f} {axis.unit_name}"
 
 
@@ -165,17 +171,21 @@ def _label(x: float, y: float, words: str, fill: str, anchor: str = "start") -> 
 
 def movement_note(series: SeriesReport, axis: YAxis, seconds: float | None) -> str:
     """What the series did, for the chart's top left: its growth, or that it stayed flat."""
-    lo, hi = format_bytes(min(series.values)), format_bytes(max(series.values))
+
+    def fmt(value: float) -> str:
+        return text.format_value(series, value)
+
+    lo, hi = fmt(min(series.values)), fmt(max(series.values))
     if axis.flat:
         over = f" over {format_duration(seconds)}" if seconds is not None else ""
         return f"flat: between {lo} and {hi}{over}"
     delta = series.last - series.first
     during = f" in {format_duration(seconds)}" if seconds is not None else ""
-    note = f"{format_bytes(series.first)} → {format_bytes(series.last)}"
+    note = f"{fmt(series.first)} → {fmt(series.last)}"
     if text.is_flat(series):  # back where it started, after moving
         return f"{note}{during}, between {lo} and {hi}"
     sign = "+" if delta > 0 else "-"
-    return f"{note} ({sign}{format_bytes(abs(delta))}{during})"
+    return f"{note} ({sign}{fmt(abs(delta))}{during})"
 
 
 def headroom_note(series: SeriesReport, axis: YAxis) -> str | None:
@@ -183,9 +193,10 @@ def headroom_note(series: SeriesReport, axis: YAxis) -> str | None:
     if axis.limit is None:
         return None
     room = axis.limit - series.last
+    limit = text.format_value(series, axis.limit)
     if room <= 0.01 * axis.limit:
-        return f"limit {format_bytes(axis.limit)}, reached at the last sample"
-    note = f"limit {format_bytes(axis.limit)}, {format_bytes(room)} above the last value"
+        return f"limit {limit}, reached at the last sample"
+    note = f"limit {limit}, {text.format_value(series, room)} above the last value"
     return note if axis.limit_shown else f"{note} ↑"
 
 
@@ -309,8 +320,9 @@ def render(report: PostMortem) -> str:
         f'<div class="how {e(how)}">{e(text.verdict_line(report))}'
         f'<ul class="evidence">{evidence}</ul></div>',
     ]
+    counted = any(s.unit != "bytes" for s in report.series)
     if report.series:
-        body.append(LEGEND)
+        body.append(LEGEND.replace(">memory<", ">memory, resources in use<") if counted else LEGEND)
     for index, series in enumerate(report.series):
         body.append(f"<h2>{e(series.title)}</h2>")
         body.append(chart(series, report, index))
@@ -318,7 +330,8 @@ def render(report: PostMortem) -> str:
         f"<tr><td>{e(name)}</td><td>{e(rest)}</td></tr>"
         for name, _, rest in (line.partition(": ") for line in text.memory_lines(report))
     )
-    body.append(f"<h2>Memory, first to last sample</h2><table>{rows}</table>")
+    what = "Memory and resources" if counted else "Memory"
+    body.append(f"<h2>{what}, first to last sample</h2><table>{rows}</table>")
     if report.last_finding:
         tree = render_text(report.last_finding, width=FINDING_WIDTH)
         body.append(f'<h2>Last culprit finding</h2><pre class="finding">{e(tree)}</pre>')

@@ -11,7 +11,8 @@ def render(report: PostMortem) -> str:
     out = [f"### diag report: {text.headline(report)}", "", f"- {text.span_line(report)}"]
     out.append(f"- {text.verdict_line(report)}")
     out.extend(f"- {line}" for line in text.evidence_lines(report))
-    out += ["", "| memory | |", "|---|---|"]
+    counted = any(s.unit != "bytes" for s in report.series)
+    out += ["", "| memory and resources | |" if counted else "| memory | |", "|---|---|"]
     for line in text.memory_lines(report):
         name, _, rest = line.partition(": ")
         out.append(f"| {name} | {rest} |")

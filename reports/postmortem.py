@@ -18,7 +18,13 @@ from diag import watched
 from diag.detect import Alert, Detector, leak_episodes, replay
 from diag.history import History, SeriesData, read_run
 from diag.model import Labels
-from reports.ending import how_it_ended, join_watcher
+from reports.ending import (
+    RESOURCE_LIMIT,
+    RESOURCE_USAGE,
+    how_it_ended,
+    join_watcher,
+    resource_title,
+)
 
 MAX_PLOT_POINTS = 800
 
@@ -40,6 +46,10 @@ class SeriesReport:
     verdict: str = "insufficient_data"
     verdict_reason: str = ""
     verdict_rate: float | None = None
+    #: ``bytes`` (a ``..._bytes`` series) or ``count`` (descriptors, threads, tasks...).
+    unit: str = "bytes"
+    #: The resource a ``resource_usage`` series counts (``fds``, ``threads``...), else None.
+    resource: str | None = None
 
 
 @dataclass
@@ -68,8 +78,20 @@ class PostMortem:
         document["memory"] = [
             {"series": s.key, "first": s.first, "last": s.last, "samples": len(s.times)}
             for s in self.series
+            if s.unit == "bytes"
         ]
+        document["resources"] = [
+            {"series": s.key, "resource": s.resource, "first": s.first, "last": s.last,
+             "limit": _last_limit(s), "samples": len(s.times)}
+            for s in self.series
+            if s.unit != "bytes"
+        ]  # fmt: skip
         return document
+
+
+def _last_limit(series: SeriesReport) -> float | None:
+    limits = [x for x in series.limits if x is not None]
+    return limits[-1] if limits else None
 
 
 # -- how did it end: reports.ending ---------------------------------------------------------
@@ -100,6 +122,8 @@ def _limit_for(history: History, data: SeriesData) -> Callable[[int], float | No
     row = watched.BY_NAME[data.name]
     labels = tuple(sorted(data.labels.items()))
     readings: dict[tuple[str, Labels], float] = {}
+    if data.name == RESOURCE_USAGE:
+        return _same_labels_limit(history, data, row.total or RESOURCE_LIMIT)
     if row.total is not None:
         total = history.get(row.total, **data.labels)
         if total is not None and total.values:
@@ -122,6 +146,29 @@ def _limit_for(history: History, data: SeriesData) -> Callable[[int], float | No
         return watched.limit_for(data.name, labels, data.values[i], tick)
 
     return at
+
+
+def _same_labels_limit(
+    history: History, data: SeriesData, name: str
+) -> Callable[[int], float | None]:
+    """The limit of a count (``resource_limit{resource}`` beside ``resource_usage``) at each
+    sample's time, else its last reading: a limit raised or lowered as the run goes is drawn
+    where it changed."""
+    limit = history.get(name, **data.labels)
+    if limit is None or not limit.values:
+        return lambda i: None
+    by_time = dict(zip(limit.times, limit.values, strict=True))
+    last = limit.values[-1]
+    return lambda i: by_time.get(data.times[i], last)
+
+
+def _title(title: str, data: SeriesData) -> str:
+    """The series' title and labels; a resource's count is named by its resource."""
+    resource = data.labels.get("resource")
+    if data.name == RESOURCE_USAGE and resource is not None:
+        rest = {k: v for k, v in data.labels.items() if k != "resource"}
+        return resource_title(resource) + "".join(f" {k}={v}" for k, v in sorted(rest.items()))
+    return title + "".join(f" {k}={v}" for k, v in sorted(data.labels.items()))
 
 
 def _downsample(n: int) -> range:
@@ -175,7 +222,7 @@ def _series_reports(history: History) -> list[SeriesReport]:
                 state = str(recorded[-1].get("state", "insufficient_data"))
                 reason = str(recorded[-1].get("reason", ""))
                 rate = recorded[-1].get("rate")
-            label = title + "".join(f" {k}={v}" for k, v in sorted(data.labels.items()))
+            label = _title(title, data)
             highs = data.highs
             out.append(
                 SeriesReport(
@@ -191,6 +238,8 @@ def _series_reports(history: History) -> list[SeriesReport]:
                     verdict=state,
                     verdict_reason=reason,
                     verdict_rate=None if rate is None else float(rate),
+                    unit="bytes" if name.endswith("_bytes") else "count",
+                    resource=data.labels.get("resource") if name == RESOURCE_USAGE else None,
                 )
             )
     return out

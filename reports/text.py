@@ -8,7 +8,7 @@ from typing import Any
 
 from diag.detect import BUCKET_SECONDS, MIN_GROUPS, DetectorConfig
 from diag.units import format_bytes, format_duration, format_forecast
-from reports.ending import NO_STOP_RECORD
+from reports.ending import NO_STOP_RECORD, resource_words
 from reports.postmortem import PostMortem, SeriesReport
 
 #: How many lines of a stack the summary shows (the JSON and the history keep them all).
@@ -21,6 +21,18 @@ def when(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
         "%Y-%m-%d %H:%M:%S UTC"
     )
+
+
+def format_count(value: float) -> str:
+    """``1,024``: a count (descriptors, threads), with a fraction only where it has one."""
+    if abs(value - round(value)) < 1e-9:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def format_value(series: SeriesReport, value: float) -> str:
+    """A value of ``series`` in its unit: bytes (``1.2 GiB``) or a count (``1,024``)."""
+    return format_bytes(value) if series.unit == "bytes" else format_count(value)
 
 
 def headline(report: PostMortem) -> str:
@@ -126,10 +138,40 @@ ENDINGS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
+def _counts(resource: dict[str, Any]) -> str:
+    usage, limit = resource.get("usage"), resource.get("limit")
+    if usage is not None and limit is not None:
+        sampled = "" if usage >= limit else " at the nearest sample"
+        return f" ({format_count(usage)} of {format_count(limit)}{sampled})"
+    if limit is not None:
+        return f" (its limit: {format_count(limit)})"
+    if usage is not None:
+        return f" ({format_count(usage)} in use)"
+    return ""
+
+
+def resource_phrase(ended: dict[str, Any]) -> str:
+    """What the run ran out of, after the words of its end: `` — it ran out of file
+    descriptors (1,024 of 1,024)``; a thread that died of it, or the agent's own failure."""
+    resource = ended.get("resource")
+    if not resource:
+        return ""
+    out_of = f"it ran out of {resource_words(str(resource.get('resource')))}{_counts(resource)}"
+    how, error = resource.get("how"), resource.get("error")
+    if how == "unhandled" and ended.get("how") == "exception":
+        return f" — {out_of}"
+    if how == "unhandled":
+        return f"; {out_of}: an unhandled {_short(resource.get('type'))} ({error})"
+    if how == "thread":
+        return f"; {out_of}: its thread {resource.get('thread', '?')} died of {error}"
+    return f"; {out_of}: {resource.get('where')} failed with {error}"
+
+
 def ending(ended: dict[str, Any]) -> str:
     """How the process ended, in words, from ``PostMortem.ended``."""
     words = ENDINGS.get(ended.get("how", "unknown"))
     text = words(ended) if words is not None else "ended, how is unknown"
+    text += resource_phrase(ended)
     watcher = ended.get("watcher") or {}
     seen = watcher.get("signal_name") or (
         f"status {watcher['status']}" if watcher.get("status") is not None else None
@@ -142,8 +184,10 @@ def verdict_line(report: PostMortem) -> str:
         return no_alert_line(report)
     first = report.alerts[0]
     line = f"First leak warning at {when(first['start'])} on {first['series']}"
+    counted = any(s.key == first["series"] and s.unit != "bytes" for s in report.series)
     if first["seconds_to_oom"] is not None:
-        line += ", forecasting OOM in " + format_forecast(
+        line += ", forecasting its limit in " if counted else ", forecasting OOM in "
+        line += format_forecast(
             first["seconds_to_oom"], first["seconds_to_oom_low"], first["seconds_to_oom_high"]
         )
     if report.lead_seconds is not None:
@@ -178,12 +222,12 @@ def is_flat(series: SeriesReport) -> bool:
 
 def growth_phrase(series: SeriesReport) -> str:
     """``RSS grew 27.0 MiB -> 459.0 MiB (+432.0 MiB)``, or that it stayed flat."""
-    first, last = format_bytes(series.first), format_bytes(series.last)
+    first, last = format_value(series, series.first), format_value(series, series.last)
     delta = series.last - series.first
     if is_flat(series):
         return f"{series.title} stayed flat ({first} -> {last})"
     verb, sign = ("grew", "+") if delta > 0 else ("fell", "-")
-    return f"{series.title} {verb} {first} -> {last} ({sign}{format_bytes(abs(delta))})"
+    return f"{series.title} {verb} {first} -> {last} ({sign}{format_value(series, abs(delta))})"
 
 
 def finding_phrase(report: PostMortem) -> str | None:
@@ -250,7 +294,8 @@ def no_alert_line(report: PostMortem) -> str:
             kind = "growth that is bounded" if s.verdict == "bounded_growth" else "growth"
             notes.append(f"the detector judged {s.title} {kind}, not a leak: {s.verdict_reason}")
     over = f" over {format_duration(seconds)}" if seconds is not None else ""
-    line = f"The detector saw no leak in the recorded memory series{over}: {growth}"
+    kind = "memory series" if all(s.unit == "bytes" for s in report.series) else "series"
+    line = f"The detector saw no leak in the recorded {kind}{over}: {growth}"
     if notes:
         line += "; " + "; ".join(notes)
     if finding:
@@ -279,6 +324,7 @@ def evidence_lines(report: PostMortem) -> list[str]:
         lines.append(f"unhandled {exception.get('type')}: {exception.get('message', '')}")
         stack = list(reversed(exception.get("stack", [])))  # most recent call first
         lines.extend(f"  {frame}" for frame in stack[:STACK_LINES])
+    lines.extend(resource_lines(ended))
     fault = ended.get("fault")
     if fault:
         lines.append(f"the crashing thread ({fault.get('threads')} threads in all):")
@@ -286,14 +332,43 @@ def evidence_lines(report: PostMortem) -> list[str]:
     return lines
 
 
+def resource_lines(ended: dict[str, Any]) -> list[str]:
+    """The resource the run ran out of: the error, where, the usage against the limit, and the
+    stack of a thread that died of it (an unhandled end's stack is the exception's, above)."""
+    resource = ended.get("resource")
+    if not resource:
+        return []
+    name = resource_words(str(resource.get("resource")))
+    lines = [
+        f"ran out of {name} at {when(resource.get('t'))}: {resource.get('error')} "
+        f"({resource.get('message', '')}) in {resource.get('where')}"
+    ]
+    if resource.get("thread"):
+        lines[0] += f", thread {resource['thread']}"
+    usage, limit = resource.get("usage"), resource.get("limit")
+    if usage is not None or limit is not None:
+        counts = " of ".join(format_count(x) for x in (usage, limit) if x is not None)
+        what = (
+            "in use" if limit is None else "its limit" if usage is None else "in use of its limit"
+        )
+        lines.append(f"{name} at the sample nearest that moment: {counts} ({what})")
+    if (resource.get("events") or 1) > 1:
+        lines.append(f"resources ran out {resource['events']} times in this run (the history "
+                     "has each)")  # fmt: skip
+    if resource.get("how") != "unhandled" or ended.get("how") != "exception":
+        stack = list(reversed(resource.get("stack", [])))
+        lines.extend(f"  {frame}" for frame in stack[:STACK_LINES])
+    return lines
+
+
 def memory_lines(report: PostMortem) -> list[str]:
     lines = []
     for s in report.series:
         grew = s.last - s.first
-        sign = "+" if grew > 0 else ""  # format_bytes signs a fall itself
+        sign = "+" if grew > 0 else ""  # format_value signs a fall itself
         lines.append(
-            f"{s.title}: {format_bytes(s.first)} -> {format_bytes(s.last)} "
-            f"({sign}{format_bytes(grew)})"
+            f"{s.title}: {format_value(s, s.first)} -> {format_value(s, s.last)} "
+            f"({sign}{format_value(s, grew)})"
         )
     for endpoint, per_request in sorted(report.retained_per_request.items()):
         lines.append(f"growth per request: {format_bytes(per_request)} per {endpoint} request")
