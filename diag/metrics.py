@@ -121,6 +121,55 @@ CATALOG: tuple[MetricSpec, ...] = (
     _c("cgroup_oom_kills_total", "limits", "Processes killed by the OOM killer in the cgroup."),
     _g("system_memory_total_bytes", "limits", "Physical memory of the machine (MemTotal)."),
     _g("system_memory_available_bytes", "limits", "Memory available for new work (MemAvailable)."),
+    # resources: the judged totals and their breakdowns
+    _g(
+        "open_fds",
+        "resources",
+        "Open file descriptors by kind (file, socket, pipe, anon, device, other), refreshed on "
+        "a budget.",
+        "kind",
+    ),
+    _g(
+        "sockets",
+        "resources",
+        "Open sockets by type (tcp, tcp6, udp, udp6, unix) and kernel state, refreshed on a "
+        "budget.",
+        "state",
+        "type",
+    ),
+    _g(
+        "threads",
+        "resources",
+        'Threads of the process: kind="os" (the kernel\'s), "python".',
+        "kind",
+    ),
+    _g(
+        "asyncio_tasks",
+        "resources",
+        'Unfinished asyncio tasks per coroutine, top N; the rest summed as coroutine="other".',
+        "coroutine",
+    ),
+    _g(
+        "child_processes",
+        "resources",
+        "Child processes by state (running, sleeping, zombie...).",
+        "state",
+    ),
+    _g("memory_maps", "resources", "Memory mappings of the process (lines of /proc/PID/maps)."),
+    _g("shm_bytes", "resources", "Bytes used in /dev/shm (system-wide, not this process's)."),
+    _g(
+        "resource_usage",
+        "resources",
+        "Usage of each judged resource (fds, threads, memory_maps, shm, children, asyncio_tasks).",
+        "resource",
+    ),
+    _g(
+        "resource_limit",
+        "resources",
+        "The limit each resource is judged against (RLIMIT_NOFILE, min of pids.max and "
+        "threads-max, vm.max_map_count, /dev/shm size).",
+        "resource",
+    ),
     # tracemalloc
     _g("tracemalloc_traced_bytes", "tracemalloc", "Bytes currently traced by tracemalloc."),
     _g("tracemalloc_peak_bytes", "tracemalloc", "Peak bytes traced by tracemalloc."),
@@ -146,6 +195,10 @@ CATALOG: tuple[MetricSpec, ...] = (
     _verdict("seconds_to_oom", "Forecast time until the series reaches its limit."),
     _verdict("seconds_to_oom_low", "Low bound of the forecast time to OOM."),
     _verdict("seconds_to_oom_high", "High bound of the forecast time to OOM."),
+    _verdict("growth_per_second", "Growth rate of a resource series' lower envelope (per second)."),
+    _verdict("seconds_to_exhaustion", "Forecast time until the resource series reaches its limit."),
+    _verdict("seconds_to_exhaustion_low", "Low bound of the forecast time to exhaustion."),
+    _verdict("seconds_to_exhaustion_high", "High bound of the forecast time to exhaustion."),
     MetricSpec(
         "retained_bytes_per_request",
         "gauge",

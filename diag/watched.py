@@ -9,7 +9,10 @@ so a new watched series is one new row. Every name is also a metric of ``diag.me
 Limits: a host-memory series is judged against the headroom under the effective memory limit
 (``memory_limit_bytes`` minus ``memory_limit_usage_bytes``) added to its own value, so RSS is
 forecast to meet the limit when the cgroup's usage does; a device series against its device's
-total (a series of the same labels).
+total, and a resource (fds, threads...) against its own limit: in both, the series named in
+``total`` with the same labels (``cuda_total_bytes{device}``, ``resource_limit{resource}``).
+A ``resource`` row counts things, not bytes: its verdicts are exported as
+``growth_per_second`` and ``seconds_to_exhaustion`` instead of the memory names.
 """
 
 from __future__ import annotations
@@ -28,34 +31,41 @@ Reader = Literal["detector", "report", "analyze", "watch", "cause"]
 HOST_LIMIT = "memory_limit_bytes"
 HOST_USAGE = "memory_limit_usage_bytes"
 
+LimitKind = Literal["host", "device", "own"]
+
 
 @dataclass(frozen=True, slots=True)
 class Watched:
     name: str
     title: str
-    #: ``"host"``: headroom under the host's memory limit; ``"device"``: the total in
-    #: ``total``, same labels; ``None``: no limit (a count, a cost or a covariate).
-    limit: Literal["host", "device"] | None
+    #: ``"host"``: headroom under the host's memory limit; ``"device"`` (a GPU's total) and
+    #: ``"own"`` (a resource's limit): the series in ``total``, same labels; ``None``: no
+    #: limit (a count, a cost or a covariate).
+    limit: LimitKind | None
     readers: frozenset[Reader]
     #: diag's own dumps move it (a paused host catching up, tracemalloc's tables): held back
     #: from the detectors while one runs, and the step across discounted.
     disturbed_by_dumps: bool = False
     total: str | None = None
+    #: Counts things (fds, threads...): verdicts as growth per second and time to exhaustion.
+    resource: bool = False
 
 
 def _row(
     name: str,
     title: str,
-    limit: Literal["host", "device"] | None,
+    limit: LimitKind | None,
     *readers: Reader,
     disturbed: bool = False,
     total: str | None = None,
+    resource: bool = False,
 ) -> Watched:
-    return Watched(name, title, limit, frozenset(readers), disturbed, total)
+    return Watched(name, title, limit, frozenset(readers), disturbed, total, resource)
 
 
 MEMORY: tuple[Reader, ...] = ("detector", "report", "analyze", "cause")
 CUDA_TOTAL, GPU_TOTAL = "cuda_total_bytes", "gpu_total_bytes"
+RESOURCE_USAGE, RESOURCE_LIMIT = "resource_usage", "resource_limit"
 
 # fmt: off
 CATALOGUE: tuple[Watched, ...] = (
@@ -75,6 +85,8 @@ CATALOGUE: tuple[Watched, ...] = (
     _row("cuda_alloc_retries_total", "CUDA allocation retries",  None, "cause"),
     _row("gpu_process_used_bytes", "GPU memory (NVML)",          "device", "detector", "report",
          total=GPU_TOTAL),
+    _row(RESOURCE_USAGE, "resources",                            "own", "detector", "watch",
+         "report", total=RESOURCE_LIMIT, resource=True),
     _row("requests_total", "requests",                           None, "watch"),
     _row("leak_suspected", "leak suspected",                     None, "watch"),
 )
@@ -108,11 +120,11 @@ def limit_for(
 ) -> float | None:
     """The limit ``value`` of series ``name`` is judged against, from the same tick's
     ``readings`` keyed by (name, labels): its value plus the host's headroom, or its device's
-    total. None when the series has no limit or the readings do not give it."""
+    total or its own limit. None when the series has no limit or the readings do not give it."""
     row = BY_NAME.get(name)
     if row is None or row.limit is None:
         return None
-    if row.limit == "device":
+    if row.limit != "host":  # "device", "own": the series named in ``total``, same labels
         return readings.get((row.total or "", labels))
     room = headroom(readings.get((HOST_LIMIT, ())), readings.get((HOST_USAGE, ())))
     return None if room is None else value + room

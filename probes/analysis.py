@@ -2,8 +2,10 @@
 
 Judged: the series that ``diag.watched.CATALOGUE`` gives to the ``detector``, each against the
 limit that will stop it (``watched.limit_for``: host memory against the headroom under the
-effective limit, a GPU against its device total). Growth per request comes from the request
-counters.
+effective limit, a GPU against its device total, a resource against its own limit). Memory
+verdicts are exported as ``growth_bytes_per_second`` and ``seconds_to_oom*``, resource ones
+(fds, threads...) as ``growth_per_second`` and ``seconds_to_exhaustion*``. Growth per request
+comes from the request counters.
 
 Subscribers (``on_change``) hear of every change of verdict state; the culprit search starts
 its escalation there. A failing subscriber is logged once and never reaches the host.
@@ -32,6 +34,21 @@ log = logging.getLogger("diag")
 MAX_DETECTORS = 64
 JUDGED = frozenset(watched.names_read_by("detector"))
 DISCOUNTED = frozenset(row.name for row in watched.CATALOGUE if row.disturbed_by_dumps)
+#: The verdict metrics of a memory series and of a resource series: leak, rate, forecast.
+MEMORY_VERDICT: tuple[str, ...] = (
+    "leak_suspected",
+    "growth_bytes_per_second",
+    "seconds_to_oom",
+    "seconds_to_oom_low",
+    "seconds_to_oom_high",
+)
+RESOURCE_VERDICT: tuple[str, ...] = (
+    "leak_suspected",
+    "growth_per_second",
+    "seconds_to_exhaustion",
+    "seconds_to_exhaustion_low",
+    "seconds_to_exhaustion_high",
+)
 
 VerdictListener = Callable[[str, Verdict | None, Verdict], None]
 
@@ -53,11 +70,13 @@ class GrowthAnalyzer:
         self._requests = requests
         self._retention_series = retention_series
         self._looked_up = watched.LIMIT_INPUTS | {retention_series}
-        self._detectors: dict[str, tuple[Detector, Labels, str]] = {}
+        self._detectors: dict[str, tuple[Detector, Labels, tuple[str, ...]]] = {}
         self._retention = RetentionEstimator()
         self._listeners: list[VerdictListener] = []
         self._listener_failed = False
         self.verdicts: dict[str, Verdict] = {}
+        #: The series judged: the catalogue's (a benchmark narrows it to price the detectors).
+        self._judged = JUDGED
 
     def on_change(self, listener: VerdictListener) -> None:
         self._listeners.append(listener)
@@ -69,8 +88,9 @@ class GrowthAnalyzer:
         disturbed = self._disturbed(t)
         out: list[Sample] = []
         adjusted: dict[str, float | None] = {}
+        judged = self._judged
         for sample in samples:
-            if sample.name not in JUDGED:
+            if sample.name not in judged:
                 continue
             value: float | None = sample.value
             if sample.name in DISCOUNTED and not sample.labels:
@@ -107,16 +127,18 @@ class GrowthAnalyzer:
             if len(self._detectors) >= MAX_DETECTORS:
                 return []
             labels = tuple(sorted((("series", sample.name), *sample.labels)))
-            entry = self._detectors[key] = (Detector(limit, self.config), labels, key)
-        detector, labels, _ = entry
+            row = watched.BY_NAME.get(sample.name)
+            names = RESOURCE_VERDICT if row is not None and row.resource else MEMORY_VERDICT
+            entry = self._detectors[key] = (Detector(limit, self.config), labels, names)
+        detector, labels, names = entry
         previous = self.verdicts.get(key)
         if value is None:
-            return verdict_samples(previous, labels) if previous is not None else []
+            return verdict_samples(previous, labels, names) if previous is not None else []
         verdict = detector.update(t, value, limit)
         self.verdicts[key] = verdict
         if previous is None or previous.state != verdict.state:
             self._notify(key, previous, verdict)
-        return verdict_samples(verdict, labels)
+        return verdict_samples(verdict, labels, names)
 
     def _retained_per_request(self, t: float, memory: float) -> list[Sample]:
         if self._requests is None:
@@ -143,15 +165,19 @@ class GrowthAnalyzer:
                     log.exception("diag: a verdict subscriber failed; the host is not affected")
 
 
-def verdict_samples(verdict: Verdict, labels: Labels) -> list[Sample]:
+def verdict_samples(
+    verdict: Verdict, labels: Labels, names: tuple[str, ...] = MEMORY_VERDICT
+) -> list[Sample]:
+    """The verdict as gauges, under ``names`` (``MEMORY_VERDICT`` or ``RESOURCE_VERDICT``)."""
+    leak, rate, forecast, low, high = names
     out = [
-        Sample("leak_suspected", 1.0 if verdict.state == "leak" else 0.0, labels),
-        Sample("growth_bytes_per_second", verdict.rate or 0.0, labels),
+        Sample(leak, 1.0 if verdict.state == "leak" else 0.0, labels),
+        Sample(rate, verdict.rate or 0.0, labels),
     ]
     if verdict.seconds_to_oom is not None:
-        out.append(Sample("seconds_to_oom", verdict.seconds_to_oom, labels))
+        out.append(Sample(forecast, verdict.seconds_to_oom, labels))
     if verdict.seconds_to_oom_low is not None:
-        out.append(Sample("seconds_to_oom_low", verdict.seconds_to_oom_low, labels))
+        out.append(Sample(low, verdict.seconds_to_oom_low, labels))
     if verdict.seconds_to_oom_high is not None:
-        out.append(Sample("seconds_to_oom_high", verdict.seconds_to_oom_high, labels))
+        out.append(Sample(high, verdict.seconds_to_oom_high, labels))
     return out

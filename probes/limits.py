@@ -32,8 +32,8 @@ class MemoryCgroup:
     directories: tuple[str, ...]  # leaf first, then each ancestor up to the mount point
 
 
-def parse_proc_cgroup(text: str) -> dict[int, str]:
-    """{1: v1 memory controller path, 2: unified path} from /proc/PID/cgroup."""
+def parse_proc_cgroup(text: str, controller: str = "memory") -> dict[int, str]:
+    """{1: the v1 ``controller``'s path, 2: unified path} from /proc/PID/cgroup."""
     found: dict[int, str] = {}
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -42,13 +42,13 @@ def parse_proc_cgroup(text: str) -> dict[int, str]:
         hierarchy, controllers, path = parts
         if hierarchy == "0" and controllers == "":
             found[2] = path
-        elif "memory" in controllers.split(","):
+        elif controller in controllers.split(","):
             found[1] = path
     return found
 
 
-def parse_mountinfo(text: str) -> dict[int, CgroupMount]:
-    """The cgroup2 mount and the v1 memory-controller mount, if present."""
+def parse_mountinfo(text: str, controller: str = "memory") -> dict[int, CgroupMount]:
+    """The cgroup2 mount and the v1 ``controller``'s mount, if present."""
     found: dict[int, CgroupMount] = {}
     for line in text.splitlines():
         left, sep, right = line.partition(" - ")
@@ -60,7 +60,7 @@ def parse_mountinfo(text: str) -> dict[int, CgroupMount]:
         root, mount_point, fstype, options = fields[3], fields[4], tail[0], tail[2]
         if fstype == "cgroup2" and 2 not in found:
             found[2] = CgroupMount(2, _unescape(root), _unescape(mount_point))
-        elif fstype == "cgroup" and "memory" in options.split(",") and 1 not in found:
+        elif fstype == "cgroup" and controller in options.split(",") and 1 not in found:
             found[1] = CgroupMount(1, _unescape(root), _unescape(mount_point))
     return found
 
@@ -77,8 +77,23 @@ def locate_memory_cgroup(
 ) -> MemoryCgroup | None:
     """The directories of the process's memory cgroup, preferring v1's memory controller
     (a hybrid host accounts memory there) and falling back to the unified hierarchy."""
-    paths = parse_proc_cgroup(proc_cgroup)
-    mounts = parse_mountinfo(mountinfo)
+    return locate_cgroup(
+        proc_cgroup, mountinfo, fs_root, "memory", ("memory.limit_in_bytes", "memory.current")
+    )
+
+
+def locate_cgroup(
+    proc_cgroup: str,
+    mountinfo: str,
+    fs_root: str,
+    controller: str,
+    markers: tuple[str, str],
+) -> MemoryCgroup | None:
+    """The directories of the process's cgroup of ``controller`` (v1 first, then the unified
+    hierarchy), leaf first; a version counts only where its leaf holds ``markers[version-1]``
+    (a hybrid host's unified mount may carry no such controller)."""
+    paths = parse_proc_cgroup(proc_cgroup, controller)
+    mounts = parse_mountinfo(mountinfo, controller)
     for version in (1, 2):
         if version not in paths or version not in mounts:
             continue
@@ -88,9 +103,8 @@ def locate_memory_cgroup(
             relative = relative[len(mount.root) :]
         leaf = os.path.normpath(fs_root + mount.mount_point + "/" + relative.lstrip("/"))
         top = os.path.normpath(fs_root + mount.mount_point)
-        limit_file = "memory.limit_in_bytes" if version == 1 else "memory.current"
-        if not os.path.exists(os.path.join(leaf, limit_file)):
-            continue  # a hybrid host's unified mount carries no memory controller
+        if not os.path.exists(os.path.join(leaf, markers[version - 1])):
+            continue
         directories = [leaf]
         while directories[-1] != top and directories[-1].startswith(top):
             directories.append(os.path.dirname(directories[-1]))

@@ -1,11 +1,12 @@
 """Watching a process from outside: the engine behind ``diag watch`` and the demo.
 
 A ``Watcher`` samples any process's RSS (and USS/PSS, swap), its cgroup limit and OOM-kill
-counter and its NVML GPU memory with the same probes the agent uses, judges RSS with the same
-detector, reads a richer view from an agent running in the target (over its control socket),
-records a history that ``diag report`` reads, and, when the target is gone, works out how it
-ended from what an outsider can see. Time, the agent reader and the kernel log are passed in;
-``follow`` is the loop both commands run.
+counter, its NVML GPU memory and its resources (fds by kind, sockets by state, threads,
+children, memory maps, /dev/shm) with the same probes the agent uses, judges RSS and each
+resource against its limit with the same detector, reads a richer view from an agent running
+in the target (over its control socket), records a history that ``diag report`` reads, and,
+when the target is gone, works out how it ended from what an outsider can see. Time, the
+agent reader and the kernel log are passed in; ``follow`` is the loop both commands run.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ from diag.detect import (
     Verdict,
 )
 from diag.history import HistoryWriter, default_root, run_name
-from diag.model import Clock, Sample, series_key
+from diag.model import Clock, Labels, Sample, series_key
 from probes.base import ProbeUnavailable
 from probes.cuda import NvmlProbe
 from probes.limits import LimitsProbe
 from probes.process import ProcessProbe
+from probes.resources import ResourceProbe
 
 RSS = "process_resident_memory_bytes"
+#: What the resource readings may cost ``diag watch`` per tick, amortized (the by-kind fd
+#: listing is budgeted by it: 40 ms for 10k fds runs every 40 s at a 1 s interval).
+WATCH_TICK_BUDGET = 1e-3
 
 AgentReader = Callable[[int], "dict[str, float] | None"]
 
@@ -91,6 +96,7 @@ class Watcher:
         read_agent: AgentReader = agent_series,
         read_kernel_log: Callable[[], Iterable[str]] = procfs.read_kmsg,
         proc_root: str = "/proc",
+        interval: float = 1.0,
     ) -> None:
         self.pid = pid
         self._clock = clock
@@ -100,10 +106,15 @@ class Watcher:
         self.process = ProcessProbe(pid, proc_root=proc_root)
         self.limits = LimitsProbe(pid, proc_root=proc_root)
         self.nvml = NvmlProbe(pid)
-        self.fixed_limit = limit
-        self.detector = Detector(
-            limit, DetectorConfig(sensitivity=sensitivity, time_scale=time_scale)
+        self.resources = ResourceProbe(
+            pid, proc_root=proc_root, interval=interval, tick_budget=WATCH_TICK_BUDGET
         )
+        self.fixed_limit = limit
+        config = DetectorConfig(sensitivity=sensitivity, time_scale=time_scale)
+        self.detector = Detector(limit, config)
+        #: One detector per resource (fds, threads...), each against its own limit.
+        self.resource_detectors: dict[str, Detector] = {}
+        self._config = config
         self.recent = RecentRate()
         # The agent's dumps disturb RSS: held back while one runs and until it settles.
         self.discount = DisturbanceDiscount()
@@ -131,6 +142,7 @@ class Watcher:
         except ProbeUnavailable:
             return None
         samples = list(samples) + self._optional(self.limits) + self._optional(self.nvml)
+        samples += self._optional(self.resources)
         values = {(s.name, s.labels): s.value for s in samples}
         rss = values[(RSS, ())]
         limit = self.fixed_limit
@@ -152,6 +164,7 @@ class Watcher:
         recent = self.recent.update(t, rss)
         self.verdict = verdict
         self.saw_leak = self.saw_leak or verdict.state == "leak"
+        resources = self._judge_resources(t, samples, values)
         if self.writer is not None:
             self.writer.write_samples(t, samples)
             if previous is None or previous.state != verdict.state:
@@ -169,11 +182,47 @@ class Watcher:
             "seconds_to_oom_low": verdict.seconds_to_oom_low,
             "seconds_to_oom_high": verdict.seconds_to_oom_high,
         }
+        if resources:
+            row["resources"] = resources
+            row["breakdown"] = breakdown(samples)
+        if self.resources.notes:
+            row["notes"] = list(self.resources.notes)
         if agent is not None:
             row["agent"] = agent
         return row
 
-    def _optional(self, probe: LimitsProbe | NvmlProbe) -> list[Sample]:
+    def _judge_resources(
+        self, t: float, samples: list[Sample], values: dict[tuple[str, Labels], float]
+    ) -> dict[str, dict[str, Any]]:
+        """Each resource's usage, limit and verdict (the agent's rule: ``limit_for``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for sample in samples:
+            if sample.name != USAGE:
+                continue
+            resource = dict(sample.labels)["resource"]
+            limit = watched.limit_for(USAGE, sample.labels, sample.value, values)
+            detector = self.resource_detectors.get(resource)
+            if detector is None:
+                detector = self.resource_detectors[resource] = Detector(limit, self._config)
+            previous = detector.verdict
+            verdict = detector.update(t, sample.value, limit)
+            self.saw_leak = self.saw_leak or verdict.state == "leak"
+            if self.writer is not None and previous.state != verdict.state:
+                key = series_key(USAGE, sample.labels)
+                self.writer.write_event("verdict", t, series=key, **verdict.fields())
+            out[resource] = {
+                "usage": sample.value,
+                "limit": limit,
+                "verdict": verdict.state,
+                "reason": verdict.reason,
+                "growth_per_second": verdict.rate,
+                "seconds_to_exhaustion": verdict.seconds_to_oom,
+                "seconds_to_exhaustion_low": verdict.seconds_to_oom_low,
+                "seconds_to_exhaustion_high": verdict.seconds_to_oom_high,
+            }
+        return out
+
+    def _optional(self, probe: LimitsProbe | NvmlProbe | ResourceProbe) -> list[Sample]:
         try:
             return list(probe.sample())
         except ProbeUnavailable:
@@ -219,6 +268,23 @@ class Watcher:
             self.writer.close()
         self.process.close()
         self.limits.close()
+        self.resources.close()
+
+
+USAGE = watched.RESOURCE_USAGE
+#: The breakdowns a watch row carries: {metric: {"label value(s)": count}}.
+BREAKDOWNS = ("open_fds", "sockets", "child_processes", "threads")
+
+
+def breakdown(samples: list[Sample]) -> dict[str, dict[str, float]]:
+    """The resource breakdowns of a tick, e.g. ``{"sockets": {"tcp CLOSE_WAIT": 3}}``."""
+    out: dict[str, dict[str, float]] = {}
+    for sample in samples:
+        if sample.name in BREAKDOWNS:
+            labels = dict(sample.labels)
+            key = " ".join(labels[k] for k in ("type", "state", "kind") if k in labels)
+            out.setdefault(sample.name, {})[key] = sample.value
+    return out
 
 
 def follow(

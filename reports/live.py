@@ -65,12 +65,68 @@ def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
     forecast = forecast_of(row)
     if forecast is not None:
         table.add_row("time to OOM", forecast)
+    for label, text in resource_rows(row):
+        table.add_row(label, text)
     agent = {k: v for k, v in row.get("agent", {}).items() if k not in DUMP_STATE}
     for key, value in sorted(agent.items())[:12]:
         is_bytes = key.endswith("bytes") or "bytes{" in key
         table.add_row(f"agent {key}"[:48], format_bytes(value) if is_bytes else f"{value:,.0f}")
     title = f"diag watch: pid {pid} {' '.join(command)[:60]}"
     return Panel(table, title=title, subtitle="d: dump · Ctrl-C: stop", expand=False)
+
+
+#: The resources a live view shows, in order, with their short names.
+SHOWN_RESOURCES = (
+    ("fds", "fds"),
+    ("threads", "threads"),
+    ("children", "children"),
+    ("memory_maps", "maps"),
+    ("shm", "shm"),
+    ("asyncio_tasks", "tasks"),
+)
+
+
+def _amount(resource: str, value: float) -> str:
+    return format_bytes(value) if resource == "shm" else f"{value:,.0f}"
+
+
+def resource_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The panel's resource rows: one line of usage against limits, the fds and sockets
+    breakdown, and a line per resource whose verdict is not steady."""
+    resources = row.get("resources") or {}
+    if not resources:
+        return []
+    parts = []
+    for key, short in SHOWN_RESOURCES:
+        entry = resources.get(key)
+        if entry is None:
+            continue
+        text = f"{short} {_amount(key, entry['usage'])}"
+        if entry.get("limit"):
+            text += f"/{_amount(key, entry['limit'])} ({entry['usage'] / entry['limit']:.0%})"
+        parts.append(text)
+    out = [("resources", " · ".join(parts))]
+    breakdown = row.get("breakdown") or {}
+    fds = {k: v for k, v in (breakdown.get("open_fds") or {}).items() if v}
+    if fds:
+        out.append(("fds by kind", ", ".join(f"{k} {v:,.0f}" for k, v in fds.items())))
+    sockets = breakdown.get("sockets") or {}
+    if sockets:
+        top = sorted(sockets.items(), key=lambda kv: -kv[1])[:4]
+        out.append(("sockets", ", ".join(f"{k} {v:,.0f}" for k, v in top)))
+    for key, short in SHOWN_RESOURCES:
+        entry = resources.get(key)
+        if entry is None or entry["verdict"] not in ("leak", "growing"):
+            continue
+        text = f"{entry['verdict']}"
+        rate = entry.get("growth_per_second")
+        if rate:
+            text += f", +{_amount(key, rate * 3600)}/h"
+        forecast = exhaustion_of(entry)
+        if forecast is not None:
+            text += f", exhausted in {forecast}"
+        out.append((f"{short}", text))
+    return out
 
 
 def tick_line(row: dict[str, Any]) -> str:
@@ -82,7 +138,29 @@ def tick_line(row: dict[str, Any]) -> str:
     forecast = forecast_of(row)
     if forecast is not None:
         text += f", OOM in {forecast}"
+    resources = row.get("resources") or {}
+    if "fds" in resources:
+        text += f"; fds {resources['fds']['usage']:,.0f}"
+    if "threads" in resources:
+        text += f", threads {resources['threads']['usage']:,.0f}"
+    for key, short in SHOWN_RESOURCES:
+        entry = resources.get(key)
+        if entry is not None and entry["verdict"] == "leak":
+            text += f"; {short} leak"
+            forecast = exhaustion_of(entry)
+            if forecast is not None:
+                text += f", exhausted in {forecast}"
     return text
+
+
+def exhaustion_of(entry: dict[str, Any]) -> str | None:
+    if entry.get("seconds_to_exhaustion") is None:
+        return None
+    return format_forecast(
+        entry["seconds_to_exhaustion"],
+        entry.get("seconds_to_exhaustion_low"),
+        entry.get("seconds_to_exhaustion_high"),
+    )
 
 
 def ended_text(ended: dict[str, Any]) -> str:

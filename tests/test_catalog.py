@@ -10,6 +10,8 @@ from probes.cuda import CudaProbe
 UNITS = (
     *("bytes", "seconds", "total", "objects", "blocks", "info", "series"),
     *("enabled", "suspected", "full", "active"),
+    # resources: counts of what they name, and a rate per second
+    *("fds", "sockets", "threads", "tasks", "processes", "maps", "usage", "limit", "second"),
 )
 
 

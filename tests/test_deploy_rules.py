@@ -28,5 +28,6 @@ def test_rules_use_only_metrics_diag_exports():
     for name in set(re.findall(r"\bdiag_(\w+)", text)):
         assert name in BY_NAME, f"diag_{name} is not a diag metric"
     for alert in ("DiagMemoryLeakSuspected", "DiagOutOfMemorySoon",
-                  "DiagMemoryRetainedPerRequest", "ProcessMemoryPredictedOverLimit"):  # fmt: skip
+                  "DiagMemoryRetainedPerRequest", "ProcessMemoryPredictedOverLimit",
+                  "DiagResourceLeakSuspected", "DiagResourceExhaustionSoon"):  # fmt: skip
         assert alert in (RULES / "diag-rules.test.yml").read_text(), f"{alert} has no test"

@@ -56,6 +56,13 @@ NEED_HISTORY = {
     "seconds_to_oom",
     "seconds_to_oom_low",
     "seconds_to_oom_high",
+    "seconds_to_exhaustion",
+    "seconds_to_exhaustion_low",
+    "seconds_to_exhaustion_high",
+    # Rows only while the process holds sockets or unfinished asyncio tasks (this test's does
+    # not); tests/test_resources_e2e.py scrapes them from real holders (not through promtool).
+    "sockets",
+    "asyncio_tasks",
 }
 
 

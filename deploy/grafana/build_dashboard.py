@@ -179,17 +179,94 @@ panels = [
         12,
         32,
     ),
+    panel(
+        13,
+        "Resources: share of their limits",
+        "percentunit",
+        [
+            (
+                f"diag_resource_usage{{{SEL}}} / on (instance, worker, resource) "
+                f"diag_resource_limit{{{SEL}}}",
+                "{{instance}} {{resource}}",
+            ),
+        ],
+        0,
+        40,
+    ),
+    panel(
+        14,
+        "Time to resource exhaustion (forecast, low, high)",
+        "s",
+        [
+            (f"diag_seconds_to_exhaustion{{{SEL}}}", "{{instance}} {{resource}}"),
+            (f"diag_seconds_to_exhaustion_low{{{SEL}}}", "low {{instance}} {{resource}}"),
+            (f"diag_seconds_to_exhaustion_high{{{SEL}}}", "high {{instance}} {{resource}}"),
+        ],
+        12,
+        40,
+        w=6,
+    ),
+    panel(
+        15,
+        "Resource growth per hour",
+        "none",
+        [
+            (f"diag_growth_per_second{{{SEL}}} * 3600", "{{instance}} {{resource}}"),
+        ],
+        18,
+        40,
+        w=6,
+    ),
+    panel(
+        16,
+        "Open fds by kind",
+        "none",
+        [(f"diag_open_fds{{{SEL}}}", "{{instance}} {{kind}}")],
+        0,
+        48,
+        w=8,
+    ),
+    panel(
+        17,
+        "Sockets by type and state",
+        "none",
+        [
+            (
+                f"sum by (instance, type, state) (diag_sockets{{{SEL}}})",
+                "{{instance}} {{type}} {{state}}",
+            )
+        ],
+        8,
+        48,
+        w=8,
+    ),
+    panel(
+        18,
+        "Threads, children, asyncio tasks",
+        "none",
+        [
+            (f"diag_threads{{{SEL}}}", "threads {{kind}} {{instance}}"),
+            (f"diag_child_processes{{{SEL}}}", "children {{state}} {{instance}}"),
+            (
+                f"sum by (instance) (diag_asyncio_tasks{{{SEL}}})",
+                "asyncio tasks {{instance}}",
+            ),
+        ],
+        16,
+        48,
+        w=8,
+    ),
 ]
 
 dashboard = {
-    "title": "diag: memory leaks and time to OOM",
+    "title": "diag: memory and resource leaks, time to OOM and to exhaustion",
     "uid": "diag-memory",
     "schemaVersion": 39,
     "version": 1,
     "editable": True,
     "time": {"from": "now-6h", "to": "now"},
     "refresh": "30s",
-    "tags": ["diag", "memory"],
+    "tags": ["diag", "memory", "resources"],
     "templating": {
         "list": [
             {

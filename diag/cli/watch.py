@@ -71,7 +71,9 @@ def watch(
 
         result = attach(pid, {})
         click.echo(f"agent started in pid {pid} (python {result.get('python')})", err=True)
-    watcher = Watcher(pid, history, sensitivity=sensitivity, time_scale=time_scale)
+    watcher = Watcher(
+        pid, history, sensitivity=sensitivity, time_scale=time_scale, interval=interval
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     live = keys = None

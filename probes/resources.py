@@ -1,0 +1,632 @@
+"""Resources other than memory: file descriptors, sockets, threads, children, memory maps,
+shared memory and asyncio tasks, each a judged total (``resource_usage{resource}`` against
+``resource_limit{resource}``) with a breakdown beside it.
+
+Every tick (a few microseconds, whatever the process holds):
+
+- the open-fd count from ``stat("/proc/PID/fd").st_size``, which the kernel (6.2+) fills with
+  the count in constant time; where it does not (0, or a fixture tree), the count of the last
+  listing is used and the listing is refreshed on its budget;
+- the OS thread count (``Threads:`` of ``/proc/PID/status``), inside also ``threading``'s;
+- ``/dev/shm``'s used and total bytes (one ``statvfs``; system-wide, not this process's).
+
+On budgeted cadences (``Cadence``: as often as every tick while cheap, never more often than
+keeps their amortized cost per tick within ``tick_budget`` at the agent's ``interval``): the fds
+by kind (one readlink per fd: 40 ms for 10k fds here) with the sockets by type and state
+(``/proc/PID/net/*``), the memory map count (a line count of ``/proc/PID/maps``), the children by
+state (``/proc/PID/task/*/children``), and, inside a process that imported asyncio, its tasks
+by coroutine (their count, tasks not yet garbage-collected, is read every tick: one ``len``).
+Between passes the last reading is repeated. The limits (RLIMIT_NOFILE, the pids
+cgroup and ``kernel.threads-max``, ``vm.max_map_count``) are re-read every ``limits_interval``.
+
+Every parser is a pure function over bytes and every root is a parameter, so the tests feed
+fixture trees. A reading that cannot be taken is left out and explained once in ``notes``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from diag.model import Labels, Sample, labels_of
+from diag.settings import DEFAULT_INTERVAL
+from probes.base import Cadence, ProbeUnavailable, ProcFile, read_text
+from probes.limits import MemoryCgroup, locate_cgroup, parse_limit
+
+FD_KINDS = ("file", "socket", "pipe", "anon", "device", "other")
+#: The judged resources, in the order they are shown.
+RESOURCES = ("fds", "threads", "memory_maps", "shm", "children", "asyncio_tasks")
+#: Kernel TCP states (include/net/tcp_states.h); UDP reports its sockets in the same numbers.
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+#: /proc/net/unix's St column (socket_state); a listening socket carries __SO_ACCEPTCON.
+UNIX_STATES = {1: "UNCONNECTED", 2: "CONNECTING", 3: "CONNECTED", 4: "DISCONNECTING"}
+UNIX_ACCEPTCON = 0x10000
+NET_TABLES = ("tcp", "tcp6", "udp", "udp6", "unix")
+#: /proc/PID/stat's state letters.
+PROCESS_STATES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "disk_sleep",
+    "T": "stopped",
+    "t": "tracing_stop",
+    "Z": "zombie",
+    "X": "dead",
+    "I": "idle",
+    "P": "parked",
+}
+#: Shown even at 0, so an alert on zombies has a series before the first one.
+CHILD_STATES_SHOWN = ("running", "sleeping", "zombie")
+#: The readings on cadences and their share of ``tick_budget``.
+SHARES = {"fds": 0.55, "maps": 0.2, "children": 0.15, "asyncio": 0.1}
+#: The amortized cost per tick that all budgeted readings together may add (the issue's 30 µs
+#: for the whole probe, less the every-tick part measured by ``python -m benchmarks resources``).
+TICK_BUDGET = 15e-6
+
+
+# -- parsers: pure functions over what /proc gives --------------------------------------------
+
+
+def fd_kind(target: str) -> str:
+    """The kind of an fd from its /proc/PID/fd link target."""
+    if target.startswith("socket:"):
+        return "socket"
+    if target.startswith("pipe:"):
+        return "pipe"
+    if target.startswith("anon_inode:"):
+        return "anon"
+    if target.startswith("/dev/") and not target.startswith(("/dev/shm/", "/dev/mqueue/")):
+        return "device"
+    if target.startswith("/"):
+        return "file"  # also "(deleted)" files and memfds ("/memfd:name (deleted)")
+    return "other"  # namespaces ("net:[...]"), and whatever a kernel adds
+
+
+def socket_inode(target: str) -> int | None:
+    """The inode of a ``socket:[123]`` link target."""
+    if target.startswith("socket:[") and target.endswith("]"):
+        try:
+            return int(target[8:-1])
+        except ValueError:
+            return None
+    return None
+
+
+def parse_net_inet(text: bytes) -> dict[int, str]:
+    """{inode: state} from /proc/net/tcp, tcp6, udp or udp6."""
+    out: dict[int, str] = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        try:
+            state, inode = int(fields[3], 16), int(fields[9])
+        except ValueError:
+            continue
+        out[inode] = TCP_STATES.get(state, "none")
+    return out
+
+
+def parse_net_unix(text: bytes) -> dict[int, str]:
+    """{inode: state} from /proc/net/unix (LISTEN for a listening socket)."""
+    out: dict[int, str] = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 7:
+            continue
+        try:
+            flags, state, inode = int(fields[3], 16), int(fields[5], 16), int(fields[6])
+        except ValueError:
+            continue
+        out[inode] = "LISTEN" if flags & UNIX_ACCEPTCON else UNIX_STATES.get(state, "none")
+    return out
+
+
+def parse_limits_file(text: bytes, name: bytes = b"Max open files") -> int | None:
+    """The soft limit of ``name`` in /proc/PID/limits; None for unlimited."""
+    for line in text.splitlines():
+        if line.startswith(name):
+            soft = line[len(name) :].split()[0]
+            return None if soft == b"unlimited" else int(soft)
+    raise ValueError(f"no {name.decode()!r} line")
+
+
+def parse_threads(status: bytes) -> int:
+    """``Threads:`` of /proc/PID/status."""
+    at = status.find(b"\nThreads:")
+    if at < 0:
+        raise ValueError("no Threads line in status")
+    return int(status[at + 9 : status.find(b"\n", at + 9)].split()[0])
+
+
+def parse_stat_state(stat: bytes) -> str:
+    """The state of /proc/PID/stat, named (``zombie``...)."""
+    letter = stat.rsplit(b")", 1)[1].split()[0].decode()
+    return PROCESS_STATES.get(letter, "other")
+
+
+def parse_children(text: bytes) -> list[int]:
+    return [int(part) for part in text.split()]
+
+
+def top_with_other(counts: Counter[str], top: int) -> dict[str, int]:
+    """The ``top`` most common keys, the rest summed as ``other``."""
+    out = dict(counts.most_common(top))
+    rest = sum(counts.values()) - sum(out.values())
+    if rest:
+        out["other"] = out.get("other", 0) + rest
+    return out
+
+
+def coroutine_name(task: Any) -> str:
+    get_coro = getattr(task, "get_coro", None)
+    coro = get_coro() if get_coro is not None else None
+    if coro is None:
+        return "other"
+    return str(getattr(coro, "__qualname__", None) or type(coro).__name__)
+
+
+def asyncio_task_sets() -> list[Collection[Any]] | None:
+    """The sets asyncio keeps its tasks in, without importing it: None when the host has not
+    imported asyncio; an empty list on a Python whose asyncio keeps them elsewhere."""
+    tasks = sys.modules.get("asyncio.tasks")
+    if tasks is None:
+        return None
+    found = []
+    for attr in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):  # 3.10-3.11; 3.12-3.13
+        value = getattr(tasks, attr, None)
+        if value is not None:
+            found.append(value)
+    return found
+
+
+def snapshot(items: Iterable[Any]) -> list[Any]:
+    """A list of a (weak) set another thread may change meanwhile: retried, as asyncio does."""
+    for _ in range(100):
+        try:
+            return list(items)
+        except RuntimeError:
+            continue
+    return []
+
+
+# -- the probe ----------------------------------------------------------------------------
+
+
+class ResourceProbe:
+    name = "resources"
+
+    def __init__(
+        self,
+        pid: int | None = None,
+        *,
+        proc_root: str = "/proc",
+        fs_root: str = "",
+        shm_path: str | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        tick_budget: float = TICK_BUDGET,
+        limits_interval: float = 30.0,
+        top: int = 10,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pid = pid
+        self.inside = pid is None
+        where = "self" if pid is None else str(pid)
+        self._proc_root = proc_root
+        self._fs_root = fs_root
+        self._dir = f"{proc_root}/{where}"
+        self._fd_dir = f"{self._dir}/fd"
+        self._task_dir = f"{self._dir}/task"
+        self._status = ProcFile(f"{self._dir}/status")
+        self._maps = ProcFile(f"{self._dir}/maps", 1 << 16)
+        self._limits_file = ProcFile(f"{self._dir}/limits")
+        self._threads_max = ProcFile(f"{proc_root}/sys/kernel/threads-max", 64)
+        self._max_map_count = ProcFile(f"{proc_root}/sys/vm/max_map_count", 64)
+        if shm_path is None:
+            shm_path = "/dev/shm" if pid is None else f"{self._dir}/root/dev/shm"
+        self._shm_path = shm_path
+        self._top = top
+        # The budget is per tick; a Cadence budgets wall time: divide by the tick interval.
+        per_second = tick_budget / max(interval, 1e-3)
+        self._cadences = {
+            name: Cadence(0.0, budget=per_second * share, monotonic=monotonic)
+            for name, share in SHARES.items()
+        }
+        self._limits_cadence = Cadence(limits_interval, budget=1e-3, monotonic=monotonic)
+        self._pids_max: list[ProcFile] | None = None
+        # Readings, repeated between passes.
+        self._fd_count_trusted: bool | None = None  # st_size is the count (checked on listing)
+        self._fds_listed: int | None = None
+        self._fd_kinds: dict[str, int] = {}
+        self._sockets: dict[tuple[str, str], int] = {}
+        self._maps_count: int | None = None
+        self._children: dict[str, int] | None = None
+        self._tasks: dict[str, int] | None = None
+        self._limits: dict[str, float] = {}
+        self._notes: dict[str, str] = {}
+        self._labels: dict[tuple[str, str], Labels] = {}
+        self._nlink_trusted = False
+        self._cached: list[Sample] | None = None  # the samples that change only with a pass
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(self._notes.values())
+
+    def _note(self, what: str, text: str) -> None:
+        self._notes[what] = f"{what}: {text}"
+
+    def _label(self, key: str, value: str) -> Labels:
+        labels = self._labels.get((key, value))
+        if labels is None:
+            labels = self._labels[(key, value)] = ((key, value),)
+        return labels
+
+    # -- the tick ----------------------------------------------------------------------
+
+    def sample(self) -> list[Sample]:
+        if self._limits_cadence.due():
+            self._limits_cadence.run(self._refresh_limits)  # also checks the process is there
+        label = self._label
+        threads = self._thread_count()
+        out: list[Sample] = []
+        usage: list[tuple[str, float]] = []
+        if threads is not None:
+            usage.append(("threads", threads))
+            out.append(Sample("threads", float(threads), label("kind", "os")))
+        if self.inside:
+            out.append(Sample("threads", float(threading.active_count()), label("kind", "python")))
+        fds = self._fd_count()
+        if fds is not None:
+            usage.append(("fds", fds))
+        self._run("maps", self._refresh_maps)
+        self._run("children", self._refresh_children)
+        if self.inside:
+            sets = asyncio_task_sets()
+            if sets:  # the count every tick (len of a set), the breakdown on its budget
+                usage.append(("asyncio_tasks", sum(len(tasks) for tasks in sets)))
+                self._run("asyncio", self._refresh_tasks)
+            elif sets is not None and "asyncio_tasks" not in self._notes:
+                self._note("asyncio_tasks", "this Python's asyncio keeps its tasks out of reach")
+        shm = self._shm()
+        if shm is not None:
+            usage.append(("shm", shm[0]))
+            out.append(Sample("shm_bytes", float(shm[0])))
+            if self._limits.get("shm") != shm[1]:
+                self._limits["shm"] = shm[1]
+                self._cached = None
+        for resource, value in usage:
+            out.append(Sample("resource_usage", float(value), label("resource", resource)))
+        if self._cached is None:
+            self._cached = self._slow_samples()
+        out.extend(self._cached)
+        return out
+
+    def _slow_samples(self) -> list[Sample]:
+        """What changes only with a pass or a limit: built once, repeated until then."""
+        label = self._label
+        out: list[Sample] = []
+        if self._fd_kinds or self._fds_listed is not None:
+            for kind in FD_KINDS:
+                n = self._fd_kinds.get(kind, 0)
+                out.append(Sample("open_fds", float(n), label("kind", kind)))
+            for (kind, state), n in self._sockets.items():
+                out.append(Sample("sockets", float(n), labels_of(type=kind, state=state)))
+        if self._maps_count is not None:
+            out.append(Sample("memory_maps", float(self._maps_count)))
+            out.append(
+                Sample("resource_usage", float(self._maps_count), label("resource", "memory_maps"))
+            )
+        if self._children is not None:
+            for state, n in self._children.items():
+                out.append(Sample("child_processes", float(n), label("state", state)))
+            total = float(sum(self._children.values()))
+            out.append(Sample("resource_usage", total, label("resource", "children")))
+        for name, n in (self._tasks or {}).items():
+            out.append(Sample("asyncio_tasks", float(n), label("coroutine", name)))
+        for resource in RESOURCES:
+            limit = self._limits.get(resource)
+            if limit is not None:
+                out.append(Sample("resource_limit", float(limit), label("resource", resource)))
+        return out
+
+    def _thread_count(self) -> int | None:
+        """The kernel's thread count: the task directory's link count (2 + threads, one stat)
+        where a reading of status's ``Threads:`` confirmed it, else ``Threads:`` itself."""
+        if self._nlink_trusted:
+            try:
+                return os.stat(self._task_dir).st_nlink - 2
+            except FileNotFoundError as exc:
+                raise ProbeUnavailable(f"process {self.pid} has exited", permanent=True) from exc
+        try:
+            return parse_threads(self._read_status())
+        except ValueError:
+            return None  # a fixture's status may lack it
+
+    def _read_status(self) -> bytes:
+        try:
+            return self._status.read()
+        except ProcessLookupError as exc:
+            raise ProbeUnavailable(f"process {self.pid} has exited", permanent=True) from exc
+        except FileNotFoundError as exc:
+            raise ProbeUnavailable(f"no such process: {self.pid}", permanent=True) from exc
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise ProbeUnavailable(f"process {self.pid} has exited", permanent=True) from exc
+            raise
+
+    def _run(self, name: str, reading: Callable[[], None]) -> None:
+        cadence = self._cadences[name]
+        if cadence.due():
+            cadence.run(reading)
+            self._cached = None
+
+    # -- fds and sockets ---------------------------------------------------------------
+
+    def _fd_count(self) -> int | None:
+        """Every tick: st_size where the kernel gives the count, else the last listing's."""
+        if self._fd_count_trusted is not False:
+            try:
+                size = os.stat(self._fd_dir).st_size
+            except PermissionError:
+                self._fd_denied()
+                return None
+            except FileNotFoundError:
+                self._fd_hidden()
+                return None
+            if self._fd_count_trusted is None or self._cadences["fds"].due():
+                self._cadences["fds"].run(lambda: self._list_fds(size))
+                self._cached = None
+            if self._fd_count_trusted:
+                return size
+        elif self._cadences["fds"].due():
+            self._cadences["fds"].run(lambda: self._list_fds(None))
+            self._cached = None
+        return self._fds_listed
+
+    def _fd_denied(self) -> None:
+        self._note(
+            "fds",
+            f"permission denied reading {self._fd_dir}: run as the process's user or root",
+        )
+        self._fd_kinds = {}
+        self._sockets = {}
+        self._fds_listed = None
+        self._cached = None
+
+    def _fd_hidden(self) -> None:
+        self._note("fds", f"{self._fd_dir} is not shown by this /proc (hidepid, or a sandbox)")
+        self._fd_kinds = {}
+        self._sockets = {}
+        self._fds_listed = None
+        self._cached = None
+
+    def _list_fds(self, size: int | None) -> None:
+        """One readlink per fd: the kinds, the socket inodes, the count; and whether the
+        directory's st_size (read just before, ``size``) is the count."""
+        try:
+            dir_fd = os.open(self._fd_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except PermissionError:
+            self._fd_denied()
+            return
+        except FileNotFoundError:
+            self._fd_hidden()
+            return
+        kinds: Counter[str] = Counter()
+        inodes: list[int] = []
+        try:
+            names = os.listdir(dir_fd)
+            for name in names:
+                try:
+                    if self.inside and int(name) == dir_fd:
+                        continue
+                    target = os.readlink(name, dir_fd=dir_fd)
+                except (OSError, ValueError):
+                    continue  # closed meanwhile (listdir's own descriptor among them)
+                kind = fd_kind(target)
+                kinds[kind] += 1
+                if kind == "socket":
+                    inode = socket_inode(target)
+                    if inode is not None:
+                        inodes.append(inode)
+        finally:
+            os.close(dir_fd)
+        count = sum(kinds.values())
+        self._fds_listed = count
+        self._fd_kinds = dict(kinds)
+        self._notes.pop("fds", None)
+        if size is not None:
+            # A fixture tree's (or an old kernel's) st_size is no count: trust it only when it
+            # matches a listing (the count may move meanwhile in another process).
+            self._fd_count_trusted = size > 0 and abs(size - count) <= max(2, count // 20)
+            if not self._fd_count_trusted:
+                self._note("fds", "this kernel gives no fd count in stat(); counted by listing")
+        self._sockets = self._socket_states(inodes) if inodes else {}
+
+    def _socket_states(self, inodes: list[int]) -> dict[tuple[str, str], int]:
+        wanted = set(inodes)
+        found: Counter[tuple[str, str]] = Counter()
+        for table in NET_TABLES:
+            if not wanted:
+                break
+            try:
+                with open(f"{self._dir}/net/{table}", "rb") as f:
+                    text = f.read()
+            except OSError:
+                continue  # no IPv6, or a kernel without the table
+            states = parse_net_unix(text) if table == "unix" else parse_net_inet(text)
+            for inode in wanted & states.keys():
+                found[(table, states[inode])] += 1
+            wanted -= states.keys()
+        return dict(found)
+
+    # -- maps, children, asyncio tasks -------------------------------------------------
+
+    def _refresh_maps(self) -> None:
+        try:
+            self._maps_count = self._maps.read().count(b"\n")
+        except PermissionError:
+            self._note("memory_maps", f"permission denied reading {self._dir}/maps")
+            self._maps_count = None
+        except OSError as exc:
+            self._note("memory_maps", f"cannot read {self._dir}/maps ({exc.strerror})")
+            self._maps_count = None
+
+    def _refresh_children(self) -> None:
+        states: Counter[str] = Counter({state: 0 for state in CHILD_STATES_SHOWN})
+        try:
+            tids = os.listdir(f"{self._dir}/task")
+        except OSError as exc:
+            self._note("children", f"cannot list {self._dir}/task ({exc.strerror})")
+            self._children = None
+            return
+        missing = 0
+        for tid in tids:
+            try:
+                with open(f"{self._dir}/task/{tid}/children", "rb") as f:
+                    children = parse_children(f.read())
+            except FileNotFoundError:
+                missing += 1  # the thread ended, or a kernel without CONFIG_PROC_CHILDREN
+                continue
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    with open(f"{self._proc_root}/{child}/stat", "rb") as f:
+                        states[parse_stat_state(f.read())] += 1
+                except (OSError, IndexError):
+                    continue  # reaped meanwhile
+        if tids and missing == len(tids):
+            self._note("children", "this kernel has no /proc/PID/task/TID/children")
+            self._children = None
+            return
+        self._children = dict(states)
+
+    def _refresh_tasks(self) -> None:
+        sets = asyncio_task_sets() or []
+        names: Counter[str] = Counter()
+        for tasks in sets:
+            for task in snapshot(tasks):
+                try:
+                    if not task.done():
+                        names[coroutine_name(task)] += 1
+                except Exception:
+                    continue
+        self._tasks = top_with_other(names, self._top)
+
+    # -- shared memory and the limits ----------------------------------------------------
+
+    def _shm(self) -> tuple[int, int] | None:
+        try:
+            st = os.statvfs(self._shm_path)
+        except OSError as exc:
+            self._note("shm", f"cannot stat {self._shm_path} ({exc.strerror})")
+            return None
+        return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def _refresh_limits(self) -> None:
+        status = self._read_status()  # raises ProbeUnavailable for a process that is gone
+        try:
+            nlink = os.stat(self._task_dir).st_nlink
+            self._nlink_trusted = nlink - 2 == parse_threads(status)
+        except (OSError, ValueError):
+            self._nlink_trusted = False
+        self._cached = None
+        limits = self._limits
+        try:
+            nofile = parse_limits_file(self._limits_file.read())
+            if nofile is None:
+                limits.pop("fds", None)
+            else:
+                limits["fds"] = nofile
+        except (OSError, ValueError) as exc:
+            self._note("fds limit", f"cannot read {self._dir}/limits ({exc})")
+        threads = self._read_number(self._threads_max)
+        for value in self._pids_limits():
+            threads = value if threads is None else min(threads, value)
+        if threads is None:
+            limits.pop("threads", None)
+        else:
+            limits["threads"] = threads
+        maps = self._read_number(self._max_map_count)
+        if maps is None:
+            limits.pop("memory_maps", None)
+        else:
+            limits["memory_maps"] = maps
+
+    @staticmethod
+    def _read_number(file: ProcFile) -> int | None:
+        try:
+            return int(file.read())
+        except (OSError, ValueError):
+            return None
+
+    def _pids_limits(self) -> list[int]:
+        """pids.max of the process's pids cgroup and each ancestor (limits are hierarchical)."""
+        if self._pids_max is None:
+            self._pids_max = []
+            try:
+                cgroup: MemoryCgroup | None = locate_cgroup(
+                    read_text(f"{self._dir}/cgroup"),
+                    read_text(f"{self._dir}/mountinfo"),
+                    self._fs_root,
+                    "pids",
+                    ("pids.max", "pids.max"),
+                )
+            except OSError:
+                cgroup = None
+            if cgroup is not None:
+                for directory in cgroup.directories:
+                    path = os.path.join(directory, "pids.max")
+                    if os.path.exists(path):
+                        self._pids_max.append(ProcFile(path, 64))
+        out = []
+        for file in self._pids_max:
+            try:
+                value = parse_limit(file.read())
+            except (OSError, ValueError):
+                continue
+            if value is not None:
+                out.append(value)
+        return out
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def reset_after_fork(self) -> None:
+        for cadence in (*self._cadences.values(), self._limits_cadence):
+            cadence.reset()
+        self._fd_kinds, self._sockets = {}, {}
+        self._children = self._tasks = None
+        self._maps_count = self._fds_listed = None
+        self._fd_count_trusted = None
+        self._cached = None
+        self.close()
+
+    def close(self) -> None:
+        for file in (
+            self._status,
+            self._maps,
+            self._limits_file,
+            self._threads_max,
+            self._max_map_count,
+            *(self._pids_max or ()),
+        ):
+            file.close()
+        self._pids_max = None
