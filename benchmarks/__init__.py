@@ -26,6 +26,8 @@ BENCHMARKS = {
     "watch": "bench_watch",
     "attach": "bench_attach",
     "dump": "bench_dump",
+    "resources": "bench_resources",
+    "creation": "bench_creation",
     "detector": "detector",
 }
 

@@ -40,6 +40,13 @@ from typing import Any
 from diag import OWN_DIRS
 from diag.model import Clock
 from diag.owners import Holder, Link, find_holders, name_objects
+from diag.resources_census import (
+    GROUPS_PER_RESOURCE,
+    Resource,
+    ResourceCensus,
+    group_key,
+    resource_types,
+)
 
 #: A Python container is looked at when it has this many entries, or when it grew by
 #: GROWN_ENTRIES (and a quarter) during a window; entries are recorded from RECORDED_ENTRIES up.
@@ -113,6 +120,8 @@ class Dump:
     requests: int | None = None
     allocation_sites: list[Site] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Live resources (fds, threads, asyncio tasks, children, shared memory), growing first.
+    resources: list[Resource] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +150,7 @@ def _measure_array(obj: Any) -> _Measure | None:
     return f"numpy.ndarray {obj.dtype}", "cpu", ("numpy", id(obj)), int(obj.nbytes)
 
 
-_OTHER, _TENSOR, _CONTAINER = range(3)
+_OTHER, _TENSOR, _CONTAINER, _RESOURCE = range(4)
 #: Objects whose referents are listed by one C call: bounds the list that call returns.
 _REFERENTS_CHUNK = 4096
 #: Untracked containers nested in untracked containers, looked into this deep for arrays.
@@ -182,7 +191,7 @@ def _arrays(objects: list[Any], ndarray: type) -> tuple[list[Any], dict[int, Any
     return arrays, parents
 
 
-def _classifier(torch: Any) -> Callable[[type], int]:
+def _classifier(torch: Any, resources: tuple[type, ...] = ()) -> Callable[[type], int]:
     """What a type is to the census, decided once per type: a heap has a million objects but
     a few thousand types, and ``issubclass`` against torch.Tensor is not cheap. (numpy arrays
     are never among the gc's objects: ``_arrays`` finds them.)"""
@@ -195,6 +204,8 @@ def _classifier(torch: Any) -> Callable[[type], int]:
                 found = _TENSOR
             elif issubclass(kind, _CONTAINER_TYPES):
                 found = _CONTAINER
+            elif resources and issubclass(kind, resources):
+                found = _RESOURCE
             else:
                 found = _OTHER
             known[kind] = found
@@ -333,6 +344,9 @@ class Baseline:
     retained: dict[str, int]  # owner path -> bytes retained
     entries: dict[int, int]  # id of a container with GROWN_ENTRIES or more -> its entries
     requests: int
+    resources: dict[str, int] = field(default_factory=dict)  # resource -> count
+    #: resource -> group key -> count
+    resource_groups: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 _CONTAINER_TYPES = (dict, list, set, collections.deque)
@@ -390,9 +404,12 @@ class Census:
         reveal: bool = False,
         cuda_stacks: Mapping[int, tuple[Frame, ...]] | None = None,
         entries_before: Mapping[int, int] | None = None,
+        created_at: Callable[[Any], tuple[tuple[str, int], ...] | None] | None = None,
         monotonic: Clock = time.monotonic,
     ) -> None:
         self._monotonic = monotonic
+        self.created_at = created_at
+        self.resources: list[Resource] = []
         self.started = monotonic()
         self.deadline = self.started + time_budget
         self.user_only = user_frames_only
@@ -414,11 +431,15 @@ class Census:
         targets: list[Any] = []
         containers: list[Any] = []
         skip = _namespaces()
-        classify = _classifier(torch)
+        classify = _classifier(torch, resource_types())
+        found: list[Any] = []  # resource objects: files, sockets, threads, tasks...
         objects = gc.get_objects()
         for obj in objects:
             what = classify(type(obj))
             if what == _OTHER:
+                continue
+            if what == _RESOURCE:
+                found.append(obj)
                 continue
             if what == _CONTAINER:
                 entries = len(obj)
@@ -460,6 +481,10 @@ class Census:
                     traceback = object_traceback(value)
                     if traceback is not None:
                         tracebacks.append((id(value), traceback))
+            for obj in found:  # where each resource was created, if during the window
+                traceback = object_traceback(obj)
+                if traceback is not None:
+                    tracebacks.append((id(obj), traceback))
         if on_collected is not None:
             on_collected()
         for ident, traceback in tracebacks:
@@ -482,7 +507,22 @@ class Census:
         holding_tensors = {h.ident for h in ownership.holders}
         owners.extend(self._container_owners(containers, holding_tensors))
         containers.clear()
+        self._resources(found, exclude=(parents,))
         return owners
+
+    def _resources(self, found: list[Any], exclude: tuple[Any, ...]) -> None:
+        """Live resources grouped by holder and creation stack (diag.resources_census)."""
+        recorded = self.created_at
+        user_only = self.user_only
+
+        def created_at(obj: Any) -> tuple[Frame, ...] | None:
+            places = recorded(obj) if recorded is not None else None
+            return _frames_of(places, user_only) if places else None
+
+        census = ResourceCensus(found, self.stacks, created_at)
+        found.clear()
+        self.resources, complete = census.resources(self._left(), self.reveal, exclude)
+        self.complete = self.complete and complete
 
     def _left(self) -> float:
         return max(self.deadline - self._monotonic(), 0.1)
@@ -654,19 +694,22 @@ def take_dump(
     on_collected: Callable[[], None] | None = None,
     clock: Clock = time.time,
     monotonic: Clock = time.monotonic,
+    created_at: Callable[[Any], tuple[tuple[str, int], ...] | None] | None = None,
 ) -> tuple[Dump, Baseline]:
     """Who holds the process's memory, biggest first; with a ``baseline`` (a window's start)
     each owner's growth since then. Also returns this census as the next window's baseline.
 
     ``clock`` is wall time: the dump's ``taken_at`` and the baseline's start, so a window's
     length is measured on it (give both censuses of a window the same clock). ``monotonic``
-    times the pause against ``time_budget``."""
+    times the pause against ``time_budget``. ``created_at``: where a resource object was created
+    (file and line, innermost first), as the creation recorder saw it."""
     census = Census(
         time_budget=time_budget,
         user_frames_only=user_frames_only,
         reveal=reveal,
         cuda_stacks=cuda_stacks,
         entries_before=baseline.entries if baseline is not None else None,
+        created_at=created_at,
         monotonic=monotonic,
     )
     # The census holds the GIL from start to end: the host's threads wait (the pause we
@@ -689,6 +732,7 @@ def take_dump(
         complete=census.complete,
         cause={},
         owners=owners,
+        resources=census.resources,
     )
     if baseline is not None:
         dump.window_seconds = max(now - baseline.t, 1e-9)
@@ -699,15 +743,38 @@ def take_dump(
             owner.growth_bytes_per_second = growth / dump.window_seconds
             if dump.requests:
                 owner.growth_bytes_per_request = growth / dump.requests
+        _resource_growth(dump, baseline)
     owners.sort(key=lambda o: -o.retained_bytes)
     next_baseline = Baseline(
         t=now,
         retained={o.path: o.retained_bytes for o in owners},
         entries=census.entries,
         requests=requests or 0,
+        resources={r.resource: r.count for r in dump.resources},
+        resource_groups={r.resource: r.group_counts() for r in dump.resources},
     )
+    dump.resources.sort(key=lambda r: (-(r.growth_per_second or 0.0), -r.count))
+    for resource in dump.resources:
+        resource.groups.sort(key=lambda g: (-(g.growth_per_second or 0.0), -g.count))
+        del resource.groups[GROUPS_PER_RESOURCE:]
     dump.owners = owners[:top]
     return dump, next_baseline
+
+
+def _resource_growth(dump: Dump, baseline: Baseline) -> None:
+    """Each resource's and group's growth since the window's first census."""
+    seconds = dump.window_seconds or 1e-9
+    for resource in dump.resources:
+        growth = resource.count - baseline.resources.get(resource.resource, 0)
+        resource.growth_per_second = growth / seconds
+        if dump.requests:
+            resource.growth_per_request = growth / dump.requests
+        before = baseline.resource_groups.get(resource.resource, {})
+        for group in resource.groups:
+            grown = group.count - before.get(group_key(group), 0)
+            group.growth_per_second = grown / seconds
+            if dump.requests:
+                group.growth_per_request = grown / dump.requests
 
 
 @functools.lru_cache(maxsize=256)

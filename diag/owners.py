@@ -409,7 +409,10 @@ FULL_PASS_COST = 4
 FRAME_DEPTH = 3
 EXPAND_AT_MOST = 1000
 #: Frames of the search itself, and of the census that calls it, hold the targets too.
-_OWN_FILES = frozenset({__file__, __file__.replace("owners.py", "census.py")})
+_OWN_FILES = frozenset(
+    __file__.replace("owners.py", name)
+    for name in ("owners.py", "census.py", "resources_census.py")
+)
 
 
 def _children(value: Any, reveal: bool) -> list[tuple[str, Any]]:

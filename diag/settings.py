@@ -39,6 +39,10 @@ class Settings:
     #: Record how the process ends (signals, crashes' stacks, unhandled exceptions,
     #: os._exit) in its history: see ``probes.endings``.
     record_endings: bool = True
+    #: Sample the creation stacks of files, sockets, threads and child processes between
+    #: traced windows too (an audit hook: ``probes.creation``; it costs more than 5 % on a loop
+    #: that only opens and closes files, so it is off by default).
+    creation_stacks: bool = False
     series_capacity: int = 2048
     max_series: int = 512
     history: str | None = None
@@ -151,6 +155,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "time_scale": _positive_float,
     "detail_interval": _positive_float,
     "record_endings": _bool,
+    "creation_stacks": _bool,
     "series_capacity": _positive_int,
     "max_series": _positive_int,
     "history": _text,

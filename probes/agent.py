@@ -23,9 +23,11 @@ import prometheus_client
 from diag.control import socket_path
 from diag.detect import DetectorConfig
 from diag.history import default_root
-from diag.model import Clock, Sample, Tick
+from diag.model import Clock, Sample, Tick, series_key
+from diag.resources_census import RESOURCES
 from diag.series import SeriesStore
 from diag.settings import Settings
+from probes import creation
 from probes.analysis import GrowthAnalyzer, VerdictListener
 from probes.base import Probe
 from probes.control import ControlServer
@@ -38,6 +40,7 @@ from probes.limits import LimitsProbe
 from probes.process import ProcessProbe
 from probes.recorder import HistoryRecorder
 from probes.requests import RequestsProbe, RequestStats, default_stats
+from probes.resources import ResourceProbe
 from probes.sampler import Sampler
 from probes.tracing import TracemallocProbe
 from probes.workers import (
@@ -79,6 +82,7 @@ def default_probes(settings: Settings, hooks: ProbeHooks | None = None) -> list[
         ProcessProbe(detail_interval=settings.detail_interval),
         HeapProbe(detail_interval=settings.detail_interval),
         LimitsProbe(),
+        ResourceProbe(interval=settings.interval),
         CudaProbe(on_oom=hooks.cuda_oom),
         NvmlProbe(),
         TracemallocProbe(
@@ -116,6 +120,7 @@ class Agent:
             interval=self.settings.escalation_interval,
             top_sites=self.settings.top_sites,
             clock=clock,
+            resource_context=self._resource_context,
         )
         self.analyzer = GrowthAnalyzer(
             DetectorConfig(
@@ -163,6 +168,7 @@ class Agent:
         self._workers_lock_held_for_fork = False
         self._control: ControlServer | None = None
         self._started = False
+        self._creation_stacks = False  # whether start() turned the creation recorder on
         for problem in self.settings.problems:
             log.warning("diag: %s", problem)
 
@@ -210,6 +216,11 @@ class Agent:
             return self
         self._started = True
         _RUNNING.add(self)
+        # Creation stacks between windows: off unless asked for (their measured cost, see
+        # probes/creation.py); windows take them from tracemalloc.
+        self._creation_stacks = self.settings.creation_stacks or creation.ALWAYS_ON
+        if self._creation_stacks:
+            creation.acquire(force=True)
         self._start_history()
         if self.settings.record_endings:
             self.endings.install(self.recorder.run_dir if self.recorder is not None else None)
@@ -231,6 +242,8 @@ class Agent:
             return
         self._started = False
         _RUNNING.discard(self)
+        if self._creation_stacks:
+            creation.release()
         self.endings.uninstall()
         self.sampler.remove_listener(self._observe_endings)
         if self._control is not None:
@@ -317,6 +330,22 @@ class Agent:
             )
             return self.escalation.dump(request).to_json()
         return {"error": f"unknown request {op!r}"}
+
+    def _resource_context(self) -> dict[str, tuple[float | None, float | None]]:
+        """resource -> (limit, seconds to exhaustion): the last tick's ``resource_limit`` and
+        the detector's forecast for ``resource_usage``, for a dump's resources."""
+        tick = self.sampler.latest
+        limits = {
+            dict(s.labels).get("resource"): s.value
+            for s in (tick.samples if tick is not None else ())
+            if s.name == "resource_limit"
+        }
+        verdicts = self.analyzer.verdicts
+        out: dict[str, tuple[float | None, float | None]] = {}
+        for name in RESOURCES:
+            verdict = verdicts.get(series_key("resource_usage", (("resource", name),)))
+            out[name] = (limits.get(name), verdict.seconds_to_oom if verdict else None)
+        return out
 
     def _record_finding(self, finding: dict[str, Any]) -> None:
         if self.recorder is not None:

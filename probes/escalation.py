@@ -33,6 +33,8 @@ from diag.cause import Cause, classify
 from diag.census import Dump, Frame, Site, cuda_block_stacks, is_library, take_dump
 from diag.detect import SETTLE_SECONDS, Verdict
 from diag.model import Clock, Sample
+from diag.resources_census import group_key
+from probes import creation
 from probes.tracing import IGNORED_TRACES, site_label, site_samples
 
 log = logging.getLogger("diag")
@@ -51,6 +53,11 @@ CAUSE_SERIES = watched.names_read_by("cause")
 Wait = Callable[[float], bool]
 #: Runs an automatic window away from the caller (the sampler's thread, which must not stall).
 Spawn = Callable[[Callable[[], None]], None]
+#: resource -> (its limit, seconds to exhaustion), as the agent's latest samples and verdicts say.
+ResourceContext = Callable[[], Mapping[str, tuple[float | None, float | None]]]
+#: Resources whose count is in the unit of the agent's ``resource_usage`` series (the agent's
+#: ``shm`` is /dev/shm's bytes; the census counts segments).
+SAME_UNIT = ("fds", "threads", "children", "asyncio_tasks")
 
 
 def in_a_thread(work: Callable[[], None]) -> None:
@@ -92,8 +99,10 @@ class Escalation:
         monotonic: Clock = time.monotonic,
         wait: Wait | None = None,
         spawn: Spawn = in_a_thread,
+        resource_context: ResourceContext | None = None,
     ) -> None:
         self._requests = requests
+        self._resource_context = resource_context
         self._series = series
         self._record = record
         self._is_worker = is_worker
@@ -164,6 +173,7 @@ class Escalation:
             tracemalloc.stop()
         self.active = False
         self._tracing_ours = False
+        creation.reset_after_fork()
 
     def disturbs(self, t: float) -> bool:
         """Whether memory sampled at ``t`` carries a dump's disturbance: one is running, or
@@ -194,8 +204,14 @@ class Escalation:
                 reveal=request.reveal,
                 clock=self._clock,
                 monotonic=self._monotonic,
+                created_at=creation.stack_of,
             )
             self._borrow_from_last(result)
+            self._resource_limits(result)
+            if self.last is None and result.resources:
+                result.notes.append(
+                    "resources: growth and creation stacks come from a traced window (--window S)"
+                )
         trimmed = malloc_trim_test() if request.trim else None
         result.cause = self.cause_of(result, trimmed).to_json()
         self.last_pause = result.pause_seconds
@@ -218,6 +234,9 @@ class Escalation:
         self._tracing_ours = started_tracing
         before = None if started_tracing else tracemalloc.take_snapshot()
         cuda = _CudaHistory.start()
+        # Creation stacks of the resources made meanwhile are tracemalloc's (each object's
+        # allocation stack): the creation recorder on top would cost 20x more on a loop of
+        # opens than tracemalloc alone (benchmarks/bench_creation.py), so it is not turned on.
         self.active = True
 
         def stop_tracing() -> None:
@@ -241,6 +260,7 @@ class Escalation:
                 on_collected=stop_tracing,
                 clock=self._clock,
                 monotonic=self._monotonic,
+                created_at=creation.stack_of,
             )
             result.allocation_sites = sites
         finally:
@@ -249,6 +269,7 @@ class Escalation:
             self.traced_seconds += self._monotonic() - traced_from
         self.windows += 1
         self.last = result
+        self._resource_limits(result)
         if self._record is not None:
             self._record({"reason": reason, **_finding_of(result)})
         result.notes.append(f"traced for {result.window_seconds:.1f} s ({reason})")
@@ -291,8 +312,22 @@ class Escalation:
             if not owner.allocation_stacks:
                 owner.allocation_stacks = earlier.allocation_stacks
         result.allocation_sites = last.allocation_sites
+        _borrow_resources(result, last)
         age = self._clock() - last.taken_at
         result.notes.append(f"growth and stacks from the traced window {age:.0f} s ago")
+
+    def _resource_limits(self, result: Dump) -> None:
+        """Each resource's limit and time to exhaustion, from the agent's samples and verdicts."""
+        if self._resource_context is None:
+            return
+        try:
+            context = self._resource_context()
+        except Exception:
+            log.debug("diag: no resource limits for the dump", exc_info=True)
+            return
+        for resource in result.resources:
+            if resource.resource in SAME_UNIT and resource.resource in context:
+                resource.limit, resource.seconds_to_exhaustion = context[resource.resource]
 
     def cause_of(self, result: Dump, trimmed: int | None = None) -> Cause:
         # The window's own series when there is one (the slopes it measured), else the last
@@ -324,12 +359,38 @@ class Escalation:
         ]
 
 
+def _borrow_resources(result: Dump, last: Dump) -> None:
+    """Resources and groups of a dump without a window take the last window's growth, and its
+    creation stacks where they have none."""
+    measured = {r.resource: r for r in last.resources}
+    for resource in result.resources:
+        earlier = measured.get(resource.resource)
+        if earlier is None:
+            continue
+        resource.growth_per_second = earlier.growth_per_second
+        resource.growth_per_request = earlier.growth_per_request
+        groups = {group_key(g): g for g in earlier.groups}
+        for group in resource.groups:
+            before = groups.get(group_key(group))
+            if before is None:
+                continue
+            group.growth_per_second = before.growth_per_second
+            group.growth_per_request = before.growth_per_request
+            if not group.created_at:
+                group.created_at = before.created_at
+    result.resources.sort(key=lambda r: (-(r.growth_per_second or 0.0), -r.count))
+
+
 def _finding_of(result: Dump) -> dict[str, Any]:
-    """What the history keeps of a window: bounded (top owners, their first stack, no chain)."""
+    """What the history keeps of a window: bounded (top owners, their first stack, no chain;
+    each resource's top groups)."""
     document = result.to_json()
     document["owners"] = [
         {**owner, "chain": [], "allocation_stacks": owner["allocation_stacks"][:1]}
         for owner in document["owners"][:5]
+    ]
+    document["resources"] = [
+        {**resource, "groups": resource["groups"][:3]} for resource in document["resources"]
     ]
     return document
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
-from diag.units import format_bytes
+from diag.units import format_bytes, format_duration
 
 _CONTAINERS = ("dict", "list", "set", "tuple", "deque", "OrderedDict", "defaultdict", "frozenset")
 
@@ -32,6 +32,53 @@ def _stack_text(stack: dict[str, Any]) -> str:
     return "  ← ".join(
         f"{f['file'].rsplit('/', 1)[-1]}:{f['line']} {f['function']}()" for f in stack["frames"][:4]
     )
+
+
+def _count_rate(item: dict[str, Any]) -> str:
+    parts = []
+    per_request = item.get("growth_per_request")
+    per_second = item.get("growth_per_second")
+    if per_request:
+        parts.append(f"{per_request:+.2f} per request")
+    if per_second is not None:
+        parts.append(f"{per_second:+.2f}/s")
+    return ", ".join(parts)
+
+
+def _frames_text(frames: list[dict[str, Any]]) -> str:
+    return "  ← ".join(
+        f"{f['file'].rsplit('/', 1)[-1]}:{f['line']} {f['function']}()" for f in frames[:4]
+    )
+
+
+def _resources(tree: Tree, resources: list[dict[str, Any]]) -> None:
+    """Each resource, growing first; the groups of those that grow (or, without a window, of
+    all): who holds them and where they were made."""
+    if not resources:
+        return
+    branch = tree.add("resources")
+    for resource in resources:
+        label = f"{resource['resource']}  {resource['count']:,}"
+        if resource.get("limit") is not None:
+            label += f" of {resource['limit']:,.0f}"
+        rate = _count_rate(resource)
+        if rate:
+            label += f", {rate}"
+        if resource.get("seconds_to_exhaustion") is not None:
+            label += f", exhausted in {format_duration(resource['seconds_to_exhaustion'])}"
+        node = branch.add(escape(label))
+        growth = resource.get("growth_per_second")
+        if growth is not None and growth <= 0:
+            continue
+        for group in resource["groups"][:3]:
+            where = group.get("holder_path") or (
+                f"({group['detail']})" if group.get("detail") else "(no holder found)"
+            )
+            text = f"{where}  {group['count']:,} × {group['kind']}"
+            rate = _count_rate(group)
+            leaf = node.add(escape(f"{text}, {rate}" if rate else text))
+            if group.get("created_at"):
+                leaf.add(escape(f"created at {_frames_text(group['created_at'])}"))
 
 
 def render(document: dict[str, Any]) -> Tree:
@@ -70,6 +117,7 @@ def render(document: dict[str, Any]) -> Tree:
             )
         for stack in owner["allocation_stacks"][:2]:
             branch.add(escape(f"allocated at {_stack_text(stack)}"))
+    _resources(tree, document.get("resources") or [])
     sites = document.get("allocation_sites") or []
     if sites:
         branch = tree.add("grew most in the window (tracemalloc: Python's allocator only)")

@@ -6,6 +6,7 @@ name the holder first, with a readable path, and the function that allocated wha
 A bounded cache that churns as fast must not be called a leak.
 """
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -226,21 +227,20 @@ leak_forever(talk)
 WINDOW = 2.0
 
 
-@pytest.fixture(scope="module")
-def dumps(tmp_path_factory):
-    """Start every child at once, then one traced dump of each, in parallel."""
-    tmp = tmp_path_factory.mktemp("holders")
+@contextlib.contextmanager
+def dumped(tmp, scripts, prelude=PRELUDE, window=WINDOW):
+    """Start every script (after ``prelude``, each a file in ``tmp``) under ``diag run`` at
+    once; each prints "ready" when its holder is filled. Then one ``diag dump --window`` of
+    each, in parallel: yields name -> its JSON document. The children are killed after."""
     env = child_env(
         XDG_RUNTIME_DIR=str(tmp), DIAG_HISTORY=str(tmp / "h"), OMP_NUM_THREADS="1",
         DIAG_ESCALATION_WINDOW="0",  # only the asked-for windows: the test's own
     )  # fmt: skip
-    scripts = {name: script for name, (script, _, _) in CASES.items()}
-    scripts["bounded cache"] = BOUNDED
     children = {}
     try:
         for index, (name, script) in enumerate(scripts.items()):
             source = tmp / f"service_{index}.py"  # a file, as services are: stacks name lines
-            source.write_text(PRELUDE + textwrap.dedent(script))
+            source.write_text(prelude + textwrap.dedent(script))
             children[name] = subprocess.Popen(
                 [*DIAG, "run", "--interval", "0.5", "--", sys.executable, str(source)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -252,7 +252,7 @@ def dumps(tmp_path_factory):
         def dump(name):
             pid = children[name].pid
             done = subprocess.run(
-                [*DIAG, "dump", "--pid", str(pid), "--window", str(WINDOW), "--json",
+                [*DIAG, "dump", "--pid", str(pid), "--window", str(window), "--json",
                  "--budget", "60"],  # nine children on two cores: walks are slow, not wrong
                 capture_output=True, text=True, timeout=300, env=env,
             )  # fmt: skip
@@ -267,6 +267,15 @@ def dumps(tmp_path_factory):
             child.wait()
             child.stdout.close()
             child.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory):
+    """Start every child at once, then one traced dump of each, in parallel."""
+    scripts = {name: script for name, (script, _, _) in CASES.items()}
+    scripts["bounded cache"] = BOUNDED
+    with dumped(tmp_path_factory.mktemp("holders"), scripts) as documents:
+        yield documents
 
 
 @pytest.mark.e2e
