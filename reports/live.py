@@ -6,6 +6,7 @@ functions only draw them.
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
@@ -13,6 +14,9 @@ from diag.control import DUMP_STATE
 from diag.units import format_bytes, format_forecast
 
 SPARKS = "▁▂▃▄▅▆▇█"
+#: At most this many of the agent's own series in the panel, each labelled in this many columns.
+MAX_AGENT_ROWS = 12
+AGENT_LABEL = 44
 #: How many rows the panel's sparkline shows: the last minute at the default interval.
 ROWS_SHOWN = 60
 
@@ -36,8 +40,18 @@ def forecast_of(row: dict[str, Any]) -> str | None:
     )
 
 
-def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
-    """The live view: memory against its limit, its recent shape, growth, verdict, forecast."""
+def live_panel(
+    pid: int,
+    command: list[str],
+    rows: list[dict[str, Any]],
+    height: int | None = None,
+    width: int | None = None,
+) -> Any:
+    """The live view: memory against its limit, its recent shape, growth, verdict, forecast,
+    resources, then what the agent inside reports, as many rows of it as ``height`` (the
+    terminal's lines) leaves room for: a view taller than the terminal loses its bottom line,
+    and with it the keys."""
+    from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
 
@@ -67,12 +81,32 @@ def live_panel(pid: int, command: list[str], rows: list[dict[str, Any]]) -> Any:
         table.add_row("time to OOM", forecast)
     for label, text in resource_rows(row):
         table.add_row(label, text)
-    agent = {k: v for k, v in row.get("agent", {}).items() if k not in DUMP_STATE}
-    for key, value in sorted(agent.items())[:12]:
-        is_bytes = key.endswith("bytes") or "bytes{" in key
-        table.add_row(f"agent {key}"[:48], format_bytes(value) if is_bytes else f"{value:,.0f}")
+    agent = {
+        k: v
+        for k, v in row.get("agent", {}).items()
+        # The resources have their own rows above.
+        if k not in DUMP_STATE and "resource_usage" not in k
+    }
     title = f"diag watch: pid {pid} {' '.join(command)[:60]}"
-    return Panel(table, title=title, subtitle="d: dump · Ctrl-C: stop", expand=False)
+    room = MAX_AGENT_ROWS
+    if height is not None:  # the lines the rest takes, with the panel's borders and a spare
+        room = max(0, height - _lines_of(Panel(table, expand=False), width) - 2)
+    inside = Table.grid(padding=(0, 2))  # its own columns: long names wrap no other row
+    inside.add_column(style="bold")
+    inside.add_column()
+    for key, value in sorted(agent.items())[: min(room, MAX_AGENT_ROWS)]:
+        is_bytes = key.endswith("bytes") or "bytes{" in key
+        label = key if len(key) <= AGENT_LABEL else key[: AGENT_LABEL - 1] + "…"
+        inside.add_row(label, format_bytes(value) if is_bytes else f"{value:,.0f}")
+    body = Group(table, inside) if inside.row_count else table
+    return Panel(body, title=title, subtitle="d: dump · Ctrl-C: stop", expand=False)
+
+
+def _lines_of(renderable: Any, width: int | None) -> int:
+    from rich.console import Console
+
+    console = Console(width=width or 80, file=io.StringIO())
+    return len(console.render_lines(renderable, pad=False))
 
 
 #: The resources a live view shows, in order, with their short names.
@@ -188,7 +222,8 @@ class LivePanel:
         from rich.console import Group
 
         self.rows = [*self.rows[-(ROWS_SHOWN - 1) :], row]
-        panel = live_panel(self.pid, self.command, self.rows)
+        console = self._live.console
+        panel = live_panel(self.pid, self.command, self.rows, console.height, console.width)
         self._live.update(panel if dump is None else Group(dump, panel), refresh=True)
 
     def stop(self) -> None:

@@ -162,7 +162,11 @@ def test_the_d_key_of_the_live_watch_view_shows_the_dump(short_tmp):
         subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "150", "-y", "60",
                         command], check=True)  # fmt: skip
         try:
-            poll(lambda: screen("d: dump"), timeout=30)
+            try:
+                poll(lambda: screen("d: dump"), timeout=30)
+            except AssertionError:
+                print(screen(""))
+                raise
             subprocess.run([tmux, "send-keys", "-t", session, "d"], check=True)
             try:
                 shown = poll(lambda: screen("__main__._AUDIO_CACHE"), timeout=60)
