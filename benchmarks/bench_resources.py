@@ -30,13 +30,11 @@ import select
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
-import psutil
-
 from benchmarks import fmt_ratio, fmt_us, median, percentile, verdict
+from benchmarks.bench_watch import watch_cpu_shares
 from diag.settings import Settings
 from diag.testing import FakeClock
 from diag.watched import RESOURCE_USAGE
@@ -172,14 +170,6 @@ def measure_tick(quick: bool) -> tuple[bool, str]:
 
 # -- diag watch ------------------------------------------------------------------------------
 
-MINIMAL_WATCHER = """
-import sys, threading
-ev = threading.Event()
-while not ev.wait(1.0):
-    with open(f"/proc/{sys.argv[1]}/status", "rb") as f:
-        f.read()
-"""
-
 TARGET = f"""
 import threading, sys
 sys.path.insert(0, {os.getcwd()!r})
@@ -190,35 +180,8 @@ threading.Event().wait()
 """
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
 def measure_watch(quick: bool) -> tuple[bool, str]:
-    window = 10.0 if quick else 60.0
-    target = subprocess.Popen([sys.executable, "-c", TARGET], stdout=subprocess.PIPE, text=True)
-    assert target.stdout is not None and target.stdout.readline() == "ready\n"
-    with tempfile.TemporaryDirectory() as history:
-        command = [sys.executable, "-m", "diag", "watch", "--pid", str(target.pid),
-                   "--interval", "1", "--history", history]  # fmt: skip
-        watcher = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        minimal = subprocess.Popen([sys.executable, "-c", MINIMAL_WATCHER, str(target.pid)])
-        try:
-            time.sleep(5.0)  # imports and the first ticks (the first fd listing among them)
-            w, m = psutil.Process(watcher.pid), psutil.Process(minimal.pid)
-            w0, m0, started = cpu_seconds(w), cpu_seconds(m), time.monotonic()
-            time.sleep(window)
-            elapsed = time.monotonic() - started
-            share = (cpu_seconds(w) - w0) / elapsed
-            minimal_share = (cpu_seconds(m) - m0) / elapsed
-        finally:
-            for process in (watcher, minimal):
-                process.terminate()
-                process.wait(10)
-            target.kill()
-            target.wait()
-            target.stdout.close()
+    share, minimal_share, elapsed = watch_cpu_shares(TARGET, 10.0 if quick else 60.0)
     ok = share <= TARGET_WATCH_SHARE
     line = (
         f"diag watch at a 1 s interval on a process with {FDS:,} fds: {share * 100:.3f} % of one "

@@ -36,12 +36,13 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="10 s instead of 60 s")
-    args = parser.parse_args(argv)
-    window = 10.0 if args.quick else 60.0
-    target = subprocess.Popen([sys.executable, "-c", TARGET], stdout=subprocess.PIPE, text=True)
+def watch_cpu_shares(target_code: str, window: float) -> tuple[float, float, float]:
+    """Start ``target_code`` (it prints "ready"), then ``diag watch`` on it at a 1 s interval
+    and the minimal watcher beside it; their CPU shares of one core over ``window`` seconds in
+    steady state, and the seconds measured."""
+    target = subprocess.Popen(
+        [sys.executable, "-c", target_code], stdout=subprocess.PIPE, text=True
+    )
     assert target.stdout is not None and target.stdout.readline() == "ready\n"
     with tempfile.TemporaryDirectory() as history:
         command = [sys.executable, "-m", "diag", "watch", "--pid", str(target.pid),
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
             target.kill()
             target.wait()
             target.stdout.close()
+    return watch_share, minimal_share, elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="10 s instead of 60 s")
+    args = parser.parse_args(argv)
+    watch_share, minimal_share, elapsed = watch_cpu_shares(TARGET, 10.0 if args.quick else 60.0)
     ok = watch_share <= 0.01
     print(
         f"diag watch at a 1 s interval: {watch_share * 100:.3f} % of one core over {elapsed:.0f} s "
