@@ -235,7 +235,9 @@ class ResourceProbe:
         self._dir = f"{proc_root}/{where}"
         self._fd_dir = f"{self._dir}/fd"
         self._task_dir = f"{self._dir}/task"
-        self._status = ProcFile(f"{self._dir}/status")
+        # Read at most every few seconds, and the process probe keeps its own status open:
+        # opened for each reading, not held (one file per process, not two).
+        self._status_path = f"{self._dir}/status"
         self._maps = ProcFile(f"{self._dir}/maps", 1 << 16)
         self._limits_file = ProcFile(f"{self._dir}/limits")
         self._threads_max = ProcFile(f"{proc_root}/sys/kernel/threads-max", 64)
@@ -362,7 +364,8 @@ class ResourceProbe:
 
     def _read_status(self) -> bytes:
         try:
-            return self._status.read()
+            with open(self._status_path, "rb") as f:
+                return f.read()
         except ProcessLookupError as exc:
             raise ProbeUnavailable(f"process {self.pid} has exited", permanent=True) from exc
         except FileNotFoundError as exc:
@@ -621,7 +624,6 @@ class ResourceProbe:
 
     def close(self) -> None:
         for file in (
-            self._status,
             self._maps,
             self._limits_file,
             self._threads_max,
