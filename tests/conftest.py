@@ -125,24 +125,29 @@ def log_of(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def memory_cgroup(limit: int, name: str = "") -> Iterator[Callable[[], None]]:
-    """A child cgroup v1 memory cgroup of ours with ``limit``, for real OOM kills; yields a
-    ``preexec_fn`` that moves a child process into it. Needs root: elsewhere the test skips,
-    and under ``make test`` (DIAG_REQUIRE_TOOLS=1) it fails."""
+def child_cgroup(
+    controller: str, settings: dict[str, str], name: str = ""
+) -> Iterator[Callable[[], None]]:
+    """A child cgroup v1 of ours under ``controller`` (memory, pids) with ``settings`` written
+    into its files; yields a ``preexec_fn`` that moves a child process into it. Needs root:
+    elsewhere the test skips, and under ``make test`` (DIAG_REQUIRE_TOOLS=1) it fails."""
     with open("/proc/self/cgroup") as f:
-        path = next((line.split(":", 2)[2].strip() for line in f if ":memory:" in line), None)
-    cgroup = f"/sys/fs/cgroup/memory{path}/diag-test-{os.getpid()}{name}" if path else None
+        path = next(
+            (line.split(":", 2)[2].strip() for line in f if f":{controller}:" in line), None
+        )
+    cgroup = f"/sys/fs/cgroup/{controller}{path}/diag-test-{os.getpid()}{name}" if path else None
     try:
         os.mkdir(cgroup)  # type: ignore[arg-type]
     except (OSError, TypeError) as exc:
-        message = f"cannot create a memory cgroup here ({exc}); needs root and cgroup v1"
+        message = f"cannot create a {controller} cgroup here ({exc}); needs root and cgroup v1"
         if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
             pytest.fail(message)
         pytest.skip(message)
     assert cgroup is not None
     try:
-        with open(f"{cgroup}/memory.limit_in_bytes", "w") as f:
-            f.write(str(limit))
+        for file, value in settings.items():
+            with open(f"{cgroup}/{file}", "w") as f:
+                f.write(value)
 
         def join() -> None:
             with open(f"{cgroup}/cgroup.procs", "w") as f:
@@ -151,6 +156,13 @@ def memory_cgroup(limit: int, name: str = "") -> Iterator[Callable[[], None]]:
         yield join
     finally:
         os.rmdir(cgroup)
+
+
+def memory_cgroup(
+    limit: int, name: str = ""
+) -> contextlib.AbstractContextManager[Callable[[], None]]:
+    """A memory cgroup with ``limit``, for real OOM kills (see ``child_cgroup``)."""
+    return child_cgroup("memory", {"memory.limit_in_bytes": str(limit)}, name)
 
 
 @pytest.fixture(autouse=True)

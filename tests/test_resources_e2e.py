@@ -8,7 +8,6 @@ that never finish; and a pool that opens to its bound and stays there, never cal
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,16 @@ from pathlib import Path
 import pytest
 
 from probes.watcher import Watcher
-from tests.conftest import PYTHON, child_env, free_port, poll, read_line, scrape, spawned
+from tests.conftest import (
+    PYTHON,
+    child_cgroup,
+    child_env,
+    free_port,
+    poll,
+    read_line,
+    scrape,
+    spawned,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -64,25 +72,9 @@ def leaker(tmp_path: Path, name: str, **args: object) -> Iterator[int]:
         yield proc.pid
 
 
-@contextlib.contextmanager
-def pids_cgroup(limit: int) -> Iterator[Callable[[], None]]:
-    """A child pids cgroup (v1) with ``limit``: threads count against it. Needs root."""
-    path = f"/sys/fs/cgroup/pids/diag-test-{os.getpid()}"
-    try:
-        os.mkdir(path)
-    except OSError as exc:
-        pytest.skip(f"cannot create a pids cgroup here ({exc}); needs root and cgroup v1")
-    try:
-        with open(f"{path}/pids.max", "w") as f:
-            f.write(str(limit))
-
-        def join() -> None:
-            with open(f"{path}/cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-
-        yield join
-    finally:
-        os.rmdir(path)
+def pids_cgroup(limit: int) -> contextlib.AbstractContextManager[Callable[[], None]]:
+    """A pids cgroup with ``limit``: threads count against it (see ``child_cgroup``)."""
+    return child_cgroup("pids", {"pids.max": str(limit)})
 
 
 def watch_until(
