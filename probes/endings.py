@@ -63,8 +63,9 @@ FAULT_FILE = "fault.txt"
 MESSAGE_CHARS = 300
 STACK_FRAMES = 30
 MAX_EXIT_CALLS = 8
-#: Signals no handler can take.
-_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+#: The signals whose host handlers are tapped and noted: those that end processes, and those
+#: servers handle to end one (gunicorn's workers: SIGABRT; SIGQUIT: a quick stop).
+TAPPED_SIGNALS = (*ENDING_SIGNALS, signal.SIGABRT, signal.SIGQUIT)
 
 #: ``record(kind, **fields)`` writes an event; ``end(reason, **fields)`` writes the stop record.
 Record = Callable[..., None]
@@ -124,7 +125,7 @@ class EndRecorder:
         self.notes: list[str] = []
         self._tap = SignalTap(
             record,
-            (*ENDING_SIGNALS, signal.SIGABRT, signal.SIGQUIT),
+            TAPPED_SIGNALS,
             describe,
             where,
             signal_name,
@@ -214,12 +215,11 @@ class EndRecorder:
     # -- each tick: whose handlers are in place ----------------------------------------------
 
     def observe(self) -> None:
-        """Note each Python handler the host has installed: over the agent's (it will restore
-        and re-raise to it after its shutdown, or keep the signal for itself) or for any other
-        signal (gunicorn's workers handle SIGABRT)."""
-        for signum in signal.valid_signals():
-            if signum in _UNCATCHABLE:
-                continue
+        """Note each Python handler the host has installed for a signal that ends processes:
+        over the agent's (it will restore and re-raise to it after its shutdown, or keep the
+        signal for itself) or for SIGABRT/SIGQUIT (gunicorn's workers handle SIGABRT). Each
+        tick: a few ``getsignal`` calls, not one per signal the system has."""
+        for signum in TAPPED_SIGNALS:
             try:
                 current = signal.getsignal(signum)
             except (OSError, ValueError):
