@@ -57,6 +57,8 @@ _SUMMARY_ROW = struct.Struct("<Hddd")
 _MAGIC_BYTES = struct.pack("<H", RECORD_MAGIC)
 
 MiB = 1024 * 1024
+#: Beside the segments: faulthandler's stacks of a native crash (probes.endings writes it).
+FAULT_FILE = "fault.txt"
 #: Events handed to the kernel at once: what a SIGKILL right after must not take away (the
 #: start and the end of a run, findings, and what the process said as it ended).
 FORCED_EVENTS = frozenset({"start", "stop", "exit", "finding", "cuda-oom", "signal", "exception"})

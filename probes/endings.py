@@ -45,12 +45,11 @@ import posix
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-from diag import OWN_DIRS
+from diag.history import FAULT_FILE
 from probes import exhaustion
 from probes.signals import SignalTap
 
@@ -58,10 +57,6 @@ log = logging.getLogger("diag")
 
 #: Signals whose default action ends the process and that services are sent to stop.
 ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-FAULT_FILE = "fault.txt"
-#: How much of an exception's message the history keeps (messages may carry user data).
-MESSAGE_CHARS = 300
-STACK_FRAMES = 30
 MAX_EXIT_CALLS = 8
 #: The signals whose host handlers are tapped and noted: those that end processes, and those
 #: servers handle to end one (gunicorn's workers: SIGABRT; SIGQUIT: a quick stop).
@@ -100,13 +95,6 @@ def where(frame: FrameType | None) -> str | None:
         return None
     code = frame.f_code
     return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
-
-
-def stack_of(tb: TracebackType | None) -> list[str]:
-    """The traceback's frames, oldest first, less diag's own (a KeyboardInterrupt is raised
-    from inside the agent's signal handler, which chains to Python's)."""
-    frames = [f for f in traceback.extract_tb(tb) if not f.filename.startswith(OWN_DIRS)]
-    return [f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-STACK_FRAMES:]]
 
 
 class EndRecorder:
@@ -259,8 +247,8 @@ class EndRecorder:
             self._record,
             "exception",
             type=describe(kind),
-            message=str(value)[:MESSAGE_CHARS],
-            stack=stack_of(tb),
+            message=str(value)[: exhaustion.MESSAGE_CHARS],
+            stack=exhaustion.stack_of(tb),
         )
         self.exhaustion.seen(value, how="unhandled", force=True)
         previous = self._previous_excepthook or sys.__excepthook__

@@ -36,6 +36,8 @@ log = logging.getLogger("diag")
 
 EVENT = "resource-exhausted"
 MAX_EVENTS_PER_MINUTE = 4
+#: How much of an exception's message the history keeps (messages may carry user data), and
+#: how many of its frames (this module's and probes.endings' records alike).
 MESSAGE_CHARS = 300
 STACK_FRAMES = 30
 
@@ -76,7 +78,8 @@ def classify(exc: BaseException) -> tuple[str, str] | None:
 
 
 def stack_of(tb: TracebackType | None) -> list[str]:
-    """The traceback's frames, oldest first, less diag's own."""
+    """The traceback's frames, oldest first, less diag's own (a KeyboardInterrupt is raised
+    from inside the agent's signal handler, which chains to Python's)."""
     frames = [f for f in traceback.extract_tb(tb) if not f.filename.startswith(OWN_DIRS)]
     return [f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-STACK_FRAMES:]]
 

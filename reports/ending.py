@@ -22,9 +22,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from diag import procfs
-from diag.history import History
+from diag.history import FAULT_FILE, History
 
-FAULT_FILE = "fault.txt"  # written by probes.endings
 FAULT_TEXT_LIMIT = 64 * 1024
 #: faulthandler's words for the signals it reports.
 CRASH_SIGNALS = {
