@@ -68,6 +68,9 @@ class Trace:
     t_oom: float | None = None  # the last sample of a leak trace; None for quiet traces
     starts: tuple[float, ...] = (0.0,)  # process (re)starts; the first is the trace start
     source: str = "synthetic"
+    #: Cumulative requests served at each sample (the agent's request counter), where the
+    #: workload has requests; None where it does not.
+    requests: np.ndarray | None = None
 
     @property
     def hours(self) -> float:
