@@ -24,8 +24,11 @@ How it decides, and why:
   whose spacing grows, is a ratchet (allocator steps, burst residues), not a staircase leak.
 - A leak must also have been watched for long enough to trust it: 10 minutes, 12 % of the time
   it forecasts to OOM (a fill that stops early never gets there), and 30 minutes while the
-  process is younger than 90 minutes unless the limit is near. Once a leak, three minutes of
-  contrary verdicts in a row are needed to end it, so alerts do not flap.
+  process is younger than 90 minutes unless the limit is near. Once a leak, the verdict stays
+  leak while the lower envelope keeps rising (at a quarter of the rate it was called at, over
+  a window as long as the one that called it, or twice that): leaving takes as much evidence
+  as entering,
+  so verdicts do not flap during a leak.
 - A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up.
 """
 
@@ -47,7 +50,8 @@ BUCKET_SECONDS = 30.0
 POINTS_PER_WIDTH = 48
 MAX_GROUPS = 12
 MIN_GROUPS = 6
-LEAK_EXIT_BUCKETS = 6
+#: A standing leak ends when its envelope rises at under this share of the rate it entered at.
+HOLD_SHARE_OF_ENTRY_RATE = 0.25
 #: After one of diag's dumps ends, the host still settles from it (requests queued during the
 #: pause run at once) for about this long: memory samples are held back until then.
 SETTLE_SECONDS = 3.0
@@ -193,6 +197,22 @@ def _theil_sen(ts: Sequence[float], ys: Sequence[float]) -> float:
     )
 
 
+def _spread(
+    ts: Sequence[float], ys: Sequence[float], tops: Sequence[float], rate: float, now: float
+) -> tuple[float, float]:
+    """The rate's standard error, from the spread of the minima around the robust line, and
+    the upper envelope now: the fitted floor plus the largest recent gap above it."""
+    y_mean = sum(ys) / len(ys)
+    t_mean = sum(ts) / len(ts)
+    intercept = y_mean - rate * t_mean
+    sxx = sum((x - t_mean) ** 2 for x in ts)
+    residual = sum((y - intercept - rate * x) ** 2 for x, y in zip(ts, ys, strict=True))
+    se = math.sqrt(residual / max(len(ts) - 2, 1) / sxx) if sxx > 0 else 0.0
+    half = len(ts) // 2
+    gap = max(top - (intercept + rate * x) for x, top in zip(ts[half:], tops[half:], strict=True))
+    return se, intercept + rate * now + max(gap, 0.0)
+
+
 class Detector:
     def __init__(
         self,
@@ -215,7 +235,7 @@ class Detector:
         self._drops: deque[float] = deque(maxlen=8)
         self._windows: dict[int, _Window] = {}
         self._last_t = -math.inf
-        self._contrary = 0  # bucket closes in a row that did not confirm a standing leak
+        self._entry = (0.0, 0.0)  # the standing leak's window length and rate when called
         self.verdict = Verdict(0.0, "insufficient_data", "no samples yet")
 
     # -- samples in -----------------------------------------------------------------------
@@ -382,18 +402,7 @@ class Detector:
             if len(pts) >= MIN_GROUPS:
                 prior_rate = _end_rate(pts, pys)
         steps = _ratchet(ys)
-
-        # The spread of the minima around the robust line bounds the rate (a standard error).
-        t_mean = sum(ts) / len(ts)
-        intercept = y_mean - rate * t_mean
-        sxx = sum((x - t_mean) ** 2 for x in ts)
-        residual = sum((y - intercept - rate * x) ** 2 for x, y in zip(ts, ys, strict=True))
-        se = math.sqrt(residual / max(len(ts) - 2, 1) / sxx) if sxx > 0 else 0.0
-        # The upper envelope now: the fitted floor plus the largest recent gap above it.
-        gap = max(
-            top - (intercept + rate * x) for x, top in zip(ts[half:], tops[half:], strict=True)
-        )
-        level_now = intercept + rate * now
+        se, top = _spread(ts, ys, tops, rate, now)
         return _Window(
             seconds=seconds,
             evaluated_at=now,
@@ -408,7 +417,33 @@ class Detector:
             rate=rate,
             rate_low=max(rate - 2 * se, 0.1 * rate),
             rate_high=rate + 2 * se,
-            top=level_now + max(gap, 0.0),
+            top=top,
+        )
+
+    def _continuing(self, seconds: float, now: float, period: float) -> _Window | None:
+        """The growth over the last ``seconds``, trend test or not: a standing leak is judged
+        on whether it goes on, not on whether it could be called afresh."""
+        groups = min(MAX_GROUPS, int(seconds / max(period, BUCKET_SECONDS)))
+        if groups < MIN_GROUPS:
+            return None
+        ts, ys, tops = self._groups(now - seconds, seconds, groups)
+        if len(ts) < MIN_GROUPS:
+            return None
+        # End to end as well as robustly: a staircase's or an allocator's few steps leave most
+        # pairs of groups flat, so its robust slope can be zero while it keeps rising.
+        rate = max(_theil_sen(ts, ys), _end_rate(ts, ys))
+        se, top = _spread(ts, ys, tops, rate, now)
+        return _Window(
+            seconds=seconds,
+            evaluated_at=now,
+            significant=rate > 0,
+            onset_inside=False,
+            decelerating=False,
+            steps=False,
+            rate=rate,
+            rate_low=max(rate - 2 * se, 0.1 * rate),
+            rate_high=rate + 2 * se,
+            top=top,
         )
 
     def _candidate_lengths(self, regime: float) -> list[float]:
@@ -429,14 +464,33 @@ class Detector:
     def _decide(self, now: float) -> Verdict:
         verdict = self._judge(now)
         previous = self.verdict
+        if verdict.state == "leak":
+            if previous.state != "leak":
+                self._entry = (verdict.window_seconds or 0.0, verdict.rate or 0.0)
+            return verdict
         if previous.state == "leak" and verdict.state in ("growing", "bounded_growth", "steady"):
-            # Leaving a leak takes 3 minutes of contrary verdicts in a row: one noisy window
-            # must not end an alert and start a new one a minute later.
-            self._contrary += 1
-            if self._contrary < LEAK_EXIT_BUCKETS:
-                return dataclasses.replace(previous, t=now)
-        self._contrary = 0
+            held = self._hold(now)
+            if held is not None:
+                return held
         return verdict
+
+    def _hold(self, now: float) -> Verdict | None:
+        """A standing leak stays one while its growth goes on. Leaving it takes evidence over
+        a span like the one that entered it: the lower envelope over the last window of the
+        entry's length (10 minutes at least) must have nearly stopped rising, not merely
+        failed a fresh trend test (noise, a slowdown, a step): an operator who sees the
+        verdict leave "leak" in the middle of a leak stops trusting it."""
+        entry_seconds, entry_rate = self._entry
+        assert self._regime_start is not None  # a leak was called in this regime
+        regime = now - self._regime_start - self.config.warmup_seconds
+        seconds = max(entry_seconds, self.config.min_leak_seconds)
+        period = self._sawtooth_period(now)
+        # Twice as long too: a leak that follows a daily load cycle slows down at night.
+        for span in (seconds, 2 * seconds):
+            window = self._continuing(min(span, regime), now, period)
+            if window is not None and window.rate >= HOLD_SHARE_OF_ENTRY_RATE * entry_rate:
+                return self._verdict(now, "leak", "steady growth goes on", window)
+        return None
 
     def _judge(self, now: float) -> Verdict:
         cfg = self.config

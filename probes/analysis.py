@@ -19,10 +19,11 @@ detectors and the retention estimate, and the step across is discounted afterwar
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 from diag import watched
-from diag.detect import Detector, DetectorConfig, DisturbanceDiscount, Verdict
+from diag.detect import BUCKET_SECONDS, Detector, DetectorConfig, DisturbanceDiscount, Verdict
 from diag.model import Labels, Sample, labels_of, series_key
 from diag.retention import RetentionEstimator
 from probes.requests import RequestStats
@@ -70,7 +71,8 @@ class GrowthAnalyzer:
         self._requests = requests
         self._retention_series = retention_series
         self._looked_up = watched.LIMIT_INPUTS | {retention_series}
-        self._detectors: dict[str, tuple[Detector, Labels, tuple[str, ...]]] = {}
+        # One per judged series, found by (name, labels) as the samples carry them.
+        self._series: dict[tuple[str, Labels], _Judged] = {}
         self._retention = RetentionEstimator()
         self._listeners: list[VerdictListener] = []
         self._listener_failed = False
@@ -121,24 +123,26 @@ class GrowthAnalyzer:
         self, t: float, sample: Sample, value: float | None, limit: float | None
     ) -> list[Sample]:
         """``value`` None: held back (a dump disturbs it); the last verdict stands meanwhile."""
-        key = series_key(sample.name, sample.labels)
-        entry = self._detectors.get(key)
-        if entry is None:
-            if len(self._detectors) >= MAX_DETECTORS:
+        series = self._series.get((sample.name, sample.labels))
+        if series is None:
+            if len(self._series) >= MAX_DETECTORS:
                 return []
             labels = tuple(sorted((("series", sample.name), *sample.labels)))
             row = watched.BY_NAME.get(sample.name)
             names = RESOURCE_VERDICT if row is not None and row.resource else MEMORY_VERDICT
-            entry = self._detectors[key] = (Detector(limit, self.config), labels, names)
-        detector, labels, names = entry
+            series = self._series[(sample.name, sample.labels)] = _Judged(
+                series_key(sample.name, sample.labels), Detector(limit, self.config), labels, names
+            )
+        key = series.key
         previous = self.verdicts.get(key)
         if value is None:
-            return verdict_samples(previous, labels, names) if previous is not None else []
-        verdict = detector.update(t, value, limit)
-        self.verdicts[key] = verdict
-        if previous is None or previous.state != verdict.state:
-            self._notify(key, previous, verdict)
-        return verdict_samples(verdict, labels, names)
+            return series.samples_of(previous) if previous is not None else []
+        verdict = series.update(t, value, limit)
+        if verdict is not previous:
+            self.verdicts[key] = verdict
+            if previous is None or previous.state != verdict.state:
+                self._notify(key, previous, verdict)
+        return series.samples_of(verdict)
 
     def _retained_per_request(self, t: float, memory: float) -> list[Sample]:
         if self._requests is None:
@@ -181,3 +185,81 @@ def verdict_samples(
     if verdict.seconds_to_oom_high is not None:
         out.append(Sample(high, verdict.seconds_to_oom_high, labels))
     return out
+
+
+class _Judged:
+    """One judged series: its detector, fed only the samples that can change it, and its
+    verdict's gauges, rebuilt only when the verdict changes.
+
+    ``Detector.update`` folds a sample into the open 30 s bucket (its minimum and maximum) and
+    decides again only when a sample opens the next bucket. A sample that falls inside the
+    open bucket, within its minimum and maximum, with the limit the detector already has,
+    changes nothing there but the time of the detector's latest sample, which serves only to
+    ignore a later sample from before it: such a sample is not fed, and that time is kept here
+    instead. A flat count (fds, threads, children) then costs a few comparisons a tick and one
+    update a bucket; memory inside its bucket's range likewise. Tests compare the verdicts
+    with a detector fed every sample (``tests/test_agent_detector.py``).
+    """
+
+    __slots__ = (
+        "_high",
+        "_last_t",
+        "_low",
+        "_samples",
+        "_scale",
+        "_start",
+        "_verdict",
+        "detector",
+        "key",
+        "labels",
+        "names",
+    )
+
+    def __init__(
+        self, key: str, detector: Detector, labels: Labels, names: tuple[str, ...]
+    ) -> None:
+        self.key = key
+        self.detector = detector
+        self.labels = labels
+        self.names = names
+        self._scale = detector.config.time_scale
+        # The detector's open bucket as it sees it (start in its own time, lowest, highest),
+        # and the latest sample time it has seen or would have.
+        self._start: float | None = None
+        self._low = self._high = 0.0
+        self._last_t = -math.inf
+        self._verdict = detector.verdict
+        self._samples: tuple[Verdict, list[Sample]] | None = None
+
+    def update(self, t: float, value: float, limit: float | None) -> Verdict:
+        detector = self.detector
+        scaled = t if self._scale == 1.0 else t * self._scale  # as Detector.update scales it
+        start = self._start
+        if scaled < self._last_t:  # out of order: the detector would keep only the limit
+            if limit is not None:
+                detector.limit = limit
+            return self._verdict
+        if (
+            start is not None
+            and scaled < start + BUCKET_SECONDS
+            and self._low <= value <= self._high
+            and (limit is None or limit == detector.limit)
+        ):
+            self._last_t = scaled
+            return self._verdict
+        verdict = self._verdict = detector.update(t, value, limit)
+        self._last_t = scaled
+        if start is None or scaled >= start + BUCKET_SECONDS:  # it opened a bucket
+            self._start, self._low, self._high = scaled, value, value
+        else:  # folded, as the detector folds (a NaN moves neither)
+            if value < self._low:
+                self._low = value
+            elif value > self._high:
+                self._high = value
+        return verdict
+
+    def samples_of(self, verdict: Verdict) -> list[Sample]:
+        cached = self._samples
+        if cached is None or cached[0] is not verdict:
+            cached = self._samples = (verdict, verdict_samples(verdict, self.labels, self.names))
+        return cached[1]

@@ -216,3 +216,46 @@ def test_recorded_verdicts_give_the_same_episodes_as_a_replay():
     alerts = replay(times, values, LIMIT, series="rss")
     assert [a.end is None for a in alerts] == [False, True]
     assert alerts_from_verdicts(events, "rss") == alerts
+
+
+# -- stable verdicts ---------------------------------------------------------------------------
+
+
+def _daily_cycle_leak(t):
+    """Per-request retention under a daily load cycle: the leak slows to a fifth at night."""
+    onset = 7200
+    if t < onset:
+        return 1 * GiB
+    elapsed = t - onset
+    # The integral of a rate 0.06 MiB/s * (0.6 + 0.4 sin(2 pi t / day)).
+    day = 86400
+    grown = 0.6 * elapsed + 0.4 * day / (2 * math.pi) * (1 - math.cos(2 * math.pi * elapsed / day))
+    return 1 * GiB + 0.03 * MiB * grown
+
+
+@pytest.mark.parametrize("name", [*LEAKS, "per-request, daily load cycle"])
+def test_a_called_leak_stays_called_until_the_oom(name):
+    shape, onset = LEAKS.get(name, (_daily_cycle_leak, 7200))
+    step = 60.0 if name.startswith("slow") else 5.0
+    times, values = until_oom(shape, hours=24 * 5, step=step)
+    alerts = [a for a in replay(times, values, LIMIT) if a.start >= onset]
+    assert len(alerts) == 1, [(a.start, a.end) for a in alerts]
+    assert alerts[0].end is None, "the verdict left leak before the OOM"
+
+
+def test_a_leak_that_stops_is_left_on_as_much_evidence_as_called_it():
+    stop = 3600 + 3 * 3600
+
+    def shape(t):
+        return 1 * GiB + 0.1 * MiB * (min(t, stop) - 3600) if t > 3600 else 1 * GiB
+
+    detector = Detector(LIMIT)
+    times, values = series(shape, hours=12)
+    alerts = replay(times, values, LIMIT, detector=detector)
+    assert len(alerts) == 1
+    ended = alerts[0].end
+    assert ended is not None, "still a leak hours after the growth stopped"
+    # Not on the first flat window; within half the time the leak had been watched (its longest
+    # windows still rise for a while after the stop).
+    assert stop + 5 * 60 <= ended <= stop + 0.5 * (stop - alerts[0].start), ended - stop
+    assert detector.verdict.state in ("steady", "bounded_growth")
