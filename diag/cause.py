@@ -5,7 +5,17 @@ holder (a leak), glibc keeping freed memory (allocator retention: ``malloc_trim`
 PyTorch's caching allocator keeping reserved blocks (a plateau, not a leak), fragmentation of
 that cache, copy-on-write of pages a pre-forked worker shares with its master, or native memory
 no Python-level tool sees. Each leaves a different mark on the series the agent records; this
-module reads those marks. Pure: series and holders' growth in, a ``Cause`` out.
+module reads those marks. Pure: series, holders' growth, the detector's verdicts and a traced
+window's own measurements in, a ``Cause`` out.
+
+Every cause carries a growth account (``GrowthAccount``): how fast memory grows and where that
+growth goes, part by part, the parts summing to the whole.
+
+Rates ignore the start-up: a plain dump's slopes are taken over the current regime of RSS only
+(``current_regime``: an import ramp or a cache filling before the last knee is cut off), a
+traced window's over the window itself. And the cause agrees with the detector: while the
+agent's detector says its memory series are warming up, steady or bounded, no series-based
+reading is called a leak.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from diag.detect import Verdict
 from diag.units import format_bytes
 
 Points = Sequence[tuple[float, float]]
@@ -22,16 +33,85 @@ Points = Sequence[tuple[float, float]]
 MIN_GROWTH_PER_HOUR = 16 * 1024 * 1024
 #: ...and a part explains the whole when it accounts for this share of it.
 EXPLAINS = 0.25
-#: Holders growing this many times MIN_GROWTH_PER_HOUR are a leak whatever RSS says.
+#: Holders growing this many times MIN_GROWTH_PER_HOUR are a leak whatever RSS says...
 FAST_HOLDER_GROWTH = 10
+#: ...provided the named holder alone is at least this share of the growth: a holder that
+#: grew a few percent of it is not the culprit.
+FAST_HOLDER_SHARE = 0.10
+#: A knee in RSS is cut off when two lines fit at most this share of one line's squared error...
+KNEE_FIT = 0.5
+#: ...and their slopes differ by at least this share of the larger one.
+KNEE_SLOPES = 0.5
+#: The current regime keeps at least this many points.
+REGIME_MIN_POINTS = 3
+
+#: The detector's states, as the cause reads them.
+GROWING_STATES = frozenset({"growing", "leak"})
+EARLY_STATES = frozenset({"insufficient_data", "warming_up"})
+
+
+@dataclass
+class GrowthAccount:
+    """Where the growth goes, in bytes per second; the parts sum to ``total_bytes_per_second``
+    (the RSS growth, plus the CUDA reserved growth on a machine where torch uses a GPU: device
+    memory is not in RSS)."""
+
+    rss_bytes_per_second: float
+    owners_bytes_per_second: float
+    allocator_retention_bytes_per_second: float
+    cuda_reserve_bytes_per_second: float
+    native_bytes_per_second: float
+    #: What no part explains: the remainder. Negative when the measured parts exceed the
+    #: growth (memory reused that was already resident, noise of short windows).
+    unexplained_bytes_per_second: float
+    by_owner: list[dict[str, Any]]
+    total_bytes_per_second: float
+    #: Seconds the rates were measured over, and how: ``"window"`` (a traced window's
+    #: readings at its start and end) or ``"series"`` (the agent's samples, start-up cut).
+    span_seconds: float
+    source: str
+    #: Growth of everything Python allocated (tracemalloc, during a window); None otherwise.
+    python_heap_bytes_per_second: float | None = None
+    #: tracemalloc's own tables during the window (diag's cost, part of ``native``).
+    tracing_bytes_per_second: float | None = None
+    #: What ``malloc_trim(0)`` returned to the system (``diag dump --trim``), bytes.
+    trim_returned_bytes: int | None = None
+
+    def parts(self) -> float:
+        return (
+            self.owners_bytes_per_second
+            + self.allocator_retention_bytes_per_second
+            + self.cuda_reserve_bytes_per_second
+            + self.native_bytes_per_second
+            + self.unexplained_bytes_per_second
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A traced window's own readings, as rates over ``seconds``: RSS, glibc's in-use and
+    free-retained bytes (mallinfo2), what tracemalloc traced (every Python allocation) and
+    tracemalloc's own memory. None where the reading was not available."""
+
+    seconds: float
+    rss: float
+    malloc_in_use: float | None = None
+    malloc_free: float | None = None
+    python_traced: float | None = None
+    tracing: float | None = None
 
 
 @dataclass
 class Cause:
     kind: str  # leak, allocator_retention, cuda_caching_plateau, fragmentation,
-    #            copy_on_write, native_growth, no_growth, unexplained, unknown
+    #            copy_on_write, native_growth, no_growth, bounded_growth, warming_up,
+    #            unexplained, unknown
     summary: str
     evidence: list[str] = field(default_factory=list)
+    growth_accounting: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +130,60 @@ def slope(points: Points) -> float | None:
     return sum((t - mean_t) * (v - mean_v) for t, v in points) / var
 
 
+class _Fits:
+    """Least-squares lines over any run of ``points`` in constant time (prefix sums)."""
+
+    def __init__(self, points: Points) -> None:
+        t0 = points[0][0]
+        self._s = [(0.0, 0.0, 0.0, 0.0, 0.0)]
+        st = sv = stt = stv = svv = 0.0
+        for t, v in points:
+            t -= t0
+            st, sv, stt, stv, svv = st + t, sv + v, stt + t * t, stv + t * v, svv + v * v
+            self._s.append((st, sv, stt, stv, svv))
+
+    def fit(self, i: int, j: int) -> tuple[float, float]:
+        """(slope, squared error) of the line through points[i:j]."""
+        a, b = self._s[i], self._s[j]
+        n = j - i
+        st, sv, stt, stv, svv = (b[k] - a[k] for k in range(5))
+        sxx = stt - st * st / n
+        sxy = stv - st * sv / n
+        syy = svv - sv * sv / n
+        if sxx <= 0:
+            return 0.0, max(syy, 0.0)
+        return sxy / sxx, max(syy - sxy * sxy / sxx, 0.0)
+
+
+def current_regime(points: Points, min_points: int = REGIME_MIN_POINTS) -> Points:
+    """The points after the last clear knee: where two lines fit far better than one and their
+    slopes differ, only the later line's points are kept. This cuts off the interpreter's
+    import ramp and a model's load (steep, then the service's own rate), and a cache that
+    filled before it plateaued. At most two knees are cut; without one, all points stay."""
+    for _ in range(2):
+        n = len(points)
+        if n < min_points + 2:
+            return points
+        fits = _Fits(points)
+        whole_slope, whole = fits.fit(0, n)
+        if whole <= 0:
+            return points
+        best: tuple[float, int] | None = None
+        for b in range(2, n - min_points + 1):
+            error = fits.fit(0, b)[1] + fits.fit(b, n)[1]
+            if best is None or error < best[0]:
+                best = (error, b)
+        assert best is not None
+        error, b = best
+        before, after = fits.fit(0, b)[0], fits.fit(b, n)[0]
+        if error > KNEE_FIT * whole:
+            return points
+        if abs(before - after) < KNEE_SLOPES * max(abs(before), abs(after)):
+            return points
+        points = points[b:]
+    return points
+
+
 def _rate(series: Mapping[str, Points], name: str) -> float:
     return slope(series.get(name, ())) or 0.0
 
@@ -63,24 +197,193 @@ def _per_hour(rate: float) -> str:
     return f"{format_bytes(rate * 3600)}/h"
 
 
+def _per_second(rate: float) -> str:
+    sign = "+" if rate >= 0 else "-"
+    return f"{sign}{format_bytes(abs(rate))}/s"
+
+
+def detector_state(verdicts: Mapping[str, Verdict] | None) -> tuple[str, Verdict] | None:
+    """What the detector says of the memory series, as one state: ``growing`` when any of
+    them grows (or leaks), else ``warming_up`` when any is still warming up (or has too few
+    samples), else ``bounded`` when any rose in a bounded way, else ``steady``. With the
+    verdict that decided it; None without verdicts."""
+    if not verdicts:
+        return None
+    order = (
+        ("growing", GROWING_STATES),
+        ("warming_up", EARLY_STATES),
+        ("bounded", frozenset({"bounded_growth"})),
+        ("steady", frozenset({"steady"})),
+    )
+    for state, states in order:
+        for verdict in verdicts.values():
+            if verdict.state in states:
+                return state, verdict
+    return None
+
+
+def account(
+    series: Mapping[str, Points],
+    owner_growth: Sequence[tuple[str, float]] = (),
+    *,
+    measured: Measured | None = None,
+    device_share: Mapping[str, float] | None = None,
+    trimmed_bytes: int | None = None,
+) -> GrowthAccount | None:
+    """The growth account. ``series`` are already cut to the span to measure over (the
+    current regime, or the window); ``measured`` replaces RSS and malloc's slopes by a traced
+    window's readings and adds what Python allocated meanwhile. ``device_share``: per holder,
+    the share of its bytes on a GPU. None when RSS has too few points for a slope.
+
+    The parts: live objects by owner (the census's growth per holder); allocator retention
+    (the growth of what glibc keeps free, mallinfo2's ``fordblks``); the CUDA caching
+    allocator's reserve (reserved minus allocated growth); native memory (growth that neither
+    Python's allocations nor malloc's free lists explain: C code's own ``malloc`` and
+    ``mmap``, tracemalloc's tables during a window); and the unexplained remainder. Native
+    memory is only told from the Python heap when a window measured the Python heap
+    (tracemalloc) or, outside one, when Python's allocated blocks are flat and the growth lies
+    outside malloc; else it stays in ``unexplained``."""
+    points = series.get("process_resident_memory_bytes", ())
+    if measured is not None:
+        rss = measured.rss
+        span = measured.seconds
+    else:
+        fitted = slope(points)
+        if fitted is None:
+            return None
+        rss = fitted
+        span = points[-1][0] - points[0][0]
+    in_use = _rate(series, "malloc_in_use_bytes")
+    free = _rate(series, "malloc_free_retained_bytes")
+    if measured is not None and measured.malloc_in_use is not None:
+        in_use = measured.malloc_in_use
+    if measured is not None and measured.malloc_free is not None:
+        free = measured.malloc_free
+    reserved = _rate(series, "cuda_reserved_bytes")
+    allocated = _rate(series, "cuda_allocated_bytes")
+    shares = device_share or {}
+    owners = sum(rate for _, rate in owner_growth)
+    on_device = sum(rate * shares.get(path, 0.0) for path, rate in owner_growth)
+    on_host = owners - on_device
+    python = measured.python_traced if measured is not None else None
+    if python is not None:
+        # Python's allocations (and buffers it traces: numpy) or the owners' own measure,
+        # whichever saw more (torch's CPU buffers are not traced).
+        heap = max(python, on_host)
+        native = max(rss - free - heap, 0.0)
+    else:
+        outside_malloc = rss - in_use - free
+        blocks = _rate(series, "python_allocated_blocks")
+        # Python's small objects live in arenas outside malloc too: only with its blocks
+        # flat is growth outside malloc native.
+        blocks_flat = blocks * 64 < EXPLAINS * max(outside_malloc, 0.0)
+        native = max(outside_malloc - max(on_host - in_use, 0.0), 0.0) if blocks_flat else 0.0
+    cuda_reserve = reserved - allocated
+    total = rss + reserved
+    growing = sorted((o for o in owner_growth if o[1] > 0), key=lambda o: -o[1])
+    return GrowthAccount(
+        rss_bytes_per_second=rss,
+        owners_bytes_per_second=owners,
+        allocator_retention_bytes_per_second=free,
+        cuda_reserve_bytes_per_second=cuda_reserve,
+        native_bytes_per_second=native,
+        unexplained_bytes_per_second=total - owners - free - cuda_reserve - native,
+        by_owner=[
+            {
+                "path": path,
+                "bytes_per_second": rate,
+                "share": rate / total if total > 0 else None,
+            }
+            for path, rate in growing
+        ],
+        total_bytes_per_second=total,
+        span_seconds=span,
+        source="window" if measured is not None else "series",
+        python_heap_bytes_per_second=python,
+        tracing_bytes_per_second=measured.tracing if measured is not None else None,
+        trim_returned_bytes=trimmed_bytes,
+    )
+
+
+def _since(series: Mapping[str, Points], t: float) -> dict[str, Points]:
+    return {name: [(s, v) for s, v in points if s >= t] for name, points in series.items()}
+
+
+def settled(series: Mapping[str, Points]) -> dict[str, Points]:
+    """Every series cut to RSS's current regime (``current_regime``), so that all rates are
+    measured over the same span and none includes the start-up."""
+    points = series.get("process_resident_memory_bytes", ())
+    regime = current_regime(points)
+    if not regime or len(regime) == len(points):
+        return dict(series)
+    return _since(series, regime[0][0])
+
+
+def fragmentation_line(growth: GrowthAccount) -> str | None:
+    """Said when malloc keeps a fair share of the growth free between retained blocks."""
+    grows = MIN_GROWTH_PER_HOUR / 3600
+    free = growth.allocator_retention_bytes_per_second
+    rss = growth.rss_bytes_per_second
+    if free < grows or rss <= 0 or free < EXPLAINS * rss:
+        return None
+    return (
+        f"objects {_per_second(growth.owners_bytes_per_second)}, malloc keeps "
+        f"{_per_second(free)} free between them (fragmentation), RSS {_per_second(rss)}"
+    )
+
+
 def classify(
     series: Mapping[str, Points],
     owner_growth: Sequence[tuple[str, float]] = (),
     *,
     worker: bool = False,
     trimmed_bytes: int | None = None,
+    verdicts: Mapping[str, Verdict] | None = None,
+    measured: Measured | None = None,
+    device_share: Mapping[str, float] | None = None,
 ) -> Cause:
     """``series``: name -> recent points (CUDA ones summed over devices); ``owner_growth``:
-    (holder path, bytes per second) measured over a traced window, biggest first."""
+    (holder path, bytes per second) measured over a traced window, biggest first;
+    ``verdicts``: the agent's current verdicts on its memory series (None: no detector, as in
+    a replay); ``measured``: the traced window's own readings, when this dump closes one."""
+    if measured is None:
+        series = settled(series)
+    growth = account(
+        series,
+        owner_growth,
+        measured=measured,
+        device_share=device_share,
+        trimmed_bytes=trimmed_bytes,
+    )
+    cause = _classify(series, owner_growth, worker, trimmed_bytes, verdicts, measured, growth)
+    if growth is not None:
+        cause.growth_accounting = growth.to_json()
+        line = fragmentation_line(growth)
+        if line is not None:
+            cause.evidence.append(line)
+    return cause
+
+
+def _classify(
+    series: Mapping[str, Points],
+    owner_growth: Sequence[tuple[str, float]],
+    worker: bool,
+    trimmed_bytes: int | None,
+    verdicts: Mapping[str, Verdict] | None,
+    measured: Measured | None,
+    growth: GrowthAccount | None,
+) -> Cause:
     grows = MIN_GROWTH_PER_HOUR / 3600
-    if slope(series.get("process_resident_memory_bytes", ())) is None:
+    if growth is None:
         return Cause(
             "unknown",
             "too few samples yet to tell how memory moves (the agent needs a few ticks)",
         )
-    rss = _rate(series, "process_resident_memory_bytes")
+    rss = growth.rss_bytes_per_second
     uss = _rate(series, "process_unique_memory_bytes")
     malloc = _rate(series, "malloc_in_use_bytes")
+    if measured is not None and measured.malloc_in_use is not None:
+        malloc = measured.malloc_in_use
     blocks = _rate(series, "python_allocated_blocks")
     allocated = _rate(series, "cuda_allocated_bytes")
     reserved = _rate(series, "cuda_reserved_bytes")
@@ -88,6 +391,7 @@ def classify(
     retries = _rate(series, "cuda_alloc_retries_total")
     held = sum(rate for _, rate in owner_growth if rate > 0)
     evidence = [f"RSS {_per_hour(rss)}"]
+    whole = max(rss, allocated, growth.total_bytes_per_second)
 
     if reserved > grows and abs(allocated) < EXPLAINS * reserved:
         evidence.append(f"CUDA reserved {_per_hour(reserved)}, allocated {_per_hour(allocated)}")
@@ -109,15 +413,67 @@ def classify(
             "this is a cache filling up to its plateau, not a leak",
             evidence,
         )
-    # Live objects growing is a leak when they explain a fair share of the growth, or grow fast
-    # on their own: RSS measured over a short traced window is noisy and includes tracing's
-    # own memory, so a holder piling up megabytes a minute is not second-guessed by it.
-    explains = held >= EXPLAINS * max(rss, allocated) or rss < grows
-    if owner_growth and held >= grows and (explains or held >= FAST_HOLDER_GROWTH * grows):
-        path, rate = owner_growth[0]
-        share = f", {held / rss:.0%} of RSS growth" if rss > 0 else ""
-        evidence.append(f"{path} grew {_per_hour(rate)}; holders in all {_per_hour(held)}{share}")
-        return Cause("leak", f"live objects are piling up in {path}", evidence)
+
+    # The culprit: the holder that grew most, named only when it grew and its growth is a
+    # substantial share of the whole (or fast on its own: RSS over a short traced window is
+    # noisy and carries tracing's own memory, yet a holder alone must still be a tenth of it).
+    top_path, top_rate = max(owner_growth, key=lambda o: o[1], default=("", 0.0))
+    explains = top_rate >= EXPLAINS * whole or whole < grows
+    fast = top_rate >= FAST_HOLDER_GROWTH * grows and top_rate >= FAST_HOLDER_SHARE * whole
+    culprit = top_rate >= grows and (explains or fast)
+
+    def named_leak() -> Cause:
+        share = f", {top_rate / whole:.0%} of the growth" if whole > 0 else ""
+        evidence.append(
+            f"{top_path} grew {_per_hour(top_rate)}{share}; holders in all {_per_hour(held)}"
+        )
+        return Cause("leak", f"live objects are piling up in {top_path}", evidence)
+
+    judged = detector_state(verdicts)
+    if judged is not None and judged[0] != "growing":
+        state, verdict = judged
+        evidence.append(f"detector: {verdict.state} ({verdict.reason})")
+        if state == "warming_up" and measured is not None and culprit:
+            # A traced window measured this holder growing: that is evidence of its own, but
+            # a warm-up fills caches too, so the cause says the detector has not judged yet.
+            cause = named_leak()
+            cause.summary += " (measured in the window; the detector is still warming up)"
+            return cause
+        retention = _retention(series, trimmed_bytes, malloc, grows, evidence)
+        if retention is not None:
+            return retention
+        if top_rate >= grows:
+            evidence.append(f"in the window {top_path} grew {_per_hour(top_rate)}")
+        if state == "warming_up":
+            return Cause(
+                "warming_up",
+                "too early to tell: the detector is still in its warm-up, when caches and "
+                "models fill; growth now is not yet a leak",
+                evidence,
+            )
+        if state == "bounded":
+            return Cause(
+                "bounded_growth",
+                "memory rose but is levelling off (the detector calls it bounded), not a leak",
+                evidence,
+            )
+        return Cause("no_growth", "memory is not growing (the detector says steady)", evidence)
+
+    if owner_growth and culprit:
+        return named_leak()
+    native = growth.native_bytes_per_second
+    if measured is not None and native >= grows and native >= EXPLAINS * max(rss, grows):
+        evidence.append(
+            f"native {_per_hour(native)} of RSS {_per_hour(rss)}; Python allocated "
+            f"{_per_hour(growth.python_heap_bytes_per_second or 0.0)}, holders "
+            f"{_per_hour(held)}"
+        )
+        return Cause(
+            "native_growth",
+            "memory grows outside Python's objects: native code (a C extension or library's "
+            "malloc or mmap) holds it, and no Python holder does",
+            evidence,
+        )
     if owner_growth and held < grows and (rss > grows or malloc > grows):
         # A traced window measured every holder and none grew: the window's own growth is
         # tracemalloc's (a trace per live allocation) or lies outside what the census sees.
@@ -128,6 +484,12 @@ def classify(
             "tracing's own, or objects outside containers; watch the verdict over a longer span",
             evidence,
         )
+    if owner_growth and top_rate >= grows:
+        # Holders grew, but none enough to be the culprit: say so, name none.
+        evidence.append(
+            f"the holder that grew most, {top_path}, grew {_per_hour(top_rate)}: "
+            f"{top_rate / whole:.0%} of the growth" if whole > 0 else ""
+        )
     if allocated > grows:
         evidence.append(f"CUDA allocated {_per_hour(allocated)}")
         return Cause(
@@ -135,23 +497,9 @@ def classify(
             "live CUDA tensors are growing; take a traced dump (--window) to name their holder",
             evidence,
         )
-    if trimmed_bytes is not None and trimmed_bytes > 0:
-        evidence.append(f"malloc_trim(0) returned {format_bytes(trimmed_bytes)} to the system")
-    free_retained = _last(series, "malloc_free_retained_bytes") or 0.0
-    resident = _last(series, "process_resident_memory_bytes") or 0.0
-    retained_much = resident > 0 and free_retained >= EXPLAINS * resident
-    if (trimmed_bytes or 0) >= EXPLAINS * max(resident, 1) or (
-        retained_much and malloc < grows and trimmed_bytes is None
-    ):
-        evidence.append(
-            f"glibc holds {format_bytes(free_retained)} free of {format_bytes(resident)} resident"
-        )
-        return Cause(
-            "allocator_retention",
-            "the allocator keeps memory the program already freed: RSS is far above malloc in "
-            "use, and malloc_trim(0) gives it back (diag dump --trim measures it)",
-            evidence,
-        )
+    retention = _retention(series, trimmed_bytes, malloc, grows, evidence)
+    if retention is not None:
+        return retention
     if rss < grows and uss < grows:
         return Cause("no_growth", "memory is not growing", evidence)
     python_flat = malloc < EXPLAINS * rss and blocks * 64 < EXPLAINS * rss
@@ -177,3 +525,31 @@ def classify(
         "the Python heap is growing; take a traced dump (--window) to name the holder",
         evidence,
     )
+
+
+def _retention(
+    series: Mapping[str, Points],
+    trimmed_bytes: int | None,
+    malloc: float,
+    grows: float,
+    evidence: list[str],
+) -> Cause | None:
+    """Allocator retention, proven by ``malloc_trim`` or read from glibc's free bytes."""
+    if trimmed_bytes is not None and trimmed_bytes > 0:
+        evidence.append(f"malloc_trim(0) returned {format_bytes(trimmed_bytes)} to the system")
+    free_retained = _last(series, "malloc_free_retained_bytes") or 0.0
+    resident = _last(series, "process_resident_memory_bytes") or 0.0
+    retained_much = resident > 0 and free_retained >= EXPLAINS * resident
+    if (trimmed_bytes or 0) >= EXPLAINS * max(resident, 1) or (
+        retained_much and malloc < grows and trimmed_bytes is None
+    ):
+        evidence.append(
+            f"glibc holds {format_bytes(free_retained)} free of {format_bytes(resident)} resident"
+        )
+        return Cause(
+            "allocator_retention",
+            "the allocator keeps memory the program already freed: RSS is far above malloc in "
+            "use, and malloc_trim(0) gives it back (diag dump --trim measures it)",
+            evidence,
+        )
+    return None

@@ -604,7 +604,6 @@ def _build(
             frag=cfg.ratchet_frag,
             release=cfg.ratchet_release,
         )
-        base -= L * cfg.ratchet[0] * 0.0  # the reserve is added in render()
 
     shape = None
     if leak is not None:
@@ -864,8 +863,6 @@ def _leak_cfg(rng: np.random.Generator, family: str, short: bool) -> tuple[_Cfg,
     elif family == "leak_combo":
         _combine(rng, cfg, int(rng.integers(2, 4)), exclude=("ratchet",))
         shape = ["linear", "chunks", "request", "power"][int(rng.integers(4))]
-        if cfg.restarts is not None:
-            cfg.restarts = "crash" if prefix > 2 * HOUR else None
     else:
         raise ValueError(family)
     if shape == "request":
