@@ -52,6 +52,8 @@ MAX_GROUPS = 12
 MIN_GROUPS = 6
 #: A standing leak ends when its envelope rises at under this share of the rate it entered at.
 HOLD_SHARE_OF_ENTRY_RATE = 0.25
+#: The request rate varied across a window when its range is this share of its mean.
+LOAD_VARIES = 0.2
 #: After one of diag's dumps ends, the host still settles from it (requests queued during the
 #: pause run at once) for about this long: memory samples are held back until then.
 SETTLE_SECONDS = 3.0
@@ -133,6 +135,7 @@ class _Window:
     onset_inside: bool  # its first half is flat: the growth began inside it
     decelerating: bool
     steps: bool  # a ratchet: the rise came in a few jumps, ever more rarely
+    load: str | None  # what the request counts say of the growth (see _load_of); None: no counts
     rate: float
     rate_low: float
     rate_high: float
@@ -140,7 +143,7 @@ class _Window:
 
     @classmethod
     def quiet(cls, seconds: float, now: float) -> _Window:
-        return cls(seconds, now, False, False, False, False, 0.0, 0.0, 0.0, 0.0)
+        return cls(seconds, now, False, False, False, False, None, 0.0, 0.0, 0.0, 0.0)
 
 
 def _median(values: list[float]) -> float:
@@ -228,8 +231,10 @@ class Detector:
         self._ends: list[float] = []
         self._lows: list[float] = []
         self._highs: list[float] = []
+        self._requests: list[float] = []  # cumulative requests at each point's end; nan: none
         self._counts: list[int] = [0]
-        self._bucket: list[float] | None = None  # [start, min, max, deepest fall inside]
+        # [start, min, max, deepest fall inside, cumulative requests at the last sample]
+        self._bucket: list[float] | None = None
         self._regime_start = start_time
         self._regime_floor = math.inf  # the lowest value since the regime began
         self._drops: deque[float] = deque(maxlen=8)
@@ -240,12 +245,16 @@ class Detector:
 
     # -- samples in -----------------------------------------------------------------------
 
-    def update(self, t: float, value: float, limit: float | None = None) -> Verdict:
-        """Add one sample; returns the current verdict (re-evaluated when a bucket closes)."""
+    def update(
+        self, t: float, value: float, limit: float | None = None, requests: float | None = None
+    ) -> Verdict:
+        """Add one sample; returns the current verdict (re-evaluated when a bucket closes).
+        ``requests``: the process's cumulative request count at ``t``, where it counts them;
+        with it, growth that follows load is told apart from growth that outlasts it."""
         scale = self.config.time_scale
         if scale == 1.0:
-            return self._update(t, value, limit)
-        verdict = self._update(t * scale, value, limit)
+            return self._update(t, value, limit, requests)
+        verdict = self._update(t * scale, value, limit, requests)
         return dataclasses.replace(
             verdict,
             t=verdict.t / scale,
@@ -256,7 +265,9 @@ class Detector:
             window_seconds=_unscale(verdict.window_seconds, scale),
         )
 
-    def _update(self, t: float, value: float, limit: float | None = None) -> Verdict:
+    def _update(
+        self, t: float, value: float, limit: float | None = None, requests: float | None = None
+    ) -> Verdict:
         if limit is not None:
             self.limit = limit
         if t < self._last_t:
@@ -264,6 +275,8 @@ class Detector:
         self._last_t = t
         bucket = self._bucket
         if bucket is not None and t < bucket[0] + BUCKET_SECONDS:
+            if requests is not None:
+                bucket[4] = requests
             if value < bucket[1]:
                 bucket[1] = value
                 if bucket[2] - value > bucket[3]:
@@ -276,10 +289,11 @@ class Detector:
         if self._regime_start is None:
             self._regime_start = t
             self.verdict = Verdict(t, "insufficient_data", "fewer than 3 minutes of samples")
-        self._bucket = [t, value, value, 0.0]
+        self._bucket = [t, value, value, 0.0, math.nan if requests is None else requests]
         return self.verdict
 
     def extend(self, samples: Iterable[tuple[float, float]]) -> Verdict:
+        """Add samples in turn (without request counts); returns the last verdict."""
         verdict = self.verdict
         for t, value in samples:
             verdict = self.update(t, value)
@@ -288,7 +302,7 @@ class Detector:
     # -- history --------------------------------------------------------------------------
 
     def _close_bucket(self, bucket: list[float], now: float) -> None:
-        start, low, high, fell_inside = bucket
+        start, low, high, fell_inside, requests = bucket
         end = min(now, start + BUCKET_SECONDS)
         if self._ends:
             previous_high = self._highs[-1]
@@ -306,7 +320,7 @@ class Detector:
                 # two buckets is one drop, not two.
                 self._drops.append(start)
         self._regime_floor = min(self._regime_floor, low)
-        self._push(end, low, high)
+        self._push(end, low, high, requests)
         self.verdict = self._decide(end)
 
     def _restart(self, t: float) -> None:
@@ -315,11 +329,12 @@ class Detector:
         self._drops.clear()
         self._windows.clear()
 
-    def _push(self, end: float, low: float, high: float) -> None:
+    def _push(self, end: float, low: float, high: float, requests: float) -> None:
         ends, lows, highs, counts = self._ends, self._lows, self._highs, self._counts
         ends.append(end)
         lows.append(low)
         highs.append(high)
+        self._requests.append(requests)
         counts[0] += 1
         width = 0
         while counts[width] > POINTS_PER_WIDTH:
@@ -329,7 +344,8 @@ class Detector:
             ends[i] = ends[i + 1]
             lows[i] = min(lows[i], lows[i + 1])
             highs[i] = max(highs[i], highs[i + 1])
-            del ends[i + 1], lows[i + 1], highs[i + 1]
+            # Cumulative counts: the merged point keeps the later one.
+            del ends[i + 1], lows[i + 1], highs[i + 1], self._requests[i]
             counts[width] -= 2
             if width + 1 == len(counts):
                 counts.append(0)
@@ -403,6 +419,7 @@ class Detector:
                 prior_rate = _end_rate(pts, pys)
         steps = _ratchet(ys)
         se, top = _spread(ts, ys, tops, rate, now)
+        load = self._load_of(start, seconds / groups, ts, ys)
         return _Window(
             seconds=seconds,
             evaluated_at=now,
@@ -414,11 +431,48 @@ class Detector:
                 or (prior_rate is not None and _end_rate(ts, ys) < 0.75 * prior_rate)
             ),
             steps=steps,
+            load=load,
             rate=rate,
             rate_low=max(rate - 2 * se, 0.1 * rate),
             rate_high=rate + 2 * se,
             top=top,
         )
+
+    def _load_of(
+        self, start: float, span: float, ts: Sequence[float], ys: Sequence[float]
+    ) -> str | None:
+        """What the request counts say of a rising window's group minima: None without
+        counts (or across a counter reset); "steady" when the request rate barely varied, so
+        the growth stands on its own; "follows" when the minima track the request rate and
+        nothing keeps rising once it is accounted for (a burst, a busy hour: memory that
+        follows load is working set); "outlasts" when growth remains across load levels."""
+        ends, counts = self._ends, self._requests
+        rates = []
+        for t in ts:
+            first = bisect_right(ends, t - span / 2) - 1
+            last = bisect_right(ends, t + span / 2) - 1
+            if first < 0 or last <= first:
+                return None
+            served = counts[last] - counts[first]
+            if not served >= 0:  # nan (no counts) or negative (a reset)
+                return None
+            rates.append(served / (ends[last] - ends[first]))
+        mean = sum(rates) / len(rates)
+        if mean <= 0:
+            return None  # no traffic at all: the counts say nothing
+        # Varied: by more than a share of the mean, and by more than counting noise would
+        # (Poisson arrivals: a group of n requests varies by about sqrt(n)).
+        noise = 5 * math.sqrt(mean / span)
+        if max(rates) - min(rates) < max(LOAD_VARIES * mean, noise):
+            return "steady"
+        # Least squares of the minima on the request rate; what it leaves must not rise.
+        y_mean = sum(ys) / len(ys)
+        srr = sum((r - mean) ** 2 for r in rates)
+        slope = sum((r - mean) * (y - y_mean) for r, y in zip(rates, ys, strict=True)) / srr
+        left = [y - slope * (r - mean) for r, y in zip(rates, ys, strict=True)]
+        if slope > 0 and _mann_kendall_z(left) < self.config.min_trend_z:
+            return "follows"
+        return "outlasts"
 
     def _continuing(self, seconds: float, now: float, period: float) -> _Window | None:
         """The growth over the last ``seconds``, trend test or not: a standing leak is judged
@@ -440,6 +494,7 @@ class Detector:
             onset_inside=False,
             decelerating=False,
             steps=False,
+            load=None,
             rate=rate,
             rate_low=max(rate - 2 * se, 0.1 * rate),
             rate_high=rate + 2 * se,
@@ -502,6 +557,7 @@ class Detector:
         period = self._sawtooth_period(now)
         best: _Window | None = None
         bounded: _Window | None = None
+        followed: _Window | None = None
         # Windows never reach back into the warm-up: its rise is not the leak's.
         lengths = self._candidate_lengths(since_start - cfg.warmup_seconds)
         slowing = 0
@@ -529,11 +585,17 @@ class Detector:
             if window.steps:
                 bounded = bounded or window
                 continue
+            if window.load == "follows":
+                followed = followed or window
+                continue
             best = window
         if best is None:
             if bounded is not None:
                 why = "rising in a few steps" if bounded.steps else "growth is slowing down"
                 return self._verdict(now, "bounded_growth", why, bounded)
+            if followed is not None:
+                why = "growth follows load: it rises and falls with the request rate"
+                return self._verdict(now, "growing", why, followed)
             return Verdict(now, "steady", "no sustained growth")
         forecast = self._forecast(best)
         watched_enough = best.seconds >= cfg.min_leak_seconds / cfg.sensitivity
@@ -554,7 +616,7 @@ class Detector:
             # Once a leak, a leak while the growth goes on: as the onset slides through the
             # windows the longest clean one can shrink for a while, and alerts must not flap.
             return self._verdict(now, "growing", "steady growth, watched too briefly yet", best)
-        return self._verdict(now, "leak", "steady growth of the lower envelope", best)
+        return self._verdict(now, "leak", LEAK_REASONS[best.load], best)
 
     def _forecast(self, window: _Window) -> tuple[float, float, float] | None:
         if self.limit is None or window.rate <= 0:
@@ -578,6 +640,14 @@ class Detector:
             seconds_to_oom_high=forecast[2] if forecast else None,
             window_seconds=window.seconds,
         )
+
+
+LEAK_REASONS = {
+    None: "steady growth of the lower envelope",
+    "steady": "steady growth of the lower envelope at a steady request rate",
+    "outlasts": "steady growth of the lower envelope that outlasts changes in load "
+    "(retained per request at every load level)",
+}
 
 
 class RecentRate:
@@ -668,13 +738,19 @@ def leak_episodes(series: str, verdicts: Iterable[VerdictPoint]) -> list[Alert]:
 
 
 def _verdict_changes(
-    detector: Detector, times: Sequence[float], values: Sequence[float]
+    detector: Detector,
+    times: Sequence[float],
+    values: Sequence[float],
+    requests: Sequence[float] | None = None,
 ) -> Iterator[VerdictPoint]:
     """The detector's verdicts as it takes the samples in turn, each new one once."""
     last: Verdict | None = None
     update = detector.update
-    for t, v in zip(times, values, strict=True):
-        verdict = update(t, v)
+    if requests is None:
+        verdicts = (update(t, v) for t, v in zip(times, values, strict=True))
+    else:
+        verdicts = (update(t, v, None, n) for t, v, n in zip(times, values, requests, strict=True))
+    for verdict in verdicts:
         if verdict is last:
             continue  # unchanged between bucket closes: the common, cheap case
         last = verdict
@@ -695,8 +771,10 @@ def replay(
     series: str = "value",
     config: DetectorConfig | None = None,
     detector: Detector | None = None,
+    requests: Sequence[float] | None = None,
 ) -> list[Alert]:
-    """Run one detector over a recorded series; the leak episodes, in order. Pass ``detector``
-    to read its final verdict afterwards."""
+    """Run one detector over a recorded series; the leak episodes, in order. ``requests``:
+    the cumulative request count at each sample, where the process counts them. Pass
+    ``detector`` to read its final verdict afterwards."""
     detector = detector or Detector(limit, config)
-    return leak_episodes(series, _verdict_changes(detector, times, values))
+    return leak_episodes(series, _verdict_changes(detector, times, values, requests))

@@ -259,3 +259,69 @@ def test_a_leak_that_stops_is_left_on_as_much_evidence_as_called_it():
     # windows, and the hold's twice-the-entry window, still rise for a while after the stop).
     assert stop + 5 * 60 <= ended <= stop + (stop - alerts[0].start), ended - stop
     assert detector.verdict.state in ("steady", "bounded_growth")
+
+
+# -- load-aware verdicts -----------------------------------------------------------------------
+
+
+def _with_requests(rate_of, hours, memory_of, step=5.0, seed=3):
+    """Samples of a service whose request rate is ``rate_of(t)`` (Poisson arrivals), and whose
+    memory is ``memory_of(t, served)`` plus noise: (times, values, cumulative requests)."""
+    rng = random.Random(seed)
+    times, values, counts = [], [], []
+    served, t = 0, 0.0
+    while t < hours * 3600:
+        expected = rate_of(t) * step
+        # Poisson by its normal approximation: plenty of requests per step here.
+        served += max(0, round(rng.gauss(expected, math.sqrt(expected))))
+        times.append(t)
+        values.append(memory_of(t, served) + rng.gauss(0, 2 * MiB))
+        counts.append(float(served))
+        t += step
+    return times, values, counts
+
+
+def until_oom_with_requests(memory_of, limit=LIMIT):
+    times, values, counts = _with_requests(_bursty_rate, 30, memory_of)
+    end = next(i for i, v in enumerate(values) if v >= limit)
+    return times[: end + 1], values[: end + 1], counts[: end + 1]
+
+
+def _bursty_rate(t):
+    """5 req/s, and bursts to 40 req/s that ramp up over 20 minutes and hold 30."""
+    for start in (3 * 3600, 8 * 3600, 13 * 3600):
+        ramp, hold = 1200, 1800
+        if start <= t < start + ramp:
+            return 5 + 35 * (t - start) / ramp
+        if start + ramp <= t < start + ramp + hold:
+            return 40.0
+    return 5.0
+
+
+def test_memory_that_follows_load_is_not_a_leak():
+    # The working set is 12 MiB per request/s in flight: a burst's slow ramp climbs 420 MiB.
+    times, values, counts = _with_requests(
+        _bursty_rate, 18, lambda t, served: 1 * GiB + 12 * MiB * _bursty_rate(t)
+    )
+    reasons = []
+    detector = Detector(1.6 * GiB)
+    for t, v, n in zip(times, values, counts, strict=True):
+        verdict = detector.update(t, v, None, n)
+        assert verdict.state != "leak", (t, verdict)
+        reasons.append(verdict.reason)
+    assert "growth follows load: it rises and falls with the request rate" in reasons
+    # Without the counts, the same series looks like growth near a limit.
+    assert replay(times, values, 1.6 * GiB) != []
+
+
+def test_retention_per_request_across_load_levels_is_a_leak():
+    # 20 KiB kept per request, under the same bursts: the floor rises at every load level.
+    times, values, counts = until_oom_with_requests(
+        lambda t, served: 1 * GiB + 20 * 1024 * served + 12 * MiB * _bursty_rate(t)
+    )
+    detector = Detector(LIMIT)
+    alerts = replay(times, values, LIMIT, detector=detector, requests=counts)
+    assert alerts and alerts[0].start < 3 * 3600, "the leak was not called before the first burst"
+    assert len(alerts) == 1
+    assert detector.verdict.state == "leak"
+    assert "request rate" in detector.verdict.reason or "load" in detector.verdict.reason

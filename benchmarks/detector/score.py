@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -219,6 +220,12 @@ def _ewma_loop(times: list[float], values: list[float]) -> float:
     return level + 0.0 * last
 
 
+def _requests(trace: Trace) -> list[float] | None:
+    """The request covariate, where the trace has one: the agent feeds its detectors the
+    process's request counter, so the replay does too."""
+    return None if trace.requests is None else trace.requests.tolist()
+
+
 def run_detector(traces: list[Trace], sensitivity: float) -> tuple[list[list[Alert]], dict]:
     """Our detector over every trace (as Python lists, how the agent holds samples), each run
     interleaved with the EWMA loop so that both see the same machine state."""
@@ -229,7 +236,16 @@ def run_detector(traces: list[Trace], sensitivity: float) -> tuple[list[list[Ale
         t0 = time.perf_counter()
         _ewma_loop(times, values)
         t1 = time.perf_counter()
-        alerts.append(replay(times, values, trace.limit, series=trace.name, config=config))
+        alerts.append(
+            replay(
+                times,
+                values,
+                trace.limit,
+                series=trace.name,
+                config=config,
+                requests=_requests(trace),
+            )
+        )
         t2 = time.perf_counter()
         ewma_s, detector_s, samples = ewma_s + t1 - t0, detector_s + t2 - t1, samples + len(times)
     speed = {
@@ -272,7 +288,13 @@ def _replay_some(job: tuple[float, list[int]]) -> list[tuple[int, list[Alert]]]:
     out = []
     for i in indices:
         trace = _SHARED[i]
-        alerts = replay(trace.times.tolist(), trace.values.tolist(), trace.limit, config=config)
+        alerts = replay(
+            trace.times.tolist(),
+            trace.values.tolist(),
+            trace.limit,
+            config=config,
+            requests=_requests(trace),
+        )
         out.append((i, alerts))
     return out
 
@@ -536,6 +558,30 @@ def score_corpus(
     return report, targets
 
 
+# --- corpora never tuned on --------------------------------------------------------------
+
+
+def held_out_corpora(quick: bool) -> list[tuple[str, str, Callable[[], list[Trace]]]]:
+    """(label, title, loader) of the test-only corpora: a second synthetic generator written
+    independently of ``traces`` (another hand, other noise and shapes), and the library of
+    real services recorded on this machine under real load (hours each, requests counted)."""
+
+    def alt() -> list[Trace]:
+        from benchmarks.detector import traces_alt
+
+        return traces_alt.generate(seed=0, quick=quick)
+
+    def library() -> list[Trace]:
+        from benchmarks.detector import record_library
+
+        return record_library.load_library()
+
+    return [
+        ("alt", "independent generator (benchmarks/detector/traces_alt.py)", alt),
+        ("recorded", "real services recorded here (tests/data/traces/real)", library),
+    ]
+
+
 # --- real traces ---------------------------------------------------------------------------
 
 
@@ -632,6 +678,16 @@ def main(argv: list[str] | None = None) -> int:
         split_report, targets = score_split(split, args.seed, scale, sensitivities, args.workers)
         report["splits"][split] = split_report
         results.append((split, targets))
+    # The two corpora nothing was ever tuned on, every run.
+    report["corpora"] = {}
+    for where, title, load in held_out_corpora(args.quick):
+        traces = load()
+        if not traces:
+            print(f"\n=== {title}: no traces")
+            results.append((where, [Target(f"{title}: traces present", "none", False)]))
+            continue
+        report["corpora"][where], targets = score_corpus(title, traces, sensitivities, args.workers)
+        results.append((where, targets))
     report["real"], real_targets = score_real()
     results.append(("real", real_targets))
 
