@@ -1,15 +1,17 @@
-"""Reading recorded series: CSV files with a header ``t,value`` (seconds, bytes), and the memory
-series of diag histories."""
+"""Reading recorded series: CSV files with a header ``t,value`` (seconds, bytes) and an optional
+third column ``requests`` (the process's cumulative request count), and the memory series of
+diag histories (with the run's request counters, where the agent counted requests)."""
 
 from __future__ import annotations
 
 import os
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from diag import watched
 from diag.errors import UsageError
-from diag.history import find_runs, read_run
+from diag.history import SeriesData, find_runs, read_run
 
 
 @dataclass
@@ -18,31 +20,44 @@ class RecordedSeries:
     name: str  # the value column's name, or the file's stem when it is just "value"
     times: array[float]
     values: array[float]
+    #: Cumulative requests at each sample (the detector's load covariate), where known.
+    requests: array[float] | None = None
 
 
 def read_csv(path: str) -> RecordedSeries:
-    """Parse a ``t,value`` CSV; a bad file is one clear ``UsageError`` naming the line."""
+    """Parse a ``t,value[,requests]`` CSV; a bad file is one clear ``UsageError`` naming the
+    line."""
     try:
         with open(path, encoding="utf-8") as f:
             header = f.readline().strip().lower().replace(" ", "")
             columns = header.split(",")
-            if len(columns) != 2 or columns[0] not in ("t", "time", "timestamp"):
+            if (
+                len(columns) not in (2, 3)
+                or columns[0] not in ("t", "time", "timestamp")
+                or columns[2:] not in ([], ["requests"])
+            ):
                 raise UsageError(
-                    f"{path}: expected a header 't,value' (seconds, bytes), found {header!r}"
+                    f"{path}: expected a header 't,value' (seconds, bytes) or "
+                    f"'t,value,requests', found {header!r}"
                 )
-            times, values = array("d"), array("d")
+            width = len(columns)
+            times, values, requests = array("d"), array("d"), array("d")
             for number, line in enumerate(f, start=2):
                 if not line.strip():
                     continue
-                t_text, _, v_text = line.partition(",")
+                fields = line.split(",")
                 try:
-                    t, v = float(t_text), float(v_text)
+                    if len(fields) != width:
+                        raise ValueError
+                    numbers = [float(field) for field in fields]
                 except ValueError:
                     raise UsageError(
-                        f"{path}:{number}: not two numbers: {line.strip()!r}"
+                        f"{path}:{number}: not {width} numbers: {line.strip()!r}"
                     ) from None
-                times.append(t)
-                values.append(v)
+                times.append(numbers[0])
+                values.append(numbers[1])
+                if width == 3:
+                    requests.append(numbers[2])
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -50,7 +65,8 @@ def read_csv(path: str) -> RecordedSeries:
     if not times:
         raise UsageError(f"{path}: no samples after the header")
     stem = os.path.splitext(os.path.basename(path))[0]
-    return RecordedSeries(path, stem if columns[1] == "value" else columns[1], times, values)
+    name = stem if columns[1] == "value" else columns[1]
+    return RecordedSeries(path, name, times, values, requests if width == 3 else None)
 
 
 #: The memory series of a history that analyze replays.
@@ -68,8 +84,21 @@ def read_inputs(path: str) -> list[RecordedSeries]:
     out = []
     for run_dir in runs:
         history = read_run(run_dir)
+        counters = [data for data in history.series.values() if data.name == "requests_total"]
         for key, data in sorted(history.series.items()):
             if data.name in HISTORY_SERIES and len(data.times) > 1:
                 name = f"{os.path.basename(run_dir)}/{key}"
-                out.append(RecordedSeries(run_dir, name, data.times, data.lows))
+                requests = _requests_at(data.times, counters) if counters else None
+                out.append(RecordedSeries(run_dir, name, data.times, data.lows, requests))
     return out
+
+
+def _requests_at(times: array[float], counters: list[SeriesData]) -> array[float]:
+    """All endpoints' requests so far at each of ``times``: each counter's last value then."""
+    total = array("d", bytes(8 * len(times)))
+    for counter in counters:
+        for i, t in enumerate(times):
+            at = bisect_right(counter.times, t) - 1
+            if at >= 0:
+                total[i] += counter.values[at]
+    return total

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from diag.detect import Alert, Detector, Verdict, replay
+from diag.detect import Alert, Detector, DetectorConfig, Verdict, replay
 from diag.series_io import RecordedSeries
 from diag.units import format_bytes, format_duration, format_forecast
 
 
-def analyze_series(series: RecordedSeries, limit: float | None) -> tuple[list[Alert], Verdict]:
-    detector = Detector(limit)
-    alerts = replay(series.times, series.values, limit, series=series.name, detector=detector)
+def analyze_series(
+    series: RecordedSeries, limit: float | None, sensitivity: float = 1.0
+) -> tuple[list[Alert], Verdict]:
+    detector = Detector(limit, DetectorConfig(sensitivity=sensitivity))
+    alerts = replay(
+        series.times,
+        series.values,
+        limit,
+        series=series.name,
+        detector=detector,
+        requests=series.requests,
+    )
     return alerts, detector.verdict
 
 

@@ -61,8 +61,9 @@ def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
     )
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        f"diag: {no_header}: expected a header 't,value' (seconds, bytes), found '1,2'",
-        f"diag: {bad_row}:3: not two numbers: '2,lots'",
+        f"diag: {no_header}: expected a header 't,value' (seconds, bytes) or 't,value,requests', "
+        "found '1,2'",
+        f"diag: {bad_row}:3: not 2 numbers: '2,lots'",
         f"diag: {tmp_path / 'missing.csv'}: cannot read: No such file or directory",
     ]
     assert "flat.csv" in result.stdout  # the good input was still analysed
@@ -85,3 +86,34 @@ def test_a_history_directory_is_analysed_series_by_series(tmp_path):
     result = CliRunner().invoke(main, ["analyze", str(empty)])
     assert result.exit_code == 2
     assert "a directory without diag history runs" in result.stderr
+
+
+def test_a_requests_column_tells_load_from_a_leak_and_sensitivity_is_a_knob(tmp_path):
+    from tests.test_detect import GiB, MiB, _bursty_rate, _with_requests
+
+    times, values, counts = _with_requests(
+        _bursty_rate, 18, lambda t, served: 1 * GiB + 12 * MiB * _bursty_rate(t)
+    )
+    with_counts = tmp_path / "bursts.csv"
+    with_counts.write_text(
+        "t,value,requests\n"
+        + "".join(f"{t},{v},{n}\n" for t, v, n in zip(times, values, counts, strict=True))
+    )
+    bare = tmp_path / "bare.csv"
+    bare.write_text("t,value\n" + "".join(f"{t},{v}\n" for t, v in zip(times, values, strict=True)))
+    runner = CliRunner()
+    limit = str(int(1.6 * GiB))
+    assert runner.invoke(main, ["analyze", str(with_counts), "--limit", limit]).exit_code == 0
+    assert runner.invoke(main, ["analyze", str(bare), "--limit", limit]).exit_code == 1
+    # The knob reaches the detector: more eager, the same leak is called earlier.
+    leak = _write(tmp_path / "leak.csv", lambda t: 1 * GiB + 0.05 * MiB * max(t - 3600, 0))
+    starts = {}
+    for sensitivity in ("1", "4"):
+        result = runner.invoke(
+            main, ["analyze", str(leak), "--limit", "4GiB", "--sensitivity", sensitivity, "--json"]
+        )
+        assert result.exit_code == 1, result.output
+        starts[sensitivity] = json.loads(result.stdout)["alerts"][0]["start"]
+    assert starts["4"] < starts["1"]
+    refused = runner.invoke(main, ["analyze", str(bare), "--sensitivity", "0"])
+    assert refused.exit_code == 2

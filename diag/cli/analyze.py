@@ -1,4 +1,4 @@
-"""``diag analyze FILE... [--limit BYTES] [--json]``: replay recorded series."""
+"""``diag analyze FILE... [--limit BYTES] [--sensitivity S] [--json]``: replay recorded series."""
 
 from __future__ import annotations
 
@@ -26,10 +26,20 @@ class _Bytes(click.ParamType):  # type: ignore[type-arg]
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--limit", type=_Bytes(), help="The limit to forecast against (4GiB, 4294967296).")
+@click.option(
+    "--sensitivity",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    envvar="DIAG_SENSITIVITY",
+    help="The detector's eagerness: its durations are divided by it (README: the trade-off).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input, per line.")
-def analyze(files: tuple[str, ...], limit: int | None, as_json: bool) -> None:
+def analyze(files: tuple[str, ...], limit: int | None, sensitivity: float, as_json: bool) -> None:
     """Replay recorded series through the detector: CSV files with a header t,value (seconds,
-    bytes), or history directories (each run's memory series).
+    bytes) and optionally a third column, requests (the cumulative request count: growth that
+    follows load is then told from a leak), or history directories (each run's memory series
+    with its request counters).
 
     Exit code 1 when a leak was found in any input, 2 when an input could not be read.
     """
@@ -43,16 +53,18 @@ def analyze(files: tuple[str, ...], limit: int | None, as_json: bool) -> None:
             click.echo(f"diag: {exc}", err=True)
             continue
         for series in inputs:
-            found = _analyze_one(series, limit, as_json) or found
+            found = _analyze_one(series, limit, sensitivity, as_json) or found
     if bad:
         raise click.exceptions.Exit(2)
     if found:
         raise click.exceptions.Exit(1)
 
 
-def _analyze_one(series: RecordedSeries, limit: int | None, as_json: bool) -> bool:
+def _analyze_one(
+    series: RecordedSeries, limit: int | None, sensitivity: float, as_json: bool
+) -> bool:
     """Print one input's result; True when it holds a leak."""
-    alerts, final = analyze_series(series, limit)
+    alerts, final = analyze_series(series, limit, sensitivity)
     if as_json:
         click.echo(json.dumps(result_document(series, alerts, final)))
     else:
