@@ -241,6 +241,7 @@ class Detector:
         self._windows: dict[int, _Window] = {}
         self._last_t = -math.inf
         self._entry = (0.0, 0.0)  # the standing leak's window length and rate when called
+        self._entry_reason = ""
         self.verdict = Verdict(0.0, "insufficient_data", "no samples yet")
 
     # -- samples in -----------------------------------------------------------------------
@@ -522,6 +523,7 @@ class Detector:
         if verdict.state == "leak":
             if previous.state != "leak":
                 self._entry = (verdict.window_seconds or 0.0, verdict.rate or 0.0)
+                self._entry_reason = verdict.reason
             return verdict
         if previous.state == "leak" and verdict.state in ("growing", "bounded_growth", "steady"):
             held = self._hold(now)
@@ -544,7 +546,8 @@ class Detector:
         for span in (seconds, 2 * seconds):
             window = self._continuing(min(span, regime), now, period)
             if window is not None and window.rate >= HOLD_SHARE_OF_ENTRY_RATE * entry_rate:
-                return self._verdict(now, "leak", "steady growth goes on", window)
+                # The reason it was called still holds: the same words, not a new story.
+                return self._verdict(now, "leak", self._entry_reason, window)
         return None
 
     def _judge(self, now: float) -> Verdict:

@@ -62,6 +62,15 @@ def agent_series(pid: int) -> dict[str, float] | None:
     return out
 
 
+def requests_served(agent: dict[str, float] | None) -> float | None:
+    """The agent's requests so far, all endpoints: the detector's load covariate (None when
+    no agent counts requests)."""
+    if not agent:
+        return None
+    counts = [value for key, value in agent.items() if key.startswith("requests_total")]
+    return sum(counts) if counts else None
+
+
 class DumpSettling:
     """Whether the agent in the target is dumping, or did within the last ``SETTLE_SECONDS``,
     from its dump gauges: its dumps disturb RSS (see ``DisturbanceDiscount``). A dump that
@@ -158,7 +167,7 @@ class Watcher:
         if adjusted is not None:
             if limit is not None:
                 limit -= self.discount.offset  # the headroom is the same
-            verdict = self.detector.update(t, adjusted, limit)
+            verdict = self.detector.update(t, adjusted, limit, requests_served(agent))
         if verdict is None:
             verdict = self.detector.verdict
         recent = self.recent.update(t, rss)

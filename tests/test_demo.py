@@ -4,6 +4,8 @@ A real uvicorn service under `diag run` in a real memory cgroup, a real load gen
 detector, the dump and a real OOM kill. Without a terminal it runs non-interactively.
 """
 
+import itertools
+import re
 import subprocess
 
 import pytest
@@ -23,3 +25,9 @@ def test_the_demo_detects_names_and_explains_the_leak():
     assert "ended: oom-kill" in out  # under a memory cgroup (make test runs as root)
     assert "diag report" in out
     assert "the leak was detected, its holder named" in out
+    # The verdict, tick by tick: once the leak is called it stays called to the OOM kill.
+    states = re.findall(r"^\d\d:\d\d:\d\d pid \d+ RSS .*? (\w+) \(", out, re.MULTILINE)
+    assert "leak" in states
+    after = states[states.index("leak") :]
+    changes = sum(a != b for a, b in itertools.pairwise(after))
+    assert changes <= 1, after

@@ -152,3 +152,14 @@ def test_held_series_keep_their_last_verdict_gauges():
     held = analyzer.analyze(5.0, [sample])
     assert [s.name for s in held] == [s.name for s in first]
     assert isinstance(analyzer.verdicts["process_resident_memory_bytes"], Verdict)
+
+
+def test_the_watcher_reads_the_load_covariate_from_the_agents_request_counters():
+    """``diag watch`` feeds its detector the agent's requests so far, all endpoints summed, so
+    growth that follows load is told from a leak as in the agent."""
+    from probes.watcher import requests_served
+
+    agent = {"requests_total{endpoint=tts}": 120.0, "requests_total{endpoint=asr}": 30.0}
+    assert requests_served(agent | {"dumps_total": 2.0}) == 150.0
+    assert requests_served({"dumps_total": 2.0}) is None  # an agent that counts no requests
+    assert requests_served(None) is None

@@ -1,5 +1,6 @@
 """diag watch --pid: a real process watched from outside until it dies, and what it records."""
 
+import itertools
 import json
 import os
 import signal
@@ -128,6 +129,36 @@ def test_watch_sees_a_real_oom_kill(tmp_path):
     assert end["how"] == "oom-kill", end
     assert end["oom_kills_after"] == end["oom_kills_before"] + 1 or end["kernel_log"]
     assert any(f"{target.pid}" in line for line in end["kernel_log"])
+
+
+@pytest.mark.e2e
+def test_a_constant_leak_keeps_its_verdict_once_called(tmp_path):
+    """A constant 6 MB/s leak watched to its OOM kill with the detector's clock 60 times faster
+    (an hour a minute): once "leak" is called, the verdict stays there."""
+    steady_leaker = LEAKER.replace("256 << 10", "128 << 10").replace("0.01", "0.02")
+    with memory_cgroup(400 * 1024 * 1024) as join:
+        target = subprocess.Popen([sys.executable, "-c", steady_leaker], stdout=subprocess.PIPE,
+                                  text=True, preexec_fn=join)  # fmt: skip
+        try:
+            assert target.stdout.readline() == "ready\n"
+            result = subprocess.run(
+                [*DIAG, "watch", "--pid", str(target.pid), "--interval", "0.05", "--json",
+                 "--time-scale", "60", "--history", "off"],
+                capture_output=True, text=True, timeout=180, env=child_env(),
+            )  # fmt: skip
+        finally:
+            if target.poll() is None:
+                target.kill()
+            target.wait()
+            target.stdout.close()
+    assert result.returncode == 1, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    states = [row["verdict"] for row in rows if "verdict" in row]
+    assert "leak" in states, sorted(set(states))
+    after = states[states.index("leak") :]
+    changes = sum(a != b for a, b in itertools.pairwise(after))
+    assert changes <= 1, after
+    assert rows[-1]["how"] == "oom-kill"
 
 
 @pytest.mark.e2e
