@@ -25,9 +25,9 @@ How it decides, and why:
 - A leak must also have been watched for long enough to trust it: 10 minutes, 12 % of the time
   it forecasts to OOM (a fill that stops early never gets there), and 30 minutes while the
   process is younger than 90 minutes unless the limit is near. Once a leak, the verdict stays
-  leak while the lower envelope keeps rising (at a quarter of the rate it was called at, over
-  a window as long as the one that called it, or twice that): leaving takes as much evidence
-  as entering,
+  leak while the lower envelope keeps rising (a trend at z >= 1, or a quarter of the leak's
+  rate, over a window as long as the one that called it, or twice that): leaving takes as
+  much evidence as entering, and it must say so for 3 minutes in a row,
   so verdicts do not flap during a leak.
 - A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up.
 """
@@ -50,8 +50,12 @@ BUCKET_SECONDS = 30.0
 POINTS_PER_WIDTH = 48
 MAX_GROUPS = 12
 MIN_GROUPS = 6
-#: A standing leak ends when its envelope rises at under this share of the rate it entered at.
-HOLD_SHARE_OF_ENTRY_RATE = 0.25
+#: A standing leak ends when its envelope rises at under this share of its own rate, with
+#: no trend at this Mann-Kendall z either (calling one takes min_trend_z, 3).
+HOLD_SHARE_OF_OWN_RATE = 0.25
+HOLD_MIN_TREND_Z = 1.0
+#: ... on this many bucket closes in a row (3 minutes).
+LEAK_EXIT_BUCKETS = 6
 #: The request rate varied across a window when its range is this share of its mean.
 LOAD_VARIES = 0.2
 #: After one of diag's dumps ends, the host still settles from it (requests queued during the
@@ -242,6 +246,8 @@ class Detector:
         self._last_t = -math.inf
         self._entry = (0.0, 0.0)  # the standing leak's window length and rate when called
         self._entry_reason = ""
+        self._called_at = 0.0
+        self._stopped = 0  # bucket closes in a row on which a standing leak's growth had stopped
         self.verdict = Verdict(0.0, "insufficient_data", "no samples yet")
 
     # -- samples in -----------------------------------------------------------------------
@@ -491,7 +497,8 @@ class Detector:
         return _Window(
             seconds=seconds,
             evaluated_at=now,
-            significant=rate > 0,
+            # Weak evidence of a rise: enough to keep a standing leak, never to call one.
+            significant=rate > 0 and _mann_kendall_z(ys) >= HOLD_MIN_TREND_Z,
             onset_inside=False,
             decelerating=False,
             steps=False,
@@ -524,31 +531,52 @@ class Detector:
             if previous.state != "leak":
                 self._entry = (verdict.window_seconds or 0.0, verdict.rate or 0.0)
                 self._entry_reason = verdict.reason
+                self._called_at = now
             return verdict
         if previous.state == "leak" and verdict.state in ("growing", "bounded_growth", "steady"):
             held = self._hold(now)
             if held is not None:
+                self._stopped = 0
                 return held
+            # ... and for minutes in a row: one evaluation near a burst's end is not a stop.
+            self._stopped += 1
+            if self._stopped < LEAK_EXIT_BUCKETS:
+                return dataclasses.replace(previous, t=now)
+        self._stopped = 0
         return verdict
 
     def _hold(self, now: float) -> Verdict | None:
         """A standing leak stays one while its growth goes on. Leaving it takes evidence over
-        a span like the one that entered it: the lower envelope over the last window of the
-        entry's length (10 minutes at least) must have nearly stopped rising, not merely
-        failed a fresh trend test (noise, a slowdown, a step): an operator who sees the
-        verdict leave "leak" in the middle of a leak stops trusting it."""
+        a span like the one that entered it, not merely a failed fresh trend test (noise, a
+        slowdown, a step, a quiet night): over the last window of the entry's length (10
+        minutes at least), and over twice that, the lower envelope must have stopped rising:
+        no trend even at a low bar, and a rate under a quarter of the leak's own, which is the
+        slower of the rate it was called at and its rate since (a short entry window under a
+        sawtooth can overstate it). An operator who sees the verdict leave "leak" in the
+        middle of a leak stops trusting it."""
         entry_seconds, entry_rate = self._entry
         assert self._regime_start is not None  # a leak was called in this regime
         regime = now - self._regime_start - self.config.warmup_seconds
         seconds = max(entry_seconds, self.config.min_leak_seconds)
         period = self._sawtooth_period(now)
+        since_called = self._continuing(min(now - self._called_at + seconds, regime), now, period)
+        if since_called is None:
+            # Too few samples to say anything (a gap): no evidence either way, so it stands.
+            return dataclasses.replace(self.verdict, t=now)
+        if since_called.rate <= 0:
+            return None
+        own_rate = min(entry_rate, since_called.rate)
         # Twice as long too: a leak that follows a daily load cycle slows down at night.
+        judged = False
         for span in (seconds, 2 * seconds):
             window = self._continuing(min(span, regime), now, period)
-            if window is not None and window.rate >= HOLD_SHARE_OF_ENTRY_RATE * entry_rate:
+            if window is None:
+                continue
+            judged = True
+            if window.significant or window.rate >= HOLD_SHARE_OF_OWN_RATE * own_rate:
                 # The reason it was called still holds: the same words, not a new story.
                 return self._verdict(now, "leak", self._entry_reason, window)
-        return None
+        return None if judged else dataclasses.replace(self.verdict, t=now)
 
     def _judge(self, now: float) -> Verdict:
         cfg = self.config
