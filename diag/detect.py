@@ -481,6 +481,22 @@ class Detector:
             return "follows"
         return "outlasts"
 
+    def _revisited(self, window: _Window, now: float, period: float) -> bool:
+        """Whether the floor now is no higher than a floor this process held before the
+        window (since its warm-up): a working set that steps up and down, a burst come back,
+        a daily peak repeated. A leak takes memory where the process has never been; until
+        the floor passes every earlier one, the rise is within the process's own range."""
+        assert self._regime_start is not None
+        span = max(period, window.seconds / MAX_GROUPS, BUCKET_SECONDS)
+        since = self._regime_start + self.config.warmup_seconds
+        before = now - window.seconds - since
+        groups = int(before / span)
+        if groups < 1:
+            return False
+        _, earlier, _ = self._groups(since, groups * span, groups)
+        _, recent, _ = self._groups(now - span, span, 1)
+        return bool(earlier and recent) and recent[0] <= max(earlier)
+
     def _continuing(self, seconds: float, now: float, period: float) -> _Window | None:
         """The growth over the last ``seconds``, trend test or not: a standing leak is judged
         on whether it goes on, not on whether it could be called afresh."""
@@ -628,6 +644,8 @@ class Detector:
                 why = "growth follows load: it rises and falls with the request rate"
                 return self._verdict(now, "growing", why, followed)
             return Verdict(now, "steady", "no sustained growth")
+        if self.verdict.state != "leak" and self._revisited(best, now, period):
+            return self._verdict(now, "growing", "rising back to a level it held before", best)
         forecast = self._forecast(best)
         watched_enough = best.seconds >= cfg.min_leak_seconds / cfg.sensitivity
         if since_start < cfg.young_seconds:
