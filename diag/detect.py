@@ -482,8 +482,8 @@ class Detector:
         return "outlasts"
 
     def _revisited(self, window: _Window, now: float, period: float) -> bool:
-        """Whether the floor now is no higher than a floor this process held before the
-        window (since its warm-up): a working set that steps up and down, a burst come back,
+        """Whether the floor now is no higher (by 1 %) than a floor this process held before
+        the window (since its warm-up): a working set that steps up and down, a burst come back,
         a daily peak repeated. A leak takes memory where the process has never been; until
         the floor passes every earlier one, the rise is within the process's own range."""
         assert self._regime_start is not None
@@ -495,7 +495,11 @@ class Detector:
             return False
         _, earlier, _ = self._groups(since, groups * span, groups)
         _, recent, _ = self._groups(now - span, span, 1)
-        return bool(earlier and recent) and recent[0] <= max(earlier)
+        if not earlier or not recent:
+            return False
+        held = max(earlier)
+        # Within noise of it counts as the same level: a leak leaves it clearly behind.
+        return recent[0] <= held * (1 + self.config.min_rise_share)
 
     def _continuing(self, seconds: float, now: float, period: float) -> _Window | None:
         """The growth over the last ``seconds``, trend test or not: a standing leak is judged

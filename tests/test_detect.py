@@ -325,3 +325,19 @@ def test_retention_per_request_across_load_levels_is_a_leak():
     assert len(alerts) == 1
     assert detector.verdict.state == "leak"
     assert "request rate" in detector.verdict.reason or "load" in detector.verdict.reason
+
+
+def test_a_rise_back_to_a_level_held_before_is_not_a_leak():
+    """A working set that steps up by 30 % over 15 minutes every few hours (long prompts come
+    in, then go), close to its limit: whatever the first rise was called, the later ones climb
+    only where the process has been before."""
+
+    def shape(t):
+        phase = t % (4 * 3600)
+        if phase < 2 * 3600:
+            return 1.0 * GiB
+        return 1.0 * GiB + 0.3 * GiB * min((phase - 2 * 3600) / 900, 1.0)
+
+    times, values = series(shape, hours=24)
+    later = [a for a in replay(times, values, 1.6 * GiB) if a.start > 6 * 3600]
+    assert later == [], [(a.start / 3600, a.end) for a in later]
