@@ -1,9 +1,13 @@
 """The growth detector's benchmark: ``python -m benchmarks.detector [--split test] [--quick]``.
 
 ``traces`` generates seeded synthetic memory traces (quiet and leaking families, with shifted
-parameter ranges for the held-out "test" split) and loads the real ones under
-tests/data/traces; ``baseline`` is a faithful Prometheus ``predict_linear`` alert rule;
+parameter ranges for the held-out "test" split) and loads the short real ones under
+tests/data/traces; ``traces_alt`` is a second generator written independently of ``traces``
+(other noise, burst, ratchet and sampling models, request counts), and ``record_library``
+records, and loads, hours-long traces of real services run on this machine under real load
+(tests/data/traces/real). Neither of those two was used to tune the detector: both are
+scored on every run. ``baseline`` is a faithful Prometheus ``predict_linear`` alert rule;
 ``score`` runs ``diag.detect.replay`` and every baseline variant on the same traces, prints the
-figures against the targets and exits 1 when one is missed; ``record`` re-records the real
+figures against the targets and exits 1 when one is missed; ``record`` re-records the short real
 traces (root and a memory cgroup needed).
 """

@@ -14,11 +14,13 @@ to its bound, a caching-allocator reserve quantised to segments, regime steps of
 and mean-reverting drift. Noise is Student-t (heavy-tailed) plus rare one-sample spikes, and the
 values are quantised to 4 KiB pages or 2 MiB segments. Sampling is every 1–60 s, regular,
 jittered or Poisson-like (irregular), with gaps of 2–60 min and the samples lost while a process
-restarts. Limits are cgroup-like round numbers (binary 1/1.25/1.5/1.75 × 2^k MiB or decimal
-"2G"-style values).
+restarts; at most 20 000 samples a trace. Levels are 200 MiB–40 GiB. Limits are cgroup-like
+round numbers (binary 1/1.25/1.5/1.75 × 2^k MiB or decimal "2G"-style values). ``quick=True``
+keeps the first eighth (at least one) of every family: the same traces as the full corpus.
 
-Quiet families (4–48 h; peak at most 89 % of the limit, the limit 1.2–4× the working level or
-just enough for the peak):
+Quiet families (4–48 h; the peak at most 89 % of the limit; a third sized tight, the peak at
+75–89 % of the limit before rounding up to a round number, the rest with a limit 1.2–4× the working
+level or just enough for the peak):
   burst      bursts ramp up over 1–10 min, hold 15–40 min (30 %: 2–10 min), fall over 2–20 min,
              1.5–4× the load; a burst beating every earlier one leaves 15–60 % of its excess
   ratchet    caching allocator: the reserve is the running peak of batch demand (4–9 buckets,
@@ -30,17 +32,21 @@ just enough for the peak):
              saturating, sublinear, logistic or driven by the requests served
   warmup     warm-ups after 0–3 crash/deploy restarts, often with a lazy tail of 20–90 min
   recycle    worker recycling: a restart after a max-requests count (1–8 h of traffic, jittered)
-             or on a timer, each followed by a new warm-up and cache fill
+             or on a timer, each followed by a new warm-up (and in half a cache fill)
   daily      a daily traffic cycle (amplitude 30–80 %) that load-following memory tracks
   regime     request-size regimes: the working set steps up and down by 8–35 % every 1–8 h
-  drift      mean-reverting random-walk drift of 2–5 % (time constant 0.5–4 h), heavy tails
+  drift      mean-reverting random-walk drift of 2–6 % (time constant 0.5–4 h), heavy tails
   combo      two to four of the above together
 Leaking families (a leak-free prefix of 0–12 h, a quarter from the start; the trace ends at the
-first sample at or over the limit; ~85 % take 1 h–2 days from onset to OOM, the rest 20–60 min):
+first sample at or over the limit; ~85 % take 1 h–2 days from onset to OOM, the rest 20–60 min;
+the limit puts the leak-free peak at 50–87 % of it, and the leak's size is solved by bisection so
+that the OOM lands at the drawn onset-to-OOM time or, through noise and sawtooth peaks, just
+before):
   leak_linear       a constant rate on top of a warm-up, load and noise
   leak_request      per-request retention: growth follows the (varying) request rate
   leak_sawtooth     a leak under a GC/arena sawtooth, so the peaks reach the limit
-  leak_quantised    a leak inside a caching allocator: visible only as segment steps
+  leak_quantised    a leak inside a caching allocator whose segments are 4–15 % of the level:
+                    visible only as segment steps
   leak_after_burst  2–12 h of bursts (with residues) before the leak starts
   leak_slow         24–46 h from onset to OOM
   leak_rate_change  accelerating or decelerating leaks (power, two-rate, log, exponential)
@@ -96,7 +102,7 @@ LEAK_FAMILIES: dict[str, int] = {
     "leak_rate_change": 9,
     "leak_combo": 9,
 }
-QUICK_EVERY = 8  # quick=True keeps indices 0, 8, 16, ... of every family
+QUICK_SHARE = 1 / 8  # quick=True keeps the first eighth (at least one) of every family
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,13 +120,17 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
+    return np.asarray(x * x * (3.0 - 2.0 * x), dtype=float)
 
 
 def _nice_limits() -> tuple[np.ndarray, np.ndarray]:
     binary = sorted({m * 2.0**e * MiB for e in range(7, 19) for m in (1.0, 1.25, 1.5, 1.75)})
     decimal = sorted(
-        {m * 10.0**k * 1e6 for k in range(2, 6) for m in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)}
+        {
+            m * 10.0**k * 1e6
+            for k in range(2, 6)
+            for m in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+        }
     )
     return np.array(binary), np.array(decimal)
 
@@ -150,7 +160,7 @@ def _ou(rng: np.random.Generator, times: np.ndarray, tau: float, sd: float) -> n
     for i, k in enumerate(kick.tolist()):
         v = v * a + k
         x[i] = v
-    return np.interp(times, grid, x)
+    return np.asarray(np.interp(times, grid, x), dtype=float)
 
 
 def _seg_cummax(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -190,8 +200,9 @@ def _sample_times(
         steps = dt * (0.15 + 0.85 * rng.exponential(1.0, n))
     times = np.concatenate([[0.0], np.cumsum(steps)])
     times = np.round(times[times <= horizon], 3)
-    if protect is not None and times[-1] < horizon - 1e-6:
-        times = np.append(times, round(horizon, 3))
+    end = round(horizon, 3)
+    if protect is not None and times[-1] < end:
+        times = np.append(times, end)
     n_gaps = min(int(rng.poisson(horizon / HOUR * _u(rng, 0.0, 0.15))), 5)
     keep = np.ones(len(times), dtype=bool)
     for _ in range(n_gaps):
@@ -277,7 +288,9 @@ def _make_load(rng: np.random.Generator, times: np.ndarray, cfg: _LoadCfg) -> _L
     expected = np.interp(times, grid, grid_expected)
     inc = rng.poisson(np.maximum(np.diff(expected), 0.0))
     requests = np.concatenate([[0.0], np.cumsum(inc)]).astype(float)
-    return _Load(np.interp(times, grid, rel), expected, requests, grid, grid_expected, cfg.base_rate)
+    return _Load(
+        np.interp(times, grid, rel), expected, requests, grid, grid_expected, cfg.base_rate
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +342,7 @@ def _sawtooth(
     k = np.searchsorted(bounds, times, side="right") - 1
     ph = np.clip((times - bounds[k]) / lens[k], 0.0, 1.0)
     shape = np.where(ph < rho, (ph / rho) ** q, (1.0 - ph) / (1.0 - rho))
-    return amps[k] * shape + floors[k]
+    return np.asarray(amps[k] * shape + floors[k], dtype=float)
 
 
 def _cache_fill(
@@ -369,7 +382,7 @@ def _regime(rng: np.random.Generator, times: np.ndarray, every: float, amp: floa
         kv += [v, new]
         v = new
         t += ramp
-    return np.interp(times, kt, kv)
+    return np.asarray(np.interp(times, kt, kv), dtype=float)
 
 
 @dataclass
@@ -392,7 +405,7 @@ def _ratchet(
 ) -> _Ratchet:
     """A caching allocator's batch demand: bucketed shapes, big ones rare."""
     m = int(rng.integers(4, 10))
-    rho = _u(rng, 0.15, 0.5)
+    rho = _u(rng, 0.08, 0.35)
     probs = rho ** np.arange(m)
     cdf = np.cumsum(probs / probs.sum())
     cdf[-1] = 1.0
@@ -400,7 +413,7 @@ def _ratchet(
         sizes = span * 2.0 ** (np.arange(m) - (m - 1))
     else:
         sizes = span * (np.arange(m) + 1) / m
-    batch_rate = _lu(rng, 0.05, 3.0)
+    batch_rate = _lu(rng, 0.01, 0.5)
     dts = np.diff(times, prepend=times[0] - 1.0)
     k = np.maximum(rng.poisson(dts * batch_rate), 1)
     thr = rng.random(len(times)) ** (1.0 / k)
@@ -411,18 +424,21 @@ def _ratchet(
         for t_rel in np.sort(rng.uniform(0.2, 0.9, int(rng.integers(1, 3))) * times[-1]):
             epoch += 1000.0 * (times >= t_rel)
     extra = np.zeros(len(times))
-    if frag:
+    if frag:  # fragmentation: now and then a block more, at geometrically growing spacing
+        chunk = math.ceil(span * _u(rng, 0.01, 0.05) / seg) * seg
         t = _lu(rng, 5 * MINUTE, 40 * MINUTE)
         g = _u(rng, 2.0, 4.0)
-        while t < times[-1]:
-            extra += seg * int(rng.integers(1, 4)) * (times >= t)
+        for _ in range(6):
+            if t >= times[-1]:
+                break
+            extra += chunk * int(rng.integers(1, 4)) * (times >= t)
             t *= g
     return _Ratchet(demand, seg, epoch, extra)
 
 
 def _reserve(demand: np.ndarray, r: _Ratchet) -> np.ndarray:
     peak = _seg_cummax(demand, r.epoch)
-    return np.ceil(peak / r.seg) * r.seg + r.extra
+    return np.asarray(np.ceil(peak / r.seg) * r.seg + r.extra, dtype=float)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +503,7 @@ class _Model:
         if self.leak is not None and not self.into_ratchet:
             v += amount * self.leak
         v = np.floor(v / self.quantum) * self.quantum
-        return np.maximum(v, 16 * MiB)
+        return np.asarray(np.maximum(v, 16 * MiB), dtype=float)
 
 
 def _restart_times(
@@ -517,13 +533,15 @@ def _restart_times(
     return out
 
 
-def _build(
-    rng: np.random.Generator, cfg: _Cfg, horizon: float, leak: _Leak | None
-) -> _Model:
-    protect = None if leak is None else (leak.target - max(10 * MINUTE, 0.3 * (leak.target - leak.onset)), leak.target + 1)
+def _build(rng: np.random.Generator, cfg: _Cfg, horizon: float, leak: _Leak | None) -> _Model:
+    protect = (
+        None
+        if leak is None
+        else (leak.target - max(10 * MINUTE, 0.3 * (leak.target - leak.onset)), leak.target + 1)
+    )
     times = _sample_times(rng, horizon, protect)
     load = _make_load(rng, times, cfg.load)
-    until = horizon if leak is None else leak.onset - 10 * MINUTE
+    until = (horizon if leak is None else leak.onset) - 15 * MINUTE
     starts = [0.0, *_restart_times(rng, cfg, load if cfg.requests else None, until)]
     # a restarting process is not sampled for a few seconds
     keep = np.ones(len(times), dtype=bool)
@@ -572,9 +590,7 @@ def _build(
     if cfg.saw is not None:
         base += _sawtooth(rng, times, cfg.saw[0], L * cfg.saw[1]) * warm
     if cfg.cache is not None:
-        fill = _cache_fill(
-            rng, s, served if cfg.requests else None, cfg.cache[1], load.base_rate
-        )
+        fill = _cache_fill(rng, s, served if cfg.requests else None, cfg.cache[1], load.base_rate)
         base += L * cfg.cache[0] * fill
     if cfg.regime is not None:
         base += L * _regime(rng, times, cfg.regime[0], cfg.regime[1])
@@ -661,7 +677,9 @@ def _leak_shape(
 # families
 
 
-def _common(rng: np.random.Generator, level: tuple[float, float], hours: tuple[float, float]) -> _Cfg:
+def _common(
+    rng: np.random.Generator, level: tuple[float, float], hours: tuple[float, float]
+) -> _Cfg:
     heavy = rng.random() < 0.5
     cfg = _Cfg(
         level=_lu(rng, *level),
@@ -712,6 +730,7 @@ def _add_ratchet(rng: np.random.Generator, cfg: _Cfg) -> None:
     cfg.ratchet_release = rng.random() < 0.2
     cfg.quantum = 2 * MiB
     cfg.noise_rel = _lu(rng, 1e-4, 6e-4)
+    cfg.drift = (cfg.drift[0], _u(rng, 0.001, 0.004))
     cfg.spikes_per_hour = 0.0
 
 
@@ -733,7 +752,7 @@ def _add_regime(rng: np.random.Generator, cfg: _Cfg) -> None:
 
 
 def _add_drift(rng: np.random.Generator, cfg: _Cfg) -> None:
-    cfg.drift = (_lu(rng, 30 * MINUTE, 4 * HOUR), _u(rng, 0.02, 0.05))
+    cfg.drift = (_lu(rng, 30 * MINUTE, 4 * HOUR), _u(rng, 0.02, 0.06))
     cfg.noise_df = _u(rng, 2.2, 3.0)
 
 
@@ -885,9 +904,12 @@ def _quiet_trace(rng: np.random.Generator, family: str, i: int) -> Trace | None:
     values = model.render()
     work = float(np.median(values))
     peak = float(values.max())
-    limit = _nice_ceil(
-        max(_lu(rng, 1.2, 4.0) * work, peak / _u(rng, 0.6, 0.89)), decimal=rng.random() < 0.3
-    )
+    if rng.random() < 0.35:  # sized tight: the peak just fits
+        need = max(1.2 * work, peak / _u(rng, 0.75, 0.89))
+    else:
+        headroom = _lu(rng, 1.2, 2.2) if rng.random() < 0.6 else _lu(rng, 2.2, 4.0)
+        need = max(headroom * work, peak / _u(rng, 0.6, 0.89))
+    limit = _nice_ceil(need, decimal=rng.random() < 0.3)
     if peak > QUIET_MAX_FILL * limit:
         return None
     return Trace(
@@ -965,12 +987,12 @@ def _short_flags() -> dict[tuple[str, int], bool]:
 
 
 def generate(seed: int = 0, quick: bool = False) -> list[Trace]:
-    """The alt corpus for ``seed``; ``quick`` keeps every 8th trace of each family."""
+    """The alt corpus for ``seed``; ``quick`` keeps about an eighth of each family."""
     shorts = _short_flags()
     out: list[Trace] = []
     for family, n in QUIET_FAMILIES.items():
         for i in range(n):
-            if quick and i % QUICK_EVERY:
+            if quick and i >= max(1, round(n * QUICK_SHARE)):
                 continue
             rng = _rng(seed, family, i)
             for _ in range(50):
@@ -982,7 +1004,7 @@ def generate(seed: int = 0, quick: bool = False) -> list[Trace]:
                 raise RuntimeError(f"could not draw alt/{family}/{i}")
     for family, n in LEAK_FAMILIES.items():
         for i in range(n):
-            if quick and i % QUICK_EVERY:
+            if quick and i >= max(1, round(n * QUICK_SHARE)):
                 continue
             rng = _rng(seed, family, i)
             short = shorts.get((family, i), False)
