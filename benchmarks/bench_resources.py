@@ -31,10 +31,12 @@ import socket
 import subprocess
 import sys
 import time
+from array import array
 from collections.abc import Callable
 
 from benchmarks import fmt_ratio, fmt_us, median, percentile, verdict
 from benchmarks.bench_watch import watch_cpu_shares
+from diag.detect import BUCKET_SECONDS
 from diag.settings import Settings
 from diag.testing import FakeClock
 from diag.watched import RESOURCE_USAGE
@@ -79,14 +81,19 @@ def release(held: list[object]) -> None:
 # -- the tick ---------------------------------------------------------------------------------
 
 
-def time_ticks(agent: Agent, clock: FakeClock, interval: float, n: int, out: list[int]) -> None:
+def time_ticks(
+    agent: Agent, clock: FakeClock, interval: float, n: int, out: array[int], at: int = 0
+) -> None:
+    """``n`` ticks timed into ``out[at:at + n]``: preallocated, so that timing allocates
+    nothing and moves no memory series (their detectors' decisions would cost differently in
+    each agent, and blur the difference measured)."""
     tick = agent.sampler.tick
     now = time.perf_counter_ns
-    for _ in range(n):
+    for i in range(at, at + n):
         clock.advance(interval)
         started = now()
         tick()
-        out.append(now() - started)
+        out[i] = now() - started
 
 
 def time_pass(fn: Callable[[], object], n: int) -> float:
@@ -113,14 +120,25 @@ def measure_tick(quick: bool) -> tuple[bool, str]:
     # Small batches, interleaved: the bursts of a shared machine hit the three rows alike.
     rounds, calls = (40, 10) if quick else (600, 10)
     agents = ((bare, clocks[0]), (full, clocks[1]), (unjudged, clocks[2]))
+    warm = array("q", bytes(8 * 200))
     for agent, clock in agents:
-        time_ticks(agent, clock, settings.interval, 200, [])  # warm: detectors, first passes
-    timings: list[list[int]] = [[], [], []]
-    for _ in range(rounds):
+        time_ticks(agent, clock, settings.interval, 200, warm)  # warm: detectors, first passes
+    timings = [array("q", bytes(8 * rounds * calls)) for _ in agents]
+    for r in range(rounds):
         for (agent, clock), ns in zip(agents, timings, strict=True):
-            time_ticks(agent, clock, settings.interval, calls, ns)
-    bare_ns, full_ns, unjudged_ns = timings
-    delta = median(full_ns) - median(bare_ns)
+            time_ticks(agent, clock, settings.interval, calls, ns, r * calls)
+    bare_ns, full_ns, unjudged_ns = (list(ns) for ns in timings)
+    # A detector decides once a 30 s bucket, on the tick that closes it: 1 tick in 6 at 5 s,
+    # which a median of all ticks leaves out. Each agent's i-th timed tick is its (200 + i)-th,
+    # so tick i of every row is at the same place in its bucket: the rows are compared place by
+    # place (medians), and the six differences averaged. That is the cost per tick.
+    phases = max(1, round(BUCKET_SECONDS / settings.interval))
+
+    def averaged(more: list[int], less: list[int]) -> tuple[float, list[float]]:
+        steps = [median(more[p::phases]) - median(less[p::phases]) for p in range(phases)]
+        return sum(steps) / phases, steps
+
+    delta, steps = averaged(full_ns, bare_ns)
     print(f"  {'':<56} {'median':>9} {'p90':>9} {'p99':>9}")
     for label, ns in (("agent tick without the resource probe", bare_ns),
                       ("agent tick with it", full_ns),
@@ -153,10 +171,16 @@ def measure_tick(quick: bool) -> tuple[bool, str]:
               f"{fmt_us(per_tick)} a tick on average")  # fmt: skip
     probe.close()
     cost = delta + amortized
-    detectors = median(full_ns) - median(unjudged_ns)
+    probe_part, _ = averaged(unjudged_ns, bare_ns)
+    detectors, detector_steps = averaged(full_ns, unjudged_ns)
+    print(f"  the every-tick part, averaged over the {phases} ticks of a detector bucket: "
+          f"{fmt_us(delta)} (tick by tick: {', '.join(fmt_us(d) for d in steps)}; "
+          f"the median tick's {fmt_us(median(full_ns) - median(bare_ns))} leaves out the "
+          f"bucket-closing tick)")  # fmt: skip
     print(f"  of the every-tick part: the probe and its samples' bookkeeping "
-          f"{fmt_us(median(unjudged_ns) - median(bare_ns))}, the detector on its six judged "
-          f"series {fmt_us(detectors)}")  # fmt: skip
+          f"{fmt_us(probe_part)}, the detector on its six judged series {fmt_us(detectors)} "
+          f"(of which its decisions, on the bucket-closing tick: "
+          f"{fmt_us((max(detector_steps) - median(detector_steps)) / phases)} a tick)")  # fmt: skip
     ok = cost <= TARGET_TICK_NS
     line = (
         f"resource probe's cost per agent tick with {FDS:,} fds: {fmt_us(cost)} "

@@ -92,7 +92,7 @@ class DetectorConfig:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    t: float
+    t: float  # when it was reached: an unchanged verdict is the same object, with its time
     state: State
     reason: str
     rate: float | None = None  # bytes per second of the current regime
@@ -236,6 +236,9 @@ class Detector:
         self._lows: list[float] = []
         self._highs: list[float] = []
         self._requests: list[float] = []  # cumulative requests at each point's end; nan: none
+        # The one value every point of this regime had, nan once two differ: a flat series
+        # (a resource count that does not move, most of the time) is steady without a search.
+        self._flat_value: float | None = None
         self._counts: list[int] = [0]
         # [start, min, max, deepest fall inside, cumulative requests at the last sample]
         self._bucket: list[float] | None = None
@@ -249,6 +252,7 @@ class Detector:
         self._called_at = 0.0
         self._stopped = 0  # bucket closes in a row on which a standing leak's growth had stopped
         self.verdict = Verdict(0.0, "insufficient_data", "no samples yet")
+        self._scaled = (self.verdict, self.verdict)  # time_scale != 1: the last one unscaled
 
     # -- samples in -----------------------------------------------------------------------
 
@@ -262,7 +266,9 @@ class Detector:
         if scale == 1.0:
             return self._update(t, value, limit, requests)
         verdict = self._update(t * scale, value, limit, requests)
-        return dataclasses.replace(
+        if self._scaled[0] is verdict:
+            return self._scaled[1]  # unchanged: the same object, as unscaled
+        scaled = dataclasses.replace(
             verdict,
             t=verdict.t / scale,
             rate=None if verdict.rate is None else verdict.rate * scale,
@@ -271,6 +277,8 @@ class Detector:
             seconds_to_oom_high=_unscale(verdict.seconds_to_oom_high, scale),
             window_seconds=_unscale(verdict.window_seconds, scale),
         )
+        self._scaled = (verdict, scaled)
+        return scaled
 
     def _update(
         self, t: float, value: float, limit: float | None = None, requests: float | None = None
@@ -331,6 +339,7 @@ class Detector:
         self.verdict = self._decide(end)
 
     def _restart(self, t: float) -> None:
+        self._flat_value = None
         self._regime_start = t
         self._regime_floor = math.inf
         self._drops.clear()
@@ -342,6 +351,10 @@ class Detector:
         lows.append(low)
         highs.append(high)
         self._requests.append(requests)
+        if self._flat_value is None:
+            self._flat_value = low if low == high else math.nan
+        elif not low == high == self._flat_value:
+            self._flat_value = math.nan
         counts[0] += 1
         width = 0
         while counts[width] > POINTS_PER_WIDTH:
@@ -563,6 +576,16 @@ class Detector:
             if self._stopped < LEAK_EXIT_BUCKETS:
                 return dataclasses.replace(previous, t=now)
         self._stopped = 0
+        if (
+            verdict.rate is None
+            and previous.rate is None
+            and verdict.state == previous.state
+            and verdict.reason == previous.reason
+        ):
+            # The same verdict again (steady, warming up): the same object, dated when it was
+            # first reached, so that those who act on a change (gauges, replays) can tell by
+            # identity that nothing did.
+            return previous
         return verdict
 
     def _hold(self, now: float) -> Verdict | None:
@@ -605,6 +628,9 @@ class Detector:
         since_start = now - self._regime_start
         if since_start < cfg.warmup_seconds:
             return Verdict(now, "warming_up", "within the warm-up grace after (re)start")
+        flat = self._flat_value
+        if flat is not None and not math.isnan(flat):
+            return Verdict(now, "steady", "no sustained growth")
         period = self._sawtooth_period(now)
         best: _Window | None = None
         bounded: _Window | None = None

@@ -65,13 +65,21 @@ class SeriesStore:
     def add(self, t: float, samples: Iterable[Sample]) -> None:
         rings = self._rings
         for sample in samples:
-            ring = rings.get((sample.name, sample.labels))
+            key = (sample.name, sample.labels)
+            ring = rings.get(key)
             if ring is None:
                 if len(rings) >= self.max_series:
                     self.dropped_series += 1
                     continue
-                ring = rings[(sample.name, sample.labels)] = Ring(self.capacity)
-            ring.append(t, sample.value)
+                ring = rings[key] = Ring(self.capacity)
+            # Ring.append, inlined: this runs for every sample of every tick.
+            i = ring._next
+            ring.times[i] = t
+            ring.values[i] = sample.value
+            i += 1
+            ring._next = 0 if i == len(ring.times) else i
+            if ring._size < i:
+                ring._size = i
 
     def get(self, name: str, labels: Labels = ()) -> list[tuple[float, float]]:
         ring = self._rings.get((name, labels))

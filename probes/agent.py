@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import prometheus_client
 
+from diag import watched
 from diag.control import socket_path
 from diag.detect import DetectorConfig
 from diag.history import default_root
@@ -149,6 +150,9 @@ class Agent:
             clock=clock,
             store=store,
             analyzers=[self.analyzer],
+            # Only the series read back from memory (the cause's, at each dump): the rest
+            # reach /metrics and the history from each tick, and storing them cost every tick.
+            kept=frozenset(watched.names_read_by("cause")),
         )
         if self.recorder is not None:
             self.sampler.add_listener(self.recorder.record_tick)

@@ -7,8 +7,13 @@ Every tick (a few microseconds, whatever the process holds):
 - the open-fd count from ``stat("/proc/PID/fd").st_size``, which the kernel (6.2+) fills with
   the count in constant time; where it does not (0, or a fixture tree), the count of the last
   listing is used and the listing is refreshed on its budget;
-- the OS thread count (``Threads:`` of ``/proc/PID/status``), inside also ``threading``'s;
+- the OS thread count (``Threads:`` of ``/proc/PID/status``, or the link count of
+  ``/proc/PID/task`` where that reading confirmed it), inside also ``threading``'s;
 - ``/dev/shm``'s used and total bytes (one ``statvfs``; system-wide, not this process's).
+
+The fd and task directories are held open and read with ``fstat`` (no path walk; reopened in a
+forked child, whose /proc/self is another directory). While none of these readings moves and
+no pass ran, the samples of the last tick are handed out again rather than rebuilt.
 
 On budgeted cadences (``Cadence``: as often as every tick while cheap, never more often than
 keeps their amortized cost per tick within ``tick_budget`` at the agent's ``interval``): the fds

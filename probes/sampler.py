@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,9 +47,23 @@ class ProbeState:
     sampled: bool = False
     reported: bool = False  # its first failure has been logged
     labels: Labels = ()  # its self-metrics' labels, built once
+    # Its error count and enabled flag as samples, rebuilt only when they change.
+    counted: tuple[int, bool, Sample, Sample] | None = None
 
     def __post_init__(self) -> None:
         self.labels = labels_of(probe=self.name)
+
+    def counted_samples(self) -> tuple[Sample, Sample]:
+        counted = self.counted
+        if counted is None or counted[0] != self.errors or counted[1] != self.sampled:
+            labels = self.labels
+            counted = self.counted = (
+                self.errors,
+                self.sampled,
+                Sample("probe_errors_total", float(self.errors), labels),
+                Sample("probe_enabled", 1.0 if self.sampled else 0.0, labels),
+            )
+        return counted[2], counted[3]
 
     @property
     def name(self) -> str:
@@ -78,8 +92,11 @@ class Sampler:
         max_failures: int = 5,
         monotonic: Callable[[], float] = time.perf_counter,
         analyzers: Sequence[Analyzer] = (),
+        kept: Container[str] | None = None,
     ) -> None:
         self.interval = interval
+        #: The series the store keeps (names); None: every one but histogram buckets.
+        self._kept = kept
         self.clock = clock
         self.store = store if store is not None else SeriesStore()
         self.max_failures = max_failures
@@ -111,8 +128,12 @@ class Sampler:
         for state in self._analyzer_states:
             analyze = functools.partial(state.probe.analyze, t, measured)
             samples.extend(self._run_probe(state, analyze))
-        # Histogram buckets are exposition detail, not series worth keeping in memory.
-        self.store.add(t, [s for s in samples if s.name not in HISTOGRAM_ROWS])
+        kept = self._kept
+        if kept is None:
+            # Histogram buckets are exposition detail, not series worth keeping in memory.
+            self.store.add(t, [s for s in samples if s.name not in HISTOGRAM_ROWS])
+        else:
+            self.store.add(t, [s for s in samples if s.name in kept])
         samples.extend(self._self_samples(t, self._monotonic() - started))
         tick = Tick(t, tuple(samples))
         self.latest = tick
@@ -182,10 +203,8 @@ class Sampler:
     def _self_samples(self, t: float, duration: float) -> list[Sample]:
         out: list[Sample] = []
         for state in self._all_states():
-            labels = state.labels
-            out.append(Sample("probe_duration_seconds", state.last_duration, labels))
-            out.append(Sample("probe_errors_total", float(state.errors), labels))
-            out.append(Sample("probe_enabled", 1.0 if state.sampled else 0.0, labels))
+            out.append(Sample("probe_duration_seconds", state.last_duration, state.labels))
+            out.extend(state.counted_samples())
         out.append(Sample("tick_duration_seconds", duration))
         out.append(Sample("last_tick_timestamp_seconds", t))
         out.append(Sample("agent_memory_bytes", float(self.store.nbytes)))

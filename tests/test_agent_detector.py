@@ -8,6 +8,7 @@ import probes
 from diag.model import Sample
 from diag.settings import Settings
 from diag.testing import FakeClock, FakeProbe
+from probes import analysis
 from probes.agent import Agent
 from probes.requests import RequestStats
 from tests.conftest import require_tool
@@ -124,3 +125,98 @@ def test_endpoints_are_bounded():
         stats.record(f"/user/{i}", 0.01)
     assert set(stats.totals()) == {"/user/0", "/user/1", "/user/2", "other"}
     assert stats.totals()["other"] == 97
+
+
+# -- the detector fed only what can change it, against fed every sample ------------------------
+
+
+def _resource_trace(seed: int, ticks: int, step: float) -> list[tuple[float, float, float | None]]:
+    """(t, value, limit) of a count the way the agent sees one: long flat stretches, single
+    opens and closes, a leak, a pool filling to its bound, a restart, a limit raised, a limit
+    missing for a while, and a few samples whose clock stepped back."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[tuple[float, float, float | None]] = []
+    t, value, limit = 1000.0, 40.0, 1024.0
+    leak = 0.0
+    for i in range(ticks):
+        t += step * rng.choice((1.0,) * 20 + (0.5, 2.0, 7.0))
+        if 1500 <= i < 3500:
+            leak += rng.choice((0.0, 0.2, 0.4))  # a leak: about 2.4 fds a minute at 5 s
+        elif i == 4500:
+            value, leak = 40.0, 0.0  # restarted
+        if rng.random() < 0.03:
+            value += rng.choice((-1.0, 1.0, 2.0, -2.0))  # one connection more or less
+        if i == 4000:
+            limit *= 2  # RLIMIT_NOFILE raised
+        reading = max(value + int(leak), 0.0)
+        stamp = t - rng.choice((3.0, 40.0)) if rng.random() < 0.003 else t  # stepped back
+        missing = 2000 <= i < 2100 or 4001 <= i < 4010  # no limit read (the raise then)
+        out.append((stamp, reading, None if missing else limit))
+    return out
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 60.0])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_detector_fed_only_what_changes_it_gives_every_verdict_of_one_fed_everything(
+    seed, time_scale
+):
+    from diag.detect import Detector, DetectorConfig
+    from probes.analysis import RESOURCE_VERDICT, _Judged
+
+    config = DetectorConfig(time_scale=time_scale)
+    step = 5.0 / time_scale
+    labels = (("resource", "fds"), ("series", "resource_usage"))
+    every = Detector(1024.0, config)
+    judged = _Judged("resource_usage{resource=fds}", Detector(1024.0, config), labels,
+                     RESOURCE_VERDICT)  # fmt: skip
+    fed = 0
+    real_update = judged.detector.update
+
+    def counted(t, value, limit=None):
+        nonlocal fed
+        fed += 1
+        return real_update(t, value, limit)
+
+    judged.detector.update = counted
+    states = set()
+    trace = _resource_trace(seed, 6000, step)
+    for t, value, limit in trace:
+        expected = every.update(t, value, limit)
+        got = judged.update(t, value, limit)
+        assert got == expected, (t, value, limit)
+        assert judged.samples_of(got) == analysis.verdict_samples(expected, labels,
+                                                                  RESOURCE_VERDICT)  # fmt: skip
+        assert judged.detector.limit == every.limit
+        states.add(got.state)
+    assert {"warming_up", "steady", "leak"} <= states  # the trace visits the verdicts that matter
+    assert fed < len(trace) / 2  # most samples are not fed: they could not change anything
+
+
+def test_the_analyzer_exports_and_notifies_as_with_every_sample_fed():
+    """The agent's analyzer over hours of fd counts (flat, then leaking) gives, tick by tick,
+    the gauges and the verdict changes of a detector fed every sample."""
+    from diag.detect import Detector
+
+    fds = (("resource", "fds"),)
+    labels = (("resource", "fds"), ("series", "resource_usage"))
+    analyzer = analysis.GrowthAnalyzer()
+    heard = []
+    analyzer.on_change(lambda key, old, new: heard.append((key, new.state, new.t)))
+    reference = Detector(None)
+    expected_changes = []
+    last_state = None
+    for i, (t, value, limit) in enumerate(_resource_trace(7, 5000, 5.0)):
+        samples = [Sample("resource_usage", value, fds)]
+        if limit is not None:
+            samples.append(Sample("resource_limit", limit, fds))
+        out = analyzer.analyze(t, samples)
+        verdict = reference.update(t, value, limit)
+        assert out == analysis.verdict_samples(verdict, labels, analysis.RESOURCE_VERDICT), i
+        if verdict.state != last_state:
+            expected_changes.append(("resource_usage{resource=fds}", verdict.state, verdict.t))
+            last_state = verdict.state
+    assert heard == expected_changes
+    assert analyzer.verdicts["resource_usage{resource=fds}"] == reference.verdict
+    assert "leak" in [state for _, state, _ in heard]

@@ -341,3 +341,14 @@ def test_a_rise_back_to_a_level_held_before_is_not_a_leak():
     times, values = series(shape, hours=24)
     later = [a for a in replay(times, values, 1.6 * GiB) if a.start > 6 * 3600]
     assert later == [], [(a.start / 3600, a.end) for a in later]
+
+
+def test_a_flat_series_is_steady_without_a_search_and_judged_again_once_it_moves():
+    """A resource count that never moves takes the short way to "steady"; once it moves, the
+    windows are searched again and the leak is called."""
+    flat = [(t * 5.0, 10_000.0) for t in range(2000)]
+    leak = [(10_000.0 + t * 5.0, 10_000.0 + t * 0.5) for t in range(6000)]
+    detector = Detector(20_000)
+    assert detector.extend(flat).state == "steady"
+    assert detector._flat_value == 10_000.0
+    assert detector.extend(leak).state == "leak"

@@ -377,3 +377,75 @@ def test_memory_verdicts_keep_their_names():
     analyzer = GrowthAnalyzer()
     out = analyzer.analyze(0.0, [Sample("process_resident_memory_bytes", 1e9)])
     assert {s.name for s in out} == {"leak_suspected", "growth_bytes_per_second"}
+
+
+# -- the every-tick readings: held directories, samples repeated while nothing moves -------------
+
+
+def test_every_tick_readings_follow_opened_fds_and_started_threads(tmp_path):
+    import threading
+
+    probe = ResourceProbe(shm_path=str(tmp_path), tick_budget=1.0)  # passes on every tick
+    probe.sample()  # the first opens the files the probe keeps open (one more fd after it)
+    first = probe.sample()
+    assert by_key(probe.sample()) == by_key(first)  # nothing moved: the same readings
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, name="held")
+    worker.start()
+    files = [open(os.devnull, "rb") for _ in range(5)]  # noqa: SIM115
+    try:
+        got = by_key(probe.sample())
+        before = by_key(first)
+        for kind in ("os", "python"):
+            key = ("threads", labels_of(kind=kind))
+            assert got[key] == before[key] + 1
+        fds = ("resource_usage", labels_of(resource="fds"))
+        assert got[fds] == before[fds] + 5
+        assert got[("open_fds", labels_of(kind="device"))] >= 5  # the breakdown's pass too
+    finally:
+        release.set()
+        worker.join()
+        for f in files:
+            f.close()
+    after, before = by_key(probe.sample()), by_key(first)
+    for key in (("threads", labels_of(kind="os")), fds):
+        assert after[key] == before[key]  # all closed and ended: back as they were
+    probe.close()
+    assert probe._held == {}
+
+
+def test_after_fork_the_held_directories_are_reopened(tmp_path, monkeypatch):
+    """The fd and task directories are held open, and /proc/self resolved at open names the
+    parent: a child (a new pid) reopens them before reading, even before the sampler's
+    reset_after_fork has run."""
+    probe = ResourceProbe(shm_path=str(tmp_path))
+    probe.sample()
+    held = dict(probe._held)
+    assert set(held) == {"/proc/self/fd", "/proc/self/task"}
+    parent = os.getpid()
+    monkeypatch.setattr(resources.os, "getpid", lambda: parent + 1)  # as in a forked child
+    got = by_key(probe.sample())
+    assert got[("threads", labels_of(kind="os"))] >= 1
+    assert probe._held_pid == parent + 1
+    for fd in held.values():  # the parent's were closed (the new ones may reuse numbers)
+        assert fd in probe._held.values() or not os.path.exists(f"/proc/self/fd/{fd}")
+    probe.close()
+    assert probe._held == {}
+
+
+def test_a_watched_process_that_is_gone_is_said_to_have_exited(tmp_path):
+    """Its task directory, held open, counts no thread once the process is gone: the path
+    is asked again, and its absence says the process has exited."""
+    proc = make_tree(tmp_path)
+    me = proc / "4242"
+    (me / "status").write_bytes(STATUS.replace(b"Threads:\t7", b"Threads:\t1"))
+    probe = ResourceProbe(4242, proc_root=str(proc), shm_path=str(tmp_path))
+    assert by_key(probe.sample())[("threads", labels_of(kind="os"))] == 1  # by the link count
+    assert probe._nlink_trusted and f"{me}/task" in probe._held
+    import shutil
+
+    shutil.rmtree(me)
+    with pytest.raises(ProbeUnavailable, match="process 4242 has exited") as caught:
+        probe.sample()
+    assert caught.value.permanent
+    probe.close()

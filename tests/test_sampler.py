@@ -111,3 +111,20 @@ def test_thread_ticks_and_stops_at_once():
     sampler.stop()  # wakes the hour-long wait immediately
     assert not sampler.running
     assert "diag-sampler" not in [t.name for t in threading.enumerate()]
+
+
+def test_each_ticks_self_metrics_follow_the_probes_failures_and_recovery():
+    """A probe's error count and enabled flag are repeated while they hold and change with it."""
+    probe = FakeProbe(
+        "flaky",
+        [Sample("python_allocated_blocks", 1.0)],
+        fail_with=lambda call: OSError("busy") if call in (2, 3) else None,
+    )
+    sampler = Sampler([probe], max_failures=5, clock=FakeClock())
+    labels = (("probe", "flaky"),)
+    seen = []
+    for _ in range(8):
+        tick = sampler.tick()
+        seen.append((tick.value("probe_errors_total", labels), tick.value("probe_enabled", labels)))
+    # Calls 2 and 3 fail, the second followed by one skipped tick; then it samples again.
+    assert seen == [(0.0, 1.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.0)] + [(2.0, 1.0)] * 4
