@@ -88,6 +88,8 @@ class GrowthAnalyzer:
         looked_up = self._looked_up
         values = {(s.name, s.labels): s.value for s in samples if s.name in looked_up}
         disturbed = self._disturbed(t)
+        # The load covariate of the memory detectors: requests so far, all endpoints.
+        served = None if self._requests is None else self._requests.total()
         out: list[Sample] = []
         adjusted: dict[str, float | None] = {}
         judged = self._judged
@@ -103,7 +105,7 @@ class GrowthAnalyzer:
                 if value is None  # held back: judged later
                 else watched.limit_for(sample.name, sample.labels, value, values)
             )
-            out.extend(self._judge(t, sample, value, series_limit))
+            out.extend(self._judge(t, sample, value, series_limit, served))
         name = self._retention_series
         memory = adjusted[name] if name in adjusted else values.get((name, ()))
         if memory is not None:
@@ -120,9 +122,16 @@ class GrowthAnalyzer:
         return discount.adjust(value, disturbed)
 
     def _judge(
-        self, t: float, sample: Sample, value: float | None, limit: float | None
+        self,
+        t: float,
+        sample: Sample,
+        value: float | None,
+        limit: float | None,
+        served: float | None,
     ) -> list[Sample]:
-        """``value`` None: held back (a dump disturbs it); the last verdict stands meanwhile."""
+        """``value`` None: held back (a dump disturbs it); the last verdict stands meanwhile.
+        ``served``: requests so far, given to memory series' detectors (their load
+        covariate); resource counts are judged without it."""
         series = self._series.get((sample.name, sample.labels))
         if series is None:
             if len(self._series) >= MAX_DETECTORS:
@@ -131,13 +140,17 @@ class GrowthAnalyzer:
             row = watched.BY_NAME.get(sample.name)
             names = RESOURCE_VERDICT if row is not None and row.resource else MEMORY_VERDICT
             series = self._series[(sample.name, sample.labels)] = _Judged(
-                series_key(sample.name, sample.labels), Detector(limit, self.config), labels, names
+                series_key(sample.name, sample.labels),
+                Detector(limit, self.config),
+                labels,
+                names,
+                follows_load=names is MEMORY_VERDICT,
             )
         key = series.key
         previous = self.verdicts.get(key)
         if value is None:
             return series.samples_of(previous) if previous is not None else []
-        verdict = series.update(t, value, limit)
+        verdict = series.update(t, value, limit, served)
         if verdict is not previous:
             self.verdicts[key] = verdict
             if previous is None or previous.state != verdict.state:
@@ -202,6 +215,7 @@ class _Judged:
     """
 
     __slots__ = (
+        "_follows_load",
         "_high",
         "_last_t",
         "_low",
@@ -216,9 +230,16 @@ class _Judged:
     )
 
     def __init__(
-        self, key: str, detector: Detector, labels: Labels, names: tuple[str, ...]
+        self,
+        key: str,
+        detector: Detector,
+        labels: Labels,
+        names: tuple[str, ...],
+        *,
+        follows_load: bool = False,
     ) -> None:
         self.key = key
+        self._follows_load = follows_load
         self.detector = detector
         self.labels = labels
         self.names = names
@@ -231,8 +252,14 @@ class _Judged:
         self._verdict = detector.verdict
         self._samples: tuple[Verdict, list[Sample]] | None = None
 
-    def update(self, t: float, value: float, limit: float | None) -> Verdict:
+    def update(
+        self, t: float, value: float, limit: float | None, served: float | None = None
+    ) -> Verdict:
+        """``served``: requests so far, for a series judged with its load; such a series is fed
+        every sample (the detector keeps the count at its bucket's last sample)."""
         detector = self.detector
+        if not self._follows_load:
+            served = None
         scaled = t if self._scale == 1.0 else t * self._scale  # as Detector.update scales it
         start = self._start
         if scaled < self._last_t:  # out of order: the detector would keep only the limit
@@ -240,14 +267,15 @@ class _Judged:
                 detector.limit = limit
             return self._verdict
         if (
-            start is not None
+            served is None
+            and start is not None
             and scaled < start + BUCKET_SECONDS
             and self._low <= value <= self._high
             and (limit is None or limit == detector.limit)
         ):
             self._last_t = scaled
             return self._verdict
-        verdict = self._verdict = detector.update(t, value, limit)
+        verdict = self._verdict = detector.update(t, value, limit, served)
         self._last_t = scaled
         if start is None or scaled >= start + BUCKET_SECONDS:  # it opened a bucket
             self._start, self._low, self._high = scaled, value, value

@@ -62,6 +62,14 @@ class RequestStats:
         with self._lock:
             return {name: e.requests for name, e in self._endpoints.items()}
 
+    def total(self) -> int | None:
+        """Requests so far, all endpoints; None until the host has counted any endpoint (the
+        detectors' load covariate: without one they are judged without it)."""
+        with self._lock:
+            if not self._endpoints:
+                return None
+            return sum(e.requests for e in self._endpoints.values())
+
     def samples(self) -> list[Sample]:
         with self._lock:
             snapshot = [(name, _copy(e)) for name, e in self._endpoints.items()]

@@ -68,6 +68,37 @@ def test_flat_memory_is_not_a_leak():
     assert "leak" not in [state for _, state in changes]
 
 
+def test_the_agent_judges_memory_with_its_request_counters_as_the_load_covariate():
+    """Memory that follows load (a working set per request in flight) under slow bursts, close
+    to the limit: with the agent's own request counters the detector sees it follow the load."""
+    from tests.test_detect import _bursty_rate
+
+    clock = FakeClock(0.0)
+    stats = RequestStats()
+    probe = FakeProbe("fake")
+    agent = Agent(Settings(escalation_window=0), probes=[probe], clock=clock, requests=stats)
+    changes, reasons = [], set()
+    agent.on_verdict_change(lambda series, old, new: changes.append((series, new.state)))
+    step, owed = 10.0, 0.0
+    for i in range(int(18 * 3600 / step)):
+        t = i * step
+        owed += _bursty_rate(t) * step
+        while owed >= 1:
+            stats.record("/talk", 0.02)
+            owed -= 1
+        rss = 1.0 * GiB + 12 * MiB * _bursty_rate(t)
+        probe.samples = [
+            Sample("process_resident_memory_bytes", rss),
+            Sample("memory_limit_bytes", 1.6 * GiB),
+            Sample("memory_limit_usage_bytes", rss),
+        ]
+        agent.sampler.tick()
+        reasons.add(agent.analyzer.verdicts["process_resident_memory_bytes"].reason)
+        clock.advance(step)
+    assert "leak" not in [state for series, state in changes]
+    assert "growth follows load: it rises and falls with the request rate" in reasons
+
+
 @pytest.mark.e2e
 def test_the_exposition_with_verdicts_and_requests_passes_promtool():
     promtool = require_tool("promtool")
@@ -174,10 +205,10 @@ def test_a_detector_fed_only_what_changes_it_gives_every_verdict_of_one_fed_ever
     fed = 0
     real_update = judged.detector.update
 
-    def counted(t, value, limit=None):
+    def counted(t, value, limit=None, requests=None):
         nonlocal fed
         fed += 1
-        return real_update(t, value, limit)
+        return real_update(t, value, limit, requests)
 
     judged.detector.update = counted
     states = set()
