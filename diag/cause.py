@@ -44,6 +44,9 @@ KNEE_FIT = 0.5
 KNEE_SLOPES = 0.5
 #: The current regime keeps at least this many points.
 REGIME_MIN_POINTS = 3
+#: An account from the agent's series needs this many samples of RSS, start-up and diag's
+#: own disturbances left out (a few seconds at the shortest interval, half a minute at 5 s).
+ACCOUNT_MIN_POINTS = 6
 
 #: The detector's states, as the cause reads them.
 GROWING_STATES = frozenset({"growing", "leak"})
@@ -159,17 +162,19 @@ def current_regime(points: Points, min_points: int = REGIME_MIN_POINTS) -> Point
     """The points after the last clear knee: where two lines fit far better than one and their
     slopes differ, only the later line's points are kept. This cuts off the interpreter's
     import ramp and a model's load (steep, then the service's own rate), and a cache that
-    filled before it plateaued. At most two knees are cut; without one, all points stay."""
+    filled before it plateaued. At most two knees are cut, each keeping at least a quarter of
+    the points (a sawtooth must not leave a handful); without one, all points stay."""
     for _ in range(2):
         n = len(points)
-        if n < min_points + 2:
+        keep = max(min_points, n // 4)
+        if n < keep + 2:
             return points
         fits = _Fits(points)
-        whole_slope, whole = fits.fit(0, n)
+        whole = fits.fit(0, n)[1]
         if whole <= 0:
             return points
         best: tuple[float, int] | None = None
-        for b in range(2, n - min_points + 1):
+        for b in range(2, n - keep + 1):
             error = fits.fit(0, b)[1] + fits.fit(b, n)[1]
             if best is None or error < best[0]:
                 best = (error, b)
@@ -204,9 +209,10 @@ def _per_second(rate: float) -> str:
 
 def detector_state(verdicts: Mapping[str, Verdict] | None) -> tuple[str, Verdict] | None:
     """What the detector says of the memory series, as one state: ``growing`` when any of
-    them grows (or leaks), else ``warming_up`` when any is still warming up (or has too few
-    samples), else ``bounded`` when any rose in a bounded way, else ``steady``. With the
-    verdict that decided it; None without verdicts."""
+    them grows (or leaks); else what it says of RSS (a CUDA series that appeared later may
+    still be warming up); else ``warming_up`` when any is still warming up (or has too few
+    samples), ``bounded`` when any rose in a bounded way, ``steady``. With the verdict that
+    decided it; None without verdicts."""
     if not verdicts:
         return None
     order = (
@@ -215,8 +221,12 @@ def detector_state(verdicts: Mapping[str, Verdict] | None) -> tuple[str, Verdict
         ("bounded", frozenset({"bounded_growth"})),
         ("steady", frozenset({"steady"})),
     )
+    rss = verdicts.get("process_resident_memory_bytes")
+    candidates = list(verdicts.values())
+    if rss is not None and not any(v.state in GROWING_STATES for v in candidates):
+        candidates = [rss]
     for state, states in order:
-        for verdict in verdicts.values():
+        for verdict in candidates:
             if verdict.state in states:
                 return state, verdict
     return None
@@ -248,7 +258,7 @@ def account(
         rss = measured.rss
         span = measured.seconds
     else:
-        fitted = slope(points)
+        fitted = slope(points) if len(points) >= ACCOUNT_MIN_POINTS else None
         if fitted is None:
             return None
         rss = fitted
@@ -305,6 +315,32 @@ def account(
     )
 
 
+def without_steps(points: Points, disturbed: Sequence[tuple[float, float]]) -> Points:
+    """``points`` less diag's own disturbances: samples inside a ``(began, ended)`` span are
+    dropped, and the step across each span (a paused host catching up, an arena that keeps
+    what the census used) is taken off every later sample, less what the series' own trend
+    (its current regime's) would have added meanwhile, fitted again on the result three
+    times: a leak keeps its rate, a bounded service gets no growth from being dumped."""
+    if not disturbed or not points:
+        return points
+    spans = sorted(disturbed)
+    kept = [(t, v) for t, v in points if not any(b <= t < e for b, e in spans)]
+    out: Points = kept
+    trend = 0.0
+    for _ in range(3):
+        adjusted: list[tuple[float, float]] = []
+        offset = 0.0
+        for t, v in kept:
+            if adjusted:
+                last_t, last_v = adjusted[-1]
+                if any(last_t < b and e <= t for b, e in spans):  # a span lies between
+                    offset = v - last_v - trend * (t - last_t)
+            adjusted.append((t, v - offset))
+        out = adjusted
+        trend = slope(current_regime(out)) or 0.0  # the start-up's ramp is no trend
+    return out
+
+
 def _since(series: Mapping[str, Points], t: float) -> dict[str, Points]:
     return {name: [(s, v) for s, v in points if s >= t] for name, points in series.items()}
 
@@ -341,11 +377,15 @@ def classify(
     verdicts: Mapping[str, Verdict] | None = None,
     measured: Measured | None = None,
     device_share: Mapping[str, float] | None = None,
+    disturbed: Sequence[tuple[float, float]] = (),
 ) -> Cause:
     """``series``: name -> recent points (CUDA ones summed over devices); ``owner_growth``:
     (holder path, bytes per second) measured over a traced window, biggest first;
     ``verdicts``: the agent's current verdicts on its memory series (None: no detector, as in
-    a replay); ``measured``: the traced window's own readings, when this dump closes one."""
+    a replay); ``measured``: the traced window's own readings, when this dump closes one;
+    ``disturbed``: spans when diag's own dumps disturbed the host (see ``without_steps``)."""
+    if disturbed:
+        series = {name: without_steps(points, disturbed) for name, points in series.items()}
     if measured is None:
         series = settled(series)
     growth = account(
@@ -374,7 +414,20 @@ def _classify(
     growth: GrowthAccount | None,
 ) -> Cause:
     grows = MIN_GROWTH_PER_HOUR / 3600
+    judged = detector_state(verdicts)
     if growth is None:
+        # Levels need no rate: glibc's free bytes, and what malloc_trim gave back.
+        in_use = _rate(series, "malloc_in_use_bytes")
+        retention = _retention(series, trimmed_bytes, in_use, grows, [])
+        if retention is not None:
+            return retention
+        if judged is not None and judged[0] == "warming_up":
+            return Cause(
+                "warming_up",
+                "too early to tell: the detector is still in its warm-up, and too few samples "
+                "after the start-up yet to measure a rate",
+                [f"detector: {judged[1].state} ({judged[1].reason})"],
+            )
         return Cause(
             "unknown",
             "too few samples yet to tell how memory moves (the agent needs a few ticks)",
@@ -429,7 +482,6 @@ def _classify(
         )
         return Cause("leak", f"live objects are piling up in {top_path}", evidence)
 
-    judged = detector_state(verdicts)
     if judged is not None and judged[0] != "growing":
         state, verdict = judged
         evidence.append(f"detector: {verdict.state} ({verdict.reason})")
@@ -484,11 +536,11 @@ def _classify(
             "tracing's own, or objects outside containers; watch the verdict over a longer span",
             evidence,
         )
-    if owner_growth and top_rate >= grows:
+    if owner_growth and top_rate >= grows and whole > 0:
         # Holders grew, but none enough to be the culprit: say so, name none.
         evidence.append(
-            f"the holder that grew most, {top_path}, grew {_per_hour(top_rate)}: "
-            f"{top_rate / whole:.0%} of the growth" if whole > 0 else ""
+            f"the holder that grew most, {top_path}, grew {_per_hour(top_rate)}: only "
+            f"{top_rate / whole:.0%} of the growth"
         )
     if allocated > grows:
         evidence.append(f"CUDA allocated {_per_hour(allocated)}")

@@ -122,6 +122,8 @@ class Agent:
             top_sites=self.settings.top_sites,
             clock=clock,
             resource_context=self._resource_context,
+            # The detector's verdicts, read at each dump: its cause agrees with them.
+            verdicts=lambda: self.analyzer.verdicts,
         )
         self.analyzer = GrowthAnalyzer(
             DetectorConfig(

@@ -24,17 +24,19 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from diag import watched
-from diag.cause import Cause, classify
-from diag.census import Dump, Frame, Site, cuda_block_stacks, is_library, take_dump
+from diag.cause import Cause, Measured, classify
+from diag.census import Dump, Frame, Owner, Site, cuda_block_stacks, is_library, take_dump
 from diag.detect import SETTLE_SECONDS, Verdict
 from diag.model import Clock, Sample
 from diag.resources_census import group_key
 from probes import creation
+from probes.heap import load_mallinfo2
 from probes.tracing import IGNORED_TRACES, site_label, site_samples
 
 log = logging.getLogger("diag")
@@ -46,6 +48,10 @@ WINDOW_FRAMES = 24
 CUDA_HISTORY_ENTRIES = 100_000
 GROWING_STATES = ("growing", "leak")
 CAUSE_SERIES = watched.names_read_by("cause")
+#: The dumps whose disturbance a dump's cause takes out of the series (ten minutes' worth).
+DISTURBANCES_KEPT = 64
+#: The memory series whose verdicts the cause follows: those it reads that the detector judges.
+JUDGED_MEMORY = frozenset(CAUSE_SERIES) & frozenset(watched.names_read_by("detector"))
 
 
 #: Waits out a traced window: ``wait(seconds)`` returns early, and True, once the escalation is
@@ -55,6 +61,9 @@ Wait = Callable[[float], bool]
 Spawn = Callable[[Callable[[], None]], None]
 #: resource -> (its limit, seconds to exhaustion), as the agent's latest samples and verdicts say.
 ResourceContext = Callable[[], Mapping[str, tuple[float | None, float | None]]]
+#: The agent's current verdicts, by series key (``malloc_in_use_bytes``,
+#: ``cuda_allocated_bytes{device=0}``): the cause agrees with the detector on memory.
+Verdicts = Callable[[], Mapping[str, Verdict]]
 #: Resources whose count is in the unit of the agent's ``resource_usage`` series (the agent's
 #: ``shm`` is /dev/shm's bytes; the census counts segments).
 SAME_UNIT = ("fds", "threads", "children", "asyncio_tasks")
@@ -100,9 +109,11 @@ class Escalation:
         wait: Wait | None = None,
         spawn: Spawn = in_a_thread,
         resource_context: ResourceContext | None = None,
+        verdicts: Verdicts | None = None,
     ) -> None:
         self._requests = requests
         self._resource_context = resource_context
+        self._verdicts = verdicts
         self._series = series
         self._record = record
         self._is_worker = is_worker
@@ -127,6 +138,12 @@ class Escalation:
         self.last_pause = 0.0
         self.active = False
         self._tracing_ours = False  # tracemalloc was started by the running window
+        self._measured: Measured | None = None  # the last window's own readings
+        #: The last window's first census: when it ended, and what each holder retained.
+        self._window_base: tuple[float, dict[str, int]] | None = None
+        #: Recent dumps, (began, ended + settling), in clock time: their steps are not growth.
+        self._disturbances: deque[tuple[float, float]] = deque(maxlen=DISTURBANCES_KEPT)
+        self._began: float | None = None  # when the running dump began
 
     # -- triggers --------------------------------------------------------------------------
 
@@ -188,10 +205,13 @@ class Escalation:
         """A census now, or at the end of a traced window of ``request.window`` seconds."""
         with self._lock:
             self.dumps += 1
+            self._began = began = self._clock()
             try:
                 return self._dump(request, reason)
             finally:
                 self._last_ended = self._clock()
+                self._disturbances.append((began, self._last_ended + SETTLE_SECONDS))
+                self._began = None
 
     def _dump(self, request: DumpRequest, reason: str) -> Dump:
         if request.window > 0:
@@ -213,7 +233,8 @@ class Escalation:
                     "resources: growth and creation stacks come from a traced window (--window S)"
                 )
         trimmed = malloc_trim_test() if request.trim else None
-        result.cause = self.cause_of(result, trimmed).to_json()
+        measured = self._measured if request.window > 0 else None
+        result.cause = self.cause_of(result, trimmed, measured).to_json()
         self.last_pause = result.pause_seconds
         return result
 
@@ -234,6 +255,9 @@ class Escalation:
         self._tracing_ours = started_tracing
         before = None if started_tracing else tracemalloc.take_snapshot()
         cuda = _CudaHistory.start()
+        self._measured = None
+        self._window_base = (baseline.t, dict(baseline.retained))
+        reading = _Reading.now(self._clock)
         # Creation stacks of the resources made meanwhile are tracemalloc's (each object's
         # allocation stack): the creation recorder on top would cost 20x more on a loop of
         # opens than tracemalloc alone (benchmarks/bench_creation.py), so it is not turned on.
@@ -247,6 +271,8 @@ class Escalation:
 
         try:
             self._wait(request.window)
+            # Read before the snapshot and the census: both allocate, and free, a lot.
+            self._measured = reading.rates_until(_Reading.now(self._clock))
             cuda_stacks = cuda.stacks(user_only)
             sites = self._sites(before)
             result, _ = take_dump(
@@ -329,19 +355,65 @@ class Escalation:
             if resource.resource in SAME_UNIT and resource.resource in context:
                 resource.limit, resource.seconds_to_exhaustion = context[resource.resource]
 
-    def cause_of(self, result: Dump, trimmed: int | None = None) -> Cause:
-        # The window's own series when there is one (the slopes it measured), else the last
-        # ten minutes.
+    def cause_of(
+        self, result: Dump, trimmed: int | None = None, measured: Measured | None = None
+    ) -> Cause:
+        """The cause of ``result``'s growth, and its account. ``measured``: the readings of
+        the window this dump closes. The window's own series when there is one (the slopes it
+        measured), else the last ten minutes (``classify`` cuts the start-up off them); and
+        the detector's current verdicts on the memory series, which the cause agrees with."""
         since = result.taken_at - (result.window_seconds or 600.0)
         series = {
             name: [(t, v) for t, v in self._series(name) if t >= since] for name in CAUSE_SERIES
         }
-        growth = [
-            (o.path, o.growth_bytes_per_second)
-            for o in sorted(result.owners, key=lambda o: -(o.growth_bytes_per_second or 0.0))
-            if o.growth_bytes_per_second is not None
-        ]
-        return classify(series, growth, worker=self._is_worker(), trimmed_bytes=trimmed)
+        growth = self._owner_growth(result, measured is not None)
+        disturbed = list(self._disturbances)
+        if self._began is not None and measured is None:
+            # This census: from its start on, samples carry its pause (a window's own series
+            # are read between its two censuses, undisturbed by either).
+            disturbed.append((self._began, float("inf")))
+        return classify(
+            series,
+            growth,
+            worker=self._is_worker(),
+            trimmed_bytes=trimmed,
+            verdicts=self._memory_verdicts(),
+            measured=measured,
+            device_share={o.path: _device_share(o) for o in result.owners},
+            disturbed=disturbed,
+        )
+
+    def _owner_growth(self, result: Dump, windowed: bool) -> list[tuple[str, float]]:
+        """(holder, bytes per second) grown, biggest first. For the window this dump closes,
+        over the time the host ran: from the end of the first census to the start of the last
+        (each census holds the GIL, the host waits), not across the last census's own pause
+        as the owners' ``growth_bytes_per_second`` are; else as the owners say."""
+        base = self._window_base if windowed else None
+        ran = result.taken_at - result.pause_seconds - base[0] if base is not None else 0.0
+        if base is not None and 0 < ran <= (result.window_seconds or 0.0):
+            before = base[1]
+            growth = [
+                (o.path, (o.retained_bytes - before.get(o.path, 0)) / ran) for o in result.owners
+            ]
+        else:
+            growth = [
+                (o.path, o.growth_bytes_per_second)
+                for o in result.owners
+                if o.growth_bytes_per_second is not None
+            ]
+        return sorted(growth, key=lambda g: -g[1])
+
+    def _memory_verdicts(self) -> dict[str, Verdict] | None:
+        """The detector's verdicts on the memory series the cause reads; None without a
+        detector (or when it cannot be read)."""
+        if self._verdicts is None:
+            return None
+        try:
+            verdicts = dict(self._verdicts())
+        except Exception:
+            log.debug("diag: no verdicts for the dump's cause", exc_info=True)
+            return None
+        return {k: v for k, v in verdicts.items() if k.split("{", 1)[0] in JUDGED_MEMORY}
 
     def _request_total(self) -> int:
         return sum(self._requests().values())
@@ -431,6 +503,79 @@ class _CudaHistory:
             except Exception:
                 log.debug("diag: stopping the CUDA allocation history failed", exc_info=True)
             self._torch = None
+
+
+def _device_share(owner: Owner) -> float:
+    """The share of an owner's retained bytes on a GPU (not in RSS)."""
+    on_device = sum(c.bytes for c in owner.contents if c.device.startswith("cuda"))
+    return min(on_device / owner.retained_bytes, 1.0) if owner.retained_bytes > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What a window reads at its start and its end, for the growth account: RSS, glibc's
+    in-use and free bytes, what tracemalloc traces and tracemalloc's own memory."""
+
+    t: float
+    rss: int | None
+    malloc: tuple[int, int] | None  # (in use: uordblks + hblkhd, free: fordblks)
+    traced: int | None
+    tracing: int | None
+
+    @classmethod
+    def now(cls, clock: Clock) -> _Reading:
+        try:
+            rss: int | None = _resident_bytes()
+        except (OSError, ValueError, IndexError):
+            rss = None
+        tracing = tracemalloc.is_tracing()
+        return cls(
+            t=clock(),
+            rss=rss,
+            malloc=_mallinfo(),
+            traced=tracemalloc.get_traced_memory()[0] if tracing else None,
+            tracing=tracemalloc.get_tracemalloc_memory() if tracing else None,
+        )
+
+    def rates_until(self, end: _Reading) -> Measured | None:
+        seconds = end.t - self.t
+        if seconds <= 0 or self.rss is None or end.rss is None:
+            return None
+
+        def rate(a: int | None, b: int | None) -> float | None:
+            return None if a is None or b is None else (b - a) / seconds
+
+        return Measured(
+            seconds=seconds,
+            rss=(end.rss - self.rss) / seconds,
+            malloc_in_use=rate(*_pick(self.malloc, end.malloc, 0)),
+            malloc_free=rate(*_pick(self.malloc, end.malloc, 1)),
+            python_traced=rate(self.traced, end.traced),
+            tracing=rate(self.tracing, end.tracing),
+        )
+
+
+def _pick(
+    a: tuple[int, int] | None, b: tuple[int, int] | None, i: int
+) -> tuple[int | None, int | None]:
+    return (a[i] if a else None, b[i] if b else None)
+
+
+_MALLINFO2: list[Callable[[], Any] | None] = []
+
+
+def _mallinfo() -> tuple[int, int] | None:
+    """glibc's (in use, free retained) bytes, or None where mallinfo2 is not there."""
+    if not _MALLINFO2:
+        _MALLINFO2.append(load_mallinfo2()[0])
+    info = _MALLINFO2[0]
+    if info is None:
+        return None
+    try:
+        got = info()
+    except Exception:
+        return None
+    return int(got.uordblks + got.hblkhd), int(got.fordblks)
 
 
 def _resident_bytes() -> int:

@@ -81,6 +81,56 @@ def _resources(tree: Tree, resources: list[dict[str, Any]]) -> None:
                 leaf.add(escape(f"created at {_frames_text(group['created_at'])}"))
 
 
+def _signed(rate: float | None) -> str:
+    if rate is None:
+        return "?"
+    return f"{'+' if rate >= 0 else '-'}{format_bytes(abs(rate))}/s"
+
+
+def account_lines(growth: dict[str, Any]) -> tuple[str, list[str]]:
+    """The growth account as a head line and one line per part (zero parts left out)."""
+    over = (
+        f"traced window of {growth['span_seconds']:.0f} s"
+        if growth.get("source") == "window"
+        else f"last {growth['span_seconds']:.0f} s, start-up left out"
+    )
+    head = f"growth account ({over}): RSS {_signed(growth['rss_bytes_per_second'])}"
+    cuda = growth.get("cuda_reserve_bytes_per_second") or 0.0
+    total = growth.get("total_bytes_per_second")
+    if total is not None and abs(total - growth["rss_bytes_per_second"]) > 1.0:
+        head += f", with CUDA reserved {_signed(total)}"
+    owners = f"live objects {_signed(growth['owners_bytes_per_second'])}"
+    named = [
+        f"{o['path']} {_signed(o['bytes_per_second'])}"
+        + (f" ({o['share']:.0%})" if o.get("share") is not None else "")
+        for o in growth.get("by_owner", [])[:3]
+    ]
+    lines = [f"{owners}: {', '.join(named)}" if named else f"{owners} (no holder grew)"]
+    kept = f"kept free by malloc {_signed(growth['allocator_retention_bytes_per_second'])}"
+    if growth.get("trim_returned_bytes"):
+        kept += f" (malloc_trim gave back {format_bytes(growth['trim_returned_bytes'])})"
+    lines.append(kept)
+    if cuda:
+        lines.append(f"CUDA cache reserve {_signed(cuda)}")
+    native = f"native {_signed(growth['native_bytes_per_second'])}"
+    if growth.get("tracing_bytes_per_second"):
+        native += f" (tracemalloc's own {_signed(growth['tracing_bytes_per_second'])})"
+    lines.append(native)
+    unexplained = growth["unexplained_bytes_per_second"]
+    text = f"unexplained {_signed(unexplained)}"
+    if unexplained < 0:
+        text += " (the parts exceed the growth: memory reused that was already resident)"
+    lines.append(text)
+    return head, lines
+
+
+def _account(branch: Tree, growth: dict[str, Any]) -> None:
+    head, lines = account_lines(growth)
+    node = branch.add(escape(head))
+    for line in lines:
+        node.add(escape(line))
+
+
 def render(document: dict[str, Any]) -> Tree:
     """The holders as a tree, biggest first, under the cause."""
     head = f"pid {document['pid']}: heap walked in {document['pause_seconds']:.2f} s"
@@ -96,6 +146,9 @@ def render(document: dict[str, Any]) -> Tree:
         branch = tree.add(escape(f"cause: {cause['kind']}: {cause['summary']}"))
         for line in cause.get("evidence", []):
             branch.add(escape(line))
+        growth = cause.get("growth_accounting")
+        if growth:
+            _account(branch, growth)
     for note in document.get("notes", []):
         tree.add(escape(f"({note})"))
     for owner in document["owners"]:

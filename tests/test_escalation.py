@@ -208,3 +208,79 @@ def test_a_child_forked_during_a_window_starts_clean():
     escalation.close()
     thread.join()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# -- the cause agrees with the detector, and accounts for the growth --------------------------
+
+MiB = 1024 * 1024
+
+
+def growing_heap(clock):
+    """The agent's series: RSS and malloc in use growing 1 MiB/s over the last five minutes."""
+    points = [(clock() - 300 + t, 100 * MiB + MiB * t) for t in range(0, 301, 5)]
+    return lambda name: points if name in ("process_resident_memory_bytes",
+                                           "malloc_in_use_bytes") else []  # fmt: skip
+
+
+def judged(state):
+    return {"process_resident_memory_bytes": verdict(state), "malloc_in_use_bytes": verdict(state)}
+
+
+def test_a_plain_dump_follows_the_detector_while_it_warms_up():
+    clock = FakeClock()
+    state = {"now": judged("warming_up")}
+    escalation = Escalation(requests=lambda: {}, series=growing_heap(clock), clock=clock,
+                            verdicts=lambda: state["now"])  # fmt: skip
+    cause = escalation.dump(DumpRequest()).cause
+    assert cause["kind"] == "warming_up", cause
+    growth = cause["growth_accounting"]
+    assert growth["source"] == "series"
+    assert growth["rss_bytes_per_second"] == pytest.approx(MiB)
+    state["now"] = judged("leak")  # the detector called it: the series speak again
+    assert escalation.dump(DumpRequest()).cause["kind"] == "leak"
+    # Without a detector (a replay, a test), the series alone.
+    alone = Escalation(requests=lambda: {}, series=growing_heap(clock), clock=clock)
+    assert alone.dump(DumpRequest()).cause["kind"] == "leak"
+
+
+def test_a_window_accounts_for_its_growth_by_owner():
+    findings = []
+    timing = played(lambda: leak(500))
+    state = {"now": judged("warming_up")}
+    escalation = make_escalation(findings, verdicts=lambda: state["now"], **timing)
+    try:
+        found = escalation.dump(DumpRequest(window=0.6))
+        state["now"] = judged("steady")
+        steady = escalation.dump(DumpRequest(window=0.6))
+    finally:
+        _CACHE.clear()
+    cause = found.cause
+    growth = cause["growth_accounting"]
+    assert growth["source"] == "window" and growth["span_seconds"] == pytest.approx(0.6)
+    first = growth["by_owner"][0]
+    assert first["path"] == "tests.test_escalation._CACHE"
+    assert first["bytes_per_second"] == pytest.approx(500 * 4096 / 0.6, rel=0.2)
+    parts = sum(growth[k] for k in ("owners_bytes_per_second",
+                                    "allocator_retention_bytes_per_second",
+                                    "cuda_reserve_bytes_per_second", "native_bytes_per_second",
+                                    "unexplained_bytes_per_second"))  # fmt: skip
+    assert parts == pytest.approx(growth["total_bytes_per_second"])
+    assert growth["python_heap_bytes_per_second"] is not None  # tracemalloc measured it
+    # Measured growing in a window while the detector warms up: named, with the caveat.
+    assert cause["kind"] == "leak" and "still warming up" in cause["summary"], cause
+    # Once the detector has watched long enough to say steady, a window's growth is no leak.
+    assert steady.cause["kind"] == "no_growth", steady.cause
+
+
+def test_the_agent_gives_its_escalation_the_detectors_verdicts():
+    from diag.settings import Settings
+    from probes.agent import Agent
+
+    agent = Agent(Settings(interval=3600, history="off"), probes=[])
+    agent.analyzer.verdicts["process_resident_memory_bytes"] = verdict("steady")
+    agent.analyzer.verdicts["resource_usage{resource=fds}"] = verdict("leak")  # not memory
+    agent.analyzer.verdicts["cuda_allocated_bytes{device=0}"] = verdict("warming_up")
+    assert agent.escalation._memory_verdicts() == {
+        "process_resident_memory_bytes": agent.analyzer.verdicts["process_resident_memory_bytes"],
+        "cuda_allocated_bytes{device=0}": agent.analyzer.verdicts["cuda_allocated_bytes{device=0}"],
+    }
