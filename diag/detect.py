@@ -25,7 +25,7 @@ How it decides, and why:
 - A leak must also have been watched for long enough to trust it: 10 minutes, 12 % of the time
   it forecasts to OOM (a fill that stops early never gets there), and 30 minutes while the
   process is younger than 90 minutes unless the limit is near. Once a leak, the verdict stays
-  leak while the lower envelope keeps rising (a trend at z >= 1, or a quarter of the leak's
+  leak while the lower envelope keeps rising (a trend at z >= 1 and 35 % of the leak's
   rate, over a window as long as the one that called it, or twice that): leaving takes as
   much evidence as entering, and it must say so for 3 minutes in a row,
   so verdicts do not flap during a leak.
@@ -50,9 +50,9 @@ BUCKET_SECONDS = 30.0
 POINTS_PER_WIDTH = 48
 MAX_GROUPS = 12
 MIN_GROUPS = 6
-#: A standing leak ends when its envelope rises at under this share of its own rate, with
-#: no trend at this Mann-Kendall z either (calling one takes min_trend_z, 3).
-HOLD_SHARE_OF_OWN_RATE = 0.25
+#: A standing leak goes on while its envelope rises at this share of its own rate or more,
+#: with a trend of this Mann-Kendall z or more (calling one takes min_trend_z, 3).
+HOLD_SHARE_OF_OWN_RATE = 0.35
 HOLD_MIN_TREND_Z = 1.0
 #: ... on this many bucket closes in a row (3 minutes).
 LEAK_EXIT_BUCKETS = 6
@@ -592,17 +592,19 @@ class Detector:
         """A standing leak stays one while its growth goes on. Leaving it takes evidence over
         a span like the one that entered it, not merely a failed fresh trend test (noise, a
         slowdown, a step, a quiet night): over the last window of the entry's length (10
-        minutes at least), and over twice that, the lower envelope must have stopped rising:
-        no trend even at a low bar, and a rate under a quarter of the leak's own, which is the
-        slower of the rate it was called at and its rate since (a short entry window under a
-        sawtooth can overstate it). An operator who sees the verdict leave "leak" in the
+        minutes at least), or over twice that, the lower envelope still rises if it shows a
+        trend at a low bar and a rate of a third of the leak's own, which is the slower of
+        the rate it was called at and its rate since (a short entry window under a sawtooth
+        can overstate it). Both: either alone comes by chance on a flat series too often,
+        and a false alert must not stick. An operator who sees the verdict leave "leak" in the
         middle of a leak stops trusting it."""
         entry_seconds, entry_rate = self._entry
         assert self._regime_start is not None  # a leak was called in this regime
         regime = now - self._regime_start - self.config.warmup_seconds
         seconds = max(entry_seconds, self.config.min_leak_seconds)
         period = self._sawtooth_period(now)
-        since_called = self._continuing(min(now - self._called_at + seconds, regime), now, period)
+        span_called = min(now - self._called_at + seconds, regime)
+        since_called = self._continuing(span_called, now, period)
         if since_called is None:
             # Too few samples to say anything (a gap): no evidence either way, so it stands.
             return dataclasses.replace(self.verdict, t=now)
@@ -612,11 +614,13 @@ class Detector:
         # Twice as long too: a leak that follows a daily load cycle slows down at night.
         judged = False
         for span in (seconds, 2 * seconds):
+            if span > 0.75 * span_called and span > seconds:
+                break  # no shorter than the leak's own span: it would only repeat it
             window = self._continuing(min(span, regime), now, period)
             if window is None:
                 continue
             judged = True
-            if window.significant or window.rate >= HOLD_SHARE_OF_OWN_RATE * own_rate:
+            if window.significant and window.rate >= HOLD_SHARE_OF_OWN_RATE * own_rate:
                 # The reason it was called still holds: the same words, not a new story.
                 return self._verdict(now, "leak", self._entry_reason, window)
         return None if judged else dataclasses.replace(self.verdict, t=now)
