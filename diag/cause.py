@@ -485,12 +485,6 @@ def _classify(
     if judged is not None and judged[0] != "growing":
         state, verdict = judged
         evidence.append(f"detector: {verdict.state} ({verdict.reason})")
-        if state == "warming_up" and measured is not None and culprit:
-            # A traced window measured this holder growing: that is evidence of its own, but
-            # a warm-up fills caches too, so the cause says the detector has not judged yet.
-            cause = named_leak()
-            cause.summary += " (measured in the window; the detector is still warming up)"
-            return cause
         retention = _retention(series, trimmed_bytes, malloc, grows, evidence)
         if retention is not None:
             return retention

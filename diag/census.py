@@ -1,4 +1,4 @@
-"""What holds the memory: live tensors, arrays and big containers, grouped by holder.
+"""What holds the memory: live tensors and arrays by holder, every other object by its root.
 
 A census walks the gc's objects once:
 
@@ -7,14 +7,18 @@ A census walks the gc's objects once:
 - a tensor that autograd keeps a graph for (a forgotten ``no_grad``) also retains the tensors
   its graph saved for backward; those have no Python object gc could list, so they are reached
   through ``grad_fn`` and counted to the holder of the output;
-- Python containers (dicts, lists, sets, deques) with many entries are measured by deep size
-  (pympler, on a sample of entries), so a leak of plain Python objects is seen too.
+- every other object (str, bytes, dicts, lists, sets, tuples, instances, ``__slots__``
+  objects, buffers) is weighed by the root that dominates it (``diag.dominators``): a module's
+  global, a class's attribute, a running frame's local, or the entry of a region two of them
+  share. A dict of lists of bytes is one owner at its global; a linked list, one at its head;
+- with a traced window, the objects allocated in it and alive at its end (its *survivors*) are
+  found while tracemalloc knows them, and counted to their owners and allocation stacks.
 
-``diag.owners`` then finds who holds them. Per holder the census reports the bytes it retains,
-what it holds (type, dtype, device) and where those objects were allocated, when tracemalloc
-was tracing (for a tensor that is where the tensor object was made, even though torch
-allocates its bytes outside Python's allocator) or, on CUDA, from torch's allocation history
-joined by storage address.
+``diag.owners`` then finds who holds the tensors and arrays. Per owner the census reports the
+bytes it retains, what it holds (type, dtype, device) and where those objects were allocated,
+when tracemalloc was tracing (for a tensor that is where the tensor object was made, even
+though torch allocates its bytes outside Python's allocator) or, on CUDA, from torch's
+allocation history joined by storage address. With a window, owners that grew come first.
 
 Nothing here imports torch or numpy: they are looked up in ``sys.modules``, as the host left them.
 """
@@ -37,9 +41,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from diag import OWN_DIRS
+from diag import OWN_DIRS, dominators
 from diag.model import Clock
-from diag.owners import Holder, Link, find_holders, name_objects
+from diag.owners import Holder, Link, find_holders, locate
 from diag.resources_census import (
     GROUPS_PER_RESOURCE,
     Resource,
@@ -48,13 +52,21 @@ from diag.resources_census import (
     resource_types,
 )
 
-#: A Python container is looked at when it has this many entries, or when it grew by
-#: GROWN_ENTRIES (and a quarter) during a window; entries are recorded from RECORDED_ENTRIES up.
-BIG_CONTAINER_ENTRIES = 1000
+#: Containers' entries are recorded from RECORDED_ENTRIES up (the window's baseline).
 GROWN_ENTRIES = 64
 RECORDED_ENTRIES = 32
-#: ...and reported when it retains at least this much.
-MIN_CONTAINER_BYTES = 1 << 20
+#: An owner found by the dominator walk is reported when it retains this much, or when it
+#: grew (or holds survivors of the window) by GREW_BYTES: an owner grew when it did by that much.
+MIN_OWNER_BYTES = 1 << 20
+MIN_CONTAINER_BYTES = MIN_OWNER_BYTES
+GREW_BYTES = 64 << 10
+#: Owners are kept in the baseline from this size up (a smaller one's growth is overstated
+#: by less than this).
+BASELINE_BYTES = 16 << 10
+#: Survivors whose allocation stacks are read (evenly spaced among all of them).
+SURVIVOR_SAMPLE = 4096
+#: Shared regions' entries named per dump, at most (each costs a path search).
+MAX_ENTRIES_NAMED = 8
 #: Entries sampled per container for its deep size and allocation stacks.
 ENTRY_SAMPLE = 64
 #: Autograd nodes visited per dump, at most: graphs can be long.
@@ -96,6 +108,33 @@ class Owner:
     allocation_stacks: list[Stack] = field(default_factory=list)
     growth_bytes_per_request: float | None = None
     chain: list[Link] = field(default_factory=list)
+    #: What names the chain's first step: "module" (a module's global), "class" (a class
+    #: attribute), "thread" (a running frame's local), "c" (no Python referrer: held from C).
+    root: str = "module"
+    #: Objects allocated during the traced window and alive at its end that this owner retains
+    #: (null without a window).
+    survivors: int | None = None
+    survivor_bytes: int | None = None
+
+
+@dataclass
+class SurvivorOwner:
+    path: str
+    root: str
+    count: int
+    bytes: int
+
+
+@dataclass
+class Survivors:
+    """The objects allocated during a traced window that are still alive at its end: the
+    leak's best witness, by the owner that retains them and by allocation stack (stacks read
+    from a sample of each owner's survivors, scaled to the owner's count)."""
+
+    count: int
+    bytes: int
+    by_owner: list[SurvivorOwner] = field(default_factory=list)
+    by_stack: list[Stack] = field(default_factory=list)
 
 
 @dataclass
@@ -122,6 +161,8 @@ class Dump:
     notes: list[str] = field(default_factory=list)
     #: Live resources (fds, threads, asyncio tasks, children, shared memory), growing first.
     resources: list[Resource] = field(default_factory=list)
+    #: Set when the dump closes a traced window: what was allocated in it and is still alive.
+    survivors: Survivors | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +171,7 @@ class Dump:
 # -- measuring ---------------------------------------------------------------------------------
 
 _Measure = tuple[str, str, tuple[Any, ...], int]  # (kind, device, storage key, bytes)
+_Sampled = tuple[int, tracemalloc.Traceback, int]  # a sampled survivor: (id, where, bytes)
 
 
 def _measure_tensor(obj: Any) -> _Measure | None:
@@ -350,6 +392,8 @@ class Baseline:
 
 
 _CONTAINER_TYPES = (dict, list, set, collections.deque)
+#: Owners whose ``objects`` is their number of entries (else: the objects they retain).
+_SIZED = (dict, list, set, frozenset, tuple, collections.deque)
 
 
 def _newest(entries: Any, container: Any) -> Iterator[Any]:
@@ -370,19 +414,6 @@ def _sample_values(container: Any) -> list[Any]:
     if issubclass(type(container), dict):
         return list(itertools.islice(_newest(dict.values(container), container), ENTRY_SAMPLE))
     return list(itertools.islice(_newest(container, container), ENTRY_SAMPLE))
-
-
-def _deep_size(container: Any) -> int:
-    """The container plus its entries, the entries estimated from a sample (pympler)."""
-    from pympler import asizeof
-
-    deep_size: Callable[..., int] = asizeof.asizeof
-    entries = len(container)
-    sample = _entries_of(container)
-    if not sample:
-        return sys.getsizeof(container)
-    per_entry = deep_size(*sample, limit=4) / max(min(entries, ENTRY_SAMPLE), 1)
-    return int(sys.getsizeof(container) + per_entry * entries)
 
 
 def _namespaces() -> set[int]:
@@ -406,6 +437,7 @@ class Census:
         entries_before: Mapping[int, int] | None = None,
         created_at: Callable[[Any], tuple[tuple[str, int], ...] | None] | None = None,
         monotonic: Clock = time.monotonic,
+        retained_before: Mapping[str, int] | None = None,
     ) -> None:
         self._monotonic = monotonic
         self.created_at = created_at
@@ -420,6 +452,15 @@ class Census:
         self.complete = True
         self.entries: dict[int, int] = {}  # for the next window's baseline
         self.stacks: dict[int, tuple[Frame, ...]] = {}  # id(object) -> where it was allocated
+        #: owner path -> bytes it retained at the window's start (the baseline's).
+        self.retained_before = retained_before
+        #: owner path -> bytes retained now, for every root's variable above BASELINE_BYTES.
+        self.retained_by_path: dict[str, int] = {}
+        #: The root kind ``diag.owners.locate`` gave each shared entry it named (by path).
+        self.entry_roots: dict[str, str] = {}
+        self.survivors: Survivors | None = None
+        self.notes: list[str] = []
+        self.holders: set[int] = set()  # ids of the owners the tensor holder search made
 
     def run(self, on_collected: Callable[[], None] | None = None) -> list[Owner]:
         """Walk the heap. ``on_collected`` runs once every object's allocation stack is read
@@ -429,7 +470,6 @@ class Census:
         numpy = sys.modules.get("numpy")
         measured: dict[int, _Measure] = {}
         targets: list[Any] = []
-        containers: list[Any] = []
         skip = _namespaces()
         classify = _classifier(torch, resource_types())
         found: list[Any] = []  # resource objects: files, sockets, threads, tasks...
@@ -445,8 +485,6 @@ class Census:
                 entries = len(obj)
                 if entries >= RECORDED_ENTRIES and id(obj) not in skip:
                     self.entries[id(obj)] = entries
-                    if entries >= BIG_CONTAINER_ENTRIES or self._grew(obj, entries):
-                        containers.append(obj)
                 continue
             info = _measure_tensor(obj)
             if info is not None:
@@ -462,7 +500,11 @@ class Census:
                         measured[id(array)] = info
                         targets.append(array)
             del arrays
+        # The window's survivors, found while tracemalloc still knows them: the walk that
+        # gives them owners runs after tracing stops (a traced allocation costs microseconds).
+        survivors = dominators.born(objects, object_traceback) if self.tracing else []
         del objects
+        survivor_stacks = self._survivor_tracebacks(survivors)
         # Tracebacks are read while tracemalloc still has them; they are turned into frames
         # after on_collected, which may stop tracing: that work need not be traced.
         tracebacks: list[tuple[int, tracemalloc.Traceback]] = []
@@ -476,11 +518,6 @@ class Census:
                 if traceback is not None:
                     tracebacks.append((id(obj), traceback))
         if self.tracing:
-            for container in containers:
-                for value in _sample_values(container):
-                    traceback = object_traceback(value)
-                    if traceback is not None:
-                        tracebacks.append((id(value), traceback))
             for obj in found:  # where each resource was created, if during the window
                 traceback = object_traceback(obj)
                 if traceback is not None:
@@ -490,25 +527,210 @@ class Census:
         for ident, traceback in tracebacks:
             self.stacks[ident] = frames_of(traceback, self.user_only)
         del tracebacks
+        # The survivors list refers to what the window made (tensors, files...): not a holder.
         ownership = find_holders(
             targets,
             self._left(),
             reveal=self.reveal,
-            exclude=(containers, parents),
+            exclude=(parents, survivors),
             parents=parents,
         )
-        self.complete = ownership.complete
+        self.complete = self.complete and ownership.complete
         del targets
         counted = {measured[id(o)][2] for h in ownership.holders for o in h.objects}
         graph_budget = [MAX_GRAPH_NODES]
         owners = [
             self._tensor_owner(h, measured, counted, torch, graph_budget) for h in ownership.holders
         ]
-        holding_tensors = {h.ident for h in ownership.holders}
-        owners.extend(self._container_owners(containers, holding_tensors))
-        containers.clear()
-        self._resources(found, exclude=(parents,))
+        self.holders = {id(o) for o in owners}
+        self._resources(found, exclude=(parents, survivors))
+        # Every other object, by the root that owns it (diag.dominators), in the time left:
+        # past it the walk stops and the dump says it is incomplete.
+        analysis = self._dominate(measured, survivors)
+        survivors.clear()
+        if analysis is not None:
+            owners.extend(self._dominator_owners(analysis, survivor_stacks))
         return owners
+
+    # -- owners by dominating root (diag.dominators) ------------------------------------------
+
+    def _dominate(
+        self, measured: Mapping[int, _Measure], survivors: list[Any]
+    ) -> dominators.Analysis | None:
+        """Every object by the root that owns it, within the budget left (a few percent kept
+        to name shared regions). The gc is off meanwhile: the walk's own lists would otherwise
+        start collections of the whole heap."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            roots, boundaries = dominators.collect_roots(_user_module, OWN_DIRS)
+            deadline = self.deadline - 0.05 * (self.deadline - self.started)
+            analysis = dominators.analyse(
+                roots,
+                boundaries,
+                deadline=deadline,
+                clock=self._monotonic,
+                claimed=measured.keys(),
+                survivors=survivors,
+            )
+        except Exception:  # never into the host: the tensor holders are still reported
+            self.notes.append("the owners of plain objects could not be weighed")
+            return None
+        finally:
+            if enabled:
+                gc.enable()
+        self.complete = self.complete and analysis.complete
+        if not analysis.complete:
+            self.notes.append("out of time weighing owners: some roots are not weighed")
+        return analysis
+
+    def _survivor_tracebacks(self, survivors: list[Any]) -> list[_Sampled]:
+        """(id, allocation stack, size) of an evenly spaced sample of the survivors, read while
+        tracing: each owner's stacks come from the sampled survivors the walk gives it."""
+        stride = max(len(survivors) // SURVIVOR_SAMPLE, 1)
+        out = []
+        for obj in survivors[::stride]:
+            traceback = object_traceback(obj)
+            if traceback is not None:  # turned into frames later, untraced, for owners shown
+                out.append((id(obj), traceback, dominators.sizeof(obj)))
+        return out
+
+    def _dominator_owners(
+        self, analysis: dominators.Analysis, survivor_stacks: list[_Sampled]
+    ) -> list[Owner]:
+        """Owners from the dominator walk: each root's variable (or a shared region's entry)
+        that retains enough, holds the window's survivors, or grew since the baseline."""
+        owners_of = analysis.owners
+        roots = analysis.roots
+        before = self.retained_before
+        by_path: dict[str, int] = {}
+        chosen: list[tuple[int, str]] = []
+        entries: list[int] = []
+        for label in range(len(owners_of)):
+            retained = owners_of.retained[label]
+            survivors = owners_of.survivor_bytes[label]
+            container = owners_of.containers[label]
+            if container < 0:  # a shared region's entry: named below, if it matters
+                if retained >= MIN_OWNER_BYTES or survivors >= GREW_BYTES:
+                    entries.append(label)
+                continue
+            if retained < BASELINE_BYTES and survivors < GREW_BYTES:
+                continue
+            path = _label_path(roots[container], owners_of.keys[label])
+            if _is_tooling(path):
+                continue
+            by_path[path] = retained
+            grew = before is not None and retained - before.get(path, 0) >= GREW_BYTES
+            library = bool(owners_of.coarse[label]) or roots[container].coarse
+            if library and not grew and survivors < GREW_BYTES:
+                continue  # torch's op tables and the like: big, but nobody's leak
+            if retained >= MIN_OWNER_BYTES or grew or survivors >= GREW_BYTES:
+                chosen.append((label, path))
+        self.retained_by_path = by_path
+        entries.sort(key=lambda i: -(owners_of.survivor_bytes[i] + owners_of.retained[i]))
+        del entries[MAX_ENTRIES_NAMED:]
+        if entries:
+            objects = [owners_of.objects[i] for i in entries]
+            named, in_time = locate(
+                objects, self._left(), reveal=self.reveal, exclude=(owners_of.objects,)
+            )
+            del objects
+            self.complete = self.complete and in_time
+            for label, found in zip(entries, named, strict=True):
+                if found.root == "own" or _is_tooling(found.path):
+                    continue  # diag's own objects, an earlier census's
+                grew = before is not None and (
+                    owners_of.retained[label] - before.get(found.path, 0) >= GREW_BYTES
+                )
+                if found.root == "c" and not grew and owners_of.survivor_bytes[label] < GREW_BYTES:
+                    continue  # a running frame's temporary, say: held from C, not growing
+                chosen.append((label, found.path))
+                self.entry_roots[found.path] = found.root
+        shown = {label for label, _ in chosen}
+        stacks_of: dict[int, list[tuple[tuple[Frame, ...], int]]] = defaultdict(list)
+        for ident, traceback, size in survivor_stacks:
+            owner = analysis.labels.get(ident, -1)
+            if owner in shown:
+                stacks_of[owner].append((frames_of(traceback, self.user_only), size))
+        result = []
+        for label, path in chosen:
+            result.append(self._dominator_owner(analysis, label, path, stacks_of.get(label, [])))
+        witness = _survivors_of(analysis, result, [label for label, _ in chosen])
+        self.survivors = witness if self.tracing else None
+        return result
+
+    def _dominator_owner(
+        self,
+        analysis: dominators.Analysis,
+        label: int,
+        path: str,
+        sampled_stacks: list[tuple[tuple[Frame, ...], int]],
+    ) -> Owner:
+        owners_of = analysis.owners
+        container = owners_of.containers[label]
+        value = owners_of.objects[label]
+        retained = owners_of.retained[label]
+        root = analysis.roots[container] if container >= 0 else None
+        if root is None:
+            chain: list[Link] = []
+            kind_of_root = self.entry_roots.get(path) or _root_kind(path)
+        elif root.coarse:
+            chain = [Link(root.name, "module")]
+            kind_of_root = root.kind
+        else:
+            # From the key the walk started at, not from the holder's current value: the host
+            # may rebind the variable while the census reads source files (the GIL is free).
+            step = path[len(root.name) :]
+            chain = [Link(root.name, type(root.obj).__name__), Link(step, type(value).__name__)]
+            kind_of_root = root.kind
+        survivors = owners_of.survivors[label]
+        survivor_bytes = owners_of.survivor_bytes[label]
+        sample = owners_of.by_type[label]
+        contents: dict[tuple[str, str], list[int]] = {}
+        if sample and survivors:
+            sampled = sum(n for n, _ in sample.values())
+            scale = survivors / max(sampled, 1)
+            for sampled_type, (count, size) in sample.items():
+                contents[(_type_name_of(sampled_type), "cpu")] = [
+                    round(count * scale),
+                    round(size * scale),
+                ]
+        elif value is not None and issubclass(type(value), _CONTAINER_TYPES):
+            values = _sample_values(value)
+            scale = len(value) / max(len(values), 1)
+            by_type: dict[str, int] = defaultdict(int)
+            for item in values:
+                by_type[_type_name(item)] += 1
+            per_value = retained / max(len(value), 1)
+            for name, count in by_type.items():
+                contents[(name, "cpu")] = [round(count * scale), round(count * scale * per_value)]
+        stacks: dict[tuple[Frame, ...], list[int]] = defaultdict(lambda: [0, 0])
+        if sampled_stacks:
+            # The sample's sizes and counts, scaled to all of the owner's survivors.
+            scale = survivors / len(sampled_stacks)
+            sampled_bytes = sum(size for _, size in sampled_stacks)
+            scale_bytes = survivor_bytes / max(sampled_bytes, 1)
+            for frames, size in sampled_stacks:
+                stacks[frames][0] += round(size * scale_bytes)
+                stacks[frames][1] += round(scale)
+        if value is None:
+            kind_name, objects = "module", owners_of.count[label]
+        else:
+            kind_name = type(value).__name__
+            objects = len(value) if issubclass(type(value), _SIZED) else owners_of.count[label]
+        return Owner(
+            path=path,
+            kind=kind_name,
+            retained_bytes=retained,
+            objects=objects,
+            growth_bytes_per_second=None,
+            contents=_contents(contents),
+            allocation_stacks=_stacks(stacks),
+            chain=chain,
+            root=kind_of_root,
+            survivors=survivors if self.tracing else None,
+            survivor_bytes=survivor_bytes if self.tracing else None,
+        )
 
     def _resources(self, found: list[Any], exclude: tuple[Any, ...]) -> None:
         """Live resources grouped by holder and creation stack (diag.resources_census)."""
@@ -526,12 +748,6 @@ class Census:
 
     def _left(self) -> float:
         return max(self.deadline - self._monotonic(), 0.1)
-
-    def _grew(self, container: Any, entries: int) -> bool:
-        if self.entries_before is None:
-            return False
-        grown = entries - self.entries_before.get(id(container), 0)
-        return grown >= GROWN_ENTRIES and grown >= entries // 4
 
     def _tensor_owner(
         self,
@@ -579,65 +795,9 @@ class Census:
             contents=_contents(contents),
             allocation_stacks=_stacks(stacks),
             chain=holder.chain,
+            # The search's own word for its root; "module" covers classes until it is read.
+            root=holder.root if holder.root not in ("module", "unknown") else "module",
         )
-
-    def _container_owners(self, containers: list[Any], holding_tensors: set[int]) -> list[Owner]:
-        """Big Python containers that hold no tensors: deep size, contents, stacks, path."""
-        # Parallel lists, no tuples: a tuple holding a container would be named its holder.
-        chosen: list[Any] = []
-        sizes: list[int] = []
-        for container in containers:
-            if id(container) in holding_tensors:
-                continue
-            if self._monotonic() > self.deadline:
-                self.complete = False  # the rest are not weighed
-                break
-            retained = _deep_size(container)
-            if retained >= MIN_CONTAINER_BYTES or self._grew(container, len(container)):
-                chosen.append(container)
-                sizes.append(retained)
-        names, in_time = name_objects(
-            chosen, self._left(), reveal=self.reveal, exclude=(containers,)
-        )
-        self.complete = self.complete and in_time
-        owners = []
-        for container, retained, (path, chain) in zip(chosen, sizes, names, strict=True):
-            if path.startswith("<unreachable") or _is_tooling(path):
-                continue  # garbage to be, or the search's own
-            if _in_library(path) and not self._grew(container, len(container)):
-                continue  # torch's op tables and the like: big, but nobody's leak
-            entries = len(container)
-            values = _sample_values(container)
-            per_value = retained / max(entries, 1)
-            scale = entries / max(len(values), 1)
-            # Counts of the sampled values, scaled to the whole container below.
-            by_type: dict[str, int] = defaultdict(int)
-            by_stack: dict[tuple[Frame, ...], int] = defaultdict(int)
-            for value in values:
-                by_type[_type_name(value)] += 1
-                stack = self.stacks.get(id(value))
-                if stack is not None:
-                    by_stack[stack] += 1
-            contents = {
-                (name, "cpu"): [round(n * scale), round(n * scale * per_value)]
-                for name, n in by_type.items()
-            }
-            stacks = {
-                s: [round(n * scale * per_value), round(n * scale)] for s, n in by_stack.items()
-            }
-            owners.append(
-                Owner(
-                    path=path,
-                    kind=type(container).__name__,
-                    retained_bytes=retained,
-                    objects=entries,
-                    growth_bytes_per_second=None,
-                    contents=_contents(contents),
-                    allocation_stacks=_stacks(stacks),
-                    chain=chain,
-                )
-            )
-        return owners
 
 
 _TOOLING = ("diag", "probes", "reports", "pympler", "objgraph", "tracemalloc")
@@ -661,6 +821,91 @@ def _in_library(path: str) -> bool:
         name = name.rpartition(".")[0]
     filename = getattr(module, "__file__", None)
     return module is not None and (filename is None or is_library(str(filename)))
+
+
+def _user_module(name: str, module: Any) -> bool:
+    """A module of the service (walked variable by variable), not of a library or of diag
+    (walked as one owner). A module made at run time (no file, no spec) is the service's."""
+    if name == "__main__" or name == "__mp_main__":
+        return True
+    filename = getattr(module, "__file__", None)
+    if type(filename) is str and os.path.isabs(filename):
+        return not is_library(filename)
+    top = name.partition(".")[0]
+    if top != name:  # torch._C._nn, torch.ops (whose __file__ is "_ops.py"): their package's
+        package = sys.modules.get(top)
+        return package is not None and _user_module(top, package)
+    return getattr(module, "__spec__", None) is None and name not in sys.builtin_module_names
+
+
+def _label_path(root: dominators.RootContainer, key: str) -> str:
+    """The path of a root's variable, as ``diag.owners.render`` writes it."""
+    if root.coarse:
+        return root.name
+    if root.kind == dominators.ROOT_THREAD:
+        return f"{root.name} › {root.obj.f_code.co_name}() › {key}"
+    return f"{root.name}.{key}"
+
+
+def _root_kind(path: str) -> str:
+    """What names a path's first step: a module, a class, a thread's frame, or C."""
+    if path.startswith("thread "):
+        return dominators.ROOT_THREAD
+    if path.startswith("<"):
+        return "c"
+    parts = path.split(" ", 1)[0].split("[", 1)[0].split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is not None:
+            namespace = getattr(module, "__dict__", None)
+            value = namespace.get(parts[cut]) if type(namespace) is dict else None
+            is_class = value is not None and issubclass(type(value), type)
+            return dominators.ROOT_CLASS if is_class and cut + 1 < len(parts) else "module"
+    return "module" if parts[0] in sys.modules else "c"  # "held from C code ...", named so
+
+
+def _survivors_of(
+    analysis: dominators.Analysis, owners: list[Owner], labels: list[int]
+) -> Survivors:
+    """The window's survivors: their total, by owner (every owner the walk found), and by
+    allocation stack (the stacks of the reported owners' sampled survivors, scaled)."""
+    found = analysis.owners
+    named = dict(zip(labels, owners, strict=True))
+    total = sum(found.survivors)
+    total_bytes = sum(found.survivor_bytes)
+    by_owner = []
+    for label, owner in named.items():
+        if found.survivors[label]:
+            by_owner.append(
+                SurvivorOwner(
+                    owner.path, owner.root, found.survivors[label], found.survivor_bytes[label]
+                )
+            )
+    by_owner.sort(key=lambda o: -o.bytes)
+    stacks: dict[tuple[Frame, ...], list[int]] = defaultdict(lambda: [0, 0])
+    for owner in owners:
+        for stack in owner.allocation_stacks:
+            entry = stacks[tuple(stack.frames)]
+            entry[0] += stack.bytes
+            entry[1] += stack.count
+    ranked = sorted(stacks.items(), key=lambda kv: -kv[1][0])[:SURVIVOR_STACKS]
+    return Survivors(
+        count=total,
+        bytes=total_bytes,
+        by_owner=by_owner[:SURVIVOR_OWNERS],
+        by_stack=[Stack(size, count, list(frames)) for frames, (size, count) in ranked],
+    )
+
+
+SURVIVOR_OWNERS = 10
+SURVIVOR_STACKS = 10
+
+
+def _type_name_of(kind: type) -> str:
+    module = kind.__module__
+    return (
+        kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
+    )
 
 
 def _type_name(value: Any) -> str:
@@ -711,9 +956,12 @@ def take_dump(
         entries_before=baseline.entries if baseline is not None else None,
         created_at=created_at,
         monotonic=monotonic,
+        retained_before=baseline.retained if baseline is not None else None,
     )
     # The census holds the GIL from start to end: the host's threads wait (the pause we
     # report) instead of changing the heap under the walk, and the walk ends sooner.
+    # The window ends where this census starts: from then on the host waits for it.
+    window_end = clock()
     switch = sys.getswitchinterval()
     sys.setswitchinterval(max(time_budget, switch))
     try:
@@ -733,9 +981,14 @@ def take_dump(
         cause={},
         owners=owners,
         resources=census.resources,
+        notes=census.notes,
+        survivors=census.survivors if baseline is not None else None,
     )
+    for owner in owners:
+        if owner.root == "module":  # the holder search's paths: what their first step is
+            owner.root = _root_kind(owner.path)
     if baseline is not None:
-        dump.window_seconds = max(now - baseline.t, 1e-9)
+        dump.window_seconds = max(window_end - baseline.t, 1e-9)
         if requests is not None:
             dump.requests = max(requests - baseline.requests, 0)
         for owner in owners:
@@ -744,10 +997,10 @@ def take_dump(
             if dump.requests:
                 owner.growth_bytes_per_request = growth / dump.requests
         _resource_growth(dump, baseline)
-    owners.sort(key=lambda o: -o.retained_bytes)
+    owners.sort(key=lambda o: _rank(o, dump.window_seconds, id(o) in census.holders))
     next_baseline = Baseline(
         t=now,
-        retained={o.path: o.retained_bytes for o in owners},
+        retained={**census.retained_by_path, **{o.path: o.retained_bytes for o in owners}},
         entries=census.entries,
         requests=requests or 0,
         resources={r.resource: r.count for r in dump.resources},
@@ -759,6 +1012,19 @@ def take_dump(
         del resource.groups[GROUPS_PER_RESOURCE:]
     dump.owners = owners[:top]
     return dump, next_baseline
+
+
+def _rank(owner: Owner, window: float | None, holds_tensors: bool) -> tuple[int, float]:
+    """Owners that grew (by GREW_BYTES over the window) first: holders of tensors and arrays
+    (memory outside Python's heap, what services leak most), then the roots of other objects,
+    fastest first. An owner that did not grow never ranks above one that did. Then the rest,
+    tensor holders then roots, biggest first."""
+    growth = owner.growth_bytes_per_second
+    if window is not None and growth is not None and growth * window >= GREW_BYTES:
+        # A tensor holder is the precise path inside a root's region (the root's own growth
+        # is what surrounds the tensors: exceptions, frames, list slots): it comes first.
+        return 0 if holds_tensors else 1, -growth
+    return 2 if holds_tensors else 3, -float(owner.retained_bytes)
 
 
 def _resource_growth(dump: Dump, baseline: Baseline) -> None:

@@ -12,6 +12,17 @@ thousands of objects sit in a few containers. So the search works on holders, no
    for all holders: in C for a few, in Python for many) to a root: a module's globals, a
    thread's running frame.
 
+Some roots only the interpreter's C state refers to (``diag.c_roots``). Pending asyncio tasks
+(a task and the coroutines of its await chain) and ``weakref.finalize`` callbacks are roots a
+walk stops at even though the heap refers to them: ``pending asyncio tasks of push_chunks()
+awaiting svc.STOP › push_chunks() › chunks`` says more than the Event's waiter deque. A chain
+whose top nothing on the heap refers to is named by what holds it from C: a thread's context
+(``contextvar request_log in thread 'MainThread'``), an atexit callback, a signal handler, the
+codec registry, the audit hooks; else ``held from C code (no Python referrer): …`` and what
+the top object is. A ``threading.local``'s per-thread dict reads as ``svc._tls
+(threading.local of thread 'worker-3').chunks``. Each path says the kind of its root
+(``Holder.root``, ``locate``'s ``Named.root``: one of ``ROOT_KINDS``).
+
 Nothing here knows a list of leak patterns: a path is whatever chain of references the heap
 has, and each step is named by how the parent refers to the child (a key, an index, an
 attribute, a frame's local, a closure's cell, a function's default, an exception's traceback).
@@ -39,6 +50,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diag import OWN_DIRS
+from diag.c_roots import (
+    CRoots,
+    TaskRoot,
+    context_variable,
+    describe,
+    generator_frame,
+    immediate_roots,
+    is_context,
+    is_dummies_of,
+    is_hamt,
+    is_thread_local,
+)
 
 SAMPLE = 32
 MAX_DEPTH = 12
@@ -53,6 +76,32 @@ class Link:
     type: str
 
 
+#: What a path starts from (``Holder.root``, ``Named.root``): a module's global, a class's
+#: attribute (a class a module names), a running thread's frame or its ``threading.local``, a
+#: thread's contextvars context, an atexit callback, a ``weakref.finalize`` callback, a
+#: pending asyncio task, a signal handler, the codec registry, sys.audit hooks,
+#: os.register_at_fork callbacks ("codec", "audit", "fork"); "c": held from C code that
+#: names nothing more (or a running frame's temporary); "own": diag's own objects (a running
+#: frame of diag's keeps them: never a holder, the path starts with "diag"); "unknown": the
+#: search ran out of time before it reached a root.
+ROOT_KINDS = (
+    "module",
+    "class",
+    "thread",
+    "context",
+    "atexit",
+    "finalize",
+    "task",
+    "signal",
+    "codec",
+    "audit",
+    "fork",
+    "c",
+    "own",
+    "unknown",
+)
+
+
 @dataclass
 class Holder:
     path: str  # readable, from a root: "tts_service._AUDIO_CACHE"
@@ -60,6 +109,7 @@ class Holder:
     objects: list[Any] = field(default_factory=list)  # the targets it holds directly
     chain: list[Link] = field(default_factory=list)  # root first, the holder last
     ident: int = 0  # id() of the holder object, while it lives
+    root: str = "unknown"  # one of ROOT_KINDS: what the path starts from
 
     @property
     def count(self) -> int:
@@ -75,16 +125,29 @@ class Ownership:
     complete: bool
 
 
-def _roots() -> dict[int, str]:
-    """Objects that name a root: module globals, and thread frames."""
+@dataclass
+class Named:
+    """The path from a root to one object (``locate``), and the kind of that root."""
+
+    path: str
+    chain: list[Link]
+    root: str  # one of ROOT_KINDS
+
+
+def _roots(kinds: dict[int, str]) -> dict[int, str]:
+    """Objects that name a root: module globals, and thread frames (their kinds in
+    ``kinds``)."""
     roots: dict[int, str] = {}
     # Aliases (torch registers __main__ again as __mp_main__) last, so the real name wins.
     for name, module in sorted(sys.modules.items(), key=lambda kv: kv[0].startswith("__mp_")):
         namespace = getattr(module, "__dict__", None)
-        if type(namespace) is dict:
-            roots.setdefault(id(namespace), name)
+        if type(namespace) is dict and id(namespace) not in roots:
+            roots[id(namespace)] = name
+            kinds[id(namespace)] = "module"
     for thread, frame in _running_frames(users_only=False):
-        roots.setdefault(id(frame), thread)
+        if id(frame) not in roots:
+            roots[id(frame)] = thread
+            kinds[id(frame)] = "thread"
     return roots
 
 
@@ -139,6 +202,9 @@ def _step(grand: Any, parent: Any, child: Any, reveal: bool, namespace: bool) ->
                     return f".{key}"
                 if type(grand) is types.FunctionType and grand.__kwdefaults__ is parent:
                     return f" (default argument {key})"
+                frame = generator_frame(grand) if grand is not None else None
+                if frame is not None and frame.f_locals is parent:
+                    return f" › {frame.f_code.co_name}() › {key}"
                 return f"[{_key_text(key, reveal)}]"
         if any(key is child for key, _ in items):
             return "{<key>}"
@@ -166,6 +232,15 @@ def _step(grand: Any, parent: Any, child: Any, reveal: bool, namespace: bool) ->
             if value is child:
                 return f" › {parent.f_code.co_name}() › {name}"
         return f" › {parent.f_code.co_name}()"
+    frame = generator_frame(parent)
+    if frame is not None:  # a suspended coroutine or generator: its locals
+        locals_ = frame.f_locals
+        if child is locals_:
+            return ""  # the next step names the local
+        for name, value in list(locals_.items()):
+            if value is child:
+                return f" › {frame.f_code.co_name}() › {name}"
+        return f" › {frame.f_code.co_name}()"
     if kind is types.TracebackType or kind is types.CellType:
         return ""  # a traceback reads through to its frames; a cell to its contents
     if kind is types.FunctionType:
@@ -195,18 +270,20 @@ def _step(grand: Any, parent: Any, child: Any, reveal: bool, namespace: bool) ->
 
 
 def _attribute_name(obj: Any, value: Any) -> str | None:
-    """The attribute of ``obj`` that is ``value``: its __dict__ (3.11 keeps it inline), or a
-    slot."""
+    """The attribute of ``obj`` that is ``value``: its __dict__ (3.11 keeps it inline), a
+    slot, or a C type's member (``functools.partial``'s ``args``)."""
     namespace = _namespace_of(obj)
     if type(namespace) is dict:
         for name, held in list(namespace.items()):
             if held is value:
                 return str(name)
     for cls in type(obj).__mro__:
-        slots = cls.__dict__.get("__slots__", ())
-        for name in (slots,) if type(slots) is str else slots:
+        # A slot is a member descriptor too; reading one reads a field, running no code.
+        for name, member in list(vars(cls).items()):
+            if type(member) is not types.MemberDescriptorType:
+                continue
             try:
-                if object.__getattribute__(obj, name) is value:
+                if member.__get__(obj, type(obj)) is value:
                     return str(name)
             except (AttributeError, TypeError):
                 continue
@@ -215,12 +292,45 @@ def _attribute_name(obj: Any, value: Any) -> str | None:
 
 def render(root: str, chain: Sequence[Any], reveal: bool = False) -> tuple[str, list[Link]]:
     """The path text of ``chain`` (root object first, the holder last) and its links."""
+    text, links, _ = _render(root, chain, reveal, None)
+    return text, links
+
+
+def _render(
+    root: str, chain: Sequence[Any], reveal: bool, c_roots: CRoots | None, module: bool = True
+) -> tuple[str, list[Link], bool]:
+    """``render``, and whether the chain passes through a thread's ``threading.local``
+    dict (``c_roots`` names the thread). ``module``: a dict at the root is a module's
+    globals (its keys read as variables)."""
     links = [Link(root, type(chain[0]).__name__)] if chain else []
     text = root
+    context = None  # the nearest contextvars.Context above: it names its variables
+    thread_local = False
     for index in range(1, len(chain)):
         grand = chain[index - 2] if index >= 2 else None
+        great = chain[index - 3] if index >= 3 else None
         parent, child = chain[index - 1], chain[index]
-        step = _step(grand, parent, child, reveal, namespace=index == 1 and type(parent) is dict)
+        if is_context(parent):
+            context = parent
+        if is_hamt(child) and (is_context(parent) or is_hamt(parent)):
+            step = ""  # a context's variables are kept in a HAMT: its nodes name nothing
+        elif is_hamt(parent):
+            name = context_variable(context, child) if context is not None else None
+            step = f" › contextvar {name if name is not None else '<key>'}"
+        elif is_context(child) and not is_context(parent):
+            step = _step(grand, parent, child, reveal, namespace=False)
+            step = "" if step.startswith("<") else step  # a task's context: its variables say more
+        elif is_thread_local(parent) and type(child) is dict:
+            step = ""  # its {weakref to a thread's dummy: that thread's dict}
+        elif grand is not None and is_dummies_of(grand, parent):
+            thread = c_roots.thread_of_local(grand, child) if c_roots is not None else None
+            step = f" (threading.local of {thread or 'a thread'})"
+            thread_local = True
+        elif great is not None and is_dummies_of(great, grand):
+            step = _step(None, parent, child, reveal, namespace=True)  # its attributes
+        else:
+            namespace = module and index == 1 and type(parent) is dict
+            step = _step(grand, parent, child, reveal, namespace=namespace)
         if step == " (its functools.lru_cache)":
             text += step  # the cache's internals below the wrapper name nothing more
             links.append(Link(step, type(child).__name__))
@@ -229,14 +339,16 @@ def render(root: str, chain: Sequence[Any], reveal: bool = False) -> tuple[str, 
             text = text.removesuffix("._modules")  # model.encoder, as nn.Module reads it
         text += step
         links.append(Link(step, type(child).__name__))
-    return text, links
+    return text, links, thread_local
 
 
 # -- the search -----------------------------------------------------------------------------
 
 
 class _Search:
-    def __init__(self, targets: Sequence[Any], deadline: float, reveal: bool) -> None:
+    def __init__(
+        self, targets: Sequence[Any], deadline: float, reveal: bool, held_from_c: bool = True
+    ) -> None:
         self.deadline = deadline
         self.reveal = reveal
         self.out_of_time = False  # some path was cut short by the deadline
@@ -245,8 +357,35 @@ class _Search:
         # A running frame's f_locals dict mirrors its locals: not a parent of its own.
         # (A module's top-level frame's f_locals is the module's globals: a root, kept.)
         self._locals_dicts = {id(f.f_locals) for _, f in _running_frames(users_only=True)}
-        self.roots = _roots()
+        self.root_kinds: dict[int, str] = {}
+        self.roots = _roots(self.root_kinds)
         self._note(self.roots, targets)
+        self.c_roots = CRoots()
+        self._note(*self.c_roots.containers())
+        #: Pending asyncio tasks (each task and the coroutines of its await chain) and
+        #: weakref.finalize callbacks: roots a walk stops at, though the heap refers to them.
+        self.tasks: dict[int, TaskRoot] = {}
+        #: id(object whose path passes a contextvars.Context) -> the nearest such Context
+        self.contexts: dict[int, Any] = {}
+        self._note(self.contexts)
+        if held_from_c:
+            self._immediate_roots()
+
+    def _immediate_roots(self) -> None:
+        try:
+            finalizers, tasks, keep = immediate_roots(self.deadline)
+        except Exception:
+            return  # the heap's own paths still name what they hold
+        self._note(finalizers, tasks, keep, *{id(t): t for t in tasks.values()}.values())
+        self.c_roots.keep.append(keep)
+        for ident, root in finalizers.items():
+            self.roots.setdefault(ident, root.text)
+            self.root_kinds.setdefault(ident, root.kind)
+        for ident, task in tasks.items():
+            if ident not in self.roots:
+                self.roots[ident] = f"pending asyncio tasks of {task.outer}()"
+                self.root_kinds[ident] = "task"
+                self.tasks[ident] = task
 
     def _note(self, *objects: Any) -> None:
         """The search's own objects are never holders."""
@@ -267,12 +406,13 @@ class _Search:
         self._note(out)
         return out
 
-    def paths_of(self, objects: Sequence[Any]) -> list[tuple[str, list[Link], Any]]:
+    def paths_of(self, objects: Sequence[Any]) -> list[tuple[str, list[Link], Any, str]]:
         """Walk up from many objects at once to their roots: one pass over the heap per level
-        for all of them, not one per object. Returns (path, links, parent) each."""
+        for all of them, not one per object. Returns (path, links, parent, root kind) each."""
         chains: list[list[Any]] = [[obj] for obj in objects]
         self._note(chains, *chains)
         named: dict[int, str] = {}  # index -> root name
+        kinds: dict[int, str] = {}  # index -> root kind
         for _ in range(MAX_DEPTH):
             open_chains = []
             for index, chain in enumerate(chains):
@@ -281,6 +421,7 @@ class _Search:
                 root = self.roots.get(id(chain[-1]))
                 if root is not None:
                     named[index] = root
+                    kinds[index] = self.root_kinds.get(id(chain[-1]), "module")
                 else:
                     open_chains.append(index)
             if not open_chains or time.monotonic() > self.deadline:
@@ -290,11 +431,20 @@ class _Search:
             for index in open_chains:
                 chain = chains[index]
                 candidates = parents.get(id(chain[-1]))
+                cyclic = bool(candidates)
+                if candidates:  # a cycle leads nowhere new: go up another way, if any
+                    candidates = [c for c in candidates if not any(c is o for o in chain)]
                 if not candidates:
                     local = self.frame_locals().get(id(chain[-1]))
-                    named[index] = local or f"<unreachable {type(chain[-1]).__name__}>"
+                    if local is not None:
+                        named[index], kinds[index] = local, "thread"
+                    else:  # nothing on the heap refers to it: the interpreter's C state does
+                        named[index], kinds[index] = self._held_from_c(chain, cyclic)
                     continue
                 chain.append(_best_parent(candidates, self.roots))
+                if is_context(chain[-1]):
+                    self.contexts.setdefault(id(chain[0]), chain[-1])  # names its variables
+        task_texts = self._task_texts([chains[i][-1] for i, k in kinds.items() if k == "task"])
         out = []
         for index, chain in enumerate(chains):
             ordered = chain[::-1]
@@ -302,11 +452,85 @@ class _Search:
             if root is None:  # the deadline cut the walk: say so, not that nothing holds it
                 self.out_of_time = True
                 root = f"<{type(chain[-1]).__name__}: path search out of time>"
-            if root.startswith("<"):
                 text, links = render("", ordered, self.reveal)
-                out.append((root + text, links, _second(chain)))
-            else:
-                out.append((*render(root, ordered, self.reveal), _second(chain)))
+                out.append((root + text, links, _second(chain), "unknown"))
+                continue
+            kind = kinds[index]
+            if kind == "task":
+                root = task_texts.get(id(chain[-1]), root)
+            text, links, thread_local = _render(
+                root, ordered, self.reveal, self.c_roots, module=kind == "module"
+            )
+            if kind == "context":
+                text = _context_text(root, text, links)
+            elif kind == "module" and len(ordered) > 1 and issubclass(type(ordered[1]), type):
+                kind = "class"  # a class's attribute
+            if thread_local:
+                kind = "thread"  # alive as long as its thread is
+            out.append((text, links, _second(chain), kind))
+        return out
+
+    def _held_from_c(self, chain: list[Any], cyclic: bool = False) -> tuple[str, str]:
+        """The root of a chain whose top object nothing on the heap refers to (``cyclic``:
+        nothing but the chain's own objects): the C root nearest the top that the runtime
+        names (the chain is cut there), else the top object described. Returns (root text,
+        root kind)."""
+        for index in range(len(chain) - 1, -1, -1):
+            try:
+                root = self.c_roots.lookup(chain[index])
+            except Exception:
+                root = None
+            if root is not None:
+                del chain[index + 1 :]
+                if any(_is_own_object(obj) for obj in chain[index:]):
+                    # diag's own hook or handler (the creation recorder's audit hook, the
+                    # endings' signal handlers) and what it keeps: nobody's leak.
+                    return "diag (its own objects)", "own"
+                return root.text, root.kind
+        top = chain[-1]
+        inner = top.cell_contents if type(top) is types.CellType and _cell_filled(top) else top
+        if _is_own_type(inner):  # a running frame of diag's own keeps it (a cell, a local)
+            return "diag (its own objects)", "own"
+        if cyclic:  # garbage the collector has not freed yet, or a cycle C code holds
+            return f"held from C code or by a reference cycle (no root): {describe(top)}", "c"
+        return f"held from C code (no Python referrer): {describe(top)}", "c"
+
+    def _task_texts(self, tops: list[Any]) -> dict[int, str]:
+        """id(top of a chain) -> ``pending asyncio tasks of push_chunks() awaiting
+        svc.STOP``: what each task awaits named by its path, where one is found in time."""
+        tasks = {id(self.tasks[id(top)]): self.tasks[id(top)] for top in tops}
+        waits: dict[int, tuple[Any, str | None]] = {}  # id(task root) -> what it awaits
+        awaited: dict[int, Any] = {}
+        names: dict[int, str] = {}
+        self._note(tasks, waits, awaited, names)
+        for ident, task in tasks.items():
+            try:
+                waits[ident] = task.awaited()
+            except Exception:
+                waits[ident] = (None, None)
+            self._note(waits[ident])
+            target = waits[ident][0]
+            if target is not None:
+                awaited[id(target)] = target
+        if awaited and time.monotonic() < self.deadline:
+            objects = list(awaited.values())[:TASK_TARGETS_NAMED]
+            search = _Search(objects, self.deadline, self.reveal, held_from_c=False)
+            search.own |= self.own
+            search._note(objects)
+            for obj, (path, _, _, kind) in zip(objects, search.paths_of(objects), strict=True):
+                if kind in ("module", "class", "thread") and "<" not in path:
+                    names[id(obj)] = path
+            objects.clear()
+        out = {}
+        for top in tops:
+            task = self.tasks[id(top)]
+            target, awaiting = waits[id(task)]
+            what = names.get(id(target)) or awaiting
+            text = f"pending asyncio tasks of {task.outer}()"
+            out[id(top)] = f"{text} awaiting {what}" if what else text
+        awaited.clear()
+        waits.clear()
+        tasks.clear()
         return out
 
     def frame_locals(self) -> dict[int, str]:
@@ -338,7 +562,7 @@ class _Search:
                     if got is None:
                         got = parents[id(child)] = []
                         self._note(got)  # it refers to the next level's tips
-                    if not got or rank < 2:
+                    if len(got) < 2 or rank < 2:  # a second: a way out of a cycle
                         got.append(referrer)
             if rank == 2 and len(parents) == len(wanted):
                 break  # every tip has a parent: the rest would not be preferred anyway
@@ -378,7 +602,9 @@ class _Search:
         self, path: str, value: Any, pending: dict[int, Any], holders: list[Holder]
     ) -> None:
         if id(value) in pending:
-            holders.append(Holder(path, type(value).__name__, [pending.pop(id(value))]))
+            holders.append(
+                Holder(path, type(value).__name__, [pending.pop(id(value))], root="thread")
+            )
             return
         seen = {id(value)}
         frontier = [(path, value)]
@@ -390,7 +616,9 @@ class _Search:
                 inside = gc.get_referents(obj) if type(obj) in _CONTAINERS else ()
                 held = [pending.pop(id(v)) for v in inside if id(v) in pending]
                 if held:
-                    holders.append(Holder(where, type(obj).__name__, held, ident=id(obj)))
+                    holders.append(
+                        Holder(where, type(obj).__name__, held, ident=id(obj), root="thread")
+                    )
                     continue
                 if type(obj) in _CONTAINERS and len(obj) > EXPAND_AT_MOST:
                     continue  # looked into for targets, not walked further: stay cheap
@@ -402,6 +630,8 @@ class _Search:
 
 
 _CONTAINERS = (list, dict, tuple, set, frozenset)
+#: Pending tasks awaiting this many distinct objects have them named; the rest by type.
+TASK_TARGETS_NAMED = 32
 #: A full pass in Python costs about as much as this many sampled C passes (measured: 0.25 s
 #: against 0.066 s for 32 targets on a 777k-object heap). When the sampled passes would need
 #: more rounds than that to place what is left, one full pass takes over.
@@ -438,6 +668,44 @@ def _children(value: Any, reveal: bool) -> list[tuple[str, Any]]:
     return []
 
 
+def _context_text(where: str, text: str, links: list[Link]) -> str:
+    """``contextvar request_log in thread 'MainThread'…`` for a path from a thread's context
+    (``where``: "in thread 'MainThread'"), the variable's step folded into its root link."""
+    rest = text[len(where) :]
+    for index, link in enumerate(links[1:], start=1):
+        if link.step.startswith(" › contextvar "):
+            if not rest.startswith(link.step):
+                break
+            root = f"contextvar {link.step.removeprefix(' › contextvar ')} {where}"
+            links[0] = Link(root, links[0].type)
+            links[index] = Link("", link.type)
+            return root + rest[len(link.step) :]
+        if link.step:
+            break
+    root = f"contextvars.Context {where}"
+    if links:
+        links[0] = Link(root, links[0].type)
+    return root + rest
+
+
+#: Packages whose objects are diag's own (a path through one is never a holder).
+_OWN_PACKAGES = frozenset({"diag", "probes", "reports"})
+
+
+def _is_own_type(obj: Any) -> bool:
+    module = type(obj).__module__
+    return type(module) is str and module.split(".", 1)[0] in _OWN_PACKAGES
+
+
+def _is_own_object(obj: Any) -> bool:
+    """An instance of diag's types, or a function (a bound method's too) defined in diag."""
+    if _is_own_type(obj):
+        return True
+    function = getattr(obj, "__func__", obj)
+    code = getattr(function, "__code__", None) if type(function) is types.FunctionType else None
+    return code is not None and code.co_filename.startswith(_TOOLING_DIRS)
+
+
 def _second(chain: list[Any]) -> Any:
     return chain[1] if len(chain) > 1 else None
 
@@ -452,7 +720,7 @@ def _is_namespace(container: Any, parent: Any, roots: dict[int, str]) -> bool:
 
 
 def _split_namespace(
-    path: str, chain: list[Link], namespace: dict[Any, Any], held: list[Any]
+    path: str, chain: list[Link], namespace: dict[Any, Any], held: list[Any], root: str
 ) -> list[Holder]:
     """One holder per variable of a namespace: ``__main__.buffer``, ``model.history``."""
     wanted = {id(obj) for obj in held}
@@ -461,14 +729,17 @@ def _split_namespace(
         if id(value) in wanted and type(key) is str:
             wanted.discard(id(value))
             step = Link(f".{key}", type(value).__name__)
-            out.append(Holder(f"{path}.{key}", type(value).__name__, [value], [*chain, step]))
+            out.append(
+                Holder(f"{path}.{key}", type(value).__name__, [value], [*chain, step], root=root)
+            )
     return out
 
 
 def _split_frame(
-    path: str, chain: list[Link], frame: types.FrameType, held: list[Any]
+    path: str, chain: list[Link], frame: types.FrameType, held: list[Any], root: str
 ) -> list[Holder]:
-    """A frame (kept by a traceback) holds its locals: ``… › synthesize() › audio``."""
+    """A frame (kept by a traceback, or a suspended coroutine's) holds its locals:
+    ``… › synthesize() › audio``. What it holds elsewhere (its value stack) stays with it."""
     wanted = {id(obj) for obj in held}
     out = []
     where = f"{path} › {frame.f_code.co_name}()"
@@ -476,7 +747,41 @@ def _split_frame(
         if id(value) in wanted:
             wanted.discard(id(value))
             step = Link(f" › {frame.f_code.co_name}() › {name}", type(value).__name__)
-            out.append(Holder(f"{where} › {name}", type(value).__name__, [value], [*chain, step]))
+            out.append(
+                Holder(
+                    f"{where} › {name}", type(value).__name__, [value], [*chain, step], root=root
+                )
+            )
+    rest = [obj for obj in held if id(obj) in wanted]
+    if rest:
+        kind = type(frame).__name__
+        out.append(Holder(path, kind, rest, chain, id(frame), root=root))
+    return out
+
+
+def _split_context(
+    path: str, chain: list[Link], node: Any, context: Any, held: list[Any], root: str
+) -> list[Holder]:
+    """A context's HAMT node holds its variables' values: one holder per variable,
+    ``contextvar audio in thread 'MainThread'``."""
+    wanted = {id(obj) for obj in held}
+    out = []
+    prefix = "contextvars.Context "
+    for obj in held:
+        name = context_variable(context, obj)
+        if name is None:
+            continue
+        wanted.discard(id(obj))
+        step = f" › contextvar {name}"
+        if path.startswith(prefix):  # the context's own thread is its root
+            text = f"contextvar {name} {path.removeprefix(prefix)}"
+            links = [Link(text, chain[0].type), *chain[1:], Link("", type(obj).__name__)]
+        else:
+            text, links = path + step, [*chain, Link(step, type(obj).__name__)]
+        out.append(Holder(text, type(obj).__name__, [obj], links, root=root))
+    rest = [obj for obj in held if id(obj) in wanted]
+    if rest:
+        out.append(Holder(path, type(node).__name__, rest, chain, id(node), root=root))
     return out
 
 
@@ -593,16 +898,28 @@ def find_holders(
     orphans = len(unreferenced)
     unreferenced.clear()
     named = search.paths_of(containers)
-    for container, held, (path, chain, parent) in zip(containers, contents, named, strict=True):
+    for container, held, (path, chain, parent, root) in zip(
+        containers, contents, named, strict=True
+    ):
+        frame = generator_frame(container)
         if _is_namespace(container, parent, search.roots):
-            holders.extend(_split_namespace(path, chain, container, held))
+            holders.extend(_split_namespace(path, chain, container, held, root))
         elif type(container) is types.FrameType:
-            holders.extend(_split_frame(path, chain, container, held))
+            holders.extend(_split_frame(path, chain, container, held, root))
+        elif frame is not None:  # a suspended coroutine or generator: its locals
+            holders.extend(_split_frame(path, chain, frame, held, root))
+        elif is_hamt(container) and id(container) in search.contexts:
+            context = search.contexts[id(container)]
+            holders.extend(_split_context(path, chain, container, context, held, root))
         else:
-            holders.append(Holder(path, type(container).__name__, held, chain, id(container)))
+            holder = Holder(path, type(container).__name__, held, chain, id(container), root)
+            holders.append(holder)
     containers.clear()
     merged: dict[str, Holder] = {}
     for holder in holders:
+        if holder.root == "own":  # diag's own bookkeeping (an earlier census's): not a holder
+            orphans += holder.count
+            continue
         if holder.path in merged:
             merged[holder.path].objects.extend(holder.objects)
         else:
@@ -618,8 +935,16 @@ def name_objects(
 ) -> tuple[list[tuple[str, list[Link]]], bool]:
     """The path from a root to each of ``objects`` themselves (not to their holders), and
     whether every path search finished in time. ``exclude``: more of the caller's own
-    containers that refer to them."""
+    containers that refer to them. ``locate`` says the kind of each path's root too."""
+    named, in_time = locate(objects, time_budget, reveal, exclude)
+    return [(n.path, n.chain) for n in named], in_time
+
+
+def locate(
+    objects: Sequence[Any], time_budget: float = 2.0, reveal: bool = False, exclude: Any = ()
+) -> tuple[list[Named], bool]:
+    """``name_objects`` with each path's root kind (``Named.root``, one of ROOT_KINDS)."""
     search = _Search(objects, time.monotonic() + time_budget, reveal)
     search._note(objects, exclude, *exclude)
-    named = [(path, links) for path, links, _ in search.paths_of(objects)]
+    named = [Named(path, links, root) for path, links, _, root in search.paths_of(objects)]
     return named, not search.out_of_time

@@ -269,6 +269,15 @@ def dumped(tmp, scripts, prelude=PRELUDE, window=WINDOW):
             child.stderr.close()
 
 
+def assert_growth_seen_but_not_judged(document, path):
+    """These children are seconds old: the detector is in its 15-minute warm-up, when caches
+    fill too, so the cause says "warming_up", never "leak"; the window's growth of the holder
+    is in its evidence (the demo shows the leak called once the detector has judged)."""
+    cause = document["cause"]
+    assert cause["kind"] == "warming_up", cause
+    assert any(line.startswith(f"in the window {path} grew") for line in cause["evidence"]), cause
+
+
 @pytest.fixture(scope="module")
 def dumps(tmp_path_factory):
     """Start every child at once, then one traced dump of each, in parallel."""
@@ -290,7 +299,7 @@ def test_the_holder_is_named_first_with_its_allocating_function(dumps, case):
     assert stacks, f"no allocation stack for {path}"
     assert stacks[0]["frames"][0]["function"] == function
     assert all("site-packages" not in f["file"] for f in stacks[0]["frames"])  # user code only
-    assert document["cause"]["kind"] == "leak", document["cause"]
+    assert_growth_seen_but_not_judged(document, path)
     assert document["window_seconds"] >= WINDOW
 
 
@@ -314,4 +323,142 @@ def test_a_bounded_cache_is_not_called_a_leak(dumps):
     assert 250 <= first["objects"] <= 300
     # It churns ~250 tensors (1 MiB) a second, yet holds the same bytes: no growth.
     assert abs(first["growth_bytes_per_second"]) < 20_000
+    assert document["cause"]["kind"] != "leak", document["cause"]
+
+
+# -- plain Python objects, by the root that dominates them ----------------------------------
+
+PLAIN_PRELUDE = """
+import collections, os, time
+
+def leak_forever(step, prefill=300):
+    for i in range(prefill):
+        step(-i - 1)
+    print("ready", flush=True)
+    i = 0
+    while True:
+        i += 1
+        step(i)
+        time.sleep(0.004)
+"""
+
+#: name -> (script after the prelude, expected owner path, its root, expected allocating function)
+PLAIN_CASES = {
+    "dict of lists of bytes": (
+        """
+        USER_AUDIO = collections.defaultdict(list)
+        def capture(i):
+            return os.urandom(2000)
+        def talk(i):
+            USER_AUDIO[f"user-{i % 40}"].append(capture(i))
+        leak_forever(talk)
+        """,
+        "__main__.USER_AUDIO",
+        "module",
+        "capture",
+    ),
+    "linked list": (
+        """
+        class Node:
+            def __init__(self, nxt, chunk):
+                self.next = nxt
+                self.chunk = chunk
+        HEAD = None
+        def render_chunk(i):
+            return b"%d" % i * 300
+        def push(i):
+            global HEAD
+            HEAD = Node(HEAD, render_chunk(i))
+        leak_forever(push)
+        """,
+        "__main__.HEAD",
+        "module",
+        "render_chunk",
+    ),
+    "slots instances in a class attribute": (
+        """
+        class Sample:
+            __slots__ = ("t", "values")
+            def __init__(self, t, values):
+                self.t = t
+                self.values = values
+        class Telemetry:
+            samples = []
+        def measure(i):
+            return Sample(i, [float(i)] * 200)
+        leak_forever(lambda i: Telemetry.samples.append(measure(i)))
+        """,
+        "__main__.Telemetry.samples",
+        "class",
+        "measure",
+    ),
+    "set of tuples": (
+        """
+        SEEN = set()
+        def fingerprint(i):
+            return (i, str(i) * 200)
+        leak_forever(lambda i: SEEN.add(fingerprint(i)))
+        """,
+        "__main__.SEEN",
+        "module",
+        "fingerprint",
+    ),
+}
+
+NOT_LEAKS = {
+    "plain bounded cache": """
+        _RECENT = collections.OrderedDict()
+        def encode(i):
+            return os.urandom(2000)
+        def talk(i):
+            _RECENT[i] = encode(i)
+            if len(_RECENT) > 300:
+                _RECENT.popitem(last=False)
+        leak_forever(talk)
+        """,
+    "warm-up": """
+        _WARM = []
+        def load(i):
+            if i < 0:  # only while warming up, before "ready"
+                _WARM.append(os.urandom(2000))
+            return len(_WARM)
+        leak_forever(load, prefill=3000)
+        """,
+}
+
+
+@pytest.fixture(scope="module")
+def plain_dumps(tmp_path_factory):
+    scripts = {name: script for name, (script, _, _, _) in PLAIN_CASES.items()}
+    scripts.update(NOT_LEAKS)
+    with dumped(tmp_path_factory.mktemp("plain"), scripts, prelude=PLAIN_PRELUDE) as documents:
+        yield documents
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", list(PLAIN_CASES))
+def test_a_plain_object_leak_is_named_at_its_dominating_root(plain_dumps, case):
+    _, path, root, function = PLAIN_CASES[case]
+    document = plain_dumps[case]
+    first = document["owners"][0]
+    assert first["path"] == path, [
+        (o["path"], o["growth_bytes_per_second"]) for o in document["owners"]
+    ]
+    assert first["root"] == root
+    assert first["growth_bytes_per_second"] > 50_000
+    assert first["survivors"] > 0
+    stacks = first["allocation_stacks"]
+    assert stacks, f"no allocation stack for {path}"
+    assert stacks[0]["frames"][0]["function"] == function
+    assert document["survivors"]["by_owner"][0]["path"] == path
+    assert_growth_seen_but_not_judged(document, path)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", list(NOT_LEAKS))
+def test_a_bounded_cache_or_a_warm_up_is_not_a_leak(plain_dumps, case):
+    document = plain_dumps[case]
+    for owner in document["owners"]:
+        if owner["path"].startswith("__main__."):
+            assert abs(owner["growth_bytes_per_second"]) < 20_000, owner
     assert document["cause"]["kind"] != "leak", document["cause"]

@@ -8,8 +8,10 @@ records, and loads, hours-long traces of real services run on this machine under
 (tests/data/traces/real). Both are scored on every run. No threshold was tuned on either;
 the independent generator's first run was read, though, and two mechanisms came from what it
 showed (the stable-once-called rule's refinements and the new-territory rule; README,
-Benchmarks): the recorded library is the corpus nothing here has seen. ``baseline`` is a faithful Prometheus ``predict_linear`` alert rule;
-``score`` runs ``diag.detect.replay`` and every baseline variant on the same traces, prints the
-figures against the targets and exits 1 when one is missed; ``record`` re-records the short real
-traces (root and a memory cgroup needed).
+Benchmarks): the recorded library is the corpus nothing here has seen.
+
+``baseline`` is a faithful Prometheus ``predict_linear`` alert rule; ``score`` runs
+``diag.detect.replay`` and every baseline variant on the same traces, prints the figures against
+the targets and exits 1 when one is missed; ``record`` re-records the short real traces (root
+and a memory cgroup needed).
 """

@@ -1,0 +1,595 @@
+"""Retained size at the root that owns it: the top of the heap's dominator tree, computed in C.
+
+The heap is a graph: an object refers to what ``gc.get_referents`` lists. Put a super-root
+above the *root containers* (every module's globals, every class's namespace, every running
+frame of every thread) and each of their entries (a global variable, a class attribute, a
+frame's local) is a *source*. An object that only one source reaches is dominated by it: every
+path from the roots passes through that source, so the source retains it (the first level of
+the dominator tree that Java heap analysers compute with Lengauer-Tarjan or Cooper-Harvey-
+Kennedy). An object reached from two sources is dominated by neither: it becomes an owner of
+its own (an *entry* of a shared region), and what lies below it is its.
+
+Why not the whole dominator tree? A million-object heap has three million references; any
+per-reference Python loop costs seconds (measured: 2.1 s for one pass with a dict lookup per
+edge) and a dict from id to index costs 120 MiB. So each source's region is walked one level at
+a time with C doing the per-object work (``gc.get_referents(*level)``, ``map(sys.getrefcount,
+...)``, ``map(sys.getsizeof, ...)``, ``itertools.compress``), and only objects with *more than
+one* reference (refcount above 1: shared strings, types, objects the caller holds) get an entry
+in the ``id -> owner`` dict. An object with one reference has one parent: it is reached once,
+from its parent, and belongs to its parent's owner without any bookkeeping. The walk never
+keeps a list of every object, so the memory it needs is that dict, the current level, and a
+few numbers per owner.
+
+Labels move down a lattice (unvisited -> one owner -> entry of a shared region): each object is
+walked at most twice, so the whole analysis is linear in the heap. Modules, classes and running
+frames are boundaries: a walk stops there (another root container names what they hold), and
+a source reached from another source stops a walk too (the source owns itself).
+
+Weights: ``sys.getsizeof`` (which includes a ``bytearray``'s, an ``array.array``'s and an
+owning numpy array's buffer), plus the real buffer of objects whose memory lies outside
+Python's allocator: a torch tensor's storage (``untyped_storage().nbytes()``, each storage
+once), an ``mmap``'s length. torch and numpy are looked up in ``sys.modules``: nothing is
+imported that the host has not imported.
+
+Survivors: while tracemalloc traces (a window), ``_get_object_traceback`` is non-None exactly
+for objects allocated since tracing began; those alive now are the window's survivors, counted
+per owner as the walk passes them, with a sample kept for their allocation stacks.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import operator
+import sys
+import threading
+import types
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Objects handed to one ``gc.get_referents`` call: bounds the lists one level needs.
+CHUNK = 4096
+#: A single-reference object's refcount as ``map(sys.getrefcount, kids)`` sees it: its parent,
+#: the ``kids`` list and the call's argument.
+_SINGLE = 3
+#: Labels below zero: a boundary (module, class, running frame): never walked into.
+BOUNDARY = -1
+#: An atom (str, int...) two owners reach, or an object two libraries share: not an owner, its
+#: weight left with the first owner that reached it, and walked no more.
+SHARED = -2
+
+ROOT_MODULE = "module"
+ROOT_CLASS = "class"
+ROOT_THREAD = "thread"
+ROOT_SHARED = "shared"
+
+_STR = itertools.repeat(str)
+_ATOMS = frozenset({str, bytes, int, float, bool, type(None), complex})
+
+
+@dataclass
+class RootContainer:
+    """A namespace whose entries are sources: a module's globals, a class's namespace, a
+    running frame's locals. ``name`` is what a path starts with ("svc", "svc.ChatMemory",
+    "thread 'mixer'", which `` › function() › local`` follows); ``entries`` are (key, value)
+    pairs; ``coarse``: one owner for the whole container (a library's module: nobody's leak
+    unless it grows)."""
+
+    kind: str
+    name: str
+    obj: Any  # the dict, class or frame (for rendering paths)
+    entries: list[tuple[str, Any]]
+    coarse: bool = False
+
+
+class Owners:
+    """The owners one analysis found: parallel arrays indexed by label (no tuple per owner)."""
+
+    def __init__(self) -> None:
+        self.objects: list[Any] = []  # the source (or shared entry) itself; for coarse: None
+        self.containers: list[int] = []  # index into ``roots`` (-1 for a shared entry)
+        self.keys: list[str] = []  # the variable, attribute or local name ("" when coarse)
+        self.retained = array("q")
+        self.count = array("q")  # objects retained (walked), survivors included
+        self.survivors = array("q")
+        self.survivor_bytes = array("q")
+        self.found_from = array("q")  # for a shared entry: the owner whose walk found it
+        self.by_type: list[dict[type, list[int]]] = []  # label -> survivors' type -> [count, bytes]
+        self.coarse = bytearray()  # 1 for a library's whole container
+
+    def add(
+        self, obj: Any, container: int, key: str, found_from: int = -1, coarse: bool = False
+    ) -> int:
+        self.coarse.append(coarse)
+        self.objects.append(obj)
+        self.containers.append(container)
+        self.keys.append(key)
+        for column in (self.retained, self.count, self.survivors, self.survivor_bytes):
+            column.append(0)
+        self.found_from.append(found_from)
+        self.by_type.append({})
+        return len(self.objects) - 1
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+
+@dataclass
+class Analysis:
+    roots: list[RootContainer]
+    owners: Owners
+    complete: bool
+    visited: int  # objects walked
+    multi: int  # entries of the id -> owner dict (diag's own memory, the largest part)
+    labels: dict[int, int]  # id -> owner, for objects with more than one reference
+
+
+# -- weights -----------------------------------------------------------------------------------
+
+
+class Weigher:
+    """``sys.getsizeof`` for everything, the real buffer for the few types whose memory lies
+    outside Python's allocator (found per level with one C ``set(map(type, ...))``)."""
+
+    def __init__(self, claimed: Iterable[int] = ()) -> None:
+        self.claimed = set(claimed)  # ids already counted elsewhere (the tensor census)
+        self.storages: set[tuple[str, int]] = set()
+        torch = sys.modules.get("torch")
+        self.tensor: type | None = getattr(torch, "Tensor", None)
+        mmap = sys.modules.get("mmap")
+        self.mmap: type | None = getattr(mmap, "mmap", None)
+        self._special: dict[type, bool] = {}
+
+    def special(self, kind: type) -> bool:
+        known = self._special.get(kind)
+        if known is None:
+            known = self._special[kind] = bool(
+                (self.tensor is not None and issubclass(kind, self.tensor))
+                or (self.mmap is not None and issubclass(kind, self.mmap))
+            )
+        return known
+
+    def extra(self, obj: Any) -> int:
+        """Bytes outside Python's allocator that ``obj`` keeps (a tensor's storage, once)."""
+        if id(obj) in self.claimed:
+            return -sizeof(obj)  # counted by its holder already: weighs nothing here
+        kind = type(obj)
+        try:
+            if self.tensor is not None and issubclass(kind, self.tensor):
+                storage = obj.untyped_storage()
+                key = (str(obj.device), int(storage.data_ptr()))
+                if key in self.storages or key[1] == 0:
+                    return 0
+                self.storages.add(key)
+                return int(storage.nbytes())
+            if self.mmap is not None and issubclass(kind, self.mmap):
+                return 0 if obj.closed else len(obj)
+        except Exception:  # a meta tensor, a closed map, a subclass that refuses
+            return 0
+        return 0
+
+
+def sizeof(obj: Any) -> int:
+    try:
+        return sys.getsizeof(obj)
+    except Exception:  # a __sizeof__ that raises
+        return 0
+
+
+def _sizes(objects: list[Any]) -> int:
+    try:
+        return sum(map(sys.getsizeof, objects))
+    except Exception:
+        return sum(map(sizeof, objects))
+
+
+# -- survivors ---------------------------------------------------------------------------------
+
+_MANAGED_DICT = 1 << 4
+
+
+def born(objects: Sequence[Any], exact: Callable[[Any], Any] | None = None) -> list[Any]:
+    """The objects allocated since tracemalloc started tracing, among ``objects`` (the gc's)
+    and what they refer to directly (bytes, str and other objects the gc does not track):
+    ``_get_object_traceback`` is non-None exactly for those, and costs no allocation for the
+    others. 3.11's misses objects with a managed dict (it does not step over the pointers
+    before their gc header): those are asked one by one through ``exact``. Empty when
+    tracemalloc does not trace."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return []
+    import _tracemalloc
+
+    traced: Callable[[Any], Any] = _tracemalloc._get_object_traceback
+    compress = itertools.compress
+    found: list[Any] = list(compress(objects, map(traced, objects)))
+    seen: set[int] = set()
+    is_tracked = gc.is_tracked
+    for start in range(0, len(objects), CHUNK):
+        kids = gc.get_referents(*objects[start : start + CHUNK])
+        fresh = [k for k in compress(kids, map(traced, kids)) if not is_tracked(k)]
+        del kids
+        for kid in fresh:
+            if id(kid) not in seen:
+                seen.add(id(kid))
+                found.append(kid)
+    if exact is not None and sys.version_info[:2] == (3, 11):
+        managed = {k for k in set(map(type, objects)) if k.__flags__ & _MANAGED_DICT}
+        if managed:
+            have = set(map(id, found))
+            for obj in objects:
+                if type(obj) in managed and id(obj) not in have and exact(obj) is not None:
+                    found.append(obj)
+    return found
+
+
+def _count_survivors(owners: Owners, labels: dict[int, int], survivors: Sequence[Any]) -> None:
+    """Each survivor to its owner: count, bytes, and by type."""
+    get = labels.get
+    for obj in survivors:
+        label = get(id(obj))
+        if label is None or label < 0:
+            continue  # reached from no root (held from C) or a root itself
+        size = sizeof(obj)
+        owners.survivors[label] += 1
+        owners.survivor_bytes[label] += size
+        by_type = owners.by_type[label]
+        entry = by_type.get(type(obj))
+        if entry is None:
+            entry = by_type[type(obj)] = [0, 0]
+        entry[0] += 1
+        entry[1] += size
+
+
+# -- roots -------------------------------------------------------------------------------------
+
+
+def running_frames(skip_files: Sequence[str] = ()) -> list[tuple[str, types.FrameType]]:
+    """("thread 'name'", frame) for every frame of every thread, innermost first, except
+    modules' top-level frames (their locals are their globals) and frames of ``skip_files``
+    (path prefixes: diag's own)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    prefixes = tuple(skip_files)
+    found = []
+    for ident, frame in sys._current_frames().items():
+        where = f"thread {names.get(ident, ident)!r}"
+        current: types.FrameType | None = frame
+        while current is not None:
+            code = current.f_code
+            if code.co_name != "<module>" and not (
+                prefixes and code.co_filename.startswith(prefixes)
+            ):
+                found.append((where, current))
+            current = current.f_back
+        del frame
+    return found
+
+
+def _classes() -> list[type]:
+    """Every class, from ``object.__subclasses__()`` down (C calls, a few thousand)."""
+    seen: set[int] = set()
+    out: list[type] = []
+    stack: list[type] = [object]
+    while stack:
+        cls = stack.pop()
+        if id(cls) in seen:
+            continue
+        seen.add(id(cls))
+        out.append(cls)
+        try:
+            stack.extend(type.__subclasses__(cls))
+        except TypeError:  # a metaclass's subclasses need the metaclass itself
+            continue
+    return out
+
+
+def collect_roots(
+    is_user_module: Callable[[str, Any], bool], skip_files: Sequence[str] = ()
+) -> tuple[list[RootContainer], list[Any]]:
+    """The root containers (user modules, classes and thread frames entry by entry; library
+    modules and classes one coarse container each) and the boundary objects (modules, their
+    globals, classes, their namespaces, running frames)."""
+    roots: list[RootContainer] = []
+    boundaries: list[Any] = [sys.modules]
+    coarse_of: dict[str, int] = {}
+    modules = sorted(sys.modules.items(), key=lambda kv: kv[0].startswith("__mp_"))
+    seen_dicts: set[int] = set()
+    for name, module in modules:
+        namespace = getattr(module, "__dict__", None)
+        boundaries.append(module)
+        if type(namespace) is not dict or id(namespace) in seen_dicts:
+            continue
+        seen_dicts.add(id(namespace))
+        boundaries.append(namespace)
+        entries = [(k, v) for k, v in list(namespace.items()) if type(k) is str]
+        user = is_user_module(name, module)
+        if not user:
+            coarse_of[name] = len(roots)
+        roots.append(RootContainer(ROOT_MODULE, name, namespace, entries, coarse=not user))
+    for cls in _classes():
+        boundaries.append(cls)
+        # A heap type's referents hold its real namespace (the only dict among them); a static
+        # type has none (its namespace holds C descriptors).
+        real = next((r for r in gc.get_referents(cls) if type(r) is dict), None)
+        if real is None:
+            continue
+        boundaries.append(real)
+        module_name = getattr(cls, "__module__", None)
+        module_name = module_name if type(module_name) is str else "builtins"
+        entries = [(k, v) for k, v in list(real.items()) if type(k) is str]
+        index = coarse_of.get(module_name)
+        if index is not None:  # a library's class: part of its module's coarse owner
+            roots[index].entries.extend(entries)
+            continue
+        qualname = getattr(cls, "__qualname__", cls.__name__)
+        name = f"{module_name}.{qualname}" if module_name != "builtins" else str(qualname)
+        owning = sys.modules.get(module_name)
+        user = owning is not None and is_user_module(module_name, owning)
+        roots.append(RootContainer(ROOT_CLASS, name, cls, entries, coarse=not user))
+    for where, frame in running_frames(skip_files):
+        boundaries.append(frame)
+        try:
+            local = list(frame.f_locals.items())
+        except Exception:
+            continue
+        entries = [(k, v) for k, v in local if type(k) is str]
+        roots.append(RootContainer(ROOT_THREAD, where, frame, entries))
+        del frame
+    return roots, boundaries
+
+
+# -- the walk ----------------------------------------------------------------------------------
+
+
+class _Walk:
+    def __init__(
+        self,
+        labels: dict[int, int],
+        owners: Owners,
+        weigher: Weigher,
+        sources: set[int],
+        deadline: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.labels = labels
+        self.owners = owners
+        self.weigher = weigher
+        self.sources = sources
+        self.deadline = deadline
+        self.clock = clock
+        self.visited = 0
+        self.out_of_time = False
+        #: Shared entries found during a walk, walked (relabelled) after it: (object, old label).
+        self.entries: list[tuple[Any, int]] = []
+
+    def walk(self, start: list[Any], label: int, relabel_from: int | None = None) -> None:
+        """Everything ``start`` reaches that no one else does, to ``label``. With
+        ``relabel_from``: move to ``label`` what ``relabel_from`` had (a shared entry's region)."""
+        owners = self.owners
+        labels = self.labels
+        get = labels.get
+        sources = self.sources
+        getrefcount = sys.getrefcount
+        compress = itertools.compress
+        not_ = operator.not_
+        several = _SINGLE.__lt__  # more than one reference
+        # Breadth first, a whole level at once (in chunks of CHUNK per C call): siblings'
+        # children share the C calls, however many small containers the level has.
+        frontier: list[Any] = start
+        following: list[Any] = []
+        position = 0
+        retained = count = 0
+        skip = {label, BOUNDARY, SHARED}.__contains__
+        coarse = owners.coarse
+        is_free = (None,).__contains__ if relabel_from is None else (relabel_from,).__contains__
+        while True:
+            if position >= len(frontier):
+                if not following:
+                    break
+                frontier, following, position = following, [], 0
+            if self.clock() > self.deadline:
+                self.out_of_time = True
+                break
+            level = frontier[position : position + CHUNK]
+            position += CHUNK
+            weight = _sizes(level)
+            kinds = set(map(type, level))
+            for kind in kinds:
+                if self.weigher.special(kind):
+                    weight += sum(self.weigher.extra(o) for o in level if type(o) is kind)
+            retained += weight
+            count += len(level)
+            self.visited += len(level)
+            kids = gc.get_referents(*level)
+            mappings = [k for k in kinds if issubclass(k, dict)]
+            if mappings:
+                # A dict whose keys are all str does not show them to the gc: listed here. A
+                # key listed twice (a dict with keys of other types shows them) has then more
+                # than one reference and is counted once, through ``labels``.
+                dicts = compress(level, map(frozenset(mappings).__contains__, map(type, level)))
+                keys = list(itertools.chain.from_iterable(dicts))
+                kids.extend(compress(keys, map(operator.is_, map(type, keys), _STR)))
+                del keys
+            del level
+            if not kids:
+                continue
+            shared = list(map(several, map(getrefcount, kids)))
+            nxt = list(compress(kids, map(not_, shared)))
+            many = list(compress(kids, shared))
+            del kids, shared
+            if many:
+                # Most of them are a type, a boundary or already this owner's: dropped in C.
+                had_labels = list(map(get, map(id, many)))
+                keep = list(map(not_, map(skip, had_labels)))
+                many = list(compress(many, keep))
+                had_labels = list(compress(had_labels, keep))
+                del keep
+                for obj, had in zip(many, had_labels, strict=True):
+                    ident = id(obj)
+                    if had is None or had == relabel_from:
+                        had = get(ident)  # the same object twice in one level
+                        if had == label:
+                            continue
+                    if is_free(had):
+                        if ident in sources and relabel_from is None:
+                            continue  # another source: it owns itself
+                        labels[ident] = label
+                        nxt.append(obj)
+                    elif relabel_from is None and had is not None and had >= 0:
+                        # Reached before from another owner: owned by neither. It is an entry of
+                        # a shared region, an owner of its own (walked after this one).
+                        if ident in sources:
+                            continue
+                        if type(obj) in _ATOMS or (coarse[had] and coarse[label]):
+                            labels[ident] = SHARED  # libraries sharing their own: not an owner
+                            continue
+                        self.entries.append((obj, had))
+                    # relabelling: what belongs to a third owner stays where it is
+                del had_labels
+            del many
+            following.extend(nxt)
+            del nxt
+        del frontier, following
+        owners.retained[label] += retained
+        owners.count[label] += count
+        if relabel_from is not None:  # what the shared entry took from its first owner
+            owners.retained[relabel_from] -= retained
+            owners.count[relabel_from] -= count
+
+    def settle_entries(self) -> None:
+        """Each shared entry becomes an owner: what its first owner's walk gave it, moved."""
+        while self.entries and not self.out_of_time:
+            obj, had = self.entries.pop()
+            ident = id(obj)
+            if self.labels.get(ident) != had or ident in self.sources:
+                continue  # settled already (an entry below another entry)
+            label = self.owners.add(obj, -1, "", found_from=had)
+            self.sources.add(ident)
+            self.labels[ident] = label
+            self.walk([obj], label, relabel_from=had)
+
+
+def analyse(
+    roots: list[RootContainer],
+    boundaries: Sequence[Any],
+    *,
+    deadline: float,
+    clock: Callable[[], float],
+    claimed: Iterable[int] = (),
+    survivors: Sequence[Any] = (),
+) -> Analysis:
+    """Walk every source's region (see the module's docstring). ``claimed``: ids of objects
+    whose weight another part counts (the tensors the holder search places). ``survivors``:
+    the window's survivors (see ``born``); the caller's list holds them, so each has more than
+    one reference and its owner is recorded in ``labels``."""
+    owners = Owners()
+    labels: dict[int, int] = dict.fromkeys(map(id, boundaries), BOUNDARY)
+    sources: set[int] = set()
+    plan: list[tuple[list[Any], int]] = []
+    ordered = sorted(range(len(roots)), key=lambda i: roots[i].coarse)
+    for index in ordered:
+        root = roots[index]
+        if root.coarse:
+            label = owners.add(None, index, "", coarse=True)
+            values = []
+            for _, value in root.entries:
+                if id(value) not in labels and type(value) not in _ATOMS:
+                    labels[id(value)] = label
+                    values.append(value)
+            plan.append((values, label))
+            continue
+        for key, value in root.entries:
+            if id(value) in labels:
+                continue  # a module, a class, an alias of a source named already
+            label = owners.add(value, index, key)
+            labels[id(value)] = label
+            sources.add(id(value))
+            plan.append(([value], label))
+    walk = _Walk(
+        labels,
+        owners,
+        Weigher(claimed),
+        sources,
+        deadline,
+        clock,
+    )
+    # Users' sources come first: within the budget they matter most; then libraries' (coarse).
+    for start, label in plan:
+        if walk.out_of_time:
+            break
+        walk.walk(start, label)
+        walk.settle_entries()
+    plan.clear()
+    for root in roots:  # its (key, value) pairs refer to the values: a holder search must not
+        root.entries.clear()  # find them (the sources are in ``owners.objects``, its caller's)
+    _count_survivors(owners, labels, survivors)
+    return Analysis(
+        roots=roots,
+        owners=owners,
+        complete=not walk.out_of_time,
+        visited=walk.visited,
+        multi=len(labels),
+        labels=labels,
+    )
+
+
+# -- a dominator tree, for small graphs --------------------------------------------------------
+
+
+def immediate_dominators(successors: Sequence[Sequence[int]], root: int = 0) -> list[int]:
+    """The immediate dominator of every node of a graph given as adjacency lists (node ->
+    successors), by Cooper, Harvey and Kennedy's iterative algorithm over reverse postorder.
+    Unreachable nodes get -1; the root is its own dominator. For graphs the census builds
+    itself (a shared region's few entries, tests): the heap walk above avoids per-edge Python."""
+    size = len(successors)
+    order: list[int] = []  # postorder
+    number = [-1] * size
+    seen = bytearray(size)
+    seen[root] = 1
+    stack: list[tuple[int, int]] = [(root, 0)]
+    while stack:
+        node, child = stack[-1]
+        kids = successors[node]
+        if child < len(kids):
+            stack[-1] = (node, child + 1)
+            nxt = kids[child]
+            if not seen[nxt]:
+                seen[nxt] = 1
+                stack.append((nxt, 0))
+        else:
+            stack.pop()
+            number[node] = len(order)
+            order.append(node)
+    predecessors: list[list[int]] = [[] for _ in range(size)]
+    for node in order:
+        for nxt in successors[node]:
+            predecessors[nxt].append(node)
+    idom = [-1] * size
+    idom[root] = root
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(order):
+            if node == root:
+                continue
+            new = -1
+            for pred in predecessors[node]:
+                if idom[pred] == -1:
+                    continue
+                if new == -1:
+                    new = pred
+                    continue
+                a, b = pred, new
+                while a != b:
+                    while number[a] < number[b]:
+                        a = idom[a]
+                    while number[b] < number[a]:
+                        b = idom[b]
+                new = a
+            if new != idom[node]:
+                idom[node] = new
+                changed = True
+    return idom

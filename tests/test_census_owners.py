@@ -1,0 +1,120 @@
+"""The census's owners of plain Python objects, by the root that dominates them (in process).
+
+A service module is made per test; what it holds is built by helper functions, so that no
+local of the test's running frame (a root of its own) refers to it.
+"""
+
+import collections
+import os
+import sys
+import threading
+import tracemalloc
+import types
+from typing import ClassVar
+
+import pytest
+
+from diag.census import GREW_BYTES, take_dump
+
+
+@pytest.fixture
+def svc():
+    module = types.ModuleType("census_owned_service")
+    sys.modules[module.__name__] = module
+    yield module
+    del sys.modules[module.__name__]
+    module.__dict__.clear()
+
+
+def record_audio(svc, count):
+    for i in range(count):
+        svc.USER_AUDIO[f"user-{i % 40}"].append(os.urandom(2000))
+
+
+def fill_config(svc):
+    svc.CONFIG = {f"key-{i}": "v" * 200 + str(i) for i in range(8000)}  # big, never grows
+
+
+def test_a_dict_of_lists_of_bytes_is_named_at_its_root(svc):
+    svc.USER_AUDIO = collections.defaultdict(list)
+    record_audio(svc, 1000)
+    dump, _ = take_dump(top=50, time_budget=60)
+    owners = {o.path: o for o in dump.owners}
+    owner = owners["census_owned_service.USER_AUDIO"]
+    assert owner.root == "module"
+    assert owner.kind == "defaultdict"
+    assert owner.objects == 40
+    assert 1000 * 2000 <= owner.retained_bytes <= 1000 * 2100 + 40 * 2000
+    assert [link.step for link in owner.chain] == ["census_owned_service", ".USER_AUDIO"]
+    document = dump.to_json()
+    assert all("root" in o for o in document["owners"])
+    assert document["survivors"] is None  # no window
+
+
+def test_a_window_names_what_grew_first_with_its_survivors_and_stack(svc):
+    svc.USER_AUDIO = collections.defaultdict(list)
+    record_audio(svc, 200)
+    fill_config(svc)
+    _, baseline = take_dump(top=50, time_budget=60)
+    tracemalloc.start(10)
+    try:
+        record_audio(svc, 600)
+        dump, _ = take_dump(
+            top=50, time_budget=60, baseline=baseline, on_collected=tracemalloc.stop
+        )
+    finally:
+        tracemalloc.stop()
+    first = dump.owners[0]
+    assert first.path == "census_owned_service.USER_AUDIO"
+    assert first.growth_bytes_per_second * dump.window_seconds >= 600 * 2000
+    assert first.survivors >= 600
+    assert first.survivor_bytes >= 600 * 2000
+    assert first.allocation_stacks[0].frames[0].function == "record_audio"
+    assert {c.type for c in first.contents} >= {"bytes"}
+    # The bigger owner that did not grow ranks below.
+    paths = [o.path for o in dump.owners]
+    config = paths.index("census_owned_service.CONFIG")
+    assert config > 0
+    assert dump.owners[config].growth_bytes_per_second * dump.window_seconds < GREW_BYTES
+    assert dump.owners[config].retained_bytes > first.retained_bytes
+    survivors = dump.survivors
+    assert survivors is not None and survivors.count >= 600
+    assert survivors.by_owner[0].path == "census_owned_service.USER_AUDIO"
+    assert survivors.by_stack[0].frames[0].function == "record_audio"
+    assert dump.to_json()["survivors"]["by_owner"][0]["root"] == "module"
+
+
+def test_class_attributes_and_thread_locals_name_their_root(svc):
+    def make_store():
+        class SessionStore:
+            turns: ClassVar[list[dict[str, object]]] = []
+
+        SessionStore.__module__ = svc.__name__
+        SessionStore.__qualname__ = "SessionStore"
+        SessionStore.turns.extend({"n": i, "text": "t" * 300} for i in range(5000))
+        svc.SessionStore = SessionStore
+
+    make_store()
+    ready, stop = threading.Event(), threading.Event()
+
+    def mix_forever():
+        pending = [bytes(1000) + b"%d" % i for i in range(3000)]
+        ready.set()
+        stop.wait()
+        return pending
+
+    thread = threading.Thread(target=mix_forever, name="owners-mixer", daemon=True)
+    thread.start()
+    ready.wait()
+    try:
+        dump, _ = take_dump(top=50, time_budget=60)
+    finally:
+        stop.set()
+        thread.join()
+    owners = {o.path: o for o in dump.owners}
+    store = owners["census_owned_service.SessionStore.turns"]
+    assert store.root == "class"
+    assert store.objects == 5000
+    mixer = owners["thread 'owners-mixer' › mix_forever() › pending"]
+    assert mixer.root == "thread"
+    assert mixer.retained_bytes >= 3000 * 1000

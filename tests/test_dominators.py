@@ -1,0 +1,229 @@
+"""The dominator walk (diag.dominators): who retains what, on real objects of every shape.
+
+Each test builds a small service module of its own, runs the walk over the real heap (every
+module, class and thread of this interpreter), and checks what its roots retain against the
+sizes of the objects it built.
+"""
+
+import array
+import collections
+import mmap
+import sys
+import threading
+import time
+import tracemalloc
+import types
+from typing import ClassVar
+
+import pytest
+
+from diag import OWN_DIRS, census, dominators
+
+
+def _size(*objects):
+    return sum(sys.getsizeof(o) for o in objects)
+
+
+@pytest.fixture
+def module():
+    made = types.ModuleType("dominated_service")
+    sys.modules[made.__name__] = made
+    yield made
+    del sys.modules[made.__name__]
+    made.__dict__.clear()
+
+
+def _walk(survivors=(), skip=()):
+    """The walk over this interpreter's heap; the module made by the test is the service's.
+    ``skip``: files whose running frames are not roots (as the census skips its own)."""
+    roots, boundaries = dominators.collect_roots(census._user_module, OWN_DIRS + tuple(skip))
+    return dominators.analyse(
+        roots,
+        boundaries,
+        deadline=time.monotonic() + 60,
+        clock=time.monotonic,
+        survivors=survivors,
+    )
+
+
+def _owner(analysis, root_name, key):
+    owners = analysis.owners
+    for label in range(len(owners)):
+        container = owners.containers[label]
+        root = analysis.roots[container] if container >= 0 else None
+        if root is not None and root.name == root_name and owners.keys[label] == key:
+            return label
+    raise AssertionError(f"no owner {root_name}.{key}")
+
+
+def test_a_dict_of_lists_of_bytes_is_one_owner_with_all_it_holds(module):
+    audio = collections.defaultdict(list)
+    for i in range(400):
+        audio[f"user-{i % 40}"].append(bytes(1000) + b"%d" % i)
+    module.USER_AUDIO = audio
+    truth = _size(audio, *audio, *audio.values()) + sum(_size(*v) for v in audio.values())
+    analysis = _walk()
+    label = _owner(analysis, "dominated_service", "USER_AUDIO")
+    assert analysis.owners.retained[label] == truth
+    assert analysis.owners.count[label] == 1 + 40 + 40 + 400  # itself, keys, lists, bytes
+    assert analysis.complete
+
+
+def test_a_linked_list_is_one_owner_at_its_head(module):
+    class Node:
+        def __init__(self, nxt):
+            self.next = nxt
+            self.data = bytes(300)
+
+    head = None
+    for _ in range(1000):
+        head = Node(head)
+    module.HEAD = head
+    analysis = _walk()
+    label = _owner(analysis, "dominated_service", "HEAD")
+    owners = analysis.owners
+    assert owners.retained[label] >= 1000 * (sys.getsizeof(bytes(300)) + sys.getsizeof(head))
+    # Nothing below the head is an owner of its own.
+    entries = [i for i in range(len(owners)) if type(owners.objects[i]) is Node and i != label]
+    assert entries == []
+
+
+def test_slots_instances_in_a_class_attribute_are_the_class_attributes(module):
+    class Reading:
+        __slots__ = ("t", "values")
+
+        def __init__(self, t):
+            self.t = t
+            self.values = [float(t)] * 20
+
+    class Telemetry:
+        samples: ClassVar[list[Reading]] = [Reading(1000 + i) for i in range(300)]
+
+    Telemetry.__module__ = module.__name__
+    module.Telemetry = Telemetry
+    samples = Telemetry.samples
+    truth = _size(samples, *samples) + sum(
+        _size(r.t, r.values, *dict.fromkeys(r.values)) for r in samples
+    )
+    analysis = _walk()
+    label = _owner(analysis, "dominated_service.test_slots_instances_in_a_class_attribute_are_the_"
+                   "class_attributes.<locals>.Telemetry", "samples")  # fmt: skip
+    assert analysis.roots[analysis.owners.containers[label]].kind == dominators.ROOT_CLASS
+    assert analysis.owners.retained[label] == truth
+
+
+def test_a_set_of_tuples_and_what_two_roots_share(module):
+    module.SEEN = {(i, str(i) * 50) for i in range(1000, 1500)}
+    module.A = {"kept": [bytes(5000) for _ in range(10)]}  # no local refers to them: a local
+    module.B = {"also": module.A["kept"]}  # of a running frame is a root of its own
+    analysis = _walk()
+    seen = module.SEEN
+    shared = module.A["kept"]
+    owners = analysis.owners
+    label = _owner(analysis, "dominated_service", "SEEN")
+    truth = _size(seen) + sum(_size(t, *t) for t in seen)
+    assert owners.retained[label] == truth
+    # Neither A nor B retains the list both hold: it is an owner of its own.
+    a = _owner(analysis, "dominated_service", "A")
+    b = _owner(analysis, "dominated_service", "B")
+    # (Each holds its dict; a str key the code shares goes to the first that reaches it.)
+    assert owners.retained[a] < sys.getsizeof(module.A) + 100
+    assert owners.retained[b] < sys.getsizeof(module.B) + 100
+    entry = next(i for i, o in enumerate(owners.objects) if o is shared)
+    assert owners.containers[entry] == -1
+    assert owners.retained[entry] == _size(shared, *shared)
+
+
+def test_buffers_outside_pythons_allocator_weigh_what_they_hold(module):
+    torch = pytest.importorskip("torch")
+
+    def fill():  # no local of this test's frame refers to them (it would own them)
+        big = torch.zeros(1 << 16)
+        module.BUFFERS = [
+            bytearray(100_000),
+            array.array("d", range(10_000)),
+            mmap.mmap(-1, 1 << 20),
+            memoryview(bytearray(50_000)),
+            big,
+            big[:10],  # a view: the same storage, counted once
+        ]
+
+    fill()
+    analysis = _walk()
+    label = _owner(analysis, "dominated_service", "BUFFERS")
+    retained = analysis.owners.retained[label]
+    expected = 100_000 + 10_000 * 8 + (1 << 20) + 50_000 + (1 << 16) * 4
+    assert expected <= retained <= expected + 4096
+    module.BUFFERS[2].close()
+
+
+def test_a_threads_local_is_owned_by_its_frame():
+    ready, stop = threading.Event(), threading.Event()
+
+    def mix_forever():
+        pending = [bytes(2000) for _ in range(100)]
+        ready.set()
+        stop.wait()
+        return pending
+
+    thread = threading.Thread(target=mix_forever, name="mixer-test", daemon=True)
+    thread.start()
+    ready.wait()
+    try:
+        analysis = _walk()
+        label = _owner(analysis, "thread 'mixer-test'", "pending")
+        assert analysis.owners.retained[label] >= 100 * 2000
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_survivors_are_what_was_allocated_while_tracing(module):
+    class Turn:  # a managed __dict__: 3.11's get_object_traceback misses it
+        def __init__(self, i):
+            self.i = i
+
+    module.OLD = [bytes(100) + b"%d" % i for i in range(50)]
+    module.NEW = []
+    tracemalloc.start(5)
+    try:
+        for i in range(200):
+            module.NEW.append(bytes(100) + b"%d" % i)
+            module.NEW.append(Turn(i))
+        import gc
+
+        survivors = dominators.born(gc.get_objects(), census.object_traceback)
+    finally:
+        tracemalloc.stop()
+    new = {id(o) for o in module.NEW}
+    old = {id(o) for o in module.OLD}
+    found = {id(o) for o in survivors}
+    assert new <= found
+    assert not old & found
+    analysis = _walk(survivors, skip=[__file__])  # this frame's list of them is the census's
+    label = _owner(analysis, "dominated_service", "NEW")
+    assert analysis.owners.survivors[label] == 400
+    kinds = {kind.__name__: n for kind, (n, _) in analysis.owners.by_type[label].items()}
+    assert kinds == {"bytes": 200, "Turn": 200}
+    del survivors
+
+
+def test_the_walk_stops_at_its_deadline(module):
+    module.BIG = [[bytes(10) + b"%d" % i] for i in range(20_000)]
+    roots, boundaries = dominators.collect_roots(census._user_module, OWN_DIRS)
+    ticks = iter(range(10**9))
+    analysis = dominators.analyse(roots, boundaries, deadline=50, clock=lambda: float(next(ticks)))
+    assert not analysis.complete
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ([[1, 2], [3], [3], []], [0, 0, 0, 0]),  # a diamond: the join is the root's
+        ([[1], [2], [3], [1]], [0, 0, 1, 2]),  # a chain with a back edge
+        ([[1], [2, 3], [4], [4], [1]], [0, 0, 1, 1, 1]),  # a loop with two branches
+        ([[1], [], [1]], [0, 0, -1]),  # node 2 is unreachable
+    ],
+)
+def test_immediate_dominators(graph, expected):
+    assert dominators.immediate_dominators(graph) == expected
