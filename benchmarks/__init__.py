@@ -29,6 +29,8 @@ BENCHMARKS = {
     "resources": "bench_resources",
     "creation": "bench_creation",
     "detector": "detector",
+    "leaktests": "bench_leaktests",
+    "heap": "bench_heap",
 }
 
 

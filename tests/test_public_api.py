@@ -12,7 +12,15 @@ import probes
 from diag.cli import main
 from tests.conftest import child_env
 
-DIAG_API = ["DiagError", "ProcessError", "UsageError", "__version__"]
+DIAG_API = [
+    "DiagError",
+    "LeakError",
+    "ProcessError",
+    "UsageError",
+    "__version__",
+    "allow_growth",
+    "check",
+]
 PROBES_API = [
     "ASGIMiddleware",
     "Agent",
@@ -45,6 +53,8 @@ def test_the_errors_users_catch_and_their_exit_codes():
     assert issubclass(diag.UsageError, diag.DiagError)
     assert (diag.DiagError.exit_code, diag.ProcessError.exit_code) == (1, 1)
     assert diag.UsageError.exit_code == 2
+    assert issubclass(diag.LeakError, diag.DiagError)
+    assert diag.LeakError.exit_code == 1
 
 
 def test_the_commands_of_diag():

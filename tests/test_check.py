@@ -1,0 +1,248 @@
+"""diag.check without pytest: ``with diag.check.no_leaks(...) as check: for _ in check: ...``
+over real leaks (module lists, threads, fds, tensors, arrays, asyncio tasks) and real warm-up
+traps. No process is started here (the plugin's own tests, tests/test_pytest_plugin.py, run
+pytest itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import queue
+import re
+import threading
+
+import pytest
+
+import diag
+from diag.check import LeakCheck, LeakReport, allow_growth, no_leaks
+
+_KEPT: list[object] = []
+_CACHE: dict[str, object] = {}
+_TENSORS: list[object] = []
+_ARRAYS: list[object] = []
+_FDS: list[int] = []
+_SEEN: set[str] = set()
+_counter = iter(range(10**9))
+
+
+class Record:
+    def __init__(self) -> None:
+        self.payload = [0] * 8
+
+
+def keep_record() -> None:
+    _KEPT.append(Record())
+
+
+@functools.lru_cache(maxsize=16)
+def _squares(n: int) -> list[int]:
+    return [i * i for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def _empty():
+    yield
+    _KEPT.clear()
+    _CACHE.clear()
+    _TENSORS.clear()
+    _ARRAYS.clear()
+    _SEEN.clear()
+    while _FDS:
+        os.close(_FDS.pop())
+
+
+def test_clean_code_with_warm_up_traps_passes():
+    pattern = r"(?P<key>\w+)=(?P<value>\d+)"
+    with no_leaks() as check:
+        for _ in check:
+            _CACHE.setdefault("config", {"values": list(range(100))})  # filled once
+            _squares(40)  # lru_cache with a maxsize, same argument
+            assert re.match(pattern, "a=1")  # regex cache
+            [str(i) for i in range(1000)]  # garbage, freed
+    assert check.report.finished
+    assert not check.report.leaked
+    assert check.report.format().endswith("no leak in 3 runs after 2 warm-up")
+
+
+def test_a_leak_raises_leak_error_naming_its_owner_first():
+    with pytest.raises(diag.LeakError) as caught, no_leaks(name="handler") as check:
+        for _ in check:
+            keep_record()
+    error = caught.value
+    assert isinstance(error, diag.DiagError) and error.exit_code == 1
+    report = error.report
+    assert isinstance(report, LeakReport) and report is check.report
+    assert report.owners[0].path == "tests.test_check._KEPT"
+    assert "Record" in report.owners[0].what
+    assert report.owners[0].stack[0].function == "keep_record"  # where it was allocated
+    text = str(error).splitlines()
+    assert (
+        text[0]
+        == "handler leaks: it keeps more after every run (3 runs checked after 2 warm-up runs)"
+    )
+    assert any(line.startswith("  Python objects") for line in text)
+    assert "  1. tests.test_check._KEPT  (list) +1 per run" in "\n".join(text)
+    assert '  diag.allow_growth("tests.test_check._KEPT")   (at import, or in a with block)' in text
+
+
+def test_the_report_without_raising_and_the_call_form():
+    report = LeakCheck(name="calls").call(keep_record)
+    assert report.leaked and report.owners[0].path == "tests.test_check._KEPT"
+    assert {g.measure for g in report.leaks} >= {"objects"}
+
+
+def test_strings_kept_in_a_set_are_found_by_their_container():
+    """Untracked values (str) show as container entries, exactly, whatever their size."""
+
+    def see() -> None:
+        _SEEN.add(f"user-{next(_counter)}")
+
+    report = LeakCheck().call(see)
+    assert [g.measure for g in report.leaks] == ["entries"], [
+        (g.measure, g.values) for g in report.growth
+    ]
+    assert report.owners[0].path == "tests.test_check._SEEN"
+
+
+def test_allow_growth_by_object_by_path_and_for_a_block():
+    with allow_growth(_KEPT):
+        assert not LeakCheck().call(keep_record).leaked
+    assert LeakCheck().call(keep_record).leaked  # withdrawn with the block
+    allowance = allow_growth("tests.test_check._KEPT", reason="an audit log, kept on purpose")
+    try:
+        report = LeakCheck().call(keep_record)
+        assert not report.leaked
+        assert report.owners[0].allowed
+        assert any("allow_growth" in note for note in report.notes)
+    finally:
+        allowance.withdraw()
+    with pytest.raises(diag.UsageError):
+        allow_growth()
+
+
+def test_a_tolerance_silences_a_deliberate_cache():
+    def cache_two_records() -> None:
+        keep_record()
+        keep_record()
+
+    assert LeakCheck().call(cache_two_records).leaked
+    # Objects and container entries: two records, their payload lists and those lists' items.
+    report = LeakCheck(objects_per_iteration=32, bytes_per_iteration=4096).call(cache_two_records)
+    assert not report.leaked
+
+
+def test_usage_errors():
+    with pytest.raises(diag.UsageError, match="loop over it"), no_leaks():
+        pass
+    with pytest.raises(diag.UsageError, match="iterations"):
+        no_leaks(iterations=1)
+    with pytest.raises(diag.UsageError, match="warmup"):
+        no_leaks(warmup=-1)
+    with pytest.raises(diag.UsageError, match="unknown resources"):
+        no_leaks(resources=["gpus"])
+
+
+def test_an_exception_in_the_body_is_the_error_seen():
+    with pytest.raises(ZeroDivisionError), no_leaks() as check:
+        for _ in check:
+            1 / 0  # noqa: B018
+
+
+def test_threads_that_outlive_each_run():
+    stop = threading.Event()
+    try:
+
+        def start_forever() -> None:
+            threading.Thread(target=stop.wait, name="leaky-worker", daemon=True).start()
+
+        report = LeakCheck().call(start_forever)
+        assert "threads" in [g.measure for g in report.leaks]
+        assert report.owners[0].path == "thread 'leaky-worker'"
+        # A thread that ends a moment after each run is no leak.
+        report = LeakCheck().call(lambda: threading.Timer(0.01, lambda: None).start())
+        assert not report.leaked, report.format()
+    finally:
+        stop.set()
+
+
+def test_file_descriptors_without_python_objects():
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        report = LeakCheck().call(lambda: os.open(os.devnull, os.O_RDONLY))
+        assert [g.measure for g in report.leaks] == ["fds"]
+        assert report.owners[0].path == "fds no Python object holds (file)"
+        assert report.owners[0].resource == "fds"
+        unchecked = LeakCheck(resources=["threads"]).call(lambda: os.open(os.devnull, os.O_RDONLY))
+        assert not unchecked.leaked
+    finally:
+        for fd in set(os.listdir("/proc/self/fd")) - before:
+            with contextlib.suppress(OSError):
+                os.close(int(fd))
+
+
+def test_tensors_and_arrays():
+    torch = pytest.importorskip("torch")
+    numpy = pytest.importorskip("numpy")
+    report = LeakCheck().call(lambda: _TENSORS.append(torch.zeros(1024)))
+    assert {"tensors", "tensor_bytes"} <= {g.measure for g in report.leaks}
+    assert report.owners[0].path == "tests.test_check._TENSORS"
+    assert report.owners[0].what == "torch.Tensor float32 (cpu)"
+    report = LeakCheck().call(lambda: _ARRAYS.append(numpy.ones(512)))
+    assert {"arrays", "array_bytes"} <= {g.measure for g in report.leaks}
+    assert report.owners[0].path == "tests.test_check._ARRAYS"
+    # Made and dropped: no leak, after torch's first-call set-up in the warm-up.
+    assert not LeakCheck().call(lambda: torch.randn(64, 64) @ torch.randn(64, 64)).leaked
+
+
+def test_pending_asyncio_tasks():
+    async def forever(event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def main() -> LeakReport:
+        event = asyncio.Event()
+        with pytest.raises(diag.LeakError) as caught, no_leaks() as check:
+            for _ in check:
+                asyncio.get_running_loop().create_task(forever(event))
+                await asyncio.sleep(0)
+        event.set()
+        await asyncio.sleep(0)
+        return caught.value.report
+
+    report = asyncio.run(main())
+    assert "asyncio_tasks" in [g.measure for g in report.leaks]
+    assert report.owners[0].path.startswith("pending tasks of ")
+    assert "forever()" in report.owners[0].path
+
+
+def test_current_thread_only_ignores_what_other_threads_allocate():
+    requests: queue.Queue[object] = queue.Queue()
+    done: queue.Queue[object] = queue.Queue()
+    kept: list[str] = []
+
+    def worker() -> None:
+        while requests.get() is not None:
+            kept.append("x" * 4096 + str(len(kept)))
+            done.put(True)
+
+    thread = threading.Thread(target=worker, name="background", daemon=True)
+    thread.start()
+    try:
+
+        def poke() -> None:
+            requests.put(True)
+            done.get()
+
+        assert LeakCheck().call(poke).leaked
+        report = LeakCheck(current_thread_only=True).call(poke)
+        assert not report.leaked, report.format()
+    finally:
+        requests.put(None)
+        thread.join()
+
+
+def test_diag_exports_the_checks_lazily():
+    assert diag.check.no_leaks is no_leaks
+    assert diag.allow_growth is allow_growth
+    assert diag.LeakError.__mro__[1] is diag.DiagError
