@@ -70,8 +70,8 @@ class Spec:
     env: tuple[tuple[str, str], ...] = ()
 
 
-QUIET_MINUTES = 125.0
-LEAK_MINUTES = 125.0  # a leak not killed by then is recorded without t_oom
+QUIET_MINUTES = 135.0
+LEAK_MINUTES = 135.0  # a leak not killed by then is recorded without t_oom
 MMAP_64K = (("MALLOC_MMAP_THRESHOLD_", "65536"),)
 
 SPECS: dict[str, Spec] = {
@@ -209,7 +209,7 @@ SPECS: dict[str, Spec] = {
         "request in ten registers a listener that keeps its graph alive",
         onset=15.0,
         oom_after=85.0,
-        margin_mib=30.0,
+        margin_mib=5.0,
         env=MMAP_64K,
     ),
     "leak_workers": Spec(
@@ -252,6 +252,7 @@ class Ctx:
         self.t0 = time.monotonic()
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.print_lock = threading.Lock()
         self.requests = 0
         self.rng = random.Random(zlib.crc32(name.encode()))
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
@@ -269,14 +270,21 @@ class Ctx:
         with self.lock:
             self.requests += n
 
+    def emit(self, event: dict) -> None:
+        # One write per line under a lock: print() from two threads can interleave two
+        # objects on one line, which would lose a marker.
+        with self.print_lock:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+
     def marker(self, name: str, **extra) -> None:
-        print(json.dumps({"marker": name, "time": time.time(), **extra}), flush=True)
+        self.emit({"marker": name, "time": time.time(), **extra})
 
     def _report(self) -> None:
         while True:
             with self.lock:
                 n = self.requests
-            print(json.dumps({"requests": n, "time": time.time()}), flush=True)
+            self.emit({"requests": n, "time": time.time()})
             time.sleep(1.0)
 
     def wait(self, rate: float) -> bool:
@@ -591,7 +599,8 @@ def _gc_service(ctx: Ctx, periods, payload: int, rate: float, leak: bool) -> Non
         if leak and chunk is None and ctx.leak_onset():
             expected = 0.1 * rate * ctx.real_seconds(ctx.spec.oom_after)
             amplitude = rate * ctx.real_seconds(max(p for _, p in periods)) * payload
-            chunk = ctx.leak_chunk(expected, None if trough is None else int(trough + amplitude))
+            base = None if trough is None else int(trough + amplitude)
+            chunk = max(4096, ctx.leak_chunk(expected, base) - payload)  # the node stays too
         del node
         ctx.done()
 
@@ -766,6 +775,13 @@ def _cpu_ticks(cgroup: Path, seen: dict[int, int]) -> None:
                 seen[int(line)] = int(fields[11]) + int(fields[12])
 
 
+def _oom_kills(cgroup: Path) -> int:
+    for line in (cgroup / "memory.oom_control").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
 def record(name: str, out_dir: Path, compress: float = 1.0) -> dict:
     from benchmarks.detector.record import _make_cgroup
 
@@ -798,13 +814,19 @@ def record(name: str, out_dir: Path, compress: float = 1.0) -> dict:
 
     def read_stdout() -> None:
         assert child.stdout is not None
+        decoder = json.JSONDecoder()
         for line in child.stdout:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                event = json.loads(line)
-                if "marker" in event:
-                    markers[event["marker"]] = dict(event, t=event["time"] - wall0)
-                elif "requests" in event:
-                    latest["requests"] = int(event["requests"])
+            at = 0
+            while at < len(line.rstrip()):  # tolerant of two objects on one line
+                try:
+                    event, at = decoder.raw_decode(line, at)
+                except ValueError:
+                    break
+                with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+                    if "marker" in event:
+                        markers[event["marker"]] = dict(event, t=event["time"] - wall0)
+                    elif "requests" in event:
+                        latest["requests"] = int(event["requests"])
 
     reader = threading.Thread(target=read_stdout, daemon=True)
     reader.start()
@@ -835,8 +857,11 @@ def record(name: str, out_dir: Path, compress: float = 1.0) -> dict:
             usage = int(usage_file.read_text())
         except (OSError, ValueError):
             break
-        if child.poll() is not None:
-            break  # killed between the poll and the read: that sample is not the process's
+        if child.poll() is not None or _oom_kills(cgroup):
+            # Killed between the poll and the read: that sample is not the service's. An OOM
+            # kill of one process of a multi-process service (a worker) ends it too, as a
+            # container's would: the rest is SIGKILLed below.
+            break
         row = (round(time.time() - wall0, 3), usage, latest["requests"])
         rows.append(row)
         pending.append(row)
@@ -863,18 +888,14 @@ def record(name: str, out_dir: Path, compress: float = 1.0) -> dict:
         time.sleep(max(0.0, tick - time.monotonic()))
     flush()
     if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(signal.SIGKILL if _oom_kills(cgroup) else signal.SIGTERM)
     try:
         returncode = child.wait(timeout=60)
     except subprocess.TimeoutExpired:
         child.kill()
         returncode = child.wait()
     reader.join(timeout=5)
-    oom_kills = next(
-        int(line.split()[1])
-        for line in (cgroup / "memory.oom_control").read_text().splitlines()
-        if line.startswith("oom_kill ")
-    )
+    oom_kills = _oom_kills(cgroup)
     for _ in range(50):  # orphaned workers of a killed master, all started here
         left = (cgroup / "cgroup.procs").read_text().split()
         if not left:
