@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import torch
 
 from benchmarks import median, verdict
+from benchmarks.bench_dump import Session, _reset_peak, _status
 from diag.census import take_dump
 
 SERVICE = "bench_heap_service"
@@ -49,29 +50,6 @@ LEAKED = 200_000
 LISTS = 5_000
 TENSORS = 10_000
 MIXER = "thread 'bench-mixer' › mix_forever() › pending"
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    """Make VmHWM start again from the current RSS (Linux: clear_refs 5)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-class Session:
-    """A request's state, as a service keeps many of them: not a leak."""
-
-    def __init__(self, i: int) -> None:
-        self.user = f"user-{i}"
-        self.history = [{"turn": j, "tags": ["greeting"]} for j in range(2)]
-        self.meta = {"i": i}
 
 
 class Frame:

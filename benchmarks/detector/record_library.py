@@ -1013,7 +1013,7 @@ def load_library(directory: Path = OUT_DIR) -> list:
     Recordings still running (only ``NAME.json.part``) are left out too."""
     import numpy as np
 
-    from benchmarks.detector.traces import Trace
+    from benchmarks.detector.traces import recorded_trace
 
     out = []
     for sidecar in sorted(Path(directory).glob("*.json")):
@@ -1030,22 +1030,7 @@ def load_library(directory: Path = OUT_DIR) -> list:
         if not rows:
             continue
         times, values, requests = (np.array(column) for column in zip(*rows, strict=True))
-        out.append(
-            Trace(
-                f"real2/{meta['name']}",
-                meta["family"],
-                meta["kind"],
-                False,
-                times,
-                values,
-                float(meta["limit"]),
-                t_leak=meta.get("t_leak"),
-                t_oom=meta.get("t_oom"),
-                starts=tuple(meta.get("starts", [float(times[0])])),
-                source="real",
-                requests=requests,
-            )
-        )
+        out.append(recorded_trace("real2", meta, times, values, requests))
     return out
 
 

@@ -490,19 +490,30 @@ def load_real(directory: Path = REAL_DIR) -> list[Trace]:
         with open(sidecar.with_suffix(".csv"), newline="") as f:
             rows = [(float(r["t"]), float(r["value"])) for r in csv.DictReader(f)]
         times, values = (np.array(column) for column in zip(*rows, strict=True))
-        out.append(
-            Trace(
-                f"real/{meta['name']}",
-                meta["family"],
-                meta["kind"],
-                False,
-                times,
-                values,
-                float(meta["limit"]),
-                t_leak=meta.get("t_leak"),
-                t_oom=meta.get("t_oom"),
-                starts=tuple(meta.get("starts", [float(times[0])])),
-                source="real",
-            )
-        )
+        out.append(recorded_trace("real", meta, times, values))
     return out
+
+
+def recorded_trace(
+    prefix: str,
+    meta: dict,
+    times: np.ndarray,
+    values: np.ndarray,
+    requests: np.ndarray | None = None,
+) -> Trace:
+    """A recording's trace from its sidecar ``meta`` (name, family, kind, limit, t_leak,
+    t_oom, starts) and its columns, named ``prefix/name``."""
+    return Trace(
+        f"{prefix}/{meta['name']}",
+        meta["family"],
+        meta["kind"],
+        False,
+        times,
+        values,
+        float(meta["limit"]),
+        t_leak=meta.get("t_leak"),
+        t_oom=meta.get("t_oom"),
+        starts=tuple(meta.get("starts", [float(times[0])])),
+        source="real",
+        requests=requests,
+    )
