@@ -47,6 +47,7 @@ from typing import Any, Literal, TypeAlias
 State = Literal["insufficient_data", "warming_up", "steady", "growing", "bounded_growth", "leak"]
 
 BUCKET_SECONDS = 30.0
+NO_GROWTH = "no sustained growth"
 POINTS_PER_WIDTH = 48
 MAX_GROUPS = 12
 MIN_GROUPS = 6
@@ -236,9 +237,6 @@ class Detector:
         self._lows: list[float] = []
         self._highs: list[float] = []
         self._requests: list[float] = []  # cumulative requests at each point's end; nan: none
-        # The one value every point of this regime had, nan once two differ: a flat series
-        # (a resource count that does not move, most of the time) is steady without a search.
-        self._flat_value: float | None = None
         self._counts: list[int] = [0]
         # [start, min, max, deepest fall inside, cumulative requests at the last sample]
         self._bucket: list[float] | None = None
@@ -246,6 +244,13 @@ class Detector:
         self._regime_floor = math.inf  # the lowest value since the regime began
         self._drops: deque[float] = deque(maxlen=8)
         self._windows: dict[int, _Window] = {}
+        # The trailing run of points that all hold one value: that value (None: the newest
+        # point moved inside it), and the end of the newest point outside the run. A resource
+        # count that does not move is steady without a window search (``_flat_since``).
+        self._flat_value: float | None = None
+        self._moved_until = -math.inf
+        # The window lengths' ladder, 10 min then √2 apart, extended as needed.
+        self._ladder = [self.config.min_leak_seconds]
         self._last_t = -math.inf
         self._entry = (0.0, 0.0)  # the standing leak's window length and rate when called
         self._entry_reason = ""
@@ -339,7 +344,6 @@ class Detector:
         self.verdict = self._decide(end)
 
     def _restart(self, t: float) -> None:
-        self._flat_value = None
         self._regime_start = t
         self._regime_floor = math.inf
         self._drops.clear()
@@ -347,20 +351,25 @@ class Detector:
 
     def _push(self, end: float, low: float, high: float, requests: float) -> None:
         ends, lows, highs, counts = self._ends, self._lows, self._highs, self._counts
+        if not low == high == self._flat_value:  # the trailing run of one value ends here
+            self._moved_until = ends[-1] if ends else -math.inf
+            if low == high:
+                self._flat_value = low  # and a new one begins
+            else:
+                self._flat_value = None
+                self._moved_until = end
         ends.append(end)
         lows.append(low)
         highs.append(high)
         self._requests.append(requests)
-        if self._flat_value is None:
-            self._flat_value = low if low == high else math.nan
-        elif not low == high == self._flat_value:
-            self._flat_value = math.nan
         counts[0] += 1
         width = 0
         while counts[width] > POINTS_PER_WIDTH:
             # The oldest two points of this width sit right after all wider (older) ones;
             # they merge into one point of the next width.
             i = sum(counts[width + 1 :])
+            if ends[i] <= self._moved_until < ends[i + 1]:
+                self._moved_until = ends[i + 1]  # a moved point merged into the run's first
             ends[i] = ends[i + 1]
             lows[i] = min(lows[i], lows[i + 1])
             highs[i] = max(highs[i], highs[i + 1])
@@ -415,9 +424,9 @@ class Detector:
         cfg = self.config
         rise = ys[-1] - ys[0]
         y_mean = sum(ys) / len(ys)
-        z = _mann_kendall_z(ys)
-        if z < cfg.min_trend_z or rise <= cfg.min_rise_share * max(y_mean, 1.0):
-            # No trend here: the common case, answered without the slopes.
+        # No rise, or no trend: the common case, answered without the slopes (and without
+        # the trend test's pairs where the ends already say no).
+        if rise <= cfg.min_rise_share * max(y_mean, 1.0) or _mann_kendall_z(ys) < cfg.min_trend_z:
             return _Window.quiet(seconds, now)
         half = len(ts) // 2
         rate = _theil_sen(ts, ys)
@@ -546,11 +555,10 @@ class Detector:
         """Window lengths ending now: ``min_leak_seconds`` (10 min), then each √2 times the
         last (14 min, 20 min, ...) up to the regime's length, and the whole regime when it is
         over 1.25 times the longest."""
-        lengths = []
-        seconds = self.config.min_leak_seconds
-        while seconds <= regime + 1e-9:
-            lengths.append(seconds)
-            seconds *= math.sqrt(2)
+        ladder = self._ladder
+        while ladder[-1] <= regime + 1e-9:  # grown as the regime outlasts it (rarely)
+            ladder.append(ladder[-1] * math.sqrt(2))
+        lengths = ladder[: bisect_right(ladder, regime + 1e-9)]
         if lengths and regime > lengths[-1] * 1.25:
             lengths.append(regime)  # the whole regime, for the slowest leaks
         return lengths
@@ -632,15 +640,20 @@ class Detector:
         since_start = now - self._regime_start
         if since_start < cfg.warmup_seconds:
             return Verdict(now, "warming_up", "within the warm-up grace after (re)start")
-        flat = self._flat_value
-        if flat is not None and not math.isnan(flat):
-            return Verdict(now, "steady", "no sustained growth")
+        # Windows never reach back into the warm-up: its rise is not the leak's.
+        lengths = self._candidate_lengths(since_start - cfg.warmup_seconds)
+        if not lengths:
+            return Verdict(now, "insufficient_data", "no full window since the warm-up yet")
+        if self._flat_since(now - lengths[-1]):
+            # Every window would find no rise: the common case of a resource count that does
+            # not move, answered without the search (and the standing verdict kept as is).
+            if self.verdict.state == "steady" and self.verdict.reason == NO_GROWTH:
+                return self.verdict
+            return Verdict(now, "steady", NO_GROWTH)
         period = self._sawtooth_period(now)
         best: _Window | None = None
         bounded: _Window | None = None
         followed: _Window | None = None
-        # Windows never reach back into the warm-up: its rise is not the leak's.
-        lengths = self._candidate_lengths(since_start - cfg.warmup_seconds)
         slowing = 0
         for index, seconds in enumerate(lengths):
             # The last, whole-regime window grows every bucket: keyed by its rank, not length.
@@ -677,7 +690,7 @@ class Detector:
             if followed is not None:
                 why = "growth follows load: it rises and falls with the request rate"
                 return self._verdict(now, "growing", why, followed)
-            return Verdict(now, "steady", "no sustained growth")
+            return Verdict(now, "steady", NO_GROWTH)
         if self.verdict.state != "leak" and self._revisited(best, now, period):
             return self._verdict(now, "growing", "rising back to a level it held before", best)
         forecast = self._forecast(best)
@@ -700,6 +713,10 @@ class Detector:
             # windows the longest clean one can shrink for a while, and alerts must not flap.
             return self._verdict(now, "growing", "steady growth, watched too briefly yet", best)
         return self._verdict(now, "leak", LEAK_REASONS[best.load], best)
+
+    def _flat_since(self, start: float) -> bool:
+        """Whether every point that ends after ``start`` (one at least) holds one value."""
+        return self._moved_until <= start < self._ends[-1]
 
     def _forecast(self, window: _Window) -> tuple[float, float, float] | None:
         if self.limit is None or window.rate <= 0:

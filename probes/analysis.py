@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from diag import watched
 from diag.detect import BUCKET_SECONDS, Detector, DetectorConfig, DisturbanceDiscount, Verdict
@@ -93,8 +94,15 @@ class GrowthAnalyzer:
         out: list[Sample] = []
         adjusted: dict[str, float | None] = {}
         judged = self._judged
+        series_of = self._series.get
         for sample in samples:
             if sample.name not in judged:
+                continue
+            # Most ticks, most series: a sample inside the open bucket's range, under the
+            # same limit, changes nothing: the verdict stands.
+            series = series_of((sample.name, sample.labels))
+            if series is not None and series.holds(t, sample.value, served, values):
+                out.extend(series.samples_of(series.verdict))
                 continue
             value: float | None = sample.value
             if sample.name in DISCOUNTED and not sample.labels:
@@ -145,6 +153,8 @@ class GrowthAnalyzer:
                 labels,
                 names,
                 follows_load=names is MEMORY_VERDICT,
+                discounted=sample.name in DISCOUNTED and not sample.labels,
+                limit_key=_limit_key(sample.name, sample.labels),
             )
         key = series.key
         previous = self.verdicts.get(key)
@@ -182,6 +192,18 @@ class GrowthAnalyzer:
                     log.exception("diag: a verdict subscriber failed; the host is not affected")
 
 
+def _limit_key(name: str, labels: Labels) -> tuple[str, Labels] | Literal[False] | None:
+    """Where ``watched.limit_for`` finds the series' limit in a tick's readings when it is
+    one lookup; None when the series has no limit; False when it is worked out (the host's
+    headroom over the value)."""
+    row = watched.BY_NAME.get(name)
+    if row is None or row.limit is None:
+        return None
+    if row.limit == "host":
+        return False
+    return (row.total or "", labels)
+
+
 def verdict_samples(
     verdict: Verdict, labels: Labels, names: tuple[str, ...] = MEMORY_VERDICT
 ) -> list[Sample]:
@@ -215,9 +237,11 @@ class _Judged:
     """
 
     __slots__ = (
+        "_discounted",
         "_follows_load",
         "_high",
         "_last_t",
+        "_limit_key",
         "_low",
         "_samples",
         "_scale",
@@ -237,9 +261,15 @@ class _Judged:
         names: tuple[str, ...],
         *,
         follows_load: bool = False,
+        discounted: bool = False,
+        limit_key: tuple[str, Labels] | Literal[False] | None = None,
     ) -> None:
         self.key = key
         self._follows_load = follows_load
+        self._discounted = discounted
+        # Where the limit is in a tick's readings; None: it has none; False: worked out
+        # (``watched.limit_for``), not looked up.
+        self._limit_key = limit_key
         self.detector = detector
         self.labels = labels
         self.names = names
@@ -251,6 +281,45 @@ class _Judged:
         self._last_t = -math.inf
         self._verdict = detector.verdict
         self._samples: tuple[Verdict, list[Sample]] | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        return self._verdict
+
+    def holds(
+        self,
+        t: float,
+        value: float,
+        served: float | None,
+        readings: Mapping[tuple[str, Labels], float],
+    ) -> bool:
+        """``update``'s shortcut, taken before the limit is worked out where it is one
+        lookup in the tick's ``readings`` (or there is none): whether the sample falls inside
+        the open bucket's range under the limit the detector has, so that feeding it would
+        change nothing. Noted as seen, as the detector would note it. A series judged with
+        its load (``served`` given), a discounted one and one judged against the host's
+        headroom never hold here."""
+        if self._discounted or self._limit_key is False:
+            return False
+        if served is not None and self._follows_load:
+            return False
+        if self._limit_key is not None:
+            limit = readings.get(self._limit_key)
+            if limit is not None and limit != self.detector.limit:
+                return False
+        scaled = t if self._scale == 1.0 else t * self._scale  # as Detector.update scales it
+        if self._last_t <= scaled and self._inside_open_bucket(scaled, value):
+            self._last_t = scaled
+            return True
+        return False
+
+    def _inside_open_bucket(self, scaled: float, value: float) -> bool:
+        start = self._start
+        return (
+            start is not None
+            and scaled < start + BUCKET_SECONDS
+            and self._low <= value <= self._high
+        )
 
     def update(
         self, t: float, value: float, limit: float | None, served: float | None = None
@@ -268,9 +337,7 @@ class _Judged:
             return self._verdict
         if (
             served is None
-            and start is not None
-            and scaled < start + BUCKET_SECONDS
-            and self._low <= value <= self._high
+            and self._inside_open_bucket(scaled, value)
             and (limit is None or limit == detector.limit)
         ):
             self._last_t = scaled

@@ -9,6 +9,7 @@ the host. Readings it can only partly take are explained in ``notes``.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +102,12 @@ class Cadence:
             return True
         spacing = max(self.interval, self._last_cost / self.budget)
         return self._monotonic() - self._last_start >= spacing
+
+    def next_due(self) -> float:
+        """When ``due`` turns true, on this cadence's clock (-inf: never run, due now)."""
+        if self._last_start is None:
+            return -math.inf
+        return self._last_start + max(self.interval, self._last_cost / self.budget)
 
     def run(self, reading: Callable[[], None]) -> None:
         start = self._monotonic()

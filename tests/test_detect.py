@@ -343,12 +343,47 @@ def test_a_rise_back_to_a_level_held_before_is_not_a_leak():
     assert later == [], [(a.start / 3600, a.end) for a in later]
 
 
-def test_a_flat_series_is_steady_without_a_search_and_judged_again_once_it_moves():
-    """A resource count that never moves takes the short way to "steady"; once it moves, the
-    windows are searched again and the leak is called."""
-    flat = [(t * 5.0, 10_000.0) for t in range(2000)]
-    leak = [(10_000.0 + t * 5.0, 10_000.0 + t * 0.5) for t in range(6000)]
+def test_a_flat_series_is_steady_without_a_search_and_judged_again_once_it_moves(monkeypatch):
+    """A resource count that does not move over the windows judged (whatever it did in the
+    warm-up) takes the short way to "steady"; once it moves, the windows are searched again and
+    the leak is called."""
+    warm_up = [(t * 5.0, 9_000.0 + t) for t in range(100)]  # moves in the warm-up only
+    flat = [(500.0 + t * 5.0, 10_000.0) for t in range(2000)]
+    leak = [(10_500.0 + t * 5.0, 10_000.0 + t * 0.5) for t in range(6000)]
     detector = Detector(20_000)
+    detector.extend(warm_up)
+    searched = []
+    search = Detector._window
+    monkeypatch.setattr(Detector, "_window", lambda *a: searched.append(1) or search(*a))
     assert detector.extend(flat).state == "steady"
-    assert detector._flat_value == 10_000.0
+    assert searched == []
     assert detector.extend(leak).state == "leak"
+    assert searched
+
+
+def test_the_flat_run_is_tracked_through_the_histograms_merges():
+    """``_flat_since`` (kept in O(1) as points arrive and merge) against the points
+    themselves, on series that hold for long runs, step, wobble inside a bucket and hold
+    again: asked at every point's end and just before each."""
+    rng = random.Random(7)
+    for _ in range(6):
+        detector = Detector()
+        t, value = 0.0, 100.0
+        for _ in range(6000):
+            roll = rng.random()
+            if roll < 0.003:
+                value += rng.choice((-1.0, 1.0))  # a step
+            wobble = 0.5 if roll > 0.998 else 0.0  # a move inside one bucket only
+            detector.update(t, value + wobble)
+            t += 5.0
+            ends, lows, highs = detector._ends, detector._lows, detector._highs
+            # flat_after[j]: the points from j on hold one value
+            flat_after = [False] * (len(ends) + 1)
+            for j in range(len(ends) - 1, -1, -1):
+                one = lows[j] == highs[j]
+                flat_after[j] = one and (
+                    j == len(ends) - 1 or (flat_after[j + 1] and lows[j] == lows[j + 1])
+                )
+            for j, end in enumerate(ends):
+                assert detector._flat_since(end - 0.5) == flat_after[j]
+                assert detector._flat_since(end) == flat_after[j + 1]
