@@ -243,6 +243,7 @@ class _Judged:
         "_last_t",
         "_limit_key",
         "_low",
+        "_may_hold",
         "_samples",
         "_scale",
         "_start",
@@ -270,6 +271,7 @@ class _Judged:
         # Where the limit is in a tick's readings; None: it has none; False: worked out
         # (``watched.limit_for``), not looked up.
         self._limit_key = limit_key
+        self._may_hold = not discounted and limit_key is not False
         self.detector = detector
         self.labels = labels
         self.names = names
@@ -299,16 +301,20 @@ class _Judged:
         change nothing. Noted as seen, as the detector would note it. A series judged with
         its load (``served`` given), a discounted one and one judged against the host's
         headroom never hold here."""
-        if self._discounted or self._limit_key is False:
+        if not self._may_hold or (served is not None and self._follows_load):
             return False
-        if served is not None and self._follows_load:
-            return False
-        if self._limit_key is not None:
-            limit = readings.get(self._limit_key)
+        key = self._limit_key
+        if key:  # looked up (None: no limit; False was ruled out above)
+            limit = readings.get(key)
             if limit is not None and limit != self.detector.limit:
                 return False
         scaled = t if self._scale == 1.0 else t * self._scale  # as Detector.update scales it
-        if self._last_t <= scaled and self._inside_open_bucket(scaled, value):
+        start = self._start
+        if (
+            start is not None
+            and self._last_t <= scaled < start + BUCKET_SECONDS
+            and self._low <= value <= self._high
+        ):
             self._last_t = scaled
             return True
         return False
