@@ -52,13 +52,9 @@ from diag.resources_census import (
     resource_types,
 )
 
-#: Containers' entries are recorded from RECORDED_ENTRIES up (the window's baseline).
-GROWN_ENTRIES = 64
-RECORDED_ENTRIES = 32
 #: An owner found by the dominator walk is reported when it retains this much, or when it
 #: grew (or holds survivors of the window) by GREW_BYTES: an owner grew when it did by that much.
 MIN_OWNER_BYTES = 1 << 20
-MIN_CONTAINER_BYTES = MIN_OWNER_BYTES
 GREW_BYTES = 64 << 10
 #: Owners are kept in the baseline from this size up (a smaller one's growth is overstated
 #: by less than this).
@@ -192,68 +188,119 @@ def _measure_array(obj: Any) -> _Measure | None:
     return f"numpy.ndarray {obj.dtype}", "cpu", ("numpy", id(obj)), int(obj.nbytes)
 
 
-_OTHER, _TENSOR, _CONTAINER, _RESOURCE = range(4)
-#: Objects whose referents are listed by one C call: bounds the list that call returns.
-_REFERENTS_CHUNK = 4096
+#: Objects looked at per chunk (and whose referents are listed by one C call): bounds the
+#: lists one chunk needs.
+_CHUNK = 4096
 #: Untracked containers nested in untracked containers, looked into this deep for arrays.
 UNTRACKED_DEPTH = 3
 
 
-def _arrays(objects: list[Any], ndarray: type) -> tuple[list[Any], dict[int, Any]]:
-    """numpy arrays, which the gc does not track, so ``gc.get_objects()`` never lists them:
-    found among what tracked objects refer to, a chunk of objects per C call (the referents of
-    a million objects are never one list). A dict or list that holds only untracked objects (an
-    int-keyed dict of arrays) is not tracked either, and ``gc.get_referrers`` cannot see it:
-    such containers are looked into (a whole batch per C call, each alone only when the batch
-    held an array), and the arrays inside come with them, id(array) -> container."""
-    arrays: list[Any] = []
-    parents: dict[int, Any] = {}
+@dataclass
+class _Sifted:
+    tensors: list[Any] = field(default_factory=list)
+    resources: list[Any] = field(default_factory=list)  # files, sockets, threads, tasks...
+    arrays: list[Any] = field(default_factory=list)  # numpy arrays, a few more than once
+    parents: dict[int, Any] = field(default_factory=dict)  # id(array) -> untracked container
+    #: Every tracked object that refers to a tensor or an array directly, in the gc's order.
+    holders: list[Any] = field(default_factory=list)
+
+
+def _sift(objects: list[Any], torch: Any, ndarray: type | None) -> _Sifted:
+    """One pass over the gc's objects, a chunk at a time: the tensors and the resource
+    objects among them, the numpy arrays they refer to, and the objects that hold tensors or
+    arrays (so the holder search needs no pass of its own).
+
+    A heap has a million objects but a few thousand types: each type is classified once, and
+    a chunk is looked through only when it holds a wanted type. The chunk's referents are
+    listed while the chunk is still in the CPU's cache (a second pass over a million objects
+    costs about as much as the first) and sifted in one comprehension: the numpy arrays, the
+    untracked dicts that may hold more, and whether the chunk refers to a tensor or an array
+    at all; only then is it looked into object by object, for the holders."""
+    sifted = _Sifted()
+    tensors = _subclasses(torch.Tensor) if torch is not None else set()
+    resources = resource_types()
+    into: dict[type, list[Any] | None] = {}  # type -> the list its objects go to
+    picked: set[type] = set()
+    held = tensors | {ndarray} if ndarray is not None else tensors
+    wanted = held | {dict} if ndarray is not None else held
     is_tracked = gc.is_tracked
-    wanted = {ndarray, dict, list}
-    for start in range(0, len(objects), _REFERENTS_CHUNK):
-        # One Python pass over the referents (millions): keep the few that may matter.
-        kept = [
-            r for r in gc.get_referents(*objects[start : start + _REFERENTS_CHUNK])
-            if type(r) in wanted
-        ]  # fmt: skip
-        arrays.extend([r for r in kept if type(r) is ndarray])
-        boxes = [r for r in kept if type(r) is not ndarray and not is_tracked(r)]
-        del kept
-        for _ in range(UNTRACKED_DEPTH):
-            if not boxes:
-                break
-            inside = gc.get_referents(*boxes)
-            if any(type(r) is ndarray for r in inside):
-                for box in boxes:
-                    for found in gc.get_referents(box):
-                        if type(found) is ndarray:
-                            arrays.append(found)
-                            parents.setdefault(id(found), box)
-            boxes = [r for r in inside if type(r) in (dict, list)]  # untracked: inside one
-    return arrays, parents
-
-
-def _classifier(torch: Any, resources: tuple[type, ...] = ()) -> Callable[[type], int]:
-    """What a type is to the census, decided once per type: a heap has a million objects but
-    a few thousand types, and ``issubclass`` against torch.Tensor is not cheap. (numpy arrays
-    are never among the gc's objects: ``_arrays`` finds them.)"""
-    known: dict[type, int] = {}
-
-    def classify(kind: type) -> int:
-        found = known.get(kind)
-        if found is None:
-            if torch is not None and issubclass(kind, torch.Tensor):
-                found = _TENSOR
-            elif issubclass(kind, _CONTAINER_TYPES):
-                found = _CONTAINER
-            elif resources and issubclass(kind, resources):
-                found = _RESOURCE
+    for start in range(0, len(objects), _CHUNK):
+        chunk = objects[start : start + _CHUNK]
+        kinds = set(map(type, chunk))
+        for kind in kinds.difference(into):
+            if kind in tensors:
+                into[kind] = sifted.tensors
+            elif issubclass(kind, resources):
+                into[kind] = sifted.resources
             else:
-                found = _OTHER
-            known[kind] = found
-        return found
+                into[kind] = None
+                continue
+            picked.add(kind)
+        if not kinds.isdisjoint(picked):
+            for obj in chunk:
+                found = into[type(obj)]
+                if found is not None:
+                    found.append(obj)
+        if not wanted:
+            continue
+        kept = [r for r in gc.get_referents(*chunk) if type(r) in wanted]
+        if not held.isdisjoint(map(type, kept)):
+            sifted.arrays.extend([r for r in kept if type(r) is ndarray])
+            _holders(chunk, held, sifted.holders)
+        if ndarray is not None:
+            boxes = [r for r in kept if type(r) is dict and not is_tracked(r)]
+            if boxes:
+                _untracked_arrays(boxes, ndarray, sifted)
+    return sifted
 
-    return classify
+
+def _holders(chunk: list[Any], held: set[type], out: list[Any]) -> None:
+    """The objects of ``chunk`` that refer to an object of a ``held`` type, in order: found
+    by halving the chunk (a C call per half), not by a call per object, which would allocate a
+    list per object (traced, in a window)."""
+    parts = [chunk]
+    while parts:
+        part = parts.pop()
+        if held.isdisjoint(map(type, gc.get_referents(*part))):
+            continue
+        if len(part) == 1:
+            out.append(part[0])
+            continue
+        half = len(part) // 2
+        parts += (part[half:], part[:half])  # the first half next
+
+
+def _subclasses(cls: type) -> set[type]:
+    """``cls`` and every class derived from it (C calls, one per class)."""
+    found = {cls}
+    stack = [cls]
+    while stack:
+        subclasses: list[type] = type.__subclasses__(stack.pop())
+        for sub in subclasses:
+            if sub not in found:
+                found.add(sub)
+                stack.append(sub)
+    return found
+
+
+def _untracked_arrays(boxes: list[Any], ndarray: type, sifted: _Sifted) -> None:
+    """numpy arrays, which the gc does not track, so ``gc.get_objects()`` never lists them,
+    in dicts the gc does not track either: a dict that holds only untracked objects (an
+    int-keyed dict of arrays) is untracked (the gc never untracks a list), and
+    ``gc.get_referrers`` cannot see it. Such dicts are looked into (a whole batch per C call,
+    each alone only when the batch held an array), and the arrays inside come with them, in
+    ``parents``."""
+    for _ in range(UNTRACKED_DEPTH):
+        if not boxes:
+            break
+        inside = gc.get_referents(*boxes)
+        if ndarray in set(map(type, inside)):
+            for box in boxes:
+                for found in gc.get_referents(box):
+                    if type(found) is ndarray:
+                        sifted.arrays.append(found)
+                        sifted.parents.setdefault(id(found), box)
+        boxes = [r for r in inside if type(r) is dict]  # untracked: inside one
 
 
 _SAVED_NAMES: dict[type, tuple[str, ...]] = {}
@@ -384,7 +431,6 @@ class Baseline:
 
     t: float
     retained: dict[str, int]  # owner path -> bytes retained
-    entries: dict[int, int]  # id of a container with GROWN_ENTRIES or more -> its entries
     requests: int
     resources: dict[str, int] = field(default_factory=dict)  # resource -> count
     #: resource -> group key -> count
@@ -416,16 +462,10 @@ def _sample_values(container: Any) -> list[Any]:
     return list(itertools.islice(_newest(container, container), ENTRY_SAMPLE))
 
 
-def _namespaces() -> set[int]:
-    """Module globals and class dicts are roots and code, not data containers."""
-    found = {id(vars(m)) for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
-    found.add(id(sys.modules))
-    return found
-
-
 class Census:
-    """One walk of the heap: tensors and arrays by storage, big containers, then holders.
-    ``monotonic`` times the walk against ``time_budget``."""
+    """One census of the heap: tensors and arrays by storage and their holders, resources,
+    then every other object by its root. ``monotonic`` times the walk against
+    ``time_budget``."""
 
     def __init__(
         self,
@@ -434,7 +474,6 @@ class Census:
         user_frames_only: bool = True,
         reveal: bool = False,
         cuda_stacks: Mapping[int, tuple[Frame, ...]] | None = None,
-        entries_before: Mapping[int, int] | None = None,
         created_at: Callable[[Any], tuple[tuple[str, int], ...] | None] | None = None,
         monotonic: Clock = time.monotonic,
         retained_before: Mapping[str, int] | None = None,
@@ -447,10 +486,8 @@ class Census:
         self.user_only = user_frames_only
         self.reveal = reveal
         self.cuda_stacks = cuda_stacks or {}
-        self.entries_before = entries_before
         self.tracing = tracemalloc.is_tracing()
         self.complete = True
-        self.entries: dict[int, int] = {}  # for the next window's baseline
         self.stacks: dict[int, tuple[Frame, ...]] = {}  # id(object) -> where it was allocated
         #: owner path -> bytes it retained at the window's start (the baseline's).
         self.retained_before = retained_before
@@ -470,36 +507,23 @@ class Census:
         numpy = sys.modules.get("numpy")
         measured: dict[int, _Measure] = {}
         targets: list[Any] = []
-        skip = _namespaces()
-        classify = _classifier(torch, resource_types())
-        found: list[Any] = []  # resource objects: files, sockets, threads, tasks...
         objects = gc.get_objects()
-        for obj in objects:
-            what = classify(type(obj))
-            if what == _OTHER:
-                continue
-            if what == _RESOURCE:
-                found.append(obj)
-                continue
-            if what == _CONTAINER:
-                entries = len(obj)
-                if entries >= RECORDED_ENTRIES and id(obj) not in skip:
-                    self.entries[id(obj)] = entries
-                continue
+        sifted = _sift(objects, torch, getattr(numpy, "ndarray", None))
+        for obj in sifted.tensors:
             info = _measure_tensor(obj)
             if info is not None:
                 measured[id(obj)] = info
                 targets.append(obj)
-        parents: dict[int, Any] = {}
-        if numpy is not None:
-            arrays, parents = _arrays(objects, numpy.ndarray)
-            for array in arrays:
-                if id(array) not in measured:
-                    info = _measure_array(array)
-                    if info is not None:
-                        measured[id(array)] = info
-                        targets.append(array)
-            del arrays
+        for array in sifted.arrays:
+            if id(array) not in measured:
+                info = _measure_array(array)
+                if info is not None:
+                    measured[id(array)] = info
+                    targets.append(array)
+        found = sifted.resources
+        parents = sifted.parents
+        holders = sifted.holders
+        del sifted
         # The window's survivors, found while tracemalloc still knows them: the walk that
         # gives them owners runs after tracing stops (a traced allocation costs microseconds).
         survivors = dominators.born(objects, object_traceback) if self.tracing else []
@@ -532,9 +556,11 @@ class Census:
             targets,
             self._left(),
             reveal=self.reveal,
-            exclude=(parents, survivors),
+            exclude=(parents, survivors, holders),
             parents=parents,
+            referrers=holders,
         )
+        del holders
         self.complete = self.complete and ownership.complete
         del targets
         counted = {measured[id(o)][2] for h in ownership.holders for o in h.objects}
@@ -953,7 +979,6 @@ def take_dump(
         user_frames_only=user_frames_only,
         reveal=reveal,
         cuda_stacks=cuda_stacks,
-        entries_before=baseline.entries if baseline is not None else None,
         created_at=created_at,
         monotonic=monotonic,
         retained_before=baseline.retained if baseline is not None else None,
@@ -1001,7 +1026,6 @@ def take_dump(
     next_baseline = Baseline(
         t=now,
         retained={**census.retained_by_path, **{o.path: o.retained_bytes for o in owners}},
-        entries=census.entries,
         requests=requests or 0,
         resources={r.resource: r.count for r in dump.resources},
         resource_groups={r.resource: r.group_counts() for r in dump.resources},

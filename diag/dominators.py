@@ -9,16 +9,17 @@ the dominator tree that Java heap analysers compute with Lengauer-Tarjan or Coop
 Kennedy). An object reached from two sources is dominated by neither: it becomes an owner of
 its own (an *entry* of a shared region), and what lies below it is its.
 
-Why not the whole dominator tree? A million-object heap has three million references; any
-per-reference Python loop costs seconds (measured: 2.1 s for one pass with a dict lookup per
-edge) and a dict from id to index costs 120 MiB. So each source's region is walked one level at
-a time with C doing the per-object work (``gc.get_referents(*level)``, ``map(sys.getrefcount,
-...)``, ``map(sys.getsizeof, ...)``, ``itertools.compress``), and only objects with *more than
-one* reference (refcount above 1: shared strings, types, objects the caller holds) get an entry
-in the ``id -> owner`` dict. An object with one reference has one parent: it is reached once,
-from its parent, and belongs to its parent's owner without any bookkeeping. The walk never
-keeps a list of every object, so the memory it needs is that dict, the current level, and a
-few numbers per owner.
+Why not the whole dominator tree? A million-object heap has three million references; a dict
+lookup per reference in Python costs seconds (measured: 2.1 s for one pass) and a dict from id
+to index costs 120 MiB. So each source's region is walked a chunk of objects at a time with C
+doing the per-object work (``gc.get_referents(*chunk)``, ``map(sys.getrefcount, ...)``,
+``map(sys.getsizeof, ...)``, ``itertools.compress``), and only objects with *more than one*
+reference (refcount above 1: shared strings, types, objects the caller holds) get an entry in
+the ``id -> owner`` dict, looked up once per chunk however often they come in it. An object
+with one reference has one parent: it is reached once, from its parent, and belongs to its
+parent's owner without any bookkeeping. The walk never keeps a list of every object, so the
+memory it needs is that dict, the objects found and not yet walked, and a few numbers per
+owner.
 
 Labels move down a lattice (unvisited -> one owner -> entry of a shared region): each object is
 walked at most twice, so the whole analysis is linear in the heap. Modules, classes and running
@@ -49,7 +50,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Objects handed to one ``gc.get_referents`` call: bounds the lists one level needs.
+#: Objects handed to one ``gc.get_referents`` call: bounds the lists one chunk needs.
 CHUNK = 4096
 #: A single-reference object's refcount as ``map(sys.getrefcount, kids)`` sees it: its parent,
 #: the ``kids`` list and the call's argument.
@@ -131,7 +132,7 @@ class Analysis:
 
 class Weigher:
     """``sys.getsizeof`` for everything, the real buffer for the few types whose memory lies
-    outside Python's allocator (found per level with one C ``set(map(type, ...))``)."""
+    outside Python's allocator (found per chunk with one C ``set(map(type, ...))``)."""
 
     def __init__(self, claimed: Iterable[int] = ()) -> None:
         self.claimed = set(claimed)  # ids already counted elsewhere (the tensor census)
@@ -375,84 +376,93 @@ class _Walk:
         getrefcount = sys.getrefcount
         compress = itertools.compress
         not_ = operator.not_
-        several = _SINGLE.__lt__  # more than one reference
-        # Breadth first, a whole level at once (in chunks of CHUNK per C call): siblings'
-        # children share the C calls, however many small containers the level has.
-        frontier: list[Any] = start
-        following: list[Any] = []
-        position = 0
+        # CHUNK objects per C call, siblings together: their children share the calls, however
+        # many small containers there are. Last found, first walked: a chunk's children are
+        # walked while the C calls that found them left them in the CPU's cache.
+        pending: list[Any] = list(start)
         retained = count = 0
-        skip = {label, BOUNDARY, SHARED}.__contains__
+        # Labels that need nothing more: this owner's, a boundary, a shared atom, and (the
+        # free objects, handled apart) none.
+        settled = {label, BOUNDARY, SHARED, None}.__contains__
         coarse = owners.coarse
         is_free = (None,).__contains__ if relabel_from is None else (relabel_from,).__contains__
-        while True:
-            if position >= len(frontier):
-                if not following:
-                    break
-                frontier, following, position = following, [], 0
+        while pending:
             if self.clock() > self.deadline:
                 self.out_of_time = True
                 break
-            level = frontier[position : position + CHUNK]
-            position += CHUNK
-            weight = _sizes(level)
-            kinds = set(map(type, level))
+            chunk = pending[-CHUNK:]
+            del pending[-CHUNK:]
+            weight = _sizes(chunk)
+            kinds = set(map(type, chunk))
             for kind in kinds:
                 if self.weigher.special(kind):
-                    weight += sum(self.weigher.extra(o) for o in level if type(o) is kind)
+                    weight += sum(self.weigher.extra(o) for o in chunk if type(o) is kind)
             retained += weight
-            count += len(level)
-            self.visited += len(level)
-            kids = gc.get_referents(*level)
+            count += len(chunk)
+            self.visited += len(chunk)
+            kids = gc.get_referents(*chunk)
             mappings = [k for k in kinds if issubclass(k, dict)]
             if mappings:
-                # A dict whose keys are all str does not show them to the gc: listed here. A
-                # key listed twice (a dict with keys of other types shows them) has then more
-                # than one reference and is counted once, through ``labels``.
-                dicts = compress(level, map(frozenset(mappings).__contains__, map(type, level)))
+                # A dict whose keys are all str does not show them to the gc: listed here,
+                # once per object (the same interned key comes in thousands of dicts). A key
+                # listed twice (a dict with keys of other types shows them) has then more than
+                # one reference and is counted once, through ``labels``.
+                dicts = compress(chunk, map(frozenset(mappings).__contains__, map(type, chunk)))
                 keys = list(itertools.chain.from_iterable(dicts))
-                kids.extend(compress(keys, map(operator.is_, map(type, keys), _STR)))
+                strs = list(compress(keys, map(operator.is_, map(type, keys), _STR)))
                 del keys
-            del level
+                kids.extend(dict(zip(map(id, strs), strs, strict=True)).values())
+                del strs
+            del chunk
             if not kids:
                 continue
-            shared = list(map(several, map(getrefcount, kids)))
-            nxt = list(compress(kids, map(not_, shared)))
-            many = list(compress(kids, shared))
-            del kids, shared
+            # Split by refcount (a Python loop: faster than a ``compress`` pass per list). An
+            # atom with one reference is weighed now, while the CPU still has it in its cache:
+            # it refers to nothing, so there is nothing to walk.
+            nxt: list[Any] = []
+            many: list[Any] = []
+            atoms: list[Any] = []
+            one, more, atom = nxt.append, many.append, atoms.append
+            for kid, refs in zip(kids, list(map(getrefcount, kids)), strict=True):
+                if refs > _SINGLE:
+                    more(kid)
+                elif type(kid) in _ATOMS:
+                    atom(kid)
+                else:
+                    one(kid)
+            del kids
+            if atoms:
+                retained += _sizes(atoms)
+                count += len(atoms)
+                self.visited += len(atoms)
+                atoms.clear()
             if many:
-                # Most of them are a type, a boundary or already this owner's: dropped in C.
-                had_labels = list(map(get, map(id, many)))
-                keep = list(map(not_, map(skip, had_labels)))
-                many = list(compress(many, keep))
-                had_labels = list(compress(had_labels, keep))
-                del keep
-                for obj, had in zip(many, had_labels, strict=True):
-                    ident = id(obj)
-                    if had is None or had == relabel_from:
-                        had = get(ident)  # the same object twice in one level
-                        if had == label:
-                            continue
-                    if is_free(had):
-                        if ident in sources and relabel_from is None:
-                            continue  # another source: it owns itself
-                        labels[ident] = label
-                        nxt.append(obj)
-                    elif relabel_from is None and had is not None and had >= 0:
-                        # Reached before from another owner: owned by neither. It is an entry of
-                        # a shared region, an owner of its own (walked after this one).
+                # Once per object: a type, a small int or a None comes thousands of times.
+                unique = dict(zip(map(id, many), many, strict=True))
+                many.clear()
+                had: list[Any] = list(map(get, unique))  # None: unlabelled
+                # Free (unlabelled; when relabelling, the first owner's): this owner's now.
+                # (An unlabelled object is never a source: sources are labelled first.)
+                free = list(map(is_free, had))
+                labels.update(zip(compress(unique, free), itertools.repeat(label)))
+                nxt.extend(compress(unique.values(), free))
+                del free
+                if relabel_from is None:  # relabelling: a third owner's stays where it is
+                    # Reached before from another owner: owned by neither. It is an entry of
+                    # a shared region, an owner of its own (walked after this one).
+                    reached = zip(unique, unique.values(), had, strict=True)
+                    for ident, obj, owner in compress(reached, map(not_, map(settled, had))):
                         if ident in sources:
-                            continue
-                        if type(obj) in _ATOMS or (coarse[had] and coarse[label]):
+                            continue  # another source: it owns itself
+                        if type(obj) in _ATOMS or (coarse[owner] and coarse[label]):
                             labels[ident] = SHARED  # libraries sharing their own: not an owner
                             continue
-                        self.entries.append((obj, had))
-                    # relabelling: what belongs to a third owner stays where it is
-                del had_labels
+                        self.entries.append((obj, owner))
+                del had, unique
             del many
-            following.extend(nxt)
+            pending.extend(nxt)
             del nxt
-        del frontier, following
+        del pending
         owners.retained[label] += retained
         owners.count[label] += count
         if relabel_from is not None:  # what the shared entry took from its first owner

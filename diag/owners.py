@@ -134,21 +134,23 @@ class Named:
     root: str  # one of ROOT_KINDS
 
 
-def _roots(kinds: dict[int, str]) -> dict[int, str]:
+def _roots(kinds: dict[int, str]) -> tuple[dict[int, str], list[dict[str, Any]]]:
     """Objects that name a root: module globals, and thread frames (their kinds in
-    ``kinds``)."""
+    ``kinds``); and the module globals, in the order they are named."""
     roots: dict[int, str] = {}
+    namespaces: list[dict[str, Any]] = []
     # Aliases (torch registers __main__ again as __mp_main__) last, so the real name wins.
     for name, module in sorted(sys.modules.items(), key=lambda kv: kv[0].startswith("__mp_")):
         namespace = getattr(module, "__dict__", None)
         if type(namespace) is dict and id(namespace) not in roots:
             roots[id(namespace)] = name
             kinds[id(namespace)] = "module"
+            namespaces.append(namespace)
     for thread, frame in _running_frames(users_only=False):
         if id(frame) not in roots:
             roots[id(frame)] = thread
             kinds[id(frame)] = "thread"
-    return roots
+    return roots, namespaces
 
 
 # -- naming one step ----------------------------------------------------------------------
@@ -358,8 +360,8 @@ class _Search:
         # (A module's top-level frame's f_locals is the module's globals: a root, kept.)
         self._locals_dicts = {id(f.f_locals) for _, f in _running_frames(users_only=True)}
         self.root_kinds: dict[int, str] = {}
-        self.roots = _roots(self.root_kinds)
-        self._note(self.roots, targets)
+        self.roots, self.namespaces = _roots(self.root_kinds)
+        self._note(self.roots, self.namespaces, targets)
         self.c_roots = CRoots()
         self._note(*self.c_roots.containers())
         #: Pending asyncio tasks (each task and the coroutines of its await chain) and
@@ -434,6 +436,8 @@ class _Search:
                 cyclic = bool(candidates)
                 if candidates:  # a cycle leads nowhere new: go up another way, if any
                     candidates = [c for c in candidates if not any(c is o for o in chain)]
+                    # Ours: it outlives the loop and refers to the next level's tips.
+                    self._note(candidates)
                 if not candidates:
                     local = self.frame_locals().get(id(chain[-1]))
                     if local is not None:
@@ -543,11 +547,17 @@ class _Search:
         return self._frame_locals
 
     def _parents(self, tips: tuple[Any, ...]) -> dict[int, list[Any]]:
-        """id(tip) -> the objects that refer to it, from one pass over the heap. Roots and
-        dicts are matched first: a class is referred to by every instance, and looking into a
-        million instances to find the module that names it would cost another pass."""
-        wanted = {id(t) for t in tips}
+        """id(tip) -> the objects that refer to it: the module whose global it is, else from
+        one pass over the heap. Roots and dicts are matched first: a class is referred to by
+        every instance, and looking into a million instances to find the module that names it
+        would cost another pass."""
         self._note(tips)
+        known = self._held_by_globals({id(t) for t in tips})
+        tips = tuple(t for t in tips if id(t) not in known)
+        self._note(tips)
+        if not tips:
+            return known
+        wanted = {id(t) for t in tips}
         referrers = self.referrers(tips) if len(tips) <= 2 * SAMPLE else self.full_pass(wanted)
         found = [r for r in referrers if id(r) not in self._locals_dicts]
         self._note(found)
@@ -566,7 +576,24 @@ class _Search:
                         got.append(referrer)
             if rank == 2 and len(parents) == len(wanted):
                 break  # every tip has a parent: the rest would not be preferred anyway
+        parents.update(known)
         return parents
+
+    def _held_by_globals(self, wanted: set[int]) -> dict[int, list[Any]]:
+        """id(tip) -> [the module globals that hold it], for the tips a module's global is:
+        a look through every module's globals (some 50,000 values) instead of a pass over the
+        heap (a million objects). That parent is a root, which a path takes over any other;
+        of two modules (an alias), the first that ``_roots`` names."""
+        found: dict[int, list[Any]] = {}
+        self._note(found)
+        for namespace in self.namespaces:
+            if wanted.isdisjoint(map(id, namespace.values())):  # in C: most hold none
+                continue
+            for value in list(namespace.values()):
+                if id(value) in wanted and id(value) not in found:
+                    found[id(value)] = [namespace]
+                    self._note(found[id(value)])
+        return found
 
     def full_pass(self, wanted: Container[int]) -> list[Any]:
         """Every object on the heap that refers to one whose id is ``wanted``: one pass in
@@ -847,12 +874,16 @@ def find_holders(
     reveal: bool = False,
     exclude: Any = (),
     parents: Mapping[int, Any] | None = None,
+    referrers: Sequence[Any] | None = None,
 ) -> Ownership:
     """Group ``targets`` by the containers that hold them directly, with readable paths. The
     ``targets`` container itself (the caller's list) is not a holder. Holders with the same
     path (the nodes of one functools.lru_cache...) are one holder. ``exclude``: more of the
     caller's own containers that refer to targets or holders. ``parents``: id(target) -> a
-    container known to hold it that the gc does not track (``gc.get_referrers`` misses it)."""
+    container known to hold it that the gc does not track (``gc.get_referrers`` misses it).
+    ``referrers``: every object the gc tracks that refers to a target, from the caller's own
+    pass over the heap, in the gc's order: they claim the targets, and the search makes no
+    pass of its own (a target none of them holds has no referrer on the heap)."""
     started = time.monotonic()
     pending = {id(t): t for t in targets}
     search = _Search(list(pending.values()), started + time_budget, reveal)
@@ -875,11 +906,23 @@ def find_holders(
 
     for container in {id(c): c for c in (parents or {}).values()}.values():
         claim(container)
+    if referrers is not None:
+        search._note(referrers)
+        # As a sampled pass would have them: roots first, the search's own objects never.
+        for container in sorted(referrers, key=lambda r: id(r) not in search.roots):
+            if id(container) not in search.own and not _is_ours(container):
+                claim(container)
+        unreferenced.update(pending)
+        pending.clear()
     while pending and time.monotonic() < search.deadline:
         before = len(pending)
         sample = tuple(itertools.islice(pending.values(), SAMPLE))
-        for container in search.referrers(sample):
+        # Roots (a module's globals) claim first: what they hold directly needs no path search.
+        found = search.referrers(sample)
+        found.sort(key=lambda r: id(r) not in search.roots)
+        for container in found:
             claim(container)
+        del found
         # Every referrer of the sample was looked at: a sampled target still pending has none.
         for target in sample:
             if pending.pop(id(target), None) is not None:

@@ -157,6 +157,29 @@ def test_many_holders_of_one_object_each_cost_a_few_passes(monkeypatch):
     assert len(passes) <= 3, passes
 
 
+def test_referrers_from_the_callers_own_pass_spare_the_search_its_passes(monkeypatch):
+    # The census lists what refers to the targets in its own pass over the heap: the search
+    # then makes none, and a module's global is named without one either.
+    targets = [torch.ones(1) for _ in range(40)]
+    _HELD.update(enumerate(targets[:30]))
+    passes = []
+    get_referrers = gc.get_referrers
+
+    def counted(*objects):
+        passes.append(len(objects))
+        return get_referrers(*objects)
+
+    monkeypatch.setattr(gc, "get_referrers", counted)
+    try:
+        result = find_holders(targets, time_budget=10.0, referrers=[_HELD])
+    finally:
+        _HELD.clear()
+    assert [(h.path, h.count) for h in result.holders] == [("tests.test_owners._HELD", 30)]
+    assert result.orphans == 10  # the caller's list alone holds the rest
+    assert result.complete
+    assert passes == []
+
+
 def test_a_path_search_cut_by_its_deadline_says_so():
     held = {"audio": torch.ones(1)}
     _HELD[0] = held
