@@ -77,6 +77,9 @@ class Content:
     device: str
     count: int
     bytes: int
+    #: Where these lie beneath the owner, keys and indexes by type: "[<str>][<int>]" for the
+    #: bytes in the lists of a dict keyed by strings ("" where not looked into).
+    beneath: str = ""
 
 
 @dataclass(frozen=True)
@@ -456,6 +459,47 @@ def _entries_of(container: Any) -> list[Any]:
     return list(itertools.islice(_newest(container, container), ENTRY_SAMPLE))
 
 
+#: How deep ``_shape_beneath`` looks through containers that hold only containers.
+SHAPE_DEPTH = 4
+
+
+def _step_of(container: Any) -> str:
+    """One step into ``container`` as a path names it, keys by type: ``[<str>]``, ``[<int>]``."""
+    if issubclass(type(container), dict):
+        keys = list(itertools.islice(_newest(dict.keys(container), container), 1))
+        return f"[<{type(keys[0]).__name__}>]" if keys else "[]"
+    if issubclass(type(container), (set, frozenset)):
+        return "{…}"
+    return "[<int>]"
+
+
+def _shape_beneath(container: Any) -> tuple[str, list[Any], int]:
+    """Where an owner's weight lies beneath it, from a sample: through containers that hold
+    only containers of one kind (a dict of lists, a list of dicts of lists), down to the
+    first level that holds anything else. Returns the steps (``[<str>][<int>]``), the sampled
+    values at that level and their estimated count (each level's mean length over its sample,
+    times the count above it)."""
+    steps, level, count = "", [container], 1.0
+    found: tuple[str, list[Any], int] = ("", [], len(container))
+    for _ in range(SHAPE_DEPTH):
+        try:  # a subclass's own __len__ or __reversed__ runs here: it may raise
+            values = [v for each in level for v in _sample_values(each)]
+            count *= sum(len(each) for each in level) / len(level)
+            steps += _step_of(level[0])
+        except Exception:
+            break
+        found = (steps, values, round(count))
+        kinds = {type(v) for v in values}
+        if len(kinds) != 1 or not issubclass(kinds.pop(), _SHAPE_CONTAINERS):
+            break
+        # Another level of containers: sample across them (a bounded number in all).
+        level = values[:ENTRY_SAMPLE]
+    return found
+
+
+_SHAPE_CONTAINERS = (dict, list, tuple, set, frozenset, collections.deque)
+
+
 def _sample_values(container: Any) -> list[Any]:
     if issubclass(type(container), dict):
         return list(itertools.islice(_newest(dict.values(container), container), ENTRY_SAMPLE))
@@ -712,7 +756,7 @@ class Census:
         survivors = owners_of.survivors[label]
         survivor_bytes = owners_of.survivor_bytes[label]
         sample = owners_of.by_type[label]
-        contents: dict[tuple[str, str], list[int]] = {}
+        contents: dict[tuple[str, ...], list[int]] = {}
         if sample and survivors:
             sampled = sum(n for n, _ in sample.values())
             scale = survivors / max(sampled, 1)
@@ -722,14 +766,18 @@ class Census:
                     round(size * scale),
                 ]
         elif value is not None and issubclass(type(value), _CONTAINER_TYPES):
-            values = _sample_values(value)
-            scale = len(value) / max(len(values), 1)
+            beneath, leaves, count = _shape_beneath(value)
             by_type: dict[str, int] = defaultdict(int)
-            for item in values:
+            for item in leaves:
                 by_type[_type_name(item)] += 1
-            per_value = retained / max(len(value), 1)
-            for name, count in by_type.items():
-                contents[(name, "cpu")] = [round(count * scale), round(count * scale * per_value)]
+            # What the owner retains, shared by its leaves' kinds as the sample shares it.
+            per_leaf = retained / max(count, 1)
+            for name, n in by_type.items():
+                share = n / len(leaves)
+                contents[(name, "cpu", beneath)] = [
+                    round(share * count),
+                    round(share * count * per_leaf),
+                ]
         stacks: dict[tuple[Frame, ...], list[int]] = defaultdict(lambda: [0, 0])
         if sampled_stacks:
             # The sample's sizes and counts, scaled to all of the owner's survivors.
@@ -784,7 +832,7 @@ class Census:
         graph_budget: list[int],
     ) -> Owner:
         seen: set[tuple[Any, ...]] = set()
-        contents: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        contents: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])
         stacks: dict[tuple[Frame, ...], list[int]] = defaultdict(lambda: [0, 0])
         retained = 0
         with_graph = []
@@ -942,10 +990,11 @@ def _type_name(value: Any) -> str:
     )
 
 
-def _contents(contents: Mapping[tuple[str, str], list[int]]) -> list[Content]:
+def _contents(contents: Mapping[tuple[str, ...], list[int]]) -> list[Content]:
+    """Contents keyed by (type, device) or (type, device, beneath), largest first."""
     return [
-        Content(kind, device, count, size)
-        for (kind, device), (count, size) in sorted(contents.items(), key=lambda kv: -kv[1][1])
+        Content(key[0], key[1], count, size, *key[2:])
+        for key, (count, size) in sorted(contents.items(), key=lambda kv: -kv[1][1])
     ]
 
 

@@ -162,10 +162,11 @@ def render(document: dict[str, Any]) -> Tree:
         branch = tree.add(escape(f"{label}, {rate}" if rate else label))
         for content in owner["contents"]:
             each = content["bytes"] / max(content["count"], 1)
+            beneath = content.get("beneath") or ""  # documents from before the field
             branch.add(
                 escape(
-                    f"{content['count']:,} × {content['type']} {content['device']} "
-                    f"({format_bytes(each)} each)"
+                    f"{beneath + '  ' if beneath else ''}{content['count']:,} × "
+                    f"{content['type']} {content['device']} ({format_bytes(each)} each)"
                 )
             )
         for stack in owner["allocation_stacks"][:2]:

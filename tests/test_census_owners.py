@@ -46,6 +46,10 @@ def test_a_dict_of_lists_of_bytes_is_named_at_its_root(svc):
     assert owner.objects == 40
     assert 1000 * 2000 <= owner.retained_bytes <= 1000 * 2100 + 40 * 2000
     assert [link.step for link in owner.chain] == ["census_owned_service", ".USER_AUDIO"]
+    # Beneath the owner, where its weight lies: the bytes in the lists under its string keys.
+    top = owner.contents[0]
+    assert (top.beneath, top.type, top.count) == ("[<str>][<int>]", "bytes", 1000)
+    assert 1000 * 2000 <= top.bytes <= owner.retained_bytes
     document = dump.to_json()
     assert all("root" in o for o in document["owners"])
     assert document["survivors"] is None  # no window
@@ -118,3 +122,22 @@ def test_class_attributes_and_thread_locals_name_their_root(svc):
     mixer = owners["thread 'owners-mixer' › mix_forever() › pending"]
     assert mixer.root == "thread"
     assert mixer.retained_bytes >= 3000 * 1000
+
+
+def test_the_shape_beneath_an_owner_goes_through_containers_of_containers():
+    from diag.census import _shape_beneath
+
+    sessions = [{"turns": [b"x" * 50 for _ in range(7)]} for _ in range(300)]
+    steps, leaves, count = _shape_beneath(sessions)
+    assert (steps, count) == ("[<int>][<str>][<int>]", 2100)
+    assert {type(leaf) for leaf in leaves} == {bytes}
+    # A level that holds anything but containers of one kind is where it stops.
+    assert _shape_beneath({"a": 1, "b": [1]})[0::2] == ("[<str>]", 2)
+    assert _shape_beneath({1: {1, 2, 3}, 2: {4, 5}})[0::2] == ("[<int>]{…}", 5)
+    assert _shape_beneath({})[1:] == ([], 0)
+
+    class Hostile(list):
+        def __reversed__(self):
+            raise RuntimeError("a host's container may do anything")
+
+    assert _shape_beneath({"k": Hostile([1, 2])})[0::2] == ("[<str>]", 1)
