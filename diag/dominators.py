@@ -29,8 +29,8 @@ a source reached from another source stops a walk too (the source owns itself).
 Weights: ``sys.getsizeof`` (which includes a ``bytearray``'s, an ``array.array``'s and an
 owning numpy array's buffer), plus the real buffer of objects whose memory lies outside
 Python's allocator: a torch tensor's storage (``untyped_storage().nbytes()``, each storage
-once), an ``mmap``'s length. torch and numpy are looked up in ``sys.modules``: nothing is
-imported that the host has not imported.
+once), an ``mmap``'s length, a PIL image's pixels. torch, numpy and PIL are looked up in
+``sys.modules``: nothing is imported that the host has not imported.
 
 Survivors: while tracemalloc traces (a window), ``_get_object_traceback`` is non-None exactly
 for objects allocated since tracing began; those alive now are the window's survivors, counted
@@ -141,6 +141,8 @@ class Weigher:
         self.tensor: type | None = getattr(torch, "Tensor", None)
         mmap = sys.modules.get("mmap")
         self.mmap: type | None = getattr(mmap, "mmap", None)
+        pil = sys.modules.get("PIL.Image")
+        self.image: type | None = getattr(pil, "Image", None)
         self._special: dict[type, bool] = {}
 
     def special(self, kind: type) -> bool:
@@ -149,6 +151,7 @@ class Weigher:
             known = self._special[kind] = bool(
                 (self.tensor is not None and issubclass(kind, self.tensor))
                 or (self.mmap is not None and issubclass(kind, self.mmap))
+                or (self.image is not None and issubclass(kind, self.image))
             )
         return known
 
@@ -167,9 +170,25 @@ class Weigher:
                 return int(storage.nbytes())
             if self.mmap is not None and issubclass(kind, self.mmap):
                 return 0 if obj.closed else len(obj)
+            if self.image is not None and issubclass(kind, self.image):
+                return pil_pixel_bytes(obj)
         except Exception:  # a meta tensor, a closed map, a subclass that refuses
             return 0
         return 0
+
+
+def pil_pixel_bytes(image: Any) -> int:
+    """The pixel buffer a PIL image holds: width × height × Pillow's bytes per pixel (1 for
+    modes "1", "L" and "P", 2 for "I;16" and its kin, 4 for every other mode, which Pillow
+    keeps in 32-bit pixels). Read from the image's core (``_im``, ``im`` before Pillow 10) as
+    it is, so that a lazily opened file that was never loaded weighs nothing, as in memory."""
+    core = vars(image).get("_im", vars(image).get("im"))
+    if core is None:
+        return 0
+    width, height = core.size
+    mode = core.mode
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return int(width) * int(height) * per_pixel
 
 
 def sizeof(obj: Any) -> int:
