@@ -31,6 +31,7 @@ BENCHMARKS = {
     "detector": "detector",
     "leaktests": "bench_leaktests",
     "heap": "bench_heap",
+    "account": "bench_account",
 }
 
 

@@ -380,6 +380,58 @@ class _AtexitProbe:
     __hash__ = object.__hash__
 
 
+def held_from_c() -> list[tuple[str, Any, list[tuple[str, Any]]]]:
+    """The interpreter's own registries whose entries no Python root reaches, as sources for
+    the dominator walk: (kind, the registry or context, [(path, value)]). A thread's context:
+    each variable (``contextvar request_log in thread 'MainThread'``); the atexit callbacks;
+    the signal handlers; the weakref.finalize callbacks (reachable through a library's class,
+    but named by what they are). A source that cannot be read names nothing."""
+    out: list[tuple[str, Any, list[tuple[str, Any]]]] = []
+    names: dict[int, str] = {}
+    with contextlib.suppress(Exception):
+        names = _thread_names()
+    with contextlib.suppress(Exception):
+        for ident, _, context in _ThreadStates.read():
+            if context is None:
+                continue
+            thread = f"thread {names.get(ident, ident)!r}"
+            entries = [
+                (f"contextvar {var.name} in {thread}", value) for var, value in context.items()
+            ]
+            out.append(("context", context, entries))
+    with contextlib.suppress(Exception):
+        import atexit
+
+        probe = _AtexitProbe()
+        atexit.unregister(probe)  # compares with each callback, removes none
+        entries = [(f"atexit callback {callback_text(func)}", func) for func in probe.seen]
+        out.append(("atexit", probe.seen, entries))
+    with contextlib.suppress(Exception):
+        handlers = [signal.getsignal(number) for number in signal.valid_signals()]
+        callables = {id(h): h for h in handlers if callable(h)}
+        entries = [(f"signal handler {callback_text(h)}", h) for h in callables.values()]
+        out.append(("signal", handlers, entries))
+    with contextlib.suppress(Exception):
+        registry = getattr(weakref.finalize, "_registry", None)
+        if type(registry) is dict:
+            entries = [
+                (f"weakref.finalize callback {callback_text(getattr(info, 'func', None))}", info)
+                for info in list(registry.values())
+            ]
+            out.append(("finalize", registry, entries))
+    return [(kind, registry, _grouped(entries)) for kind, registry, entries in out]
+
+
+def _grouped(entries: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """One source per path: a thousand callbacks of one function registered with a chunk
+    each are one owner (``atexit callback flush()``), held through a list of ours (a few
+    bytes a callback, counted with them)."""
+    by_path: dict[str, list[Any]] = {}
+    for path, value in entries:
+        by_path.setdefault(path, []).append(value)
+    return [(path, values[0] if len(values) == 1 else values) for path, values in by_path.items()]
+
+
 class CRoots:
     """The roots held from C, discovered on first use and kept for one search."""
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from diag import OWN_DIRS, dominators
+from diag import OWN_DIRS, c_roots, dominators
 from diag.model import Clock
 from diag.owners import Holder, Link, find_holders, locate
 from diag.resources_census import (
@@ -634,6 +634,12 @@ class Census:
         gc.disable()
         try:
             roots, boundaries = dominators.collect_roots(_user_module, OWN_DIRS)
+            # The interpreter's registries: each a boundary, so that a library that also
+            # reaches one (weakref.finalize's class holds its registry) does not share what
+            # the registry's entries own.
+            for kind, registry, entries in c_roots.held_from_c():
+                roots.append(dominators.RootContainer(kind, "", registry, entries))
+                boundaries.append(registry)
             deadline = self.deadline - 0.05 * (self.deadline - self.started)
             analysis = dominators.analyse(
                 roots,
@@ -746,6 +752,9 @@ class Census:
             kind_of_root = self.entry_roots.get(path) or _root_kind(path)
         elif root.coarse:
             chain = [Link(root.name, "module")]
+            kind_of_root = root.kind
+        elif root.kind in C_SOURCE_KINDS:
+            chain = [Link(path, type(value).__name__)]
             kind_of_root = root.kind
         else:
             # From the key the walk started at, not from the holder's current value: the host
@@ -912,10 +921,16 @@ def _user_module(name: str, module: Any) -> bool:
     return getattr(module, "__spec__", None) is None and name not in sys.builtin_module_names
 
 
+#: The kinds of the sources ``c_roots.held_from_c`` adds: their keys are whole paths.
+C_SOURCE_KINDS = frozenset({"context", "atexit", "signal", "finalize"})
+
+
 def _label_path(root: dominators.RootContainer, key: str) -> str:
     """The path of a root's variable, as ``diag.owners.render`` writes it."""
     if root.coarse:
         return root.name
+    if root.kind in C_SOURCE_KINDS:
+        return key  # the whole text: "atexit callback remove_tmp()"
     if root.kind == dominators.ROOT_THREAD:
         return f"{root.name} › {root.obj.f_code.co_name}() › {key}"
     return f"{root.name}.{key}"

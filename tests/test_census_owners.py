@@ -166,3 +166,46 @@ def test_pil_images_weigh_their_pixels_and_an_unloaded_one_nothing(svc, tmp_path
     finally:
         for image in svc.LAZY:
             image.close()
+
+
+def remove_tmp(chunks):
+    return None
+
+
+def test_what_only_the_interpreter_holds_is_owned_by_its_registry(svc):
+    """Plain objects no Python root reaches, held by a thread's context, the atexit list or
+    weakref.finalize's registry: each an owner named by what holds it, with its root."""
+    import atexit
+    import contextvars
+    import functools
+    import weakref
+
+    callback = functools.partial(remove_tmp, [os.urandom(4096) for _ in range(500)])
+    atexit.register(callback)
+    registered = weakref.ref(callback)
+    del callback  # only the atexit list holds it now
+    request_log = contextvars.ContextVar("request_log")
+    token = request_log.set([os.urandom(4096) for _ in range(400)])
+
+    class Session:
+        pass
+
+    svc.session = Session()
+    # One callback a chunk, as a leak registers them: one owner (the registry is reached from
+    # weakref.finalize's class too, which must not make them nobody's).
+    finalizers = [weakref.finalize(svc.session, remove_tmp, os.urandom(4096)) for _ in range(300)]
+    try:
+        dump, _ = take_dump(top=50, time_budget=60)
+    finally:
+        atexit.unregister(registered())
+        request_log.reset(token)
+        for finalizer in finalizers:
+            finalizer.detach()
+    owners = {o.path: o for o in dump.owners}
+    held = owners["atexit callback functools.partial(tests.test_census_owners.remove_tmp, …)"]
+    assert held.root == "atexit" and held.retained_bytes >= 500 * 4096
+    context = owners["contextvar request_log in thread 'MainThread'"]
+    assert context.root == "context" and context.retained_bytes >= 400 * 4096
+    assert (context.contents[0].beneath, context.contents[0].count) == ("[<int>]", 400)
+    finalized = owners["weakref.finalize callback remove_tmp()"]
+    assert finalized.root == "finalize" and finalized.retained_bytes >= 300 * 4096
