@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import verdict
+from diag.testing import PACED_CHILD_SOURCE
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -54,26 +55,13 @@ TARGET = 0.15
 CHUNK, PER_SECOND = 64 * 1024, 32
 TRUE_RATE = PER_SECOND * sys.getsizeof(bytes(CHUNK))
 
-#: As in tests/test_growth_account.py: calls step(i) per_second times a second, catching up on
-#: late wake-ups (a busy machine) but not after a pause (a census holding the GIL).
-PACED = f"""
-import time
-
+#: The paced loop of diag.testing, and this benchmark's rate: ``paced(step, PER_SECOND)``.
+PACED = (
+    PACED_CHILD_SOURCE
+    + f"""
 CHUNK, PER_SECOND = {CHUNK}, {PER_SECOND}
-
-def paced(step, per_second=PER_SECOND):
-    due = time.monotonic()
-    i = 0
-    while True:
-        i += 1
-        step(i)
-        due += 1 / per_second
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -0.25:
-            due = time.monotonic()
 """
+)
 
 
 @dataclasses.dataclass
@@ -94,7 +82,7 @@ KINDS = [
             STORE.setdefault(f"user-{i % 64}", []).append(bytes(CHUNK))
 
         print("ready", flush=True)
-        paced(remember)
+        paced(remember, PER_SECOND)
         """,
     ),
     Kind(
@@ -105,7 +93,7 @@ KINDS = [
             items = []
 
         print("ready", flush=True)
-        paced(lambda i: Cache.items.append(bytes(CHUNK)))
+        paced(lambda i: Cache.items.append(bytes(CHUNK)), PER_SECOND)
         """,
     ),
     Kind(
@@ -116,7 +104,7 @@ KINDS = [
 
         def hoard():
             pending = []
-            paced(lambda i: pending.append(bytes(CHUNK)))
+            paced(lambda i: pending.append(bytes(CHUNK)), PER_SECOND)
 
         threading.Thread(target=hoard, name="hoarder", daemon=True).start()
         print("ready", flush=True)
@@ -134,7 +122,7 @@ KINDS = [
 
         def hoard():
             HELD.set([])
-            paced(lambda i: HELD.get().append(bytes(CHUNK)))
+            paced(lambda i: HELD.get().append(bytes(CHUNK)), PER_SECOND)
 
         threading.Thread(target=hoard, name="ctx-hoarder", daemon=True).start()
         print("ready", flush=True)
@@ -151,7 +139,7 @@ KINDS = [
 
         def hoard():
             LOCAL.items = []
-            paced(lambda i: LOCAL.items.append(bytes(CHUNK)))
+            paced(lambda i: LOCAL.items.append(bytes(CHUNK)), PER_SECOND)
 
         threading.Thread(target=hoard, name="local-hoarder", daemon=True).start()
         print("ready", flush=True)
@@ -197,7 +185,7 @@ KINDS = [
             pass
 
         print("ready", flush=True)
-        paced(lambda i: weakref.finalize(SESSION, release, bytes(CHUNK)))
+        paced(lambda i: weakref.finalize(SESSION, release, bytes(CHUNK)), PER_SECOND)
         """,
     ),
     Kind(
@@ -210,7 +198,7 @@ KINDS = [
             pass
 
         print("ready", flush=True)
-        paced(lambda i: atexit.register(flush, bytes(CHUNK)))
+        paced(lambda i: atexit.register(flush, bytes(CHUNK)), PER_SECOND)
         """,
     ),
 ]

@@ -12,6 +12,28 @@ from typing import Any
 
 from diag.model import Sample
 
+#: Python source for a child process that leaks at a rate its own code sets (tests and
+#: benchmarks of the growth account): ``paced(step, per_second)`` calls ``step(i)``
+#: ``per_second`` times a second while the process runs. It catches up on late wake-ups (a
+#: busy machine), but not after a pause (a census holding the GIL), so that the rate over the
+#: time it ran stays true.
+PACED_CHILD_SOURCE = """
+import time
+
+def paced(step, per_second):
+    due = time.monotonic()
+    i = 0
+    while True:
+        i += 1
+        step(i)
+        due += 1 / per_second
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -0.25:
+            due = time.monotonic()
+"""
+
 
 class FakeClock:
     """A clock that moves only when told to."""

@@ -24,6 +24,7 @@ from diag.cause import (
     slope,
 )
 from diag.detect import Verdict
+from diag.testing import PACED_CHILD_SOURCE
 from reports.dump import account_lines, render_text
 from tests.conftest import DIAG, child_env
 
@@ -345,25 +346,7 @@ def test_the_text_dump_shows_the_account_under_the_cause():
 
 # -- real children, whose leak rate their own code sets -------------------------------------
 
-PACED = """
-import time
-
-def paced(step, per_second):
-    # Calls step(i) per_second times a second while the process runs: it catches up on late
-    # wake-ups (a busy machine), but not after a pause (a census holding the GIL), so that
-    # the rate over the time it ran stays true.
-    due = time.monotonic()
-    i = 0
-    while True:
-        i += 1
-        step(i)
-        due += 1 / per_second
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -0.25:
-            due = time.monotonic()
-"""
+PACED = PACED_CHILD_SOURCE
 
 #: A C library's cache that never frees: libc malloc through ctypes, 64 KiB (below glibc's
 #: mmap threshold: its arenas serve them), touched so the pages are resident. 2 MiB/s.
