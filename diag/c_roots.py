@@ -383,9 +383,10 @@ class _AtexitProbe:
 def held_from_c() -> list[tuple[str, Any, list[tuple[str, Any]]]]:
     """The interpreter's own registries whose entries no Python root reaches, as sources for
     the dominator walk: (kind, the registry or context, [(path, value)]). A thread's context:
-    each variable (``contextvar request_log in thread 'MainThread'``); the atexit callbacks;
-    the signal handlers; the weakref.finalize callbacks (reachable through a library's class,
-    but named by what they are). A source that cannot be read names nothing."""
+    each variable (``contextvar request_log in thread 'MainThread'``); the atexit callbacks and
+    the signal handlers (found and named as ``CRoots`` finds them); the weakref.finalize
+    callbacks (reachable through a library's class, but named by what they are). A source
+    that cannot be read names nothing."""
     out: list[tuple[str, Any, list[tuple[str, Any]]]] = []
     names: dict[int, str] = {}
     with contextlib.suppress(Exception):
@@ -399,27 +400,24 @@ def held_from_c() -> list[tuple[str, Any, list[tuple[str, Any]]]]:
                 (f"contextvar {var.name} in {thread}", value) for var, value in context.items()
             ]
             out.append(("context", context, entries))
-    with contextlib.suppress(Exception):
-        import atexit
-
-        probe = _AtexitProbe()
-        atexit.unregister(probe)  # compares with each callback, removes none
-        entries = [(f"atexit callback {callback_text(func)}", func) for func in probe.seen]
-        out.append(("atexit", probe.seen, entries))
-    with contextlib.suppress(Exception):
-        handlers = [signal.getsignal(number) for number in signal.valid_signals()]
-        callables = {id(h): h for h in handlers if callable(h)}
-        entries = [(f"signal handler {callback_text(h)}", h) for h in callables.values()]
-        out.append(("signal", handlers, entries))
+    finder = CRoots()
+    for kind, discover in (("atexit", finder._atexit), ("signal", finder._signals)):
+        with contextlib.suppress(Exception):
+            found = list(discover())
+            # The list of what was found is the registry: ours, alive while it is walked.
+            out.append((kind, found, [(root.text, obj) for obj, root in found]))
     with contextlib.suppress(Exception):
         registry = getattr(weakref.finalize, "_registry", None)
         if type(registry) is dict:
-            entries = [
-                (f"weakref.finalize callback {callback_text(getattr(info, 'func', None))}", info)
-                for info in list(registry.values())
-            ]
+            entries = [(finalize_text(info), info) for info in list(registry.values())]
             out.append(("finalize", registry, entries))
     return [(kind, registry, _grouped(entries)) for kind, registry, entries in out]
+
+
+def finalize_text(info: Any) -> str:
+    """``weakref.finalize callback remove_tmp()``: a finalize registry entry, by its callback."""
+    func = getattr(info, "func", None)
+    return "weakref.finalize callback" + ("" if func is None else f" {callback_text(func)}")
 
 
 def _grouped(entries: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -601,12 +599,8 @@ def immediate_roots(
     registry = getattr(weakref.finalize, "_registry", None)
     if type(registry) is dict:
         for info in list(registry.values()):
-            func = getattr(info, "func", None)
-            text = "weakref.finalize callback"
-            if func is not None:
-                text += f" {callback_text(func)}"
             keep.append(info)
-            roots[id(info)] = CRoot("finalize", text)
+            roots[id(info)] = CRoot("finalize", finalize_text(info))
     for index, task in enumerate(_pending_tasks()):
         if index % 256 == 255 and time.monotonic() > deadline:
             break
