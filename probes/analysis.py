@@ -309,12 +309,7 @@ class _Judged:
             if limit is not None and limit != self.detector.limit:
                 return False
         scaled = t if self._scale == 1.0 else t * self._scale  # as Detector.update scales it
-        start = self._start
-        if (
-            start is not None
-            and self._last_t <= scaled < start + BUCKET_SECONDS
-            and self._low <= value <= self._high
-        ):
+        if self._last_t <= scaled and self._inside_open_bucket(scaled, value):
             self._last_t = scaled
             return True
         return False

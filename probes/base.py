@@ -98,10 +98,7 @@ class Cadence:
         self._last_cost = 0.0
 
     def due(self) -> bool:
-        if self._last_start is None:
-            return True
-        spacing = max(self.interval, self._last_cost / self.budget)
-        return self._monotonic() - self._last_start >= spacing
+        return self._last_start is None or self._monotonic() >= self.next_due()
 
     def next_due(self) -> float:
         """When ``due`` turns true, on this cadence's clock (-inf: never run, due now)."""
