@@ -1,7 +1,9 @@
 """Start the agent inside a running Python process that never imported it.
 
-Python 3.14 and later: ``sys.remote_exec``. Older: gdb, at a safe point (see
-``diag/_attach/gdb_inject.py``). Either way the target runs a small payload script that imports
+Python 3.14 and later: ``sys.remote_exec``. Older, on x86-64 Linux: ptrace alone, at a safe
+point (``diag/_attach/ptrace_inject.py``: no gdb needed, and it works where gdb up to 13 cannot
+make calls, on CPUs with AMX). Elsewhere: gdb, at the same safe points (``gdb_inject.py``).
+Either way the target runs a small payload script that imports
 ``probes`` (from its own environment, or from ours when the Python versions match), starts the
 agent with the given settings, and writes what happened to a result file we wait for.
 
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from diag._attach import ptrace_inject
 from diag.errors import DiagError, ProcessError, UsageError
 from diag.procfs import check_target
 
@@ -152,6 +155,8 @@ def attach(
     try:
         if target.python is not None and target.python >= (3, 14) and hasattr(sys, "remote_exec"):
             sys.remote_exec(pid, payload_path)
+        elif gdb is None and ptrace_inject.supported():
+            ptrace_inject.run_line(pid, _payload_line(payload_path))
         else:
             _inject_with_gdb(target, payload_path, gdb)
         result = _wait_for(result_path, timeout, pid)
@@ -166,6 +171,11 @@ def attach(
             )
         raise DiagError(f"the agent did not start in pid {pid}: {error}")
     return result
+
+
+def _payload_line(payload_path: str) -> str:
+    """The one line the target runs: it reads and runs the payload file."""
+    return f"exec(open({payload_path!r}).read())"
 
 
 def _inject_with_gdb(target: Target, payload_path: str, gdb: str | None) -> None:

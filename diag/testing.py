@@ -164,3 +164,15 @@ import threading
 print("ready", flush=True)
 threading.Event().wait()
 """
+#: Its main thread and another both run Python: the main thread often waits for the GIL (a
+#: futex in the runtime's state), where attach must queue its line, not run it.
+CONTENDED_SCRIPT = """
+import threading
+def spin():
+    while True:
+        sum(range(1000))
+threading.Thread(target=spin, daemon=True).start()
+print("ready", flush=True)
+while True:
+    sum(range(1000))
+"""

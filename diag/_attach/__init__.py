@@ -1,1 +1,2 @@
-"""Files used by ``diag attach``: the gdb-side script (run inside gdb's own Python)."""
+"""Files used by ``diag attach``: the ptrace injector (x86-64 Linux) and the gdb-side script
+(run inside gdb's own Python, elsewhere)."""

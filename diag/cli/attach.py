@@ -26,7 +26,8 @@ def attach(
 ) -> None:
     """Start the diag agent inside a running Python process, without a restart.
 
-    Python 3.14+: sys.remote_exec. Older: gdb, at a safe point (needs gdb and ptrace rights).
+    Python 3.14+: sys.remote_exec. Older: ptrace at a safe point (x86-64 Linux; gdb
+    elsewhere); needs ptrace rights.
     Exit code 1 when it could not be done (the line says why and what to do), 2 for a bad pid.
     """
     result = attach_to(pid, settings_of(port, address, interval, history))
