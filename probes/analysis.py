@@ -53,6 +53,7 @@ RESOURCE_VERDICT: tuple[str, ...] = (
 )
 
 VerdictListener = Callable[[str, Verdict | None, Verdict], None]
+Reading = tuple[tuple[str, Labels], float]  # a looked-up series' (name, labels) and value
 
 
 class GrowthAnalyzer:
@@ -80,19 +81,88 @@ class GrowthAnalyzer:
         self.verdicts: dict[str, Verdict] = {}
         #: The series judged: the catalogue's (a benchmark narrows it to price the detectors).
         self._judged = JUDGED
+        # By the position of a probe's chunk in the tick: the chunk handed last, and what it
+        # gives while handed again (``_Repeat``).
+        self._handed: dict[int, Sequence[Sample]] = {}
+        self._repeats: dict[int, _Repeat] = {}
+        # ... and the readings it gave ``_readings``.
+        self._looked: dict[int, tuple[Sequence[Sample], list[Reading]]] = {}
 
     def on_change(self, listener: VerdictListener) -> None:
         self._listeners.append(listener)
 
-    def analyze(self, t: float, samples: Sequence[Sample]) -> list[Sample]:
-        # Only the limits and the retention series are looked up: index just those.
-        looked_up = self._looked_up
-        values = {(s.name, s.labels): s.value for s in samples if s.name in looked_up}
+    def analyze(
+        self, t: float, samples: Sequence[Sample], chunks: Sequence[Sequence[Sample]] = ()
+    ) -> list[Sample]:
+        """``chunks``: ``samples`` as the probes gave them, one sequence each (the sampler
+        passes them): a probe that hands out the very same tuple again, nothing in it moved,
+        is answered for all its series at once while none of their buckets closes."""
+        values = self._readings(samples, chunks)
         disturbed = self._disturbed(t)
         # The load covariate of the memory detectors: requests so far, all endpoints.
         served = None if self._requests is None else self._requests.total()
         out: list[Sample] = []
         adjusted: dict[str, float | None] = {}
+        scaled = t * self.config.time_scale
+        repeats = self._repeats
+        for position, chunk in enumerate(chunks or (samples,)):
+            repeat = repeats.get(position)
+            if repeat is not None and repeat.chunk is chunk:
+                if not repeat.holds(scaled, values):
+                    # A bucket closes (or a limit moved): judged one by one, and the same
+                    # members answer again from the next tick, if they all took it in.
+                    self._judge_all(t, chunk, values, disturbed, served, out, adjusted)
+                    if not repeat.refresh(scaled):
+                        del repeats[position]
+                    continue
+                out.extend(repeat.out)
+                continue
+            self._judge_all(t, chunk, values, disturbed, served, out, adjusted)
+            repeat = None
+            if type(chunk) is tuple and chunk is self._handed.get(position):
+                repeat = self._repeat_of(chunk, scaled)  # handed twice: worth planning
+            if repeat is None:
+                repeats.pop(position, None)
+            else:
+                repeats[position] = repeat
+            self._handed[position] = chunk
+        name = self._retention_series
+        memory = adjusted[name] if name in adjusted else values.get((name, ()))
+        if memory is not None:
+            self._retention_samples = self._retained_per_request(t, memory)
+        elif name not in adjusted:
+            self._retention_samples = []
+        out.extend(self._retention_samples)  # while held back: the last estimate stands
+        return out
+
+    def _readings(
+        self, samples: Sequence[Sample], chunks: Sequence[Sequence[Sample]]
+    ) -> dict[tuple[str, Labels], float]:
+        """The tick's limits and retention series by (name, labels): only those are looked
+        up. A chunk handed again, the same tuple, gives what it gave."""
+        looked_up = self._looked_up
+        if not chunks:
+            return {(s.name, s.labels): s.value for s in samples if s.name in looked_up}
+        values: dict[tuple[str, Labels], float] = {}
+        cache = self._looked
+        for position, chunk in enumerate(chunks):
+            cached = cache.get(position)
+            if cached is None or cached[0] is not chunk or type(chunk) is not tuple:
+                found = [((s.name, s.labels), s.value) for s in chunk if s.name in looked_up]
+                cached = cache[position] = (chunk, found)
+            values.update(cached[1])
+        return values
+
+    def _judge_all(
+        self,
+        t: float,
+        samples: Sequence[Sample],
+        values: Mapping[tuple[str, Labels], float],
+        disturbed: bool,
+        served: float | None,
+        out: list[Sample],
+        adjusted: dict[str, float | None],
+    ) -> None:
         judged = self._judged
         series_of = self._series.get
         for sample in samples:
@@ -114,14 +184,23 @@ class GrowthAnalyzer:
                 else watched.limit_for(sample.name, sample.labels, value, values)
             )
             out.extend(self._judge(t, sample, value, series_limit, served))
-        name = self._retention_series
-        memory = adjusted[name] if name in adjusted else values.get((name, ()))
-        if memory is not None:
-            self._retention_samples = self._retained_per_request(t, memory)
-        elif name not in adjusted:
-            self._retention_samples = []
-        out.extend(self._retention_samples)  # while held back: the last estimate stands
-        return out
+
+    def _repeat_of(self, chunk: tuple[Sample, ...], scaled: float) -> _Repeat | None:
+        """What a chunk just judged will give while it is handed out again unchanged; None
+        where one of its series must see every sample (judged with its load, discounted,
+        against the host's headroom) or did not take this one in."""
+        members: list[tuple[_Judged, float]] = []
+        for sample in chunk:
+            if sample.name not in self._judged:
+                continue
+            series = self._series.get((sample.name, sample.labels))
+            if series is None:
+                return None
+            members.append((series, sample.value))
+        if not members:
+            return None
+        repeat = _Repeat(chunk, members)
+        return repeat if repeat.refresh(scaled) else None
 
     def _discount(self, name: str, value: float, disturbed: bool) -> float | None:
         discount = self._discounts.get(name)
@@ -314,6 +393,21 @@ class _Judged:
             return True
         return False
 
+    def repeatable(self, scaled: float, value: float) -> bool:
+        """Whether the same ``value`` again, at a later time inside the open bucket and under
+        the same limit, would hold (``holds``): the series ends this tick holding it."""
+        return (
+            self._may_hold
+            and not self._follows_load
+            and self._last_t <= scaled
+            and self._inside_open_bucket(scaled, value)
+        )
+
+    @property
+    def bucket_end(self) -> float:
+        """When the open bucket closes, in the detector's time (inf: none open)."""
+        return math.inf if self._start is None else self._start + BUCKET_SECONDS
+
     def _inside_open_bucket(self, scaled: float, value: float) -> bool:
         start = self._start
         return (
@@ -359,3 +453,46 @@ class _Judged:
         if cached is None or cached[0] is not verdict:
             cached = self._samples = (verdict, verdict_samples(verdict, self.labels, self.names))
         return cached[1]
+
+
+class _Repeat:
+    """A probe's tuple of samples handed out again, the same object (nothing in it moved):
+    its judged series all hold their values until the first of their buckets closes or a
+    limit changes, so the tick is answered at once with their verdicts' gauges, and each
+    series notes the time as ``holds`` would. Tested against the series fed one by one
+    (``tests/test_agent_detector.py``)."""
+
+    __slots__ = ("chunk", "last", "limits", "members", "out", "until")
+
+    def __init__(self, chunk: tuple[Sample, ...], members: list[tuple[_Judged, float]]) -> None:
+        self.chunk = chunk
+        self.members = members  # each judged series, and its value in the chunk
+        self.limits: list[tuple[tuple[str, Labels], float | None]] = []
+        self.until = self.last = -math.inf
+        self.out: list[Sample] = []
+
+    def refresh(self, scaled: float) -> bool:
+        """After the members were judged one by one at ``scaled``: whether each took its
+        value in (it would hold it again), and if so what they answer from now on."""
+        members = self.members
+        if not all(series.repeatable(scaled, value) for series, value in members):
+            return False
+        self.limits = [
+            (series._limit_key, series.detector.limit) for series, _ in members if series._limit_key
+        ]
+        self.until = min(series.bucket_end for series, _ in members)
+        self.last = max(series._last_t for series, _ in members)
+        self.out = [sample for series, _ in members for sample in series.samples_of(series.verdict)]
+        return True
+
+    def holds(self, scaled: float, readings: Mapping[tuple[str, Labels], float]) -> bool:
+        if not self.last <= scaled < self.until:
+            return False
+        for key, limit in self.limits:
+            reading = readings.get(key)
+            if reading is not None and reading != limit:
+                return False
+        for series, _ in self.members:
+            series._last_t = scaled
+        self.last = scaled
+        return True

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from diag.metrics import HISTOGRAM_ROWS
@@ -32,7 +32,11 @@ class Analyzer(Protocol):
 
     name: str
 
-    def analyze(self, t: float, samples: Sequence[Sample]) -> Sequence[Sample]: ...
+    def analyze(
+        self, t: float, samples: Sequence[Sample], chunks: Sequence[Sequence[Sample]] = ()
+    ) -> Sequence[Sample]:
+        """``chunks``: the same samples as each probe gave them (one sequence a probe)."""
+        ...
 
 
 @dataclass
@@ -49,6 +53,10 @@ class ProbeState:
     labels: Labels = ()  # its self-metrics' labels, built once
     # Its error count and enabled flag as samples, rebuilt only when they change.
     counted: tuple[int, bool, Sample, Sample] | None = None
+    # The tuple it handed last, and the part of it the store keeps: a probe that hands out
+    # the very same tuple again (nothing moved) is not filtered again.
+    handed: Sequence[Sample] | None = None
+    kept_part: list[Sample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.labels = labels_of(probe=self.name)
@@ -121,19 +129,21 @@ class Sampler:
     def _tick_locked(self) -> Tick:
         started = self._monotonic()
         samples: list[Sample] = []
+        chunks: list[Sequence[Sample]] = []
         for state in self._states:
-            samples.extend(self._run_probe(state, state.probe.sample))
+            chunk = self._run_probe(state, state.probe.sample)
+            chunks.append(chunk)
+            samples.extend(chunk)
         t = self.clock()
         measured = tuple(samples)
+        stored = [s for state, chunk in zip(self._states, chunks, strict=True)
+                  for s in self._kept_of(state, chunk)]  # fmt: skip
         for state in self._analyzer_states:
-            analyze = functools.partial(state.probe.analyze, t, measured)
-            samples.extend(self._run_probe(state, analyze))
-        kept = self._kept
-        if kept is None:
-            # Histogram buckets are exposition detail, not series worth keeping in memory.
-            self.store.add(t, [s for s in samples if s.name not in HISTOGRAM_ROWS])
-        else:
-            self.store.add(t, [s for s in samples if s.name in kept])
+            analyze = functools.partial(state.probe.analyze, t, measured, chunks)
+            found = self._run_probe(state, analyze)
+            samples.extend(found)
+            stored.extend(s for s in found if self._keeps(s.name))
+        self.store.add(t, stored)
         samples.extend(self._self_samples(t, self._monotonic() - started))
         tick = Tick(t, tuple(samples))
         self.latest = tick
@@ -146,6 +156,19 @@ class Sampler:
                 if self._listener_errors == 1:
                     log.exception("diag: a tick listener failed; it is kept, failures counted")
         return tick
+
+    def _keeps(self, name: str) -> bool:
+        """Whether the store keeps this series: histogram buckets are exposition detail."""
+        kept = self._kept
+        return name not in HISTOGRAM_ROWS if kept is None else name in kept
+
+    def _kept_of(self, state: ProbeState, chunk: Sequence[Sample]) -> list[Sample]:
+        """The part of the probe's output the store keeps; the same tuple handed again
+        (immutable, so unchanged) is not filtered again."""
+        if chunk is not state.handed or type(chunk) is not tuple:
+            state.handed = chunk
+            state.kept_part = [s for s in chunk if self._keeps(s.name)]
+        return state.kept_part
 
     def _run_probe(
         self, state: ProbeState, call: Callable[[], Sequence[Sample]]

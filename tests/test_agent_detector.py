@@ -251,3 +251,69 @@ def test_the_analyzer_exports_and_notifies_as_with_every_sample_fed():
     assert heard == expected_changes
     assert analyzer.verdicts["resource_usage{resource=fds}"] == reference.verdict
     assert "leak" in [state for _, state, _ in heard]
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 60.0])
+def test_a_probe_handing_out_the_same_tuple_again_is_judged_as_if_fed_each_sample(time_scale):
+    """The resource probe hands out the very same tuple while nothing in it moves; the
+    analyzer then answers for all its series at once (``_Repeat``) until a bucket closes or a
+    limit changes. Tick by tick, the gauges and the verdict changes must be those of
+    detectors fed every sample; the limits come in another chunk, new each tick, so that a
+    limit changing under a repeated tuple is seen."""
+    from diag.detect import Detector, DetectorConfig
+
+    config = DetectorConfig(time_scale=time_scale)
+    step = 5.0 / time_scale
+    kinds = ("fds", "threads")
+    traces = {
+        kind: _resource_trace(seed, 5000, step) for kind, seed in zip(kinds, (3, 11), strict=True)
+    }
+    analyzer = analysis.GrowthAnalyzer(config)
+    heard = []
+    analyzer.on_change(lambda key, old, new: heard.append((key, new.state, new.t)))
+    references = {kind: Detector(None, config) for kind in kinds}
+    expected_changes = []
+    last_states: dict[str, str] = {}
+    repeated = 0
+    real_holds = analysis._Repeat.holds
+
+    def counting(self, scaled, readings):
+        nonlocal repeated
+        held = real_holds(self, scaled, readings)
+        repeated += held
+        return held
+
+    analysis._Repeat.holds = counting
+    try:
+        handed: tuple[Sample, ...] = ()
+        for i in range(5000):
+            t = traces["fds"][i][0]  # one clock: the fds trace's, stepped back now and then
+            values = tuple(traces[kind][i][1] for kind in kinds)
+            if tuple(s.value for s in handed) != values:
+                handed = tuple(
+                    Sample("resource_usage", v, (("resource", kind),))
+                    for kind, v in zip(kinds, values, strict=True)
+                )
+            limits = [
+                Sample("resource_limit", limit, (("resource", kind),))
+                for kind in kinds
+                if (limit := traces[kind][i][2]) is not None
+            ]
+            out = analyzer.analyze(t, (*handed, *limits), (handed, limits))
+            expected = []
+            for kind, value in zip(kinds, values, strict=True):
+                verdict = references[kind].update(t, value, traces[kind][i][2])
+                labels = (("resource", kind), ("series", "resource_usage"))
+                expected += analysis.verdict_samples(verdict, labels, analysis.RESOURCE_VERDICT)
+                key = f"resource_usage{{resource={kind}}}"
+                if verdict.state != last_states.get(key):
+                    expected_changes.append((key, verdict.state, verdict.t))
+                    last_states[key] = verdict.state
+            assert out == expected, i
+    finally:
+        analysis._Repeat.holds = real_holds
+    assert sorted(heard, key=lambda c: (c[2], c[0])) == sorted(
+        expected_changes, key=lambda c: (c[2], c[0])
+    )
+    assert "leak" in [state for _, state, _ in heard]
+    assert repeated > 2500  # most ticks were answered at once

@@ -6,6 +6,7 @@ resource verdicts. No process is started here: the real children are in test_res
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import time
@@ -220,6 +221,48 @@ def test_the_probe_over_a_fixture_tree_reads_every_resource(tmp_path):
         assert watched.limit_for(sample.name, sample.labels, sample.value, got) == (
             limit.get(dict(sample.labels)["resource"]) if sample.name == "resource_usage" else None
         )
+
+
+def test_a_pile_of_children_is_counted_whole_and_their_states_read_a_bounded_few_a_pass(
+    tmp_path,
+):
+    """A zombie leak must not make the children's pass (and so its spacing) grow with it: every
+    child is counted each pass, at most CHILD_STATS_PER_PASS states are read, the unread count
+    as ``unknown`` and are read first next time, and a reaped child drops out."""
+    proc = make_tree(tmp_path)
+    children = list(range(5000, 5000 + 150))
+    (proc / "4242" / "task" / "4242" / "children").write_text(" ".join(map(str, children)))
+    for pid in children:
+        (proc / str(pid)).mkdir()
+        (proc / str(pid) / "stat").write_bytes(b"%d (worker) Z 4242 1 1" % pid)
+    probe = ResourceProbe(4242, proc_root=str(proc), shm_path=str(tmp_path / "shm"))
+    per_pass = resources.CHILD_STATS_PER_PASS
+    assert per_pass < len(children)
+    opened = []
+    real_open = open
+
+    def counting(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    for passes in (1, 2, 3):
+        opened.clear()
+        resources.open = counting  # the module's open: the stats it reads
+        try:
+            probe._refresh_children()
+        finally:
+            del resources.open
+        assert sum(path.endswith("/stat") for path in opened) == per_pass
+        read = min(passes * per_pass, len(children))
+        assert probe._children == {
+            "running": 0, "sleeping": 0, "zombie": read, **({"unknown": len(children) - read}
+                                                            if read < len(children) else {}),
+        }  # fmt: skip
+    # Reaped: gone from the children file, gone from the count, before its stat is read again.
+    (proc / "4242" / "task" / "4242" / "children").write_text(" ".join(map(str, children[10:])))
+    probe._refresh_children()
+    assert sum(probe._children.values()) == len(children) - 10
+    probe.close()
 
 
 def test_the_tightest_pids_cgroup_limits_the_threads(tmp_path):
@@ -457,6 +500,49 @@ def test_every_tick_readings_follow_opened_fds_and_started_threads(tmp_path):
         assert after[key] == before[key]
     probe.close()
     assert probe._held == {}
+
+
+def test_the_quick_way_follows_what_the_long_way_reads():
+    """Between passes a tick reads three held descriptors (``_quick_readings``) and hands the
+    last samples out again when they are unchanged: fds opened, a thread started and shared
+    memory written must still show on the very next tick, as the long way reads them."""
+    import threading
+
+    # Each reading of this clock is 1 ms on: every pass seems to take 1 ms, so its budget
+    # spaces the next one minutes away, far beyond this test.
+    clock = itertools.count(step=0.001)
+    probe = ResourceProbe(monotonic=lambda: next(clock))  # the real /dev/shm: tmpfs counts
+    probe.sample()
+    probe.sample()
+    assert probe._quick_readings() is not None  # no pass due
+    first = by_key(probe.sample())
+    long_way = probe._sample
+    assert by_key(long_way()) == first
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, name="held")
+    files = [open(os.devnull, "rb") for _ in range(5)]  # noqa: SIM115
+    shm = f"/dev/shm/diag-test-{os.getpid()}"
+    try:
+        worker.start()
+        with open(shm, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, 1 << 20)
+        got = by_key(probe.sample())
+        assert got == by_key(long_way())
+        for kind in ("os", "python"):
+            key = ("threads", labels_of(kind=kind))
+            assert got[key] == first[key] + 1
+        fds = ("resource_usage", labels_of(resource="fds"))
+        assert got[fds] == first[fds] + 5
+        assert got[("shm_bytes", ())] >= first[("shm_bytes", ())] + (1 << 19)
+        assert probe._quick_readings() is not None  # and the quick way again from here
+    finally:
+        release.set()
+        worker.join()
+        for f in files:
+            f.close()
+        os.unlink(shm)
+    probe.close()
+    assert probe._quick is None  # closed: nothing read through closed descriptors
 
 
 def test_after_fork_the_held_directories_are_reopened(tmp_path, monkeypatch):

@@ -124,7 +124,11 @@ def test_fds_closewait_sockets_and_zombies_from_outside(tmp_path):
     assert breakdown["threads"]["os"] >= 4  # main + 3 blocked forever
     assert breakdown["child_processes"]["zombie"] >= 10
     children = resource(row, "children")
-    assert children["limit"] is None and children["verdict"] in ("growing", "leak")
+    assert children["limit"] is None and children["usage"] >= 10
+    # The children are counted on their budgeted pass, real seconds apart, while the detector's
+    # clock runs 120x faster: on a loaded machine (longer passes, so sparser) it sees the count
+    # rise in a few steps, and says so (bounded_growth). Growth, in any case; never steady.
+    assert children["verdict"] in ("growing", "leak", "bounded_growth")
 
 
 def test_a_thread_leak_under_a_pids_limit_and_a_pool_at_its_bound(tmp_path):
