@@ -14,9 +14,9 @@ rate within 15 % (|owner rate / true rate - 1| <= 0.15), for every kind of root 
 - ``task``: pending asyncio tasks, each holding its chunk;
 - ``finalize``: the args of ``weakref.finalize`` callbacks;
 - ``atexit``: the args of ``atexit`` callbacks (``atexit.register(flush, chunk)``: on CPython
-  3.11 the interpreter keeps the args where no Python object reaches them, so this case is
-  not explained yet: no owner grows, the growth stays unexplained rather than pinned on a
-  wrong owner; a ``functools.partial`` callback is owned, see tests/test_census_owners.py).
+  3.11 the interpreter keeps the args where no Python object reaches them, a tuple of bytes
+  untracked by the gc; ``diag.c_roots.atexit_callbacks`` reads them from the interpreter
+  state, so the owner is ``atexit callback flush() args``).
 
 Each child runs under ``diag run`` (the agent started in it), as tests/test_growth_account.py
 runs its children, and is dumped with a traced window once it has run for a while (so the

@@ -21,12 +21,17 @@ interpreter's own C state holds it. This module says which state, as precisely a
   are read, the GIL held throughout (a thread state is unlinked only under the GIL), and only
   when each offset was found exactly once; otherwise contexts and thread-locals are named
   without their thread.
-- **atexit.** The callbacks live in the interpreter state (not traversed by the gc).
-  ``atexit.unregister(x)`` compares ``x`` with every registered function with ``==``; a
-  function's, a partial's or a bound method's own ``==`` answers ``NotImplemented`` to an
-  object of another type, so Python asks ``x.__eq__`` with the registered function. A probe
-  whose ``__eq__`` records it and answers False lists them and unregisters none. The
-  arguments passed to ``atexit.register`` itself (not a partial's) stay out of reach.
+- **atexit.** The callbacks live in the interpreter state (not traversed by the gc), each
+  with the args tuple and kwargs dict ``atexit.register`` keeps for it (a tuple of untracked
+  objects is untracked itself: nothing but that state knows it). ``atexit_callbacks`` finds
+  the state by its content, through /proc/self/mem (a wrong guess reads nothing that could
+  crash), checks it against what ``atexit.unregister`` shows a probe: it compares its
+  argument with every registered function with ``==``; a function's, a partial's or a bound
+  method's own ``==`` answers ``NotImplemented`` to an object of another type, so Python asks
+  ``probe.__eq__`` with the registered function, which records it and answers False (so it
+  unregisters none). Then it takes the objects, each callback in one step no other thread
+  can come between. Where it cannot (another Python, another platform), the probe alone
+  names the functions and the args stay out of reach.
 - **Signal handlers:** ``signal.getsignal`` for every valid signal (a C array, untraversed).
 - **weakref.finalize** keeps its callbacks in ``weakref.finalize._registry`` (reachable, but
   ``weakref.finalize callback remove_tmp()`` says more than the registry's internals).
@@ -43,7 +48,9 @@ import _thread
 import contextlib
 import functools
 import gc
+import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -290,9 +297,9 @@ def _interpreter_fields() -> dict[int, tuple[Any, CRoot]]:
     ``sys.__dict__`` and ``builtins.__dict__`` places the codec registry (six to eight words
     after ``modules``); the warnings state's once-registry (``warnings.onceregistry``),
     with ``atexit._ncallbacks()`` in the low half of the word four on (the atexit state),
-    places ``register_at_fork``'s lists before the warnings state, the atexit callbacks
-    (with the arguments ``atexit.register`` keeps for them) and the audit hooks after it.
-    Only the words found so are followed."""
+    places ``register_at_fork``'s lists before the warnings state and the audit hooks after
+    it (the atexit callbacks between them are read by ``atexit_callbacks``). Only the words
+    found so are followed."""
     if sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11):
         return {}
     import _warnings
@@ -340,19 +347,287 @@ def _interpreter_fields() -> dict[int, tuple[Any, CRoot]]:
         take(once - 3, "fork", "os.register_at_fork(after_in_parent=) callbacks")
         take(once - 2, "fork", "os.register_at_fork(after_in_child=) callbacks")
         take(once + 5, "audit", "sys.addaudithook hooks")
-        # The atexit state: ``atexit_callback **callbacks`` and their count, just confirmed.
-        count = words[once + 4] & 0xFFFFFFFF
-        if words[once + 3] and count <= 100_000:
-            for entry in (ctypes.c_void_p * count).from_address(words[once + 3]):
-                if not entry:
-                    continue  # unregistered
-                func, args, kwargs = (ctypes.c_void_p * 3).from_address(entry)
-                text = f"atexit callback {callback_text(_object_at(func))}"
-                for address, name in ((args, "args"), (kwargs, "kwargs")):
-                    part = _object_at(address)
-                    if type(part) in (tuple, dict) and part:
-                        out[id(part)] = (part, CRoot("atexit", f"{text} {name}"))
     return out
+
+
+# -- the atexit callbacks, read from the interpreter state ------------------------------------
+
+#: Bytes of the interpreter state searched for its atexit state (CPython keeps it 3.5 KiB in
+#: on 3.11, 3.9 KiB on 3.12, 10.5 KiB on 3.13).
+ATEXIT_SEARCH_BYTES = 32 * 1024
+#: More registered callbacks (unregistered ones included) than this and none is read.
+ATEXIT_MAX_CALLBACKS = 1_000_000
+#: Reads of the state tried when other threads register or unregister meanwhile.
+ATEXIT_TRIES = 3
+#: Entries whose args and kwargs are checked in memory (evenly spaced; every entry's func is):
+#: enough to know the place, the rest are checked as objects once taken.
+ATEXIT_CHECKED = 256
+
+_WORD, _INT = struct.calcsize("P"), struct.calcsize("i")
+
+
+@dataclass(frozen=True)
+class AtexitCallback:
+    """A callback as ``atexit.register(func, *args, **kwargs)`` keeps it."""
+
+    func: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None
+
+
+class _Memory:
+    """This process's own memory, read through ``/proc/self/mem``: an address that is not
+    mapped is an OSError, never a crash. Pages are read once (a snapshot: the reads only
+    confirm where the state is, the objects are taken by ``_take_callbacks``)."""
+
+    PAGE = 4096
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pages: dict[int, memoryview | None] = {}
+
+    def read(self, address: int, size: int, short: bool = False) -> bytes | None:
+        """``size`` bytes at ``address`` (fewer, where ``short``, before an unmapped page)."""
+        if address <= 0 or size <= 0 or address + size >= 1 << 63:
+            return None
+        try:
+            data = os.pread(self.fd, size, address)
+        except (OSError, OverflowError, ValueError):
+            return None
+        return data if len(data) == size or (short and data) else None
+
+    def word(self, address: int) -> int | None:
+        """The pointer-sized word at ``address`` (aligned), or None where it is unmapped."""
+        if address <= 0 or address % _WORD:
+            return None
+        page = address - address % self.PAGE
+        if page not in self.pages:
+            data = self.read(page, self.PAGE)
+            self.pages[page] = None if data is None else memoryview(data).cast("P")
+        words = self.pages[page]
+        return None if words is None else int(words[(address - page) // _WORD])
+
+    def type_word(self, address: int) -> int | None:
+        """The ``ob_type`` of the object at ``address`` (the header's last word)."""
+        return self.word(address + object.__basicsize__ - _WORD)
+
+
+@dataclass
+class _Candidate:
+    """A place in the interpreter state that reads as ``callbacks, ncallbacks, callback_len``,
+    and what its array held when it was read."""
+
+    offset: int  # from the interpreter state
+    funcs: list[int]  # the func word of each registered (non-NULL) entry, in order
+    func_types: set[int]
+
+
+def _candidates(memory: _Memory, interp: int, count: int) -> list[_Candidate]:
+    """Every place in the first ``ATEXIT_SEARCH_BYTES`` of the interpreter state that holds a
+    pointer, then ``count`` and an int >= ``count`` (``struct atexit_state``'s
+    ``callbacks, ncallbacks, callback_len``), whose array checks out: each registered entry
+    an ``atexit_callback {func, args, kwargs}`` whose func's type is a type, whose args is a
+    tuple and whose kwargs is NULL or a dict."""
+    region = memory.read(interp, ATEXIT_SEARCH_BYTES, short=True)
+    if region is None:
+        return []
+    needle = struct.pack("@i", count)
+    found: list[_Candidate] = []
+    at = region.find(needle, _WORD)
+    while at >= 0 and len(found) < 16:
+        if at % _WORD == 0 and at + 2 * _INT <= len(region):
+            pointer = int(struct.unpack_from("@P", region, at - _WORD)[0])
+            length = int(struct.unpack_from("@i", region, at + _INT)[0])
+            if pointer and pointer % _WORD == 0 and length >= count:
+                candidate = _check_array(memory, pointer, count, at - _WORD)
+                if candidate is not None:
+                    found.append(candidate)
+        at = region.find(needle, at + 1)
+    return found
+
+
+def _check_array(memory: _Memory, pointer: int, count: int, offset: int) -> _Candidate | None:
+    array = memory.read(pointer, count * _WORD)
+    if array is None:
+        return None
+    entries = [e for e in memoryview(array).cast("P").tolist() if e]
+    if not entries:
+        return None  # nothing to confirm the place by (and nothing registered there)
+    funcs: list[int] = []
+    types_of: dict[int, int | None] = {}
+    step = max(len(entries) // ATEXIT_CHECKED, 1)
+    for index, entry in enumerate(entries):
+        func = memory.word(entry)
+        if not func:
+            return None
+        funcs.append(func)
+        if index % step == 0 or index == len(entries) - 1:
+            args, kwargs = memory.word(entry + _WORD), memory.word(entry + 2 * _WORD)
+            if args is None or memory.type_word(args) != id(tuple):
+                return None
+            if kwargs is None or (kwargs and memory.type_word(kwargs) != id(dict)):
+                return None
+        if func not in types_of:
+            types_of[func] = _type_of_type(memory, memory.type_word(func))
+        if types_of[func] is None:
+            return None
+    return _Candidate(offset, funcs, {k for k in types_of.values() if k is not None})
+
+
+def _type_of_type(memory: _Memory, kind: int | None) -> int | None:
+    """``kind`` if the object there is a type (its type is ``type``, or a metaclass whose type
+    is ``type``), else None."""
+    if not kind:
+        return None
+    meta = memory.type_word(kind)
+    if meta == id(type) or (meta and memory.type_word(meta) == id(type)):
+        return kind
+    return None
+
+
+def _probe_safe_types() -> frozenset[int]:
+    """The ids of types whose ``==`` with an object of another type never answers True (their
+    own ``tp_richcompare`` answers NotImplemented, or they inherit object's, identity only):
+    the probe given to ``atexit.unregister`` can unregister none of their instances."""
+    kinds: list[type] = [
+        types.FunctionType,
+        types.BuiltinFunctionType,
+        types.MethodType,
+        types.MethodWrapperType,
+        functools.partial,
+        type,
+    ]
+    return frozenset(id(kind) for kind in kinds)
+
+
+def _atexit_structs() -> tuple[Any, Any]:
+    """ctypes views of ``struct atexit_state`` (its part from ``callbacks``) and of
+    ``atexit_callback``: func and args as objects, kwargs as an address or an object."""
+    import ctypes
+
+    class Kwargs(ctypes.Union):
+        _fields_ = [("address", ctypes.c_void_p), ("obj", ctypes.py_object)]
+
+    class Callback(ctypes.Structure):
+        _fields_ = [("func", ctypes.py_object), ("args", ctypes.py_object), ("kwargs", Kwargs)]
+
+    class State(ctypes.Structure):
+        _fields_ = [
+            ("callbacks", ctypes.POINTER(ctypes.POINTER(Callback))),
+            ("ncallbacks", ctypes.c_int),
+            ("callback_len", ctypes.c_int),
+        ]
+
+    return State, Callback
+
+
+_STRUCTS: list[tuple[Any, Any]] = []
+
+
+def _take_callbacks(address: int) -> list[tuple[Any, Any, Any]]:
+    """(func, args, kwargs) of every registered callback, read from the atexit state at
+    ``address`` (found and checked by ``_candidates``). Each callback is read with the GIL
+    held and no bytecode between the count, the array's word and the callback's fields that
+    lets another thread run (no call, no backward jump; the gc off, so that no allocation
+    runs a finalizer): whatever unregisters or registers on another thread does it before or
+    after, never between, so every pointer followed is one the atexit state holds then, and
+    each object is ours (a new reference) before that thread can free it."""
+    if not _STRUCTS:
+        _STRUCTS.append(_atexit_structs())
+    state_type, _ = _STRUCTS[0]
+    state = state_type.from_address(address)
+    out: list[tuple[Any, Any, Any]] = []
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        index = 0
+        while index < ATEXIT_MAX_CALLBACKS:
+            if index >= state.ncallbacks:
+                break
+            entry = state.callbacks[index]
+            if entry:
+                callback = entry.contents
+                kwargs = callback.kwargs
+                taken = (callback.func, callback.args, kwargs.obj if kwargs.address else None)
+                out.append(taken)
+            index += 1
+    finally:
+        if collecting:
+            gc.enable()
+    return out
+
+
+def atexit_callbacks() -> list[AtexitCallback] | None:
+    """Every registered atexit callback with the args and kwargs ``atexit.register`` keeps for
+    it (the same objects), in registration order; None where they cannot be read safely.
+
+    Read from the interpreter state (``interp->atexit``: ``callbacks``, an array of
+    ``atexit_callback *`` each {func, args, kwargs}, ``ncallbacks`` entries used, NULL where
+    one was unregistered; CPython 3.11 to 3.13) without assuming where it is: a place in the
+    interpreter state's first bytes that reads as that struct with ``atexit._ncallbacks()``
+    entries, whose entries all check out (``_candidates``), read through /proc/self/mem, so a
+    wrong guess reads nothing that could crash. The functions it names must then be the ones
+    ``atexit.unregister`` compares a probe with, in the same order (where every registered
+    function's type is one whose ``==`` cannot answer True to the probe; otherwise the
+    probe is not given, and the checks of the memory decide alone). Only then are the objects
+    taken (``_take_callbacks``). Anything else, an exception included, answers None."""
+    try:
+        return _atexit_callbacks()
+    except Exception:
+        return None
+
+
+def _atexit_callbacks() -> list[AtexitCallback] | None:
+    import atexit
+
+    if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
+        return None
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    if is_gil_enabled is not None and not is_gil_enabled():
+        return None  # a free-threaded build: another thread could free what is being read
+    api = _ThreadStates._api()
+    interp = int(api.PyInterpreterState_Get())
+    count = atexit._ncallbacks()
+    if count == 0:
+        return []
+    if not 0 < count <= ATEXIT_MAX_CALLBACKS:
+        return None
+    fd = os.open("/proc/self/mem", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        place = _find_atexit_state(fd, interp, count)
+    finally:
+        os.close(fd)
+    if place is None:
+        return None
+    out = []
+    for func, args, kwargs in _take_callbacks(interp + place):
+        if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):
+            return None
+        out.append(AtexitCallback(func, args, kwargs))
+    return out
+
+
+def _find_atexit_state(fd: int, interp: int, count: int) -> int | None:
+    """The atexit state's offset in the interpreter state, or None."""
+    import atexit
+
+    safe = _probe_safe_types()
+    for _ in range(ATEXIT_TRIES):
+        found = _candidates(_Memory(fd), interp, count)
+        if len(found) == 1:
+            (candidate,) = found
+            if not candidate.func_types <= safe:
+                return candidate.offset
+            probe = _AtexitProbe()
+            atexit.unregister(probe)  # compares with each callback, removes none
+            if [id(func) for func in probe.seen] == candidate.funcs:
+                return candidate.offset
+        # Another thread registered or unregistered meanwhile, or nothing (or more than one
+        # place) checks out: again, with the count as it is now.
+        count = atexit._ncallbacks()
+        if not 0 < count <= ATEXIT_MAX_CALLBACKS:
+            return None
+    return None
 
 
 def _thread_names() -> dict[int, str]:
@@ -504,12 +779,23 @@ class CRoots:
             )
 
     def _atexit(self) -> Iterator[tuple[Any, CRoot]]:
+        """Each callback's function, and the args and kwargs ``atexit.register`` keeps for it
+        (``atexit callback remove_tmp() args``), where ``atexit_callbacks`` can read them;
+        else the functions alone, as ``atexit.unregister`` shows them to a probe."""
         import atexit
 
-        probe = _AtexitProbe()
-        atexit.unregister(probe)  # compares with each callback, removes none
-        for func in probe.seen:
-            yield func, CRoot("atexit", f"atexit callback {callback_text(func)}")
+        callbacks = atexit_callbacks()
+        if callbacks is None:
+            probe = _AtexitProbe()
+            atexit.unregister(probe)  # compares with each callback, removes none
+            callbacks = [AtexitCallback(func, (), None) for func in probe.seen]
+        for callback in callbacks:
+            text = f"atexit callback {callback_text(callback.func)}"
+            yield callback.func, CRoot("atexit", text)
+            if callback.args:  # never the empty tuple every callback without args shares
+                yield callback.args, CRoot("atexit", f"{text} args")
+            if callback.kwargs:
+                yield callback.kwargs, CRoot("atexit", f"{text} kwargs")
 
     def _contexts(self) -> Iterator[tuple[Any, CRoot]]:
         names = _thread_names()

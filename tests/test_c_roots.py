@@ -120,6 +120,193 @@ def test_listing_atexit_callbacks_removes_none():
         atexit.unregister(remove_tmp)
 
 
+# -- the atexit callbacks' args and kwargs, read from the interpreter state --------------------
+
+
+def _registered(func: Any) -> list[Any]:
+    from diag.c_roots import atexit_callbacks
+
+    callbacks = atexit_callbacks()
+    assert callbacks is not None
+    return [c for c in callbacks if c.func is func]
+
+
+def test_atexit_callbacks_are_read_with_the_args_and_kwargs_atexit_keeps():
+    chunk, items, tag = bytes(70_000), [bytearray(10)], object()
+    before = atexit._ncallbacks()
+    atexit.register(remove_tmp, chunk)
+    atexit.register(remove_tmp, items, chunk, tag=tag, items=items)
+    atexit.register(remove_tmp)
+    try:
+        first, second, third = _registered(remove_tmp)
+        assert first.args[0] is chunk and len(first.args) == 1 and first.kwargs is None
+        # A tuple of bytes alone is untracked by a collection: no gc walk could find it.
+        gc.collect()
+        assert not gc.is_tracked(first.args)
+        assert second.args[0] is items and second.args[1] is chunk
+        assert second.kwargs is not None and set(second.kwargs) == {"tag", "items"}
+        assert second.kwargs["tag"] is tag and second.kwargs["items"] is items
+        assert third.args == () and third.kwargs is None
+        assert atexit._ncallbacks() == before + 3  # nothing was unregistered
+    finally:
+        atexit.unregister(remove_tmp)
+
+
+class _Callable:
+    def __call__(self, *args: Any) -> None:
+        """Never called."""
+
+
+class _EqualToAll(_Callable):
+    """A callback whose ``==`` answers True to anything: a probe given to
+    ``atexit.unregister`` would unregister it."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+def test_a_callback_whose_eq_answers_true_to_anything_is_read_and_never_unregistered():
+    from diag.c_roots import CRoots
+
+    greedy, plain, chunk = _EqualToAll(), _Callable(), bytes(1000)
+    before = atexit._ncallbacks()
+    atexit.register(greedy, chunk)
+    atexit.register(plain, chunk)
+    atexit.register(remove_tmp, chunk)
+    try:
+        assert [c.args[0] for c in _registered(greedy)] == [chunk]
+        assert [c.args[0] for c in _registered(plain)] == [chunk]
+        found = [root.text for obj, root in CRoots()._atexit() if type(obj) is tuple and obj]
+        found = [text for text in found if text.endswith(" args")]
+        assert "atexit callback tests.test_c_roots._EqualToAll args" in found
+        assert atexit._ncallbacks() == before + 3
+        assert len(_registered(greedy)) == 1 and len(_registered(remove_tmp)) == 1
+    finally:
+        atexit.unregister(remove_tmp)
+        # Never atexit.unregister(greedy): its == would take every other callback with it.
+        atexit.unregister(plain)  # plain, and greedy (greedy == plain)
+        assert not _registered(greedy) and not _registered(plain)
+
+
+def test_the_atexit_roots_own_the_args_and_kwargs_by_their_callback():
+    from diag.c_roots import held_from_c
+
+    chunks = [bytes(50_000) for _ in range(3)]
+    for chunk in chunks:
+        atexit.register(remove_tmp, chunk, label=str(len(chunk)))
+    try:
+        (entries,) = [entries for kind, _, entries in held_from_c() if kind == "atexit"]
+        by_path = dict(entries)
+        # One source per path: the three callbacks' args tuples, as one list.
+        args = by_path["atexit callback remove_tmp() args"]
+        assert [a[0] for a in args] == chunks and all(type(a) is tuple for a in args)
+        kwargs = by_path["atexit callback remove_tmp() kwargs"]
+        assert [k["label"] for k in kwargs] == ["50000"] * 3
+    finally:
+        atexit.unregister(remove_tmp)
+
+
+def test_atexit_callbacks_are_read_while_another_thread_registers_and_unregisters():
+    from diag.c_roots import atexit_callbacks
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        count = 0
+        while not stop.is_set():
+            atexit.register(remove_tmp, bytes(100), n=[count])
+            count += 1
+            if count % 3 == 0:
+                atexit.unregister(remove_tmp)
+
+    worker = threading.Thread(target=churn, daemon=True)
+    worker.start()
+    read = 0
+    try:
+        for _ in range(300):
+            callbacks = atexit_callbacks()
+            if callbacks is not None:
+                read += 1
+                for callback in callbacks:
+                    assert type(callback.args) is tuple
+                    assert callback.kwargs is None or type(callback.kwargs) is dict
+    finally:
+        stop.set()
+        worker.join()
+        atexit.unregister(remove_tmp)
+    assert read > 0
+
+
+#: Run in a child: reads its own callbacks, then exits normally (so they run).
+ATEXIT_CHILD = """
+import atexit, gc, sys
+from pathlib import Path
+from diag.c_roots import CRoots, atexit_callbacks, held_from_c
+
+assert atexit._ncallbacks() == 0, atexit._ncallbacks()
+assert atexit_callbacks() == [] and list(CRoots()._atexit()) == []
+assert [kind for kind, _, entries in held_from_c() if kind == "atexit" and entries] == []
+
+def write(path, text, *, mode):
+    Path(path).write_text(text + mode)
+
+def remove_tmp(*paths):
+    pass
+
+chunk, items = bytes(100_000), [b"x"] * 3
+atexit.register(write, sys.argv[1], "ran", mode=" at exit")
+atexit.register(remove_tmp, chunk, items)
+atexit.register(remove_tmp, *[bytes(10)] * 4, key=items)
+atexit.unregister(len)  # no-op
+count = atexit._ncallbacks()
+found = atexit_callbacks()
+assert [c.func for c in found] == [write, remove_tmp, remove_tmp], found
+assert found[0].args[0] == sys.argv[1] and found[0].kwargs == {"mode": " at exit"}
+assert found[1].args[0] is chunk and found[1].args[1] is items and found[1].kwargs is None
+assert found[2].kwargs["key"] is items and len(found[2].args) == 4
+assert list(CRoots()._atexit()) and atexit._ncallbacks() == count
+del found
+gc.collect()
+print("read", flush=True)
+"""
+
+
+@pytest.mark.e2e
+def test_reading_the_atexit_callbacks_of_a_child_unregisters_none(tmp_path):
+    marker = tmp_path / "ran"
+    done = subprocess.run(
+        [sys.executable, "-c", ATEXIT_CHILD, str(marker)],
+        capture_output=True, text=True, timeout=60, env=child_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "read\n"
+    assert marker.read_text() == "ran at exit"  # its callbacks still ran at exit
+
+
+@pytest.mark.e2e
+def test_a_callback_unregistered_leaves_a_hole_that_reads_as_none_or_nothing(tmp_path):
+    script = """
+import atexit
+from diag.c_roots import CRoots, atexit_callbacks
+
+def f(*args):
+    pass
+
+atexit.register(f, b"x")
+atexit.unregister(f)  # its entry is NULL now, the count still 1
+assert atexit._ncallbacks() == 1
+assert atexit_callbacks() in (None, []) and list(CRoots()._atexit()) == []
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        env=child_env(),
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
 def test_a_weakref_finalize_callback_is_named():
     class Session:
         pass
