@@ -25,10 +25,12 @@ How it decides, and why:
 - A leak must also have been watched for long enough to trust it: 10 minutes, 12 % of the time
   it forecasts to OOM (a fill that stops early never gets there), and 30 minutes while the
   process is younger than 90 minutes unless the limit is near. Once a leak, the verdict stays
-  leak while the lower envelope keeps rising (a trend at z >= 1 and 35 % of the leak's
-  rate, over a window as long as the one that called it, or twice that): leaving takes as
-  much evidence as entering, and it must say so for 3 minutes in a row,
-  so verdicts do not flap during a leak.
+  leak while the lower envelope keeps rising, over a window as long as the one that called it
+  or twice that: while its floor now stands above every floor of the window's first half (by
+  1 % of the level), however slowly it got there (a quiet night, segment-sized steps), or
+  while it shows a trend at z >= 1 and 35 % of the leak's rate. Leaving takes positive
+  evidence that the growth stopped, over a span like the entry's, and it must say so for 3
+  minutes in a row, so verdicts do not flap during a leak.
 - A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up.
 """
 
@@ -145,6 +147,9 @@ class _Window:
     rate_low: float
     rate_high: float
     top: float  # the upper envelope now: what the limit is compared with
+    #: A standing leak's window only (``_continuing``): the floor now stands above every floor
+    #: of the window's first half by more than noise, whatever the rate that took it there.
+    rising: bool = False
 
     @classmethod
     def quiet(cls, seconds: float, now: float) -> _Window:
@@ -536,6 +541,10 @@ class Detector:
         # pairs of groups flat, so its robust slope can be zero while it keeps rising.
         rate = max(_theil_sen(ts, ys), _end_rate(ts, ys))
         se, top = _spread(ts, ys, tops, rate, now)
+        # New ground: a leak's floor goes where it has not been, at any pace; a fill that
+        # stopped (a cache at its bound, a false alert's ratchet) stays within its earlier
+        # floors. The margin is the calling rise's (noise moves the minima by less).
+        new_ground = self.config.min_rise_share * max(sum(ys) / len(ys), 1.0)
         return _Window(
             seconds=seconds,
             evaluated_at=now,
@@ -549,6 +558,7 @@ class Detector:
             rate_low=max(rate - 2 * se, 0.1 * rate),
             rate_high=rate + 2 * se,
             top=top,
+            rising=ys[-1] > max(ys[: len(ys) // 2]) + new_ground,
         )
 
     def _candidate_lengths(self, regime: float) -> list[float]:
@@ -598,14 +608,26 @@ class Detector:
 
     def _hold(self, now: float) -> Verdict | None:
         """A standing leak stays one while its growth goes on. Leaving it takes evidence over
-        a span like the one that entered it, not merely a failed fresh trend test (noise, a
-        slowdown, a step, a quiet night): over the last window of the entry's length (10
-        minutes at least), or over twice that, the lower envelope still rises if it shows a
-        trend at a low bar and a rate of a third of the leak's own, which is the slower of
-        the rate it was called at and its rate since (a short entry window under a sawtooth
-        can overstate it). Both: either alone comes by chance on a flat series too often,
-        and a false alert must not stick. An operator who sees the verdict leave "leak" in the
-        middle of a leak stops trusting it."""
+        a span like the one that entered it that the growth stopped, not merely a failed fresh
+        trend test (noise, a slowdown, a step, a quiet night). Over the last window of the
+        entry's length (10 minutes at least), or over twice that, the lower envelope still
+        rises if:
+
+        - its floor now stands above every floor of the window's first half, by more than
+          noise: new ground, however slowly reached. A leak that slows to a tenth at night, or
+          grows a segment at a time, keeps reaching it; a rate share alone would end it
+          wherever the call's rate was overstated (a busy hour, the onset's ramp, a peak
+          batch's step in the entry window). A stopped fill leaves it within a window's
+          span: a false alert does not stick;
+        - or it shows a trend at a low bar and a rate of a third of the leak's own, which is
+          the slower of the rate it was called at and its rate since (a short entry window
+          under a sawtooth can overstate it): steady growth whose floor is too noisy to clear
+          the new-ground margin. Both: either alone comes by chance on a flat series too
+          often. Not over twice the entry's span where that is most of the time since the
+          call began: its rate would be the entry's own rise over again.
+
+        An operator who sees the verdict leave "leak" in the middle of a leak stops trusting
+        it."""
         entry_seconds, entry_rate = self._entry
         assert self._regime_start is not None  # a leak was called in this regime
         regime = now - self._regime_start - self.config.warmup_seconds
@@ -622,13 +644,17 @@ class Detector:
         # Twice as long too: a leak that follows a daily load cycle slows down at night.
         judged = False
         for span in (seconds, 2 * seconds):
-            if span > 0.75 * span_called and span > seconds:
-                break  # no shorter than the leak's own span: it would only repeat it
+            # Mostly the entry window itself: its rate would only repeat the call's.
+            repeats = span > 0.75 * span_called and span > seconds
             window = self._continuing(min(span, regime), now, period)
             if window is None:
                 continue
             judged = True
-            if window.significant and window.rate >= HOLD_SHARE_OF_OWN_RATE * own_rate:
+            if window.rising or (
+                not repeats
+                and window.significant
+                and window.rate >= HOLD_SHARE_OF_OWN_RATE * own_rate
+            ):
                 # The reason it was called still holds: the same words, not a new story.
                 return self._verdict(now, "leak", self._entry_reason, window)
         return None if judged else dataclasses.replace(self.verdict, t=now)

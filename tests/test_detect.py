@@ -243,6 +243,28 @@ def test_a_called_leak_stays_called_until_the_oom(name):
     assert alerts[0].end is None, "the verdict left leak before the OOM"
 
 
+def _leak_with_a_quiet_night(t):
+    """A leak called in a busy spell (0.1 MiB/s for 3 h), then a quiet night of 6 h at a tenth
+    of that rate, then busy again: its floor never stops rising, it only rises slowly."""
+    onset, night, morning = 3600, 3600 + 3 * 3600, 3600 + 9 * 3600
+    busy = max(0.0, min(t, night) - onset) + max(0.0, t - morning)
+    quiet = max(0.0, min(t, morning) - night)
+    return 1 * GiB + 0.1 * MiB * (busy + 0.1 * quiet)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_leak_that_slows_down_but_still_rises_stays_called(seed):
+    """Leaving leak takes evidence that the growth stopped, the floor no longer reaching new
+    ground, not a rate that fell below a share of the one it was called at: at a tenth of
+    it, 36 MiB/h, the floor still sets a new high in every window (it used to leave here and
+    come back in the morning, two verdict changes in the middle of a leak)."""
+    times, values = until_oom(_leak_with_a_quiet_night, hours=24, seed=seed)
+    alerts = replay(times, values, LIMIT)
+    assert len(alerts) == 1, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
+    assert 3600 < alerts[0].start < 3600 + 3 * 3600, "called during the busy spell"
+    assert alerts[0].end is None, "the verdict left leak before the OOM"
+
+
 def test_a_leak_that_stops_is_left_on_as_much_evidence_as_called_it():
     stop = 3600 + 3 * 3600
 
