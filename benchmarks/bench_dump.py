@@ -20,13 +20,14 @@ import gc
 import sys
 import time
 import types
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import objgraph
 import torch
 
 from benchmarks import fmt_ratio, median, verdict
-from diag.census import take_dump
+from diag.census import Dump, take_dump
 
 LEAKED = {"_AUDIO_CACHE": 6000, "ChatMemory.sessions": 3000, "recorder": 1000}
 
@@ -43,6 +44,28 @@ def _reset_peak() -> None:
     """Make VmHWM start again from the current RSS (Linux: clear_refs 5)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+@dataclass
+class DumpRun:
+    """One measured dump: what it found, and what it cost the host."""
+
+    dump: Dump
+    seconds: float  # the call, end to end
+    cpu_seconds: float
+    extra_bytes: int  # peak RSS during it over RSS before
+
+
+def measured_dump(top: int) -> DumpRun:
+    """``take_dump`` on this process's heap, after a collection, with its wall and CPU time
+    and its peak memory over the RSS before (VmHWM reset first)."""
+    gc.collect()
+    before = _status("VmRSS")
+    _reset_peak()
+    started, cpu = time.perf_counter(), time.process_time()
+    dump, _ = take_dump(top=top, time_budget=60.0)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return DumpRun(dump, seconds, cpu, _status("VmHWM") - before)
 
 
 class Session:
@@ -110,13 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     census_seconds, pauses, extras = [], [], []
     baseline_per_object = []
     for _ in range(runs):
-        gc.collect()
-        before = _status("VmRSS")
-        _reset_peak()
-        started = time.perf_counter()
-        dump, _ = take_dump(top=10, time_budget=60.0)
-        census_seconds.append(time.perf_counter() - started)
-        extras.append(_status("VmHWM") - before)
+        run = measured_dump(top=10)
+        dump = run.dump
+        census_seconds.append(run.seconds)
+        extras.append(run.extra_bytes)
         pauses.append(dump.pause_seconds)
         baseline_per_object.append(objgraph_seconds_per_object(module, 1 if args.quick else 2))
 

@@ -42,8 +42,7 @@ from typing import Any, ClassVar
 import torch
 
 from benchmarks import median, verdict
-from benchmarks.bench_dump import Session, _reset_peak, _status
-from diag.census import take_dump
+from benchmarks.bench_dump import Session, _status, measured_dump
 
 SERVICE = "bench_heap_service"
 LEAKED = 200_000
@@ -196,14 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     pauses, extras, cpu = [], [], []
     dump = None
     for _ in range(runs):
-        dump = None
-        gc.collect()
-        before = _status("VmRSS")
-        _reset_peak()
-        started = time.process_time()
-        dump, _ = take_dump(top=20, time_budget=60.0)
-        cpu.append(time.process_time() - started)
-        extras.append(_status("VmHWM") - before)
+        dump = None  # the last dump's owners freed before the next dump measures its peak
+        run = measured_dump(top=20)
+        dump = run.dump
+        cpu.append(run.cpu_seconds)
+        extras.append(run.extra_bytes)
         pauses.append(dump.pause_seconds)
     assert dump is not None
     owners = {o.path: o for o in dump.owners}
