@@ -107,28 +107,37 @@ def test_bad_pids_are_one_line_and_exit_2():
         zombie.wait()
 
 
-@pytest.mark.e2e
-def test_watch_sees_a_real_oom_kill(tmp_path):
-    with memory_cgroup(120 * 1024 * 1024) as join:
-        target = subprocess.Popen([sys.executable, "-c", LEAKER], stdout=subprocess.PIPE,
+def watch_to_oom(
+    leaker: str, limit: int, options: list[str], timeout: float
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """A real leaker in a memory cgroup of ``limit`` bytes, watched with ``diag watch --json``
+    (and ``options``) until the kernel kills it: its pid and what watch printed."""
+    with memory_cgroup(limit) as join:
+        target = subprocess.Popen([sys.executable, "-c", leaker], stdout=subprocess.PIPE,
                                   text=True, preexec_fn=join)  # fmt: skip
         try:
             assert target.stdout.readline() == "ready\n"
             result = subprocess.run(
                 [*DIAG, "watch", "--pid", str(target.pid), "--interval", "0.05", "--json",
-                 "--history", str(tmp_path)],
-                capture_output=True, text=True, timeout=120, env=child_env(),
+                 *options],
+                capture_output=True, text=True, timeout=timeout, env=child_env(),
             )  # fmt: skip
         finally:
             if target.poll() is None:
                 target.kill()
             target.wait()
             target.stdout.close()
+    return target.pid, result
+
+
+@pytest.mark.e2e
+def test_watch_sees_a_real_oom_kill(tmp_path):
+    pid, result = watch_to_oom(LEAKER, 120 * 1024 * 1024, ["--history", str(tmp_path)], 120)
     assert result.returncode == 1, result.stderr
     end = json.loads(result.stdout.splitlines()[-1])
     assert end["how"] == "oom-kill", end
     assert end["oom_kills_after"] == end["oom_kills_before"] + 1 or end["kernel_log"]
-    assert any(f"{target.pid}" in line for line in end["kernel_log"])
+    assert any(f"{pid}" in line for line in end["kernel_log"])
 
 
 @pytest.mark.e2e
@@ -136,21 +145,8 @@ def test_a_constant_leak_keeps_its_verdict_once_called(tmp_path):
     """A constant 6 MB/s leak watched to its OOM kill with the detector's clock 60 times faster
     (an hour a minute): once "leak" is called, the verdict stays there."""
     steady_leaker = LEAKER.replace("256 << 10", "128 << 10").replace("0.01", "0.02")
-    with memory_cgroup(400 * 1024 * 1024) as join:
-        target = subprocess.Popen([sys.executable, "-c", steady_leaker], stdout=subprocess.PIPE,
-                                  text=True, preexec_fn=join)  # fmt: skip
-        try:
-            assert target.stdout.readline() == "ready\n"
-            result = subprocess.run(
-                [*DIAG, "watch", "--pid", str(target.pid), "--interval", "0.05", "--json",
-                 "--time-scale", "60", "--history", "off"],
-                capture_output=True, text=True, timeout=180, env=child_env(),
-            )  # fmt: skip
-        finally:
-            if target.poll() is None:
-                target.kill()
-            target.wait()
-            target.stdout.close()
+    options = ["--time-scale", "60", "--history", "off"]
+    _, result = watch_to_oom(steady_leaker, 400 * 1024 * 1024, options, 180)
     assert result.returncode == 1, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     states = [row["verdict"] for row in rows if "verdict" in row]
