@@ -37,7 +37,7 @@ import sysconfig
 import time
 import tracemalloc
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -204,7 +204,8 @@ class _Sifted:
     resources: list[Any] = field(default_factory=list)  # files, sockets, threads, tasks...
     arrays: list[Any] = field(default_factory=list)  # numpy arrays, a few more than once
     parents: dict[int, Any] = field(default_factory=dict)  # id(array) -> untracked container
-    #: Every tracked object that refers to a tensor or an array directly, in the gc's order.
+    #: Every tracked object that refers to a tensor, an array or a resource object directly,
+    #: in the gc's order.
     holders: list[Any] = field(default_factory=list)
 
 
@@ -224,7 +225,10 @@ def _sift(objects: list[Any], torch: Any, ndarray: type | None) -> _Sifted:
     resources = resource_types()
     into: dict[type, list[Any] | None] = {}  # type -> the list its objects go to
     picked: set[type] = set()
-    held = tensors | {ndarray} if ndarray is not None else tensors
+    # What holders are wanted of: tensors, arrays and resources (files, sockets, threads...),
+    # each by its exact type (a C set lookup per referent).
+    held = tensors | {ndarray} if ndarray is not None else set(tensors)
+    held.update(*(_subclasses(kind) for kind in resources))
     wanted = held | {dict} if ndarray is not None else held
     is_tracked = gc.is_tracked
     for start in range(0, len(objects), _CHUNK):
@@ -604,7 +608,6 @@ class Census:
             parents=parents,
             referrers=holders,
         )
-        del holders
         self.complete = self.complete and ownership.complete
         del targets
         counted = {measured[id(o)][2] for h in ownership.holders for o in h.objects}
@@ -613,7 +616,8 @@ class Census:
             self._tensor_owner(h, measured, counted, torch, graph_budget) for h in ownership.holders
         ]
         self.holders = {id(o) for o in owners}
-        self._resources(found, exclude=(parents, survivors))
+        self._resources(found, exclude=(parents, survivors, holders), referrers=holders)
+        del holders
         # Every other object, by the root that owns it (diag.dominators), in the time left:
         # past it the walk stops and the dump says it is incomplete.
         analysis = self._dominate(measured, survivors)
@@ -815,8 +819,11 @@ class Census:
             survivor_bytes=survivor_bytes if self.tracing else None,
         )
 
-    def _resources(self, found: list[Any], exclude: tuple[Any, ...]) -> None:
-        """Live resources grouped by holder and creation stack (diag.resources_census)."""
+    def _resources(
+        self, found: list[Any], exclude: tuple[Any, ...], referrers: Sequence[Any]
+    ) -> None:
+        """Live resources grouped by holder and creation stack (diag.resources_census).
+        ``referrers``: the sift's holders, every tracked object that refers to one."""
         recorded = self.created_at
         user_only = self.user_only
 
@@ -826,7 +833,9 @@ class Census:
 
         census = ResourceCensus(found, self.stacks, created_at)
         found.clear()
-        self.resources, complete = census.resources(self._left(), self.reveal, exclude)
+        self.resources, complete = census.resources(
+            self._left(), self.reveal, exclude, referrers=referrers
+        )
         self.complete = self.complete and complete
 
     def _left(self) -> float:

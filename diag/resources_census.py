@@ -289,15 +289,20 @@ class ResourceCensus:
         return stack
 
     def resources(
-        self, time_budget: float, reveal: bool, exclude: Sequence[Any]
+        self,
+        time_budget: float,
+        reveal: bool,
+        exclude: Sequence[Any],
+        referrers: Sequence[Any] | None = None,
     ) -> tuple[list[Resource], bool]:
         """The resources with their groups (biggest first), and whether the holder search
-        finished within ``time_budget``."""
+        finished within ``time_budget``. ``referrers``: every tracked object that refers to
+        one of them, where the caller's pass over the heap found them (``find_holders``)."""
         groups: dict[str, list[ResourceGroup]] = defaultdict(list)
         complete = True
         if self.held:
             ownership = find_holders(
-                self.held, time_budget, reveal=reveal, exclude=(self, *exclude)
+                self.held, time_budget, reveal=reveal, exclude=(self, *exclude), referrers=referrers
             )
             complete = ownership.complete
             placed: set[int] = set()
