@@ -178,12 +178,16 @@ class GrowthAnalyzer:
             if sample.name in DISCOUNTED and not sample.labels:
                 value = self._discount(sample.name, sample.value, disturbed)
                 adjusted[sample.name] = value
-            series_limit = (
-                None
-                if value is None  # held back: judged later
-                else watched.limit_for(sample.name, sample.labels, value, values)
-            )
-            out.extend(self._judge(t, sample, value, series_limit, served))
+            series_limit = None
+            if value is None:
+                pass  # held back: judged later
+            elif series is not None and series.limit_key is not False:
+                # Where the limit is one lookup (or none), as limit_for would find it.
+                key = series.limit_key
+                series_limit = None if key is None else values.get(key)
+            else:
+                series_limit = watched.limit_for(sample.name, sample.labels, value, values)
+            out.extend(self._judge(t, sample, value, series_limit, served, series))
 
     def _repeat_of(self, chunk: tuple[Sample, ...], scaled: float) -> _Repeat | None:
         """What a chunk just judged will give while it is handed out again unchanged; None
@@ -215,11 +219,14 @@ class GrowthAnalyzer:
         value: float | None,
         limit: float | None,
         served: float | None,
+        series: _Judged | None = None,
     ) -> list[Sample]:
         """``value`` None: held back (a dump disturbs it); the last verdict stands meanwhile.
         ``served``: requests so far, given to memory series' detectors (their load
-        covariate); resource counts are judged without it."""
-        series = self._series.get((sample.name, sample.labels))
+        covariate); resource counts are judged without it. ``series``: the sample's, where
+        the caller has found it."""
+        if series is None:
+            series = self._series.get((sample.name, sample.labels))
         if series is None:
             if len(self._series) >= MAX_DETECTORS:
                 return []
@@ -320,7 +327,6 @@ class _Judged:
         "_follows_load",
         "_high",
         "_last_t",
-        "_limit_key",
         "_low",
         "_may_hold",
         "_samples",
@@ -330,6 +336,7 @@ class _Judged:
         "detector",
         "key",
         "labels",
+        "limit_key",
         "names",
     )
 
@@ -349,7 +356,7 @@ class _Judged:
         self._discounted = discounted
         # Where the limit is in a tick's readings; None: it has none; False: worked out
         # (``watched.limit_for``), not looked up.
-        self._limit_key = limit_key
+        self.limit_key = limit_key
         self._may_hold = not discounted and limit_key is not False
         self.detector = detector
         self.labels = labels
@@ -382,7 +389,7 @@ class _Judged:
         headroom never hold here."""
         if not self._may_hold or (served is not None and self._follows_load):
             return False
-        key = self._limit_key
+        key = self.limit_key
         if key:  # looked up (None: no limit; False was ruled out above)
             limit = readings.get(key)
             if limit is not None and limit != self.detector.limit:
@@ -473,16 +480,20 @@ class _Repeat:
 
     def refresh(self, scaled: float) -> bool:
         """After the members were judged one by one at ``scaled``: whether each took its
-        value in (it would hold it again), and if so what they answer from now on."""
-        members = self.members
-        if not all(series.repeatable(scaled, value) for series, value in members):
-            return False
-        self.limits = [
-            (series._limit_key, series.detector.limit) for series, _ in members if series._limit_key
-        ]
-        self.until = min(series.bucket_end for series, _ in members)
-        self.last = max(series._last_t for series, _ in members)
-        self.out = [sample for series, _ in members for sample in series.samples_of(series.verdict)]
+        value in (it would hold it again), and if so what they answer from now on. (One pass:
+        it runs on every bucket-closing tick.)"""
+        limits: list[tuple[tuple[str, Labels], float | None]] = []
+        out: list[Sample] = []
+        until, last = math.inf, -math.inf
+        for series, value in self.members:
+            if not series.repeatable(scaled, value):
+                return False
+            if series.limit_key:
+                limits.append((series.limit_key, series.detector.limit))
+            until = min(until, series.bucket_end)
+            last = max(last, series._last_t)
+            out += series.samples_of(series.verdict)
+        self.limits, self.until, self.last, self.out = limits, until, last, out
         return True
 
     def holds(self, scaled: float, readings: Mapping[tuple[str, Labels], float]) -> bool:
