@@ -21,16 +21,23 @@ How it decides, and why:
   Growth that is slower in its second half (by end-to-end rise and by robust slope alike), or
   slower than just before the window, is slowing down: a warm-up's tail, a cache nearing its
   bound; two slowing windows in a row end the search. Growth in two jumps, or three or four
-  whose spacing grows, is a ratchet (allocator steps, burst residues), not a staircase leak.
-- A leak must also have been watched for long enough to trust it: 10 minutes, 12 % of the time
-  it forecasts to OOM (a fill that stops early never gets there), and 30 minutes while the
-  process is younger than 90 minutes unless the limit is near. Once a leak, the verdict stays
-  leak while the lower envelope keeps rising, over a window as long as the one that called it
-  or twice that: while its floor now stands above every floor of the window's first half (by
-  1 % of the level), however slowly it got there (a quiet night, segment-sized steps), or
-  while it shows a trend at z >= 1 and 35 % of the leak's rate. Leaving takes positive
-  evidence that the growth stopped, over a span like the entry's, and it must say so for 3
-  minutes in a row, so verdicts do not flap during a leak.
+  whose spacing grows, or one climb over neighbouring groups that has held level for the last
+  quarter of the window (a load ramp, then its plateau), is a ratchet (allocator steps, burst
+  residues), not a staircase leak. One jump that makes half a window's rise is set aside: a
+  step is no rate, and the trend is what rises without it (if anything does). In a process's
+  first 90 minutes, halves are also compared with each half's largest rise set aside (an
+  allocator's step on a warm-up's slowing tail). A floor that has come down from the window's
+  high by more than noise is not growing now (a burst ending).
+- A leak must also have been watched for long enough to trust it: 10 minutes of the growth
+  itself (a window's flat opening does not count), 12 % of the time it forecasts to OOM (a
+  fill that stops early never gets there), and 30 minutes while the process is younger than
+  90 minutes unless the limit is near. Once a leak, the verdict stays leak while the lower
+  envelope keeps rising, over a window as long as the one that called it or twice that: while
+  its floor now stands above every floor of the window's first half (by 1 % of the level),
+  however slowly it got there (a quiet night, segment-sized steps), or while it shows a trend
+  at z >= 1 and 35 % of the leak's rate. Leaving takes positive evidence that the growth
+  stopped, over a span like the entry's, and it must say so for 3 minutes in a row, so
+  verdicts do not flap during a leak.
 - A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up.
 """
 
@@ -150,6 +157,8 @@ class _Window:
     #: A standing leak's window only (``_continuing``): the floor now stands above every floor
     #: of the window's first half by more than noise, whatever the rate that took it there.
     rising: bool = False
+    #: How long the growth has gone on: the window less its opening stretch at its first floor.
+    growing_for: float = math.inf
 
     @classmethod
     def quiet(cls, seconds: float, now: float) -> _Window:
@@ -191,11 +200,25 @@ def _ratchet(ys: Sequence[float]) -> bool:
             break
     if count <= 2:
         return True
+    where = sorted(i for _, i in jumps[:count])
+    if where[-1] - where[0] == count - 1 and where[-1] < len(ys) - 1 - len(ys) // 4:
+        # One climb over neighbouring groups, and level since for a quarter of the window:
+        # a load burst that ramped up over minutes and holds, one step however many groups
+        # its ramp took. A leak does not stop at a new level.
+        return True
     if count > 4:
         return False
-    where = sorted(i for _, i in jumps[:count])
     gaps = [b - a for a, b in itertools.pairwise(where)]
     return gaps[-1] > 1.5 * gaps[0]
+
+
+def _without_largest_rise(ys: Sequence[float]) -> list[float]:
+    """``ys`` with the largest rise between neighbours taken out (every later point lowered
+    by it): what remains of a series besides its biggest step."""
+    rise, at = max((b - a, i) for i, (a, b) in enumerate(itertools.pairwise(ys)))
+    if rise <= 0:
+        return list(ys)
+    return [*ys[: at + 1], *(y - rise for y in ys[at + 1 :])]
 
 
 def _end_rate(ts: Sequence[float], ys: Sequence[float]) -> float:
@@ -431,8 +454,21 @@ class Detector:
         y_mean = sum(ys) / len(ys)
         # No rise, or no trend: the common case, answered without the slopes (and without
         # the trend test's pairs where the ends already say no).
-        if rise <= cfg.min_rise_share * max(y_mean, 1.0) or _mann_kendall_z(ys) < cfg.min_trend_z:
+        min_rise = cfg.min_rise_share * max(y_mean, 1.0)
+        if rise <= min_rise or _mann_kendall_z(ys) < cfg.min_trend_z:
             return _Window.quiet(seconds, now)
+        # One jump between neighbouring groups that makes half the window's rise or more is a
+        # step (a caching allocator reserving a segment for a new peak batch, a burst's
+        # fragmentation residue), and a step is no rate: fitted through it, the slope is the
+        # step's size over the window's length, and a short window's forecast puts the limit
+        # minutes away. The trend is what rises without it; where nothing does, a ratchet.
+        stepped = False
+        without = _without_largest_rise(ys)
+        if rise - (without[-1] - without[0]) >= 0.5 * rise:
+            if without[-1] - without[0] <= min_rise or _mann_kendall_z(without) < cfg.min_trend_z:
+                stepped = True
+            else:
+                ys = without
         half = len(ts) // 2
         rate = _theil_sen(ts, ys)
         # Halves compared by their rise end to end, not by slopes: a staircase has flat
@@ -442,17 +478,37 @@ class Detector:
         # ... and by robust slopes too: a slowdown must show both ways, or it is noise.
         robust_first = _theil_sen(ts[:half], ys[:half])
         robust_second = _theil_sen(ts[half:], ys[half:])
+        regime_start = start if self._regime_start is None else self._regime_start
+        # ... and, in a young process, each half again with its largest rise set aside. There
+        # the warm-up's tail and a caching allocator's first steps overlap (new peak batches
+        # come ever more rarely, so its steps come early): a step props up the half it falls
+        # in while the tail flattens behind it. Later in life, a leak's segment-sized steps
+        # can fall unevenly in the halves, and this would read them as slowing.
+        slows_without_steps = False
+        if now - regime_start < cfg.young_seconds:
+            second_ys = _without_largest_rise(ys[half:])
+            slows_without_steps = _end_rate(ts[half:], second_ys) < 0.5 * _end_rate(
+                ts[: half + 1], _without_largest_rise(ys[: half + 1])
+            ) and _theil_sen(ts[half:], second_ys) < 0.5 * _theil_sen(
+                ts[:half], _without_largest_rise(ys[:half])
+            )
         # The same length just before this window, warm-up included: growth that was clearly
         # faster then is slowing down (a warm-up's tail, a cache nearing its bound).
-        regime_start = start if self._regime_start is None else self._regime_start
         prior_start = max(start - seconds, regime_start)
         prior_rate = None
         if start - prior_start >= seconds / 2:
             pts, pys, _ = self._groups(prior_start, start - prior_start, groups)
             if len(pts) >= MIN_GROUPS:
                 prior_rate = _end_rate(pts, pys)
-        steps = _ratchet(ys)
+        steps = stepped or _ratchet(ys)
         se, top = _spread(ts, ys, tops, rate, now)
+        # Where the growth began: after the opening groups whose floors have not yet risen by
+        # half a group's share of the window's rise (a load ramp's or a leak's onset inside).
+        began = start
+        for t_group, y in zip(ts[1:], ys[1:], strict=False):
+            if y - ys[0] > 0.5 * (ys[-1] - ys[0]) / (len(ys) - 1):
+                break
+            began = t_group + seconds / groups / 2
         load = self._load_of(start, seconds / groups, ts, ys)
         return _Window(
             seconds=seconds,
@@ -462,6 +518,10 @@ class Detector:
             decelerating=rate > 0
             and (
                 (second_rate < 0.5 * first_rate and robust_second < 0.5 * robust_first)
+                # The floor has come down from its high by more than noise: what rose is going
+                # (a burst ending, a cache evicting). A leak's floor does not give memory back.
+                or max(ys) - ys[-1] > min_rise
+                or slows_without_steps
                 or (prior_rate is not None and _end_rate(ts, ys) < 0.75 * prior_rate)
             ),
             steps=steps,
@@ -470,6 +530,7 @@ class Detector:
             rate_low=max(rate - 2 * se, 0.1 * rate),
             rate_high=rate + 2 * se,
             top=top,
+            growing_for=now - began,
         )
 
     def _load_of(
@@ -720,7 +781,12 @@ class Detector:
         if self.verdict.state != "leak" and self._revisited(best, now, period):
             return self._verdict(now, "growing", "rising back to a level it held before", best)
         forecast = self._forecast(best)
-        watched_enough = best.seconds >= cfg.min_leak_seconds / cfg.sensitivity
+        # The shortest growth that can be a leak is measured on the growth, not the window: a
+        # window that opens flat holds a rise younger than itself, and a load ramp of a few
+        # minutes would otherwise pass as ten minutes of growth. (The longer watches below
+        # count the window: they ask how long the level has been followed.)
+        watched = min(best.seconds, best.growing_for)
+        watched_enough = watched >= cfg.min_leak_seconds / cfg.sensitivity
         if since_start < cfg.young_seconds:
             # A young process fills caches and pools: its growth must last longer to count,
             # unless the limit is near enough that waiting would forfeit the warning.

@@ -15,8 +15,9 @@ Quiet families (6–48 h):
                   15 min–3 h (OOD: about 4 h), bound 20–150 % of the level
   allocator       caching-allocator reserved memory: a few step-ups on new peak batches,
                   spacing growing geometrically, then stable; quantised to 2 MiB, little noise
-  burst           load bursts: up within 0.5–2 min, hold 1–15 min (OOD: 15–40 min), down,
-                  leaving a fragmentation residue when a burst exceeds every earlier one
+  burst           load bursts: the load ramps up over 0.5–10 min, holds 1–12 min (OOD: 15–40
+                  min), down over 1–5 min, memory wobbling with the requests in flight while
+                  up; a fragmentation residue when a burst exceeds every earlier one
   steady          a warm-up and noise only
   mixed           2–3 of sawtooth, cache, bursts and allocator steps at once
 Leak families (a warm-up and a steady 0.5–12 h, or the leak from the start; onset to OOM
@@ -105,6 +106,7 @@ class Ranges:
     alloc_first: tuple[float, float] = (1.0, 15.0)  # first step after the warm-up
     burst_per_day: tuple[float, float] = (2.0, 6.0)
     burst_hold: tuple[float, float] = (1.0, 12.0)
+    burst_rise: tuple[float, float] = (0.5, 10.0)  # the load ramps up over minutes
     burst_height: tuple[float, float] = (0.1, 0.5)  # of the level
     chunk_mib: tuple[float, float] = (1.0, 3.0)  # retained per leaking request
     daily_swing: tuple[float, float] = (0.0, 0.5)  # request-rate amplitude of the day cycle
@@ -127,6 +129,7 @@ TEST = replace(
     alloc_first=(2.0, 30.0),
     burst_per_day=(3.0, 10.0),
     burst_hold=(1.0, 15.0),
+    burst_rise=(0.5, 12.0),
     burst_height=(0.1, 0.6),
     chunk_mib=(0.5, 4.0),
     daily_swing=(0.0, 0.8),
@@ -274,8 +277,11 @@ def _allocator(rng, t, starts, total: float, ranges) -> np.ndarray:
 
 
 def _bursts(rng, t, starts, level: float, hold_range, ranges) -> np.ndarray:
-    """Load bursts: up within 0.5–2 min, hold, down over 1–5 min. A burst higher than any
-    before it in this process maps new memory and leaves a residue (fragmentation)."""
+    """Load bursts: the load ramps up over minutes (0.5–10: users arrive, a batch job's
+    workers start one by one), holds, and goes down over 1–5 min; memory follows the load, so
+    while it is up the working set also wobbles with the requests in flight. A burst higher
+    than any before it in this process maps new memory and leaves a residue (fragmentation,
+    its high-water mark)."""
     out = np.zeros_like(t)
     span = float(t[-1] - t[0])
     n = rng.poisson(_uniform(rng, ranges.burst_per_day) * span / DAY)
@@ -286,14 +292,17 @@ def _bursts(rng, t, starts, level: float, hold_range, ranges) -> np.ndarray:
         residue = max(0.0, height - peak[run]) * rng.uniform(0.02, 0.1)
         peak[run] = max(peak[run], height)
         rise, hold, fall = (
-            rng.uniform(0.5, 2.0) * MINUTE,
+            _log_uniform(rng, ranges.burst_rise) * MINUTE,
             _uniform(rng, hold_range) * MINUTE,
             rng.uniform(1.0, 5.0) * MINUTE,
         )
         end = starts[run + 1] if run + 1 < len(starts) else math.inf
         knots = at + np.array([0.0, rise, rise + hold, rise + hold + fall])
         shape = np.interp(t, knots, [0.0, height, height, residue], left=0.0, right=residue)
-        out += np.where(t < end, shape, 0.0)
+        # Requests in flight come and go: the loaded part wobbles by a few percent of itself.
+        loaded = np.clip(shape - residue, 0.0, None)
+        wobble = _noise(rng, t, 1.0) * rng.uniform(0.01, 0.04)
+        out += np.where(t < end, shape + loaded * wobble, 0.0)
     return out
 
 
