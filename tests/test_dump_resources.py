@@ -74,8 +74,8 @@ class Clock:
         return self.t
 
 
-#: Each gc.get_referrers call of the dump: the function that asked, and what it asked of.
-_PASSES: list[tuple[str, tuple[object, ...]]] = []
+#: Each gc.get_referrers call of the dump: the function that asked, and of how many objects.
+_PASSES: list[tuple[str, int]] = []
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,8 @@ def grown():
         def counted(*objects):
             # Who asked: the search's referrers() is called by find_holders (the holder
             # search's sampled passes) or by the path searches.
-            _PASSES.append((sys._getframe(2).f_code.co_name, objects))
+            # (Counts only: keeping the objects would keep tasks alive for later tests.)
+            _PASSES.append((sys._getframe(2).f_code.co_name, len(objects)))
             return get_referrers(*objects)
 
         gc.get_referrers = counted  # the heap passes the searches make of their own
@@ -182,7 +183,7 @@ def test_the_holders_of_resources_come_from_the_censuss_own_pass(grown):
     gc.get_referrers call scans the whole heap: 0.1-0.3 s of pause on a million objects), and
     still place every group. (The paths up from the holders, a level a call, still ask.)"""
     assert _PASSES, "the spy saw no call at all: it would prove nothing"
-    assert [len(objects) for caller, objects in _PASSES if caller == "find_holders"] == []
+    assert [count for caller, count in _PASSES if caller == "find_holders"] == []
     fds = _resource(grown, "fds")
     assert _group(fds, f"{HERE}._FILES")["count"] == 30
     assert _group(fds, f"{HERE}.POOL._conns")["count"] == 5
