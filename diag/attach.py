@@ -186,7 +186,7 @@ def _inject_with_gdb(target: Target, payload_path: str, gdb: str | None) -> None
         gdb, "-p", str(target.pid), "-batch", "-nx", "-q",
         "-ex", "set pagination off",
         "-ex", f"source {GDB_SCRIPT}",
-        "-ex", f"python diag_attach({payload_path!r})",
+        "-ex", f"python diag_attach({_payload_line(payload_path)!r})",
         "-ex", "detach",
     ]  # fmt: skip
     try:

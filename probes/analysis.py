@@ -81,12 +81,10 @@ class GrowthAnalyzer:
         self.verdicts: dict[str, Verdict] = {}
         #: The series judged: the catalogue's (a benchmark narrows it to price the detectors).
         self._judged = JUDGED
-        # By the position of a probe's chunk in the tick: the chunk handed last, and what it
-        # gives while handed again (``_Repeat``).
-        self._handed: dict[int, Sequence[Sample]] = {}
-        self._repeats: dict[int, _Repeat] = {}
-        # ... and the readings it gave ``_readings``.
+        # By the position of a probe's chunk in the tick: the chunk handed last and the
+        # readings it gave (``_readings``), and what it gives while handed again (``_Repeat``).
         self._looked: dict[int, tuple[Sequence[Sample], list[Reading]]] = {}
+        self._repeats: dict[int, _Repeat] = {}
 
     def on_change(self, listener: VerdictListener) -> None:
         self._listeners.append(listener)
@@ -97,7 +95,8 @@ class GrowthAnalyzer:
         """``chunks``: ``samples`` as the probes gave them, one sequence each (the sampler
         passes them): a probe that hands out the very same tuple again, nothing in it moved,
         is answered for all its series at once while none of their buckets closes."""
-        values = self._readings(samples, chunks)
+        chunks = chunks or (samples,)
+        values, repeated = self._readings(chunks)
         disturbed = self._disturbed(t)
         # The load covariate of the memory detectors: requests so far, all endpoints.
         served = None if self._requests is None else self._requests.total()
@@ -105,7 +104,7 @@ class GrowthAnalyzer:
         adjusted: dict[str, float | None] = {}
         scaled = t * self.config.time_scale
         repeats = self._repeats
-        for position, chunk in enumerate(chunks or (samples,)):
+        for position, chunk in enumerate(chunks):
             repeat = repeats.get(position)
             if repeat is not None and repeat.chunk is chunk:
                 if not repeat.holds(scaled, values):
@@ -118,14 +117,12 @@ class GrowthAnalyzer:
                 out.extend(repeat.out)
                 continue
             self._judge_all(t, chunk, values, disturbed, served, out, adjusted)
-            repeat = None
-            if type(chunk) is tuple and chunk is self._handed.get(position):
-                repeat = self._repeat_of(chunk, scaled)  # handed twice: worth planning
+            # Handed twice, the same tuple: worth planning for its next ticks.
+            repeat = self._repeat_of(chunk, scaled) if position in repeated else None
             if repeat is None:
                 repeats.pop(position, None)
             else:
                 repeats[position] = repeat
-            self._handed[position] = chunk
         name = self._retention_series
         memory = adjusted[name] if name in adjusted else values.get((name, ()))
         if memory is not None:
@@ -136,22 +133,24 @@ class GrowthAnalyzer:
         return out
 
     def _readings(
-        self, samples: Sequence[Sample], chunks: Sequence[Sequence[Sample]]
-    ) -> dict[tuple[str, Labels], float]:
+        self, chunks: Sequence[Sequence[Sample]]
+    ) -> tuple[dict[tuple[str, Labels], float], set[int]]:
         """The tick's limits and retention series by (name, labels): only those are looked
-        up. A chunk handed again, the same tuple, gives what it gave."""
+        up. And the positions of the chunks handed again, the same tuple as last tick
+        (immutable, so unchanged): they give what they gave."""
         looked_up = self._looked_up
-        if not chunks:
-            return {(s.name, s.labels): s.value for s in samples if s.name in looked_up}
         values: dict[tuple[str, Labels], float] = {}
+        repeated: set[int] = set()
         cache = self._looked
         for position, chunk in enumerate(chunks):
             cached = cache.get(position)
-            if cached is None or cached[0] is not chunk or type(chunk) is not tuple:
+            if cached is not None and cached[0] is chunk and type(chunk) is tuple:
+                repeated.add(position)
+            else:
                 found = [((s.name, s.labels), s.value) for s in chunk if s.name in looked_up]
                 cached = cache[position] = (chunk, found)
             values.update(cached[1])
-        return values
+        return values, repeated
 
     def _judge_all(
         self,
@@ -189,7 +188,7 @@ class GrowthAnalyzer:
                 series_limit = watched.limit_for(sample.name, sample.labels, value, values)
             out.extend(self._judge(t, sample, value, series_limit, served, series))
 
-    def _repeat_of(self, chunk: tuple[Sample, ...], scaled: float) -> _Repeat | None:
+    def _repeat_of(self, chunk: Sequence[Sample], scaled: float) -> _Repeat | None:
         """What a chunk just judged will give while it is handed out again unchanged; None
         where one of its series must see every sample (judged with its load, discounted,
         against the host's headroom) or did not take this one in."""
@@ -471,7 +470,7 @@ class _Repeat:
 
     __slots__ = ("chunk", "last", "limits", "members", "out", "until")
 
-    def __init__(self, chunk: tuple[Sample, ...], members: list[tuple[_Judged, float]]) -> None:
+    def __init__(self, chunk: Sequence[Sample], members: list[tuple[_Judged, float]]) -> None:
         self.chunk = chunk
         self.members = members  # each judged series, and its value in the chunk
         self.limits: list[tuple[tuple[str, Labels], float | None]] = []

@@ -220,6 +220,11 @@ def coroutine_name(task: Any) -> str:
     return str(getattr(coro, "__qualname__", None) or type(coro).__name__)
 
 
+def shm_usage(st: os.statvfs_result) -> tuple[int, int]:
+    """Bytes used and the size of the file system ``st`` describes (``/dev/shm``)."""
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+
 def asyncio_task_sets() -> list[Collection[Any]] | None:
     """The sets asyncio keeps its tasks in, without importing it: None when the host has not
     imported asyncio; an empty list on a Python whose asyncio keeps them elsewhere."""
@@ -368,8 +373,7 @@ class ResourceProbe:
         if threads <= 0:
             return None  # the process has ended: the long way looks again
         python_threads = threading.active_count() if self.inside else None
-        used, total = (shm.f_blocks - shm.f_bfree) * shm.f_frsize, shm.f_blocks * shm.f_frsize
-        return threads, python_threads, fds, tasks, used, total
+        return threads, python_threads, fds, tasks, *shm_usage(shm)
 
     def _sample(self) -> Sequence[Sample]:
         # One clock reading decides whether any pass may be due: most ticks run none.
@@ -747,7 +751,7 @@ class ResourceProbe:
         except OSError as exc:
             self._note("shm", f"cannot stat {self._shm_path} ({exc.strerror})")
             return None
-        return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+        return shm_usage(st)
 
     def _refresh_limits(self) -> None:
         status = self._read_status()  # raises ProbeUnavailable for a process that is gone

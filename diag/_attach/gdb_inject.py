@@ -1,7 +1,7 @@
 """Runs inside gdb's Python (``gdb -p PID -batch -ex "source THIS" -ex "python ..."``).
 
-It makes the target run one line, ``exec(open(PAYLOAD).read())``, at a point where running
-Python is safe. Never PyRun_SimpleString from an arbitrary stop (seen to crash a busy,
+It makes the target run one line (``diag.attach``'s: it runs the payload file), at a point
+where running Python is safe. Never PyRun_SimpleString from an arbitrary stop (seen to crash a busy,
 allocating target about one time in ten). Instead:
 
 - The line is written into a fresh page of the target (mmap is a plain system call, safe from
@@ -42,10 +42,10 @@ def _place(text):
     return address
 
 
-def diag_attach(payload):
+def diag_attach(line):
     threads = sorted(gdb.selected_inferior().threads(), key=lambda t: t.num)
     names = _top_frames(threads[0])
-    address = _place(f"exec(open({payload!r}).read())")
+    address = _place(line)
     if any(word in name for name in names[:3] for word in BLOCKING):
         _say(f"main thread waits ({names[0]}): running with PyGILState_Ensure")
         state = int(gdb.parse_and_eval("(int)PyGILState_Ensure()"))
