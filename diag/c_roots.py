@@ -60,6 +60,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from diag.dominators import Group
+
 #: A coroutine's await chain is followed this deep.
 AWAIT_DEPTH = 16
 #: Words of a thread state read: 3.11 keeps thread_id, dict and context in its first 30 of
@@ -655,13 +657,16 @@ class _AtexitProbe:
     __hash__ = object.__hash__
 
 
-def held_from_c() -> list[tuple[str, Any, list[tuple[str, Any]]]]:
+def held_from_c(
+    deadline: float = float("inf"),
+) -> list[tuple[str, Any, list[tuple[str, Any]]]]:
     """The interpreter's own registries whose entries no Python root reaches, as sources for
     the dominator walk: (kind, the registry or context, [(path, value)]). A thread's context:
     each variable (``contextvar request_log in thread 'MainThread'``); the atexit callbacks and
     the signal handlers (found and named as ``CRoots`` finds them); the weakref.finalize
-    callbacks (reachable through a library's class, but named by what they are). A source
-    that cannot be read names nothing."""
+    callbacks (reachable through a library's class, but named by what they are); the pending
+    asyncio tasks, grouped by coroutine and what they await (an event loop reaches them, but
+    a leak in them is theirs, not the loop's). A source that cannot be read names nothing."""
     out: list[tuple[str, Any, list[tuple[str, Any]]]] = []
     names: dict[int, str] = {}
     with contextlib.suppress(Exception):
@@ -686,6 +691,9 @@ def held_from_c() -> list[tuple[str, Any, list[tuple[str, Any]]]]:
         if type(registry) is dict:
             entries = [(finalize_text(info), info) for info in list(registry.values())]
             out.append(("finalize", registry, entries))
+    with contextlib.suppress(Exception):
+        tasks = task_entries(deadline)
+        out.append(("task", tasks, tasks))
     return [(kind, registry, _grouped(entries)) for kind, registry, entries in out]
 
 
@@ -699,10 +707,54 @@ def _grouped(entries: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """One source per path: a thousand callbacks of one function registered with a chunk
     each are one owner (``atexit callback flush()``), held through a list of ours (a few
     bytes a callback, counted with them)."""
-    by_path: dict[str, list[Any]] = {}
+    by_path: dict[str, Group] = {}
     for path, value in entries:
-        by_path.setdefault(path, []).append(value)
+        by_path.setdefault(path, Group()).append(value)
     return [(path, values[0] if len(values) == 1 else values) for path, values in by_path.items()]
+
+
+def task_entries(deadline: float = float("inf")) -> list[tuple[str, Any]]:
+    """(text, task) for every pending asyncio task, the text naming its coroutine and what
+    it awaits: ``pending asyncio tasks of hold() awaiting sleep()``, or ``… awaiting svc.STOP``
+    where a module's global is the object it waits on (a look through the modules' globals,
+    no pass over the heap)."""
+    found: list[tuple[str, Any, str | None, Any]] = []
+    for index, task in enumerate(_pending_tasks()):
+        if index % 256 == 255 and time.monotonic() > deadline:
+            break
+        chain = _await_chain(task)
+        if not chain:
+            continue
+        root = TaskRoot(task, str(chain[0].__qualname__), chain[-1], len(chain) > 1)
+        try:
+            target, awaiting = root.awaited()
+        except Exception:
+            target, awaiting = None, None
+        found.append((root.outer, target, awaiting, task))
+    named = _global_names({id(target): target for _, target, _, _ in found if target is not None})
+    entries = []
+    for outer, target, awaiting, task in found:
+        what = named.get(id(target)) or awaiting
+        text = f"pending asyncio tasks of {outer}()"
+        entries.append((f"{text} awaiting {what}" if what else text, task))
+    found.clear()
+    return entries
+
+
+def _global_names(wanted: dict[int, Any]) -> dict[int, str]:
+    """id -> ``module.name`` for the ``wanted`` objects that a module's global is (the first
+    module that names it), looked for in C through each module's values."""
+    names: dict[int, str] = {}
+    if not wanted:
+        return names
+    for module_name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if type(namespace) is not dict or wanted.keys().isdisjoint(map(id, namespace.values())):
+            continue
+        for key, value in list(namespace.items()):
+            if id(value) in wanted and type(key) is str:
+                names.setdefault(id(value), f"{module_name}.{key}")
+    return names
 
 
 class CRoots:
@@ -862,7 +914,9 @@ class TaskRoot:
         if awaited is not None and type(awaited) not in _GENERATORS:
             target = awaited  # a Future, or an object's __await__ iterator
             awaiting = type_name(awaited)
-        if self.nested or target is None:
+        elif not self.nested:
+            return None, None  # not started yet, or running: it awaits nothing
+        if self.nested:
             awaiting = f"{inner.__qualname__}()"
             frame = generator_frame(inner)
             code = inner.cr_code if type(inner) is types.CoroutineType else None

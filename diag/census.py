@@ -641,7 +641,7 @@ class Census:
             # The interpreter's registries: each a boundary, so that a library that also
             # reaches one (weakref.finalize's class holds its registry) does not share what
             # the registry's entries own.
-            for kind, registry, entries in c_roots.held_from_c():
+            for kind, registry, entries in c_roots.held_from_c(self.deadline):
                 roots.append(dominators.RootContainer(kind, "", registry, entries))
                 boundaries.append(registry)
             deadline = self.deadline - 0.05 * (self.deadline - self.started)
@@ -931,7 +931,7 @@ def _user_module(name: str, module: Any) -> bool:
 
 
 #: The kinds of the sources ``c_roots.held_from_c`` adds: their keys are whole paths.
-C_SOURCE_KINDS = frozenset({"context", "atexit", "signal", "finalize"})
+C_SOURCE_KINDS = frozenset({"context", "atexit", "signal", "finalize", "task"})
 
 
 def _label_path(root: dominators.RootContainer, key: str) -> str:

@@ -70,6 +70,13 @@ _STR = itertools.repeat(str)
 _ATOMS = frozenset({str, bytes, int, float, bool, type(None), complex})
 
 
+class Group(list):  # type: ignore[type-arg]
+    """Objects that are one owner together, as a root container's entry: a thousand pending
+    tasks of one coroutine. Each is a source under the entry's label, so a walk from elsewhere
+    that reaches one of them stops there, as at any source. (A list of diag's own, never one
+    of the host's: a host's list is an ordinary object.)"""
+
+
 @dataclass
 class RootContainer:
     """A namespace whose entries are sources: a module's globals, a class's namespace, a
@@ -463,6 +470,11 @@ class _Walk:
                 # Free (unlabelled; when relabelling, the first owner's): this owner's now.
                 # (An unlabelled object is never a source: sources are labelled first.)
                 free = list(map(is_free, had))
+                if relabel_from is not None:
+                    # A source keeps its label when a shared entry below it refers back to
+                    # it (a child to its parent, a task to its loop): the entry takes only
+                    # what lies below itself, never the source and all that source holds.
+                    free = list(map(operator.gt, free, map(sources.__contains__, unique)))
                 labels.update(zip(compress(unique, free), itertools.repeat(label)))
                 nxt.extend(compress(unique.values(), free))
                 del free
@@ -534,9 +546,14 @@ def analyse(
             if id(value) in labels:
                 continue  # a module, a class, an alias of a source named already
             label = owners.add(value, index, key)
+            members = [value]
+            if type(value) is Group:
+                members = [m for m in value if id(m) not in labels]
+                labels.update(dict.fromkeys(map(id, members), label))
+                sources.update(map(id, members))
             labels[id(value)] = label
             sources.add(id(value))
-            plan.append(([value], label))
+            plan.append((members, label))
     walk = _Walk(
         labels,
         owners,

@@ -387,6 +387,50 @@ def test_pending_tasks_are_grouped_by_coroutine_and_what_they_await():
         loop.close()
 
 
+async def _sleeper() -> None:
+    await asyncio.sleep(3600)
+
+
+async def _never_started() -> None:
+    return None
+
+
+def test_task_entries_group_pending_tasks_by_coroutine_and_what_they_await():
+    from diag.c_roots import task_entries
+
+    loop = asyncio.new_event_loop()
+    tasks: list[Any] = []
+
+    async def start() -> None:
+        global STOP
+        STOP = asyncio.Event()
+        for _ in range(3):
+            tasks.append(asyncio.create_task(push_chunks()))
+            tasks.append(asyncio.create_task(_sleeper()))
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(start())
+    # The loop is not running: this one has not started.
+    tasks.append(loop.create_task(_never_started()))
+    try:
+        texts: dict[str, int] = {}
+        for text, task in task_entries():
+            assert not task.done()
+            texts[text] = texts.get(text, 0) + 1
+        assert texts == {
+            "pending asyncio tasks of push_chunks() awaiting tests.test_c_roots.STOP": 3,
+            "pending asyncio tasks of _sleeper() awaiting sleep()": 3,
+            "pending asyncio tasks of _never_started()": 1,
+        }
+    finally:
+        assert STOP is not None
+        STOP.set()
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
+
+
 def test_a_contextvar_set_in_a_pending_task_is_named_by_task_and_variable():
     loop = asyncio.new_event_loop()
     tasks: list[Any] = []

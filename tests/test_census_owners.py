@@ -209,3 +209,38 @@ def test_what_only_the_interpreter_holds_is_owned_by_its_registry(svc):
     assert (context.contents[0].beneath, context.contents[0].count) == ("[<int>]", 400)
     finalized = owners["weakref.finalize callback remove_tmp()"]
     assert finalized.root == "finalize" and finalized.retained_bytes >= 300 * 4096
+
+
+async def push_chunks(stop):
+    chunks = [os.urandom(4096) for _ in range(100)]
+    await stop.wait()
+    chunks.clear()
+
+
+def test_pending_tasks_own_what_their_coroutines_hold(svc):
+    """Tasks waiting on an Event a module's global holds: the Event alone reaches them
+    (through its waiters' callbacks) and dominates them, but what leaks is theirs: one owner
+    for the coroutine's tasks, named by what they await, with the task root."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+
+    async def start():
+        svc.STOP = asyncio.Event()
+        for _ in range(8):  # nothing of ours keeps the tasks: only what they wait on
+            asyncio.create_task(push_chunks(svc.STOP))  # noqa: RUF006 (the point)
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(start())  # the tasks wait on STOP; the loop is not running
+    try:
+        dump, _ = take_dump(top=50, time_budget=60)
+    finally:
+        svc.STOP.set()
+        loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop)))
+        loop.close()
+    owners = {o.path: o for o in dump.owners}
+    owner = owners["pending asyncio tasks of push_chunks() awaiting census_owned_service.STOP"]
+    assert owner.root == "task"
+    assert 8 * 100 * 4096 <= owner.retained_bytes <= 8 * 100 * 4200 + 8 * 2000
+    stop = owners.get("census_owned_service.STOP")
+    assert stop is None or stop.retained_bytes < 10_000

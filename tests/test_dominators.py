@@ -134,6 +134,49 @@ def test_a_set_of_tuples_and_what_two_roots_share(module):
     assert owners.retained[entry] == _size(shared, *shared)
 
 
+def test_a_groups_members_are_sources_that_other_walks_stop_at(module):
+    # Three buffers a module's list also reaches: given as one group (as the pending tasks of
+    # one coroutine are), they are the group's, and the list keeps only itself.
+    module.ALSO = [bytearray(20_000) for _ in range(3)]
+    roots, boundaries = dominators.collect_roots(census._user_module, OWN_DIRS)
+    registry = [("the group", dominators.Group(module.ALSO))]
+    roots.append(dominators.RootContainer("task", "", registry, list(registry)))
+    boundaries.append(registry)
+    analysis = dominators.analyse(
+        roots, boundaries, deadline=time.monotonic() + 60, clock=time.monotonic
+    )
+    owners = analysis.owners
+    group = next(i for i, key in enumerate(owners.keys) if key == "the group")
+    assert owners.retained[group] == _size(*module.ALSO)
+    assert owners.retained[_owner(analysis, "dominated_service", "ALSO")] == _size(module.ALSO)
+
+
+class _Node:
+    def __init__(self, parent=None):
+        self.parent = parent
+        self.items = []
+
+
+def test_a_shared_entry_that_refers_back_to_a_source_takes_nothing_of_it(module):
+    # A child both roots reach, which refers back to the first one (its parent): the entry
+    # it becomes owns itself, and the parent keeps its own weight, however the child refers
+    # back to it. (A relabelling walk from the entry once took the source and all below it.)
+    service = _Node()
+    service.items = [bytes(10_000) for _ in range(5)]
+    child = _Node(parent=service)
+    service.items.append(child)
+    module.SERVICE = service
+    module.REGISTRY = [child]
+    del service, child  # a local of this running frame would be a root of its own
+    analysis = _walk()
+    owners = analysis.owners
+    service = module.SERVICE
+    label = _owner(analysis, "dominated_service", "SERVICE")
+    assert owners.retained[label] >= _size(*service.items[:5])
+    entry = next(i for i, o in enumerate(owners.objects) if o is module.REGISTRY[0])
+    assert owners.retained[entry] < 1_000
+
+
 def test_buffers_outside_pythons_allocator_weigh_what_they_hold(module):
     torch = pytest.importorskip("torch")
 
