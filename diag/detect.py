@@ -20,10 +20,14 @@ How it decides, and why:
   by 30 % from the shorter ones' is another regime: the rate is fitted only after the change.
   Growth that is slower in its second half (by end-to-end rise and by robust slope alike), or
   slower than just before the window, is slowing down: a warm-up's tail, a cache nearing its
-  bound; two slowing windows in a row end the search. Growth in two jumps, or three or four
-  whose spacing grows, or one climb over neighbouring groups that has held level for the last
-  quarter of the window (a load ramp, then its plateau), is a ratchet (allocator steps, burst
-  residues), not a staircase leak. One jump that makes half a window's rise is set aside: a
+  bound. So is growth whose last third climbs clearly slower than its middle third (by a
+  quarter, and beyond noise), judged in a process's first 90 minutes and over the shortest
+  window: a fill's rate falls with the room it has left, a leak's holds, and a young process's
+  growth is a warm-up until it has shown that its rate does not decay. Two slowing windows in
+  a row end the search. Growth in two jumps, or three or four whose spacing grows, or one
+  climb over neighbouring groups that has held level for the last quarter of the window (a
+  load ramp, then its plateau), is a ratchet (allocator steps, burst residues), not a
+  staircase leak. One jump that makes half a window's rise is set aside: a
   step is no rate, and the trend is what rises without it (if anything does). In a process's
   first 90 minutes, halves are also compared with each half's largest rise set aside (an
   allocator's step on a warm-up's slowing tail). A floor that has come down from the window's
@@ -68,6 +72,12 @@ HOLD_MIN_TREND_Z = 1.0
 LEAK_EXIT_BUCKETS = 6
 #: The request rate varied across a window when its range is this share of its mean.
 LOAD_VARIES = 0.2
+#: A fill slows as it nears its bound (its rate falls with the room left, as hits replace
+#: misses); a leak's rate holds or follows load. Growth whose last third climbs at under this
+#: share of its middle third's rate, and slower by this many noise units (about two standard
+#: errors of the difference), is slowing down (``_last_third_slower``).
+FILL_SLOWING_SHARE = 0.75
+FILL_SLOWING_NOISE = 3.0
 #: After one of diag's dumps ends, the host still settles from it (requests queued during the
 #: pause run at once) for about this long: memory samples are held back until then.
 SETTLE_SECONDS = 3.0
@@ -210,6 +220,24 @@ def _ratchet(ys: Sequence[float]) -> bool:
         return False
     gaps = [b - a for a, b in itertools.pairwise(where)]
     return gaps[-1] > 1.5 * gaps[0]
+
+
+def _last_third_slower(ts: Sequence[float], ys: Sequence[float]) -> bool:
+    """Whether the last third of a window's minima climbs clearly slower than its middle
+    third: by ``FILL_SLOWING_SHARE`` and by more than noise, the minima's scatter taken from
+    their second differences (a smooth curve's are small, noise's are not). Not against the
+    first third: a warm-up's tail on a leak's first stretch makes that one fast, and a leak
+    then climbs at its own constant rate, while a fill keeps slowing."""
+    k = len(ys) // 3
+    if k < 2:
+        return False
+    middle = _end_rate(ts[k : 2 * k + 1], ys[k : 2 * k + 1])
+    last = _end_rate(ts[2 * k :], ys[2 * k :])
+    if not last < FILL_SLOWING_SHARE * middle:
+        return False
+    curvature = _median([abs(c - 2 * b + a) for a, b, c in zip(ys, ys[1:], ys[2:], strict=False)])
+    sigma = curvature / 0.6745 / math.sqrt(6)  # a robust standard deviation of one minimum
+    return middle - last > FILL_SLOWING_NOISE * sigma / ((ts[-1] - ts[0]) / 3)
 
 
 def _without_largest_rise(ys: Sequence[float]) -> list[float]:
@@ -492,6 +520,17 @@ class Detector:
             ) and _theil_sen(ts[half:], second_ys) < 0.5 * _theil_sen(
                 ts[:half], _without_largest_rise(ys[:half])
             )
+        # Filling toward a bound: the last third clearly slower than the middle one. Judged in
+        # a process's first 90 minutes, where caches and pools fill: there a short, confident
+        # forecast would pass the young-process watch, and a cache's rate has not yet fallen
+        # to half (the halves above) when it is called; growth is a warm-up until it has shown
+        # that its rate does not decay. And over the shortest window at any age: a load ramp
+        # reaching its height slows in the last minutes before it holds (a ratchet once it
+        # has held for a quarter of the window). Later, over longer windows, a staircase's
+        # Poisson steps and its daily cycle make thirds too uneven to judge this way.
+        fill_slowing = (
+            now - regime_start < cfg.young_seconds or seconds <= cfg.min_leak_seconds
+        ) and _last_third_slower(ts, ys)
         # The same length just before this window, warm-up included: growth that was clearly
         # faster then is slowing down (a warm-up's tail, a cache nearing its bound).
         prior_start = max(start - seconds, regime_start)
@@ -522,6 +561,7 @@ class Detector:
                 # (a burst ending, a cache evicting). A leak's floor does not give memory back.
                 or max(ys) - ys[-1] > min_rise
                 or slows_without_steps
+                or fill_slowing
                 or (prior_rate is not None and _end_rate(ts, ys) < 0.75 * prior_rate)
             ),
             steps=steps,
