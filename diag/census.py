@@ -543,6 +543,8 @@ class Census:
         self.retained_by_path: dict[str, int] = {}
         #: The root kind ``diag.owners.locate`` gave each shared entry it named (by path).
         self.entry_roots: dict[str, str] = {}
+        #: The labels that shared entries were folded into (``dominators.fold_shared``).
+        self._folded_into: set[int] = set()
         self.survivors: Survivors | None = None
         self.notes: list[str] = []
         self.holders: set[int] = set()  # ids of the owners the tensor holder search made
@@ -678,30 +680,38 @@ class Census:
     def _dominator_owners(
         self, analysis: dominators.Analysis, survivor_stacks: list[_Sampled]
     ) -> list[Owner]:
-        """Owners from the dominator walk: each root's variable (or a shared region's entry)
-        that retains enough, holds the window's survivors, or grew since the baseline."""
+        """Owners from the dominator walk: each root's variable (or a shared region's entry,
+        or the entries two variables share, folded) that retains enough, holds the window's
+        survivors, or grew since the baseline."""
         owners_of = analysis.owners
         roots = analysis.roots
         before = self.retained_before
         by_path: dict[str, int] = {}
         chosen: list[tuple[int, str]] = []
         entries: list[int] = []
+        self._folded_into = set(analysis.folded.values())
         for label in range(len(owners_of)):
             retained = owners_of.retained[label]
             survivors = owners_of.survivor_bytes[label]
             container = owners_of.containers[label]
-            if container < 0:  # a shared region's entry: named below, if it matters
+            if label in analysis.folded:
+                continue  # its figures are another entry's now
+            if container < 0 and label not in self._folded_into:
+                # A shared region's entry: named below, if it matters.
                 if retained >= MIN_OWNER_BYTES or survivors >= GREW_BYTES:
                     entries.append(label)
                 continue
             if retained < BASELINE_BYTES and survivors < GREW_BYTES:
                 continue
-            path = _label_path(roots[container], owners_of.keys[label])
+            if container < 0:  # what two variables share, many entries folded into one
+                path = self._shared_path(analysis, label)
+            else:
+                path = _label_path(roots[container], owners_of.keys[label])
             if _is_tooling(path):
                 continue
             by_path[path] = retained
             grew = before is not None and retained - before.get(path, 0) >= GREW_BYTES
-            library = bool(owners_of.coarse[label]) or roots[container].coarse
+            library = bool(owners_of.coarse[label]) or (container >= 0 and roots[container].coarse)
             if library and not grew and survivors < GREW_BYTES:
                 continue  # torch's op tables and the like: big, but nobody's leak
             if retained >= MIN_OWNER_BYTES or grew or survivors >= GREW_BYTES:
@@ -730,6 +740,7 @@ class Census:
         stacks_of: dict[int, list[tuple[tuple[Frame, ...], int]]] = defaultdict(list)
         for ident, traceback, size in survivor_stacks:
             owner = analysis.labels.get(ident, -1)
+            owner = analysis.folded.get(owner, owner)
             if owner in shown:
                 stacks_of[owner].append((frames_of(traceback, self.user_only), size))
         result = []
@@ -738,6 +749,19 @@ class Census:
         witness = _survivors_of(analysis, result, [label for label, _ in chosen])
         self.survivors = witness if self.tracing else None
         return result
+
+    def _shared_path(self, analysis: dominators.Analysis, label: int) -> str:
+        """``svc.BY_ID + svc.BY_NAME (held by both)``: the two variables whose walks met the
+        folded entries, first the one that found them; the root kind is the first's."""
+        owners_of = analysis.owners
+        ends = []
+        for end in (owners_of.found_from[label], owners_of.shared_with[label]):
+            root = analysis.roots[owners_of.containers[end]]
+            ends.append(_label_path(root, owners_of.keys[end]))
+        path = f"{ends[0]} + {ends[1]} (held by both)"
+        first = analysis.roots[owners_of.containers[owners_of.found_from[label]]]
+        self.entry_roots[path] = first.kind
+        return path
 
     def _dominator_owner(
         self,
@@ -778,7 +802,11 @@ class Census:
                     round(count * scale),
                     round(size * scale),
                 ]
-        elif value is not None and issubclass(type(value), _CONTAINER_TYPES):
+        elif (
+            value is not None
+            and issubclass(type(value), _CONTAINER_TYPES)
+            and label not in self._folded_into  # one entry's shape is not the others'
+        ):
             beneath, leaves, count = _shape_beneath(value)
             by_type: dict[str, int] = defaultdict(int)
             for item in leaves:

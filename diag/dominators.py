@@ -104,11 +104,18 @@ class Owners:
         self.survivors = array("q")
         self.survivor_bytes = array("q")
         self.found_from = array("q")  # for a shared entry: the owner whose walk found it
+        self.shared_with = array("q")  # for a shared entry: the owner whose walk met it again
         self.by_type: list[dict[type, list[int]]] = []  # label -> survivors' type -> [count, bytes]
         self.coarse = bytearray()  # 1 for a library's whole container
 
     def add(
-        self, obj: Any, container: int, key: str, found_from: int = -1, coarse: bool = False
+        self,
+        obj: Any,
+        container: int,
+        key: str,
+        found_from: int = -1,
+        coarse: bool = False,
+        shared_with: int = -1,
     ) -> int:
         self.coarse.append(coarse)
         self.objects.append(obj)
@@ -117,6 +124,7 @@ class Owners:
         for column in (self.retained, self.count, self.survivors, self.survivor_bytes):
             column.append(0)
         self.found_from.append(found_from)
+        self.shared_with.append(shared_with)
         self.by_type.append({})
         return len(self.objects) - 1
 
@@ -132,6 +140,9 @@ class Analysis:
     visited: int  # objects walked
     multi: int  # entries of the id -> owner dict (diag's own memory, the largest part)
     labels: dict[int, int]  # id -> owner, for objects with more than one reference
+    #: A shared entry folded into another (label -> the label that holds its figures now):
+    #: see ``fold_shared``. Survivors and labels of the folded entry count to the other.
+    folded: dict[int, int]
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -253,13 +264,17 @@ def born(objects: Sequence[Any], exact: Callable[[Any], Any] | None = None) -> l
     return found
 
 
-def _count_survivors(owners: Owners, labels: dict[int, int], survivors: Sequence[Any]) -> None:
-    """Each survivor to its owner: count, bytes, and by type."""
+def _count_survivors(
+    owners: Owners, labels: dict[int, int], survivors: Sequence[Any], folded: dict[int, int]
+) -> None:
+    """Each survivor to its owner (a folded entry's to the one it was folded into): count,
+    bytes, and by type."""
     get = labels.get
     for obj in survivors:
         label = get(id(obj))
         if label is None or label < 0:
             continue  # reached from no root (held from C) or a root itself
+        label = folded.get(label, label)
         size = sizeof(obj)
         owners.survivors[label] += 1
         owners.survivor_bytes[label] += size
@@ -389,8 +404,9 @@ class _Walk:
         self.clock = clock
         self.visited = 0
         self.out_of_time = False
-        #: Shared entries found during a walk, walked (relabelled) after it: (object, old label).
-        self.entries: list[tuple[Any, int]] = []
+        #: Shared entries found during a walk, walked (relabelled) after it: (object, the
+        #: label it had, the label whose walk met it again).
+        self.entries: list[tuple[Any, int, int]] = []
 
     def walk(self, start: list[Any], label: int, relabel_from: int | None = None) -> None:
         """Everything ``start`` reaches that no one else does, to ``label``. With
@@ -488,7 +504,7 @@ class _Walk:
                         if type(obj) in _ATOMS or (coarse[owner] and coarse[label]):
                             labels[ident] = SHARED  # libraries sharing their own: not an owner
                             continue
-                        self.entries.append((obj, owner))
+                        self.entries.append((obj, owner, label))
                 del had, unique
             del many
             pending.extend(nxt)
@@ -503,11 +519,11 @@ class _Walk:
     def settle_entries(self) -> None:
         """Each shared entry becomes an owner: what its first owner's walk gave it, moved."""
         while self.entries and not self.out_of_time:
-            obj, had = self.entries.pop()
+            obj, had, met = self.entries.pop()
             ident = id(obj)
             if self.labels.get(ident) != had or ident in self.sources:
                 continue  # settled already (an entry below another entry)
-            label = self.owners.add(obj, -1, "", found_from=had)
+            label = self.owners.add(obj, -1, "", found_from=had, shared_with=met)
             self.sources.add(ident)
             self.labels[ident] = label
             self.walk([obj], label, relabel_from=had)
@@ -571,7 +587,8 @@ def analyse(
     plan.clear()
     for root in roots:  # its (key, value) pairs refer to the values: a holder search must not
         root.entries.clear()  # find them (the sources are in ``owners.objects``, its caller's)
-    _count_survivors(owners, labels, survivors)
+    folded = fold_shared(owners)
+    _count_survivors(owners, labels, survivors, folded)
     return Analysis(
         roots=roots,
         owners=owners,
@@ -579,7 +596,33 @@ def analyse(
         visited=walk.visited,
         multi=len(labels),
         labels=labels,
+        folded=folded,
     )
+
+
+def fold_shared(owners: Owners) -> dict[int, int]:
+    """Shared entries that the same two sources share, folded into the first of them: a
+    thousand small lists that two indexes of a service both hold (by id and by name) are one
+    owner, not a thousand owners each too small to name, and their growth is seen. Only
+    entries between two sources (not below another entry) are folded. Returns each folded
+    label -> the label that took its figures (the others' are zeroed)."""
+    first_of: dict[tuple[int, int], int] = {}
+    folded: dict[int, int] = {}
+    containers = owners.containers
+    for label in range(len(owners)):
+        if containers[label] >= 0:
+            continue
+        had, met = owners.found_from[label], owners.shared_with[label]
+        if had < 0 or met < 0 or containers[had] < 0 or containers[met] < 0:
+            continue
+        into = first_of.setdefault((had, met), label)
+        if into == label:
+            continue
+        folded[label] = into
+        for column in (owners.retained, owners.count):
+            column[into] += column[label]
+            column[label] = 0
+    return folded
 
 
 # -- a dominator tree, for small graphs --------------------------------------------------------

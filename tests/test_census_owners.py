@@ -244,3 +244,25 @@ def test_pending_tasks_own_what_their_coroutines_hold(svc):
     assert 8 * 100 * 4096 <= owner.retained_bytes <= 8 * 100 * 4200 + 8 * 2000
     stop = owners.get("census_owned_service.STOP")
     assert stop is None or stop.retained_bytes < 10_000
+
+
+def index_sessions(svc, start, count):
+    for i in range(start, start + count):
+        session = {"user": f"user-{i}", "audio": os.urandom(3000)}
+        svc.BY_ID[i] = session
+        svc.BY_NAME[session["user"]] = session
+
+
+def test_what_two_indexes_share_is_one_owner_that_grows(svc):
+    """Each session is held by two indexes, so neither dominates any: each session is a
+    shared entry too small to name on its own. Folded, the pair is the owner that grew."""
+    svc.BY_ID, svc.BY_NAME = {}, {}
+    index_sessions(svc, 0, 100)
+    _, baseline = take_dump(top=50, time_budget=60)
+    index_sessions(svc, 100, 600)
+    dump, _ = take_dump(top=5, time_budget=60, baseline=baseline)
+    top = dump.owners[0]
+    assert top.path == ("census_owned_service.BY_ID + census_owned_service.BY_NAME (held by both)")
+    assert top.root == "module"
+    grown = top.growth_bytes_per_second * dump.window_seconds
+    assert 600 * 3000 <= grown <= 600 * 3600

@@ -177,6 +177,27 @@ def test_a_shared_entry_that_refers_back_to_a_source_takes_nothing_of_it(module)
     assert owners.retained[entry] < 1_000
 
 
+def test_entries_two_sources_share_are_folded_into_one_owner(module):
+    # Sessions indexed twice (by id and by name): each is reached from both indexes, so each
+    # is a shared entry; folded, the pair holds them all, and neither index does.
+    sessions = [[bytes(1000)] for _ in range(50)]
+    module.BY_ID = dict(enumerate(sessions))
+    module.BY_NAME = {f"user-{i}": s for i, s in enumerate(sessions)}
+    del sessions
+    analysis = _walk()
+    owners = analysis.owners
+    by_id = _owner(analysis, "dominated_service", "BY_ID")
+    by_name = _owner(analysis, "dominated_service", "BY_NAME")
+    shared = [i for i in range(len(owners)) if owners.found_from[i] == by_id]
+    assert len(shared) == 50
+    assert all(owners.shared_with[i] == by_name for i in shared)
+    kept = [i for i in shared if i not in analysis.folded]
+    assert len(kept) == 1 and all(analysis.folded[i] == kept[0] for i in shared if i != kept[0])
+    truth = sum(_size(s, *s) for s in module.BY_ID.values())
+    assert owners.retained[kept[0]] == truth
+    assert owners.retained[by_id] < _size(module.BY_ID) + 2_000  # its dict and keys only
+
+
 def test_buffers_outside_pythons_allocator_weigh_what_they_hold(module):
     torch = pytest.importorskip("torch")
 
