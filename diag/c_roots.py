@@ -719,18 +719,12 @@ def task_entries(deadline: float = float("inf")) -> list[tuple[str, Any]]:
     where a module's global is the object it waits on (a look through the modules' globals,
     no pass over the heap)."""
     found: list[tuple[str, Any, str | None, Any]] = []
-    for index, task in enumerate(_pending_tasks()):
-        if index % 256 == 255 and time.monotonic() > deadline:
-            break
-        chain = _await_chain(task)
-        if not chain:
-            continue
-        root = TaskRoot(task, str(chain[0].__qualname__), chain[-1], len(chain) > 1)
+    for root, _ in _task_roots(deadline):
         try:
             target, awaiting = root.awaited()
         except Exception:
             target, awaiting = None, None
-        found.append((root.outer, target, awaiting, task))
+        found.append((root.outer, target, awaiting, root.task))
     named = _global_names({id(target): target for _, target, _, _ in found if target is not None})
     entries = []
     for outer, target, awaiting, task in found:
@@ -941,19 +935,23 @@ def immediate_roots(
         for info in list(registry.values()):
             keep.append(info)
             roots[id(info)] = CRoot("finalize", finalize_text(info))
-    for index, task in enumerate(_pending_tasks()):
-        if index % 256 == 255 and time.monotonic() > deadline:
-            break
-        chain = _await_chain(task)
-        if not chain:
-            continue
-        root = TaskRoot(task, str(chain[0].__qualname__), chain[-1], len(chain) > 1)
-        keep.append(task)
-        tasks[id(task)] = root
+    for root, chain in _task_roots(deadline):
+        keep.append(root.task)
+        tasks[id(root.task)] = root
         for coro in chain:
             keep.append(coro)
             tasks[id(coro)] = root
     return roots, tasks, keep
+
+
+def _task_roots(deadline: float) -> Iterator[tuple[TaskRoot, list[Any]]]:
+    """Each pending task with its await chain, as many as ``deadline`` (monotonic) allows."""
+    for index, task in enumerate(_pending_tasks()):
+        if index % 256 == 255 and time.monotonic() > deadline:
+            return
+        chain = _await_chain(task)
+        if chain:
+            yield TaskRoot(task, str(chain[0].__qualname__), chain[-1], len(chain) > 1), chain
 
 
 def _pending_tasks() -> list[Any]:
