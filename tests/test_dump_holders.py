@@ -403,6 +403,45 @@ PLAIN_CASES = {
         "module",
         "fingerprint",
     ),
+    "sessions indexed twice": (
+        """
+        BY_ID, BY_NAME = {}, {}
+        def open_session(i):
+            return {"user": f"user-{i}", "audio": os.urandom(2000)}
+        def talk(i):
+            session = open_session(i)
+            BY_ID[i] = session
+            BY_NAME[session["user"]] = session
+        leak_forever(talk)
+        """,
+        "__main__.BY_ID + __main__.BY_NAME (held by both)",
+        "module",
+        "open_session",
+    ),
+    "children pointing back to their parent": (
+        """
+        class Node:
+            def __init__(self, parent):
+                self.parent = parent
+                self.children = []
+                self.blob = None
+        ROOT = Node(None)
+        def grow_child(i):
+            child = Node(ROOT)
+            child.blob = os.urandom(2000)
+            return child
+        REGISTRY = []
+        def talk(i):
+            child = grow_child(i)
+            ROOT.children.append(child)
+            if i % 500 == 0:
+                REGISTRY.append(child)  # a few children a second root also holds
+        leak_forever(talk)
+        """,
+        "__main__.ROOT",
+        "module",
+        "grow_child",
+    ),
 }
 
 NOT_LEAKS = {
