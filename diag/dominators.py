@@ -310,7 +310,7 @@ def running_frames(skip_files: Sequence[str] = ()) -> list[tuple[str, types.Fram
     return found
 
 
-def _classes() -> list[type]:
+def all_classes() -> list[type]:
     """Every class, from ``object.__subclasses__()`` down (C calls, a few thousand)."""
     seen: set[int] = set()
     out: list[type] = []
@@ -351,7 +351,7 @@ def collect_roots(
         if not user:
             coarse_of[name] = len(roots)
         roots.append(RootContainer(ROOT_MODULE, name, namespace, entries, coarse=not user))
-    for cls in _classes():
+    for cls in all_classes():
         boundaries.append(cls)
         # A heap type's referents hold its real namespace (the only dict among them); a static
         # type has none (its namespace holds C descriptors).

@@ -62,6 +62,7 @@ from diag.c_roots import (
     is_hamt,
     is_thread_local,
 )
+from diag.dominators import all_classes
 
 SAMPLE = 32
 MAX_DEPTH = 12
@@ -356,6 +357,9 @@ class _Search:
         self.out_of_time = False  # some path was cut short by the deadline
         self.own: set[int] = set()
         self._frame_locals: dict[int, str] | None = None
+        #: Parents known without a pass over the heap (see ``_held_by_structure``), and the
+        #: classes' namespaces: built on first use.
+        self._structure: tuple[dict[int, Any], list[dict[str, Any]]] | None = None
         # A running frame's f_locals dict mirrors its locals: not a parent of its own.
         # (A module's top-level frame's f_locals is the module's globals: a root, kept.)
         self._locals_dicts = {id(f.f_locals) for _, f in _running_frames(users_only=True)}
@@ -554,6 +558,9 @@ class _Search:
         self._note(tips)
         known = self._held_by_globals({id(t) for t in tips})
         tips = tuple(t for t in tips if id(t) not in known)
+        if tips:
+            known.update(self._held_by_structure({id(t) for t in tips}))
+            tips = tuple(t for t in tips if id(t) not in known)
         self._note(tips)
         if not tips:
             return known
@@ -594,6 +601,59 @@ class _Search:
                     found[id(value)] = [namespace]
                     self._note(found[id(value)])
         return found
+
+    def _held_by_structure(self, wanted: set[int]) -> dict[int, list[Any]]:
+        """id(tip) -> [its parent], for tips whose parent the way Python lays out classes and
+        closures gives, as a module's global finds its module: a class attribute (parent: the
+        class's namespace), a class's namespace (parent: the class), what a cell of the
+        closure of a function that a module's global or a class attribute is holds (parent:
+        the cell), the cell (parent: the closure), and that closure (parent: the function).
+        Each saves a pass over the heap; a tip none of them holds is left to that pass."""
+        if self._structure is None:
+            self._structure = self._map_structure()
+        parent_of, class_namespaces = self._structure
+        found: dict[int, list[Any]] = {}
+        self._note(found)
+        for ident in wanted:
+            parent = parent_of.get(ident)
+            if parent is not None:
+                found[ident] = [parent]
+                self._note(found[ident])
+        rest = wanted.difference(found)
+        for namespace in class_namespaces if rest else ():
+            if rest.isdisjoint(map(id, namespace.values())):  # in C: most hold none
+                continue
+            for value in list(namespace.values()):
+                if id(value) in rest and id(value) not in found:
+                    found[id(value)] = [namespace]
+                    self._note(found[id(value)])
+        return found
+
+    def _map_structure(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+        """id(class namespace) -> class, and for the functions a module's global or a class
+        attribute is: id(what a closure cell holds) -> the cell, id(cell) -> its closure,
+        id(closure) -> the function; and every class's namespace. C calls a class, a look at
+        each global (some 50,000)."""
+        parent_of: dict[int, Any] = {}
+        class_namespaces: list[dict[str, Any]] = []
+        self._note(parent_of, class_namespaces)
+        for cls in all_classes():
+            # A heap type's referents hold its real namespace, the only dict among them.
+            real = next((r for r in gc.get_referents(cls) if type(r) is dict), None)
+            if real is not None:
+                parent_of[id(real)] = cls
+                class_namespaces.append(real)
+        function = types.FunctionType
+        for namespace in itertools.chain(self.namespaces, class_namespaces):
+            for value in list(namespace.values()):
+                closure = value.__closure__ if type(value) is function else None
+                if closure:
+                    parent_of.setdefault(id(closure), value)
+                    for cell in closure:
+                        parent_of.setdefault(id(cell), closure)
+                        if _cell_filled(cell):
+                            parent_of.setdefault(id(cell.cell_contents), cell)
+        return parent_of, class_namespaces
 
     def full_pass(self, wanted: Container[int]) -> list[Any]:
         """Every object on the heap that refers to one whose id is ``wanted``: one pass in

@@ -5,6 +5,7 @@ import importlib
 import sys
 import threading
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -176,6 +177,54 @@ def test_referrers_from_the_callers_own_pass_spare_the_search_its_passes(monkeyp
         _HELD.clear()
     assert [(h.path, h.count) for h in result.holders] == [("tests.test_owners._HELD", 30)]
     assert result.orphans == 10  # the caller's list alone holds the rest
+    assert result.complete
+    assert passes == []
+
+
+class _Voices:
+    """A class attribute holding tensors."""
+
+    cache: ClassVar[dict[int, torch.Tensor]] = {}
+
+
+def _make_recorder():
+    kept = []
+
+    def record(x):
+        kept.append(x)
+
+    return record
+
+
+_record = _make_recorder()
+
+
+def test_class_attributes_and_closures_are_named_without_a_pass_over_the_heap(monkeypatch):
+    # Their parents follow from how classes and closures are laid out (a class's namespace,
+    # the cell of a module function's closure), as a module's global finds its module.
+    targets = [torch.ones(2) for _ in range(10)]
+    _Voices.cache.update(enumerate(targets[:5]))
+    for tensor in targets[5:]:
+        _record(tensor)
+    referrers = [_Voices.cache, _record.__closure__[0].cell_contents]
+    passes = []
+    get_referrers = gc.get_referrers
+
+    def counted(*objects):
+        passes.append(len(objects))
+        return get_referrers(*objects)
+
+    monkeypatch.setattr(gc, "get_referrers", counted)
+    try:
+        result = find_holders(targets, time_budget=10.0, referrers=referrers)
+    finally:
+        _Voices.cache.clear()
+        _record.__closure__[0].cell_contents.clear()
+        referrers.clear()
+    assert sorted((h.path, h.count) for h in result.holders) == [
+        ("tests.test_owners._Voices.cache", 5),
+        ("tests.test_owners._record › kept (closure of _make_recorder.<locals>.record())", 5),
+    ]
     assert result.complete
     assert passes == []
 
