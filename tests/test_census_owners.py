@@ -266,3 +266,105 @@ def test_what_two_indexes_share_is_one_owner_that_grows(svc):
     assert top.root == "module"
     grown = top.growth_bytes_per_second * dump.window_seconds
     assert 600 * 3000 <= grown <= 600 * 3600
+
+
+# -- leak shapes: each named at the variable that holds it, with the growth ------------------
+
+
+class _Handler:
+    def __init__(self, data):
+        self.data = data
+
+    def on_event(self):
+        return None
+
+
+class _Service:
+    def __init__(self):
+        self.history = collections.deque()
+
+
+def _closure(svc):
+    def make():
+        seen = []
+
+        def record(x):
+            seen.append(x)
+
+        return record
+
+    svc.HOLDER = make()
+    return lambda i: svc.HOLDER(os.urandom(1000))
+
+
+def _singleton(svc):
+    svc.HOLDER = _Service()
+    return lambda i: svc.HOLDER.history.append(os.urandom(1000))
+
+
+def _bound_methods(svc):
+    svc.HOLDER = []
+    return lambda i: svc.HOLDER.append(_Handler(os.urandom(1000)).on_event)
+
+
+def _lru_cache(svc):
+    import functools
+
+    @functools.cache
+    def embed(i):
+        return os.urandom(1000)
+
+    svc.HOLDER = embed
+    return lambda i: svc.HOLDER(i)
+
+
+def _generator(svc):
+    def accumulate():
+        kept = []
+        while True:
+            kept.append((yield))
+
+    svc.HOLDER = accumulate()
+    next(svc.HOLDER)
+    return lambda i: svc.HOLDER.send(os.urandom(1000))
+
+
+def _tracebacks(svc):
+    svc.HOLDER = []
+
+    def work():
+        audio = os.urandom(1000)  # noqa: F841 (the traceback keeps the frame, and it)
+        raise ValueError("bad input")
+
+    def step(i):
+        try:
+            work()
+        except ValueError as exc:
+            svc.HOLDER.append(exc)
+
+    return step
+
+
+LEAK_SHAPES = {
+    "closure": _closure,
+    "deque of a singleton": _singleton,
+    "bound methods in a registry": _bound_methods,
+    "functools.lru_cache": _lru_cache,
+    "suspended generator": _generator,
+    "exceptions keeping frames": _tracebacks,
+}
+
+
+@pytest.mark.parametrize("shape", list(LEAK_SHAPES))
+def test_leaks_of_many_shapes_are_named_at_their_variable(svc, shape):
+    step = LEAK_SHAPES[shape](svc)
+    for i in range(200):
+        step(-i - 1)
+    _, baseline = take_dump(top=50, time_budget=60)
+    for i in range(2000):
+        step(i)
+    dump, _ = take_dump(top=5, time_budget=60, baseline=baseline)
+    first = dump.owners[0]
+    assert (first.path, first.root) == ("census_owned_service.HOLDER", "module")
+    grown = first.growth_bytes_per_second * dump.window_seconds
+    assert 2000 * 1000 <= grown <= 2000 * 2000
