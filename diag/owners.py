@@ -593,14 +593,20 @@ class _Search:
         of two modules (an alias), the first that ``_roots`` names."""
         found: dict[int, list[Any]] = {}
         self._note(found)
-        for namespace in self.namespaces:
+        self._look_through(self.namespaces, wanted, found)
+        return found
+
+    def _look_through(
+        self, namespaces: list[dict[str, Any]], wanted: set[int], found: dict[int, list[Any]]
+    ) -> None:
+        """Into ``found``: id(tip) -> [the first of ``namespaces`` whose values hold it]."""
+        for namespace in namespaces:
             if wanted.isdisjoint(map(id, namespace.values())):  # in C: most hold none
                 continue
             for value in list(namespace.values()):
                 if id(value) in wanted and id(value) not in found:
                     found[id(value)] = [namespace]
                     self._note(found[id(value)])
-        return found
 
     def _held_by_structure(self, wanted: set[int]) -> dict[int, list[Any]]:
         """id(tip) -> [its parent], for tips whose parent the way Python lays out classes and
@@ -620,13 +626,8 @@ class _Search:
                 found[ident] = [parent]
                 self._note(found[ident])
         rest = wanted.difference(found)
-        for namespace in class_namespaces if rest else ():
-            if rest.isdisjoint(map(id, namespace.values())):  # in C: most hold none
-                continue
-            for value in list(namespace.values()):
-                if id(value) in rest and id(value) not in found:
-                    found[id(value)] = [namespace]
-                    self._note(found[id(value)])
+        if rest:
+            self._look_through(class_namespaces, rest, found)
         return found
 
     def _map_structure(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:

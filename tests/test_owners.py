@@ -129,13 +129,10 @@ def _fail_with_audio():
     raise RuntimeError("vocoder failed")
 
 
-def test_many_holders_of_one_object_each_cost_a_few_passes(monkeypatch):
-    # A thousand exceptions, each pinning a frame that holds one tensor: a thousand holders.
-    for _ in range(1000):
-        try:
-            _fail_with_audio()
-        except RuntimeError as exc:
-            _ERRORS.append(exc)
+def _count_passes(monkeypatch):
+    """From now on, each ``gc.get_referrers`` call (a pass over the heap) is counted: the
+    list it returns gets the number of objects each call asked about (counts, never the
+    objects: a spy that kept them would keep them alive for later tests)."""
     passes = []
     get_referrers = gc.get_referrers
 
@@ -143,9 +140,20 @@ def test_many_holders_of_one_object_each_cost_a_few_passes(monkeypatch):
         passes.append(len(objects))
         return get_referrers(*objects)
 
+    monkeypatch.setattr(gc, "get_referrers", counted)
+    return passes
+
+
+def test_many_holders_of_one_object_each_cost_a_few_passes(monkeypatch):
+    # A thousand exceptions, each pinning a frame that holds one tensor: a thousand holders.
+    for _ in range(1000):
+        try:
+            _fail_with_audio()
+        except RuntimeError as exc:
+            _ERRORS.append(exc)
     try:
         targets = [o for o in gc.get_objects() if type(o) is torch.Tensor and o.shape == (7,)]
-        monkeypatch.setattr(gc, "get_referrers", counted)
+        passes = _count_passes(monkeypatch)
         result = find_holders(targets, time_budget=30.0)
     finally:
         _ERRORS.clear()
@@ -163,14 +171,7 @@ def test_referrers_from_the_callers_own_pass_spare_the_search_its_passes(monkeyp
     # then makes none, and a module's global is named without one either.
     targets = [torch.ones(1) for _ in range(40)]
     _HELD.update(enumerate(targets[:30]))
-    passes = []
-    get_referrers = gc.get_referrers
-
-    def counted(*objects):
-        passes.append(len(objects))
-        return get_referrers(*objects)
-
-    monkeypatch.setattr(gc, "get_referrers", counted)
+    passes = _count_passes(monkeypatch)
     try:
         result = find_holders(targets, time_budget=10.0, referrers=[_HELD])
     finally:
@@ -207,14 +208,7 @@ def test_class_attributes_and_closures_are_named_without_a_pass_over_the_heap(mo
     for tensor in targets[5:]:
         _record(tensor)
     referrers = [_Voices.cache, _record.__closure__[0].cell_contents]
-    passes = []
-    get_referrers = gc.get_referrers
-
-    def counted(*objects):
-        passes.append(len(objects))
-        return get_referrers(*objects)
-
-    monkeypatch.setattr(gc, "get_referrers", counted)
+    passes = _count_passes(monkeypatch)
     try:
         result = find_holders(targets, time_budget=10.0, referrers=referrers)
     finally:
