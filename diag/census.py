@@ -543,8 +543,6 @@ class Census:
         self.retained_by_path: dict[str, int] = {}
         #: The root kind ``diag.owners.locate`` gave each shared entry it named (by path).
         self.entry_roots: dict[str, str] = {}
-        #: The labels that shared entries were folded into (``dominators.fold_shared``).
-        self._folded_into: set[int] = set()
         self.survivors: Survivors | None = None
         self.notes: list[str] = []
         self.holders: set[int] = set()  # ids of the owners the tensor holder search made
@@ -689,14 +687,13 @@ class Census:
         by_path: dict[str, int] = {}
         chosen: list[tuple[int, str]] = []
         entries: list[int] = []
-        self._folded_into = set(analysis.folded.values())
         for label in range(len(owners_of)):
             retained = owners_of.retained[label]
             survivors = owners_of.survivor_bytes[label]
             container = owners_of.containers[label]
             if label in analysis.folded:
                 continue  # its figures are another entry's now
-            if container < 0 and label not in self._folded_into:
+            if container < 0 and label not in analysis.folded_into:
                 # A shared region's entry: named below, if it matters.
                 if retained >= MIN_OWNER_BYTES or survivors >= GREW_BYTES:
                     entries.append(label)
@@ -805,7 +802,7 @@ class Census:
         elif (
             value is not None
             and issubclass(type(value), _CONTAINER_TYPES)
-            and label not in self._folded_into  # one entry's shape is not the others'
+            and label not in analysis.folded_into  # one entry's shape is not the others'
         ):
             beneath, leaves, count = _shape_beneath(value)
             by_type: dict[str, int] = defaultdict(int)

@@ -39,6 +39,7 @@ per owner as the walk passes them, with a sample kept for their allocation stack
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import operator
@@ -143,6 +144,11 @@ class Analysis:
     #: A shared entry folded into another (label -> the label that holds its figures now):
     #: see ``fold_shared``. Survivors and labels of the folded entry count to the other.
     folded: dict[int, int]
+
+    @functools.cached_property
+    def folded_into(self) -> set[int]:
+        """The labels that shared entries were folded into."""
+        return set(self.folded.values())
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -328,6 +334,12 @@ def all_classes() -> list[type]:
     return out
 
 
+def class_namespace(cls: type) -> dict[str, Any] | None:
+    """A class's real namespace: a heap type's referents hold it (the only dict among them);
+    a static type has none (its namespace holds C descriptors)."""
+    return next((r for r in gc.get_referents(cls) if type(r) is dict), None)
+
+
 def collect_roots(
     is_user_module: Callable[[str, Any], bool], skip_files: Sequence[str] = ()
 ) -> tuple[list[RootContainer], list[Any]]:
@@ -353,9 +365,7 @@ def collect_roots(
         roots.append(RootContainer(ROOT_MODULE, name, namespace, entries, coarse=not user))
     for cls in all_classes():
         boundaries.append(cls)
-        # A heap type's referents hold its real namespace (the only dict among them); a static
-        # type has none (its namespace holds C descriptors).
-        real = next((r for r in gc.get_referents(cls) if type(r) is dict), None)
+        real = class_namespace(cls)
         if real is None:
             continue
         boundaries.append(real)

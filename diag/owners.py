@@ -62,7 +62,7 @@ from diag.c_roots import (
     is_hamt,
     is_thread_local,
 )
-from diag.dominators import all_classes
+from diag.dominators import all_classes, class_namespace
 
 SAMPLE = 32
 MAX_DEPTH = 12
@@ -639,8 +639,7 @@ class _Search:
         class_namespaces: list[dict[str, Any]] = []
         self._note(parent_of, class_namespaces)
         for cls in all_classes():
-            # A heap type's referents hold its real namespace, the only dict among them.
-            real = next((r for r in gc.get_referents(cls) if type(r) is dict), None)
+            real = class_namespace(cls)
             if real is not None:
                 parent_of[id(real)] = cls
                 class_namespaces.append(real)
