@@ -27,6 +27,7 @@ import objgraph
 import torch
 
 from benchmarks import fmt_ratio, median, verdict
+from diag import dominators
 from diag.census import Dump, take_dump
 
 LEAKED = {"_AUDIO_CACHE": 6000, "ChatMemory.sessions": 3000, "recorder": 1000}
@@ -66,6 +67,30 @@ def measured_dump(top: int) -> DumpRun:
     dump, _ = take_dump(top=top, time_budget=60.0)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     return DumpRun(dump, seconds, cpu, _status("VmHWM") - before)
+
+
+def python_walk_pause(top: int) -> float:
+    """The same dump with the dominator walk in Python (what an install without a C compiler
+    runs): the baseline the C walk is measured against, in the same run. 0 where the C walk
+    was not built (then every dump here is this one)."""
+    if dominators._accelerated is None:
+        return 0.0
+    dominators.ACCELERATED = False
+    try:
+        return measured_dump(top).dump.pause_seconds
+    finally:
+        dominators.ACCELERATED = True
+
+
+def print_walk_baseline(pause: float, top: int) -> None:
+    python_pause = python_walk_pause(top)
+    if python_pause:
+        print(
+            f"the same dump with the walk in Python (no C compiler at install): paused "
+            f"{python_pause:.2f} s; the C walk's pause is {pause / python_pause:.2f} of it"
+        )
+    else:
+        print("diag._walk was not built (no C compiler at install): the walk ran in Python")
 
 
 class Session:
@@ -156,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     share = extra / heap_bytes
 
     print(f"census: {seconds:.2f} s (median of {runs}), the host paused {median(pauses):.2f} s")
+    if not args.quick:
+        print_walk_baseline(median(pauses), top=10)
     for path, count in expected.items():
         print(f"  {path}: {placed.get(path, 0):,} of {count:,}")
     print(

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import torch
 
 from benchmarks import median, verdict
-from benchmarks.bench_dump import Session, _status, measured_dump
+from benchmarks.bench_dump import Session, _status, measured_dump, print_walk_baseline
 
 SERVICE = "bench_heap_service"
 LEAKED = 200_000
@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         f"diag dump: paused {pause:.2f} s (median of {runs}; {median(cpu):.2f} s of CPU: on a "
         f"shared machine the pause is longer), complete={dump.complete}"
     )
+    if not args.quick:
+        print_walk_baseline(pause, top=20)
     named = True
     for path, truth in service.truth.items():
         owner = owners.get(path)

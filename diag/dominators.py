@@ -49,8 +49,17 @@ import types
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
+_accelerated: ModuleType | None
+try:  # the walk's loop in C (setup.py builds it where a compiler is found)
+    from diag import _walk as _accelerated
+except ImportError:
+    _accelerated = None
+#: Whether the walk runs in C where ``diag._walk`` was built (the tests compare it with the
+#: Python walk, which is the reference).
+ACCELERATED = True
 #: Objects handed to one ``gc.get_referents`` call: bounds the lists one chunk needs.
 CHUNK = 4096
 #: A single-reference object's refcount as ``map(sys.getrefcount, kids)`` sees it: its parent,
@@ -167,12 +176,12 @@ class Weigher:
         self.mmap: type | None = getattr(mmap, "mmap", None)
         pil = sys.modules.get("PIL.Image")
         self.image: type | None = getattr(pil, "Image", None)
-        self._special: dict[type, bool] = {}
+        self.known: dict[type, bool] = {}  # type -> special (the C walk reads it too)
 
     def special(self, kind: type) -> bool:
-        known = self._special.get(kind)
+        known = self.known.get(kind)
         if known is None:
-            known = self._special[kind] = bool(
+            known = self.known[kind] = bool(
                 (self.tensor is not None and issubclass(kind, self.tensor))
                 or (self.mmap is not None and issubclass(kind, self.mmap))
                 or (self.image is not None and issubclass(kind, self.image))
@@ -420,7 +429,40 @@ class _Walk:
 
     def walk(self, start: list[Any], label: int, relabel_from: int | None = None) -> None:
         """Everything ``start`` reaches that no one else does, to ``label``. With
-        ``relabel_from``: move to ``label`` what ``relabel_from`` had (a shared entry's region)."""
+        ``relabel_from``: move to ``label`` what ``relabel_from`` had (a shared entry's region).
+        In C where ``diag._walk`` was built (the same steps), else in Python."""
+        accelerated = _accelerated if ACCELERATED else None
+        if accelerated is not None:
+            retained, count, out_of_time = accelerated.walk(
+                list(start),
+                label,
+                relabel_from,
+                self.labels,
+                self.sources,
+                self.owners.coarse,
+                self.weigher.known,
+                self.weigher.special,
+                self.weigher.extra,
+                self.entries,
+                self.deadline,
+                self.clock,
+                sys.getsizeof,
+            )
+            self.out_of_time = self.out_of_time or out_of_time
+            self._tally(label, relabel_from, retained, count)
+            return
+        self._walk_in_python(start, label, relabel_from)
+
+    def _tally(self, label: int, relabel_from: int | None, retained: int, count: int) -> None:
+        owners = self.owners
+        self.visited += count
+        owners.retained[label] += retained
+        owners.count[label] += count
+        if relabel_from is not None:  # what the shared entry took from its first owner
+            owners.retained[relabel_from] -= retained
+            owners.count[relabel_from] -= count
+
+    def _walk_in_python(self, start: list[Any], label: int, relabel_from: int | None) -> None:
         owners = self.owners
         labels = self.labels
         get = labels.get
@@ -451,7 +493,6 @@ class _Walk:
                     weight += sum(self.weigher.extra(o) for o in chunk if type(o) is kind)
             retained += weight
             count += len(chunk)
-            self.visited += len(chunk)
             kids = gc.get_referents(*chunk)
             mappings = [k for k in kinds if issubclass(k, dict)]
             if mappings:
@@ -460,7 +501,8 @@ class _Walk:
                 # listed twice (a dict with keys of other types shows them) has then more than
                 # one reference and is counted once, through ``labels``.
                 dicts = compress(chunk, map(frozenset(mappings).__contains__, map(type, chunk)))
-                keys = list(itertools.chain.from_iterable(dicts))
+                # dict.__iter__, not the object's own: a subclass's __iter__ is the host's code.
+                keys = list(itertools.chain.from_iterable(map(dict.__iter__, dicts)))
                 strs = list(compress(keys, map(operator.is_, map(type, keys), _STR)))
                 del keys
                 kids.extend(dict(zip(map(id, strs), strs, strict=True)).values())
@@ -486,7 +528,6 @@ class _Walk:
             if atoms:
                 retained += _sizes(atoms)
                 count += len(atoms)
-                self.visited += len(atoms)
                 atoms.clear()
             if many:
                 # Once per object: a type, a small int or a None comes thousands of times.
@@ -520,11 +561,7 @@ class _Walk:
             pending.extend(nxt)
             del nxt
         del pending
-        owners.retained[label] += retained
-        owners.count[label] += count
-        if relabel_from is not None:  # what the shared entry took from its first owner
-            owners.retained[relabel_from] -= retained
-            owners.count[relabel_from] -= count
+        self._tally(label, relabel_from, retained, count)
 
     def settle_entries(self) -> None:
         """Each shared entry becomes an owner: what its first owner's walk gave it, moved."""

@@ -8,6 +8,7 @@ sizes of the objects it built.
 import array
 import collections
 import mmap
+import os
 import sys
 import threading
 import time
@@ -22,6 +23,18 @@ from diag import OWN_DIRS, census, dominators
 
 def _size(*objects):
     return sum(sys.getsizeof(o) for o in objects)
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def walk_in(request, monkeypatch):
+    """Every test here runs on both walks: the C one (``diag/_walk.c``, built by the install)
+    and the Python one it must match (the fallback where no compiler was found)."""
+    if request.param == "c" and dominators._accelerated is None:
+        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
+            pytest.fail("diag._walk was not built: the install found no C compiler")
+        pytest.skip("diag._walk was not built (no C compiler at install): the Python walk only")
+    monkeypatch.setattr(dominators, "ACCELERATED", request.param == "c")
+    return request.param
 
 
 @pytest.fixture
