@@ -1,4 +1,4 @@
-"""Retained size at the root that owns it: the top of the heap's dominator tree, computed in C.
+"""Retained size at the root that owns it: the top of the heap's dominator tree.
 
 The heap is a graph: an object refers to what ``gc.get_referents`` lists. Put a super-root
 above the *root containers* (every module's globals, every class's namespace, every running
@@ -11,15 +11,20 @@ its own (an *entry* of a shared region), and what lies below it is its.
 
 Why not the whole dominator tree? A million-object heap has three million references; a dict
 lookup per reference in Python costs seconds (measured: 2.1 s for one pass) and a dict from id
-to index costs 120 MiB. So each source's region is walked a chunk of objects at a time with C
-doing the per-object work (``gc.get_referents(*chunk)``, ``map(sys.getrefcount, ...)``,
-``map(sys.getsizeof, ...)``, ``itertools.compress``), and only objects with *more than one*
-reference (refcount above 1: shared strings, types, objects the caller holds) get an entry in
+to index costs 120 MiB. So each source's region is walked a chunk of objects at a time, and
+only objects with *more than one* reference (refcount above 1: shared strings, types, objects the caller holds) get an entry in
 the ``id -> owner`` dict, looked up once per chunk however often they come in it. An object
 with one reference has one parent: it is reached once, from its parent, and belongs to its
 parent's owner without any bookkeeping. The walk never keeps a list of every object, so the
 memory it needs is that dict, the objects found and not yet walked, and a few numbers per
 owner.
+
+The walk's loop runs in C where ``diag._walk`` was built (``diag/_walk.c``: the same chunks in
+the same order, a container's references read by its own ``tp_traverse``, as
+``gc.get_referents`` reads them); elsewhere in Python, with C doing the per-object work in
+batches (``gc.get_referents(*chunk)``, ``map(sys.getrefcount, ...)``, ``map(sys.getsizeof,
+...)``, ``itertools.compress``). The Python walk is the reference: the tests run both and
+compare them object by object.
 
 Labels move down a lattice (unvisited -> one owner -> entry of a shared region): each object is
 walked at most twice, so the whole analysis is linear in the heap. Modules, classes and running
