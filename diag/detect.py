@@ -78,6 +78,9 @@ LOAD_VARIES = 0.2
 #: errors of the difference), is slowing down (``_last_third_slower``).
 FILL_SLOWING_SHARE = 0.75
 FILL_SLOWING_NOISE = 3.0
+#: Drops are a regular sawtooth's when the upper quartile of their spacings is within this
+#: factor of the lower quartile (``Detector._sawtooth_period``).
+SAWTOOTH_SPREAD = 3.0
 #: After one of diag's dumps ends, the host still settles from it (requests queued during the
 #: pause run at once) for about this long: memory samples are held back until then.
 SETTLE_SECONDS = 3.0
@@ -273,7 +276,13 @@ def _spread(
     residual = sum((y - intercept - rate * x) ** 2 for x, y in zip(ts, ys, strict=True))
     se = math.sqrt(residual / max(len(ts) - 2, 1) / sxx) if sxx > 0 else 0.0
     half = len(ts) // 2
-    gap = max(top - (intercept + rate * x) for x, top in zip(ts[half:], tops[half:], strict=True))
+    gaps = sorted(
+        top - (intercept + rate * x) for x, top in zip(ts[half:], tops[half:], strict=True)
+    )
+    # The envelope is a height the series keeps reaching (a sawtooth's tops, once a group at
+    # least): the second-highest group's, so that one transient (a big request's allocation,
+    # freed by the next sample) does not set the headroom left.
+    gap = gaps[-2] if len(gaps) >= 3 else gaps[-1]
     return se, intercept + rate * now + max(gap, 0.0)
 
 
@@ -446,6 +455,19 @@ class Detector:
         period = spacings[len(spacings) // 2]
         if now - drops[-1] > 3 * period or spacings[-1] > 4 * max(period, BUCKET_SECONDS):
             return 0.0  # occasional drops (bursts ending, noise) are not a sawtooth
+        # Collections come about evenly (jitter, a missed drop), so the middle half of the
+        # spacings agree; transients (a big request's allocation, freed at once) come at
+        # random, their spacings spread like a Poisson process's (quartiles ~5x apart). A
+        # fall seen over two samples is one collection: drops closer than a quarter of the
+        # period are one.
+        kept = [drops[0]]
+        for drop in drops[1:]:
+            if drop - kept[-1] >= period / 4:
+                kept.append(drop)
+        even = sorted(b - a for a, b in itertools.pairwise(kept))
+        m = len(even)
+        if m < 3 or even[(3 * m) // 4] > SAWTOOTH_SPREAD * even[m // 4]:
+            return 0.0
         return period
 
     def _groups(

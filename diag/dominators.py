@@ -12,12 +12,12 @@ its own (an *entry* of a shared region), and what lies below it is its.
 Why not the whole dominator tree? A million-object heap has three million references; a dict
 lookup per reference in Python costs seconds (measured: 2.1 s for one pass) and a dict from id
 to index costs 120 MiB. So each source's region is walked a chunk of objects at a time, and
-only objects with *more than one* reference (refcount above 1: shared strings, types, objects the caller holds) get an entry in
-the ``id -> owner`` dict, looked up once per chunk however often they come in it. An object
-with one reference has one parent: it is reached once, from its parent, and belongs to its
-parent's owner without any bookkeeping. The walk never keeps a list of every object, so the
-memory it needs is that dict, the objects found and not yet walked, and a few numbers per
-owner.
+only objects with *more than one* reference (refcount above 1: shared strings, types, objects
+the caller holds) get an entry in the ``id -> owner`` dict, looked up once per chunk however
+often they come in it. An object with one reference has one parent: it is reached once, from
+its parent, and belongs to its parent's owner without any bookkeeping. The walk never keeps a
+list of every object, so the memory it needs is that dict, the objects found and not yet
+walked, and a few numbers per owner.
 
 The walk's loop runs in C where ``diag._walk`` was built (``diag/_walk.c``: the same chunks in
 the same order, a container's references read by its own ``tp_traverse``, as

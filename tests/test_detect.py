@@ -576,3 +576,61 @@ def test_a_leak_from_a_young_processs_start_is_called_as_soon_as_without_the_fil
     assert alerts, "the leak was missed"
     assert alerts[0].start < 90 * 60
     assert [a.start for a in alerts] == [a.start for a in without]
+
+
+def _with_transients(times, values, seed, every=600.0, share=(0.05, 0.15)):
+    """Single samples raised by a transient (a big request's allocation, freed by the next
+    sample), at random (Poisson) times about ``every`` seconds apart."""
+    rng = random.Random(seed)
+    out = list(values)
+    for i in range(len(out)):
+        if rng.random() < (times[1] - times[0]) / every:
+            out[i] += rng.uniform(*share) * 1 * GiB
+    return out
+
+
+def test_transient_spikes_at_random_are_seldom_read_as_a_sawtooth():
+    """Random one-sample spikes each end in a drop, but their drops come at random, not
+    evenly like collections. Read as a sawtooth of their median spacing (tens of minutes),
+    they made every window shorter than six such spans too coarse to judge, and leaks went
+    unseen for hours. Poisson spacings still pass the evenness test now and then (a run of
+    similar ones): it was 62 % of the time here, it is 33 %."""
+    checked = seen = 0
+    for seed in (1, 2, 3):
+        times, values = series(QUIET["flat"], hours=12)
+        spiked = _with_transients(times, values, seed)
+        detector = Detector(LIMIT)
+        for i, (t, v) in enumerate(zip(times, spiked, strict=True)):
+            detector.update(t, v)
+            if t > 2 * 3600 and i % 60 == 0:
+                checked += 1
+                seen += detector._sawtooth_period(t) > 0
+    assert seen <= 0.45 * checked
+
+
+def test_one_transient_sets_no_upper_envelope():
+    """The forecast adds the gap between the lower and the upper envelope back; the upper
+    envelope is a height the series keeps reaching, not one spike's (it cut the headroom and
+    the forecast)."""
+    from diag.detect import _spread
+
+    ts = [60.0 * i for i in range(12)]
+    ys = [1 * GiB + 1000.0 * t for t in ts]
+    tops = [y + 10 * MiB for y in ys]
+    tops[9] += 500 * MiB
+    _, top = _spread(ts, ys, tops, 1000.0, ts[-1])
+    assert top == pytest.approx(ys[-1] + 10 * MiB, abs=1 * MiB)
+
+
+def test_a_regular_sawtooth_seen_coarsely_keeps_its_period():
+    """Its drops stay evenly spaced, a fall seen over two samples counting once: groups stay
+    a period long and the sawtooth stays quiet."""
+    detector = Detector(LIMIT)
+    rng = random.Random(4)
+    t, period = 0.0, 600.0
+    while t < 6 * 3600:
+        phase = (t % period) / period
+        detector.update(t, 1 * GiB + 0.1 * GiB * phase + rng.gauss(0, 2 * MiB))
+        t += 30.0 + rng.uniform(-10, 10)
+    assert detector._sawtooth_period(t) == pytest.approx(period, rel=0.2)
+    assert detector.verdict.state != "leak"
