@@ -7,10 +7,10 @@
  * (sys.getsizeof, and the weigher's extra bytes for the few types whose memory lies outside
  * Python's allocator).
  *
- * A guest in the host's process: public C API only, every object touched is held by a list
- * this function owns while it is used, no Python code runs while a container is traversed,
- * and any failure is an exception for the caller (which then falls back to the Python walk),
- * never a crash.
+ * A guest in the host's process: the public C API (and _PySys_GetSizeOf, which CPython exports
+ * up to 3.12); every object touched is held by a list this function owns while it is used; no
+ * Python code runs while a container is traversed; and a failure (memory) is an exception for
+ * the caller, as it would be from the Python walk, never a crash.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
