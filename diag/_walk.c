@@ -70,6 +70,19 @@ append_referent(PyObject *obj, void *kids)
     return PyList_Append((PyObject *)kids, obj);
 }
 
+/* ``obj`` into ``seen`` (id -> object, first seen first) unless it is there: the Python walk's
+ * dict(zip(map(id, objects), objects)). -1 on error. */
+static int
+remember(PyObject *seen, PyObject *obj)
+{
+    PyObject *ident = PyLong_FromVoidPtr(obj);
+    if (ident == NULL)
+        return -1;
+    int failed = PyDict_SetDefault(seen, ident, obj) == NULL;
+    Py_DECREF(ident);
+    return failed ? -1 : 0;
+}
+
 /* The extra bytes of a chunk's objects whose type the weigher calls special (its cache
  * first, its special() for a type it has not seen). -1 on error. */
 static int
@@ -137,12 +150,7 @@ list_referents(PyObject *chunk, PyObject *kids)
                 continue;
             if (keys == NULL && (keys = PyDict_New()) == NULL)
                 goto error;
-            PyObject *ident = PyLong_FromVoidPtr(key);
-            if (ident == NULL)
-                goto error;
-            int failed = PyDict_SetDefault(keys, ident, key) == NULL;
-            Py_DECREF(ident);
-            if (failed)
+            if (remember(keys, key) < 0)
                 goto error;
         }
     }
@@ -193,12 +201,7 @@ split_referents(PyObject *kids, long label, PyObject *label_obj, int relabel,
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *kid = PyList_GET_ITEM(kids, i);
         if (many_refs[i]) {
-            PyObject *ident = PyLong_FromVoidPtr(kid);
-            if (ident == NULL)
-                goto error;
-            int failed = PyDict_SetDefault(unique, ident, kid) == NULL;
-            Py_DECREF(ident);
-            if (failed)
+            if (remember(unique, kid) < 0)
                 goto error;
         }
         else if (is_atom(kid)) {

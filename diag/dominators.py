@@ -54,10 +54,9 @@ import types
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-_accelerated: ModuleType | None
+_accelerated: types.ModuleType | None
 try:  # the walk's loop in C (setup.py builds it where a compiler is found)
     from diag import _walk as _accelerated
 except ImportError:
