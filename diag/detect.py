@@ -11,6 +11,9 @@ How it decides, and why:
   the width), so days of history cost a few hundred points, recent ones at full detail.
 - A leak moves the *lower envelope* of a GC or arena sawtooth, while the *upper envelope* is what
   hits the limit. Trends are tested on group minima; the forecast adds the envelope gap back.
+  A bucket's minimum below both neighbours' (a gauge read once between batches, a scrape
+  during a brief free) is a dip, not the envelope: a point's floor is the median of its
+  minimum and its neighbours' floors, judged once the next bucket is in.
 - Candidate windows end now and grow by √2 (10 min, 14 min, 20 min, ... to the regime's start),
   each cut into up to 12 groups, never shorter than the sawtooth's period when one is seen. A
   window re-evaluates every eighth of its length, which keeps replay above 500k samples/s.
@@ -38,11 +41,13 @@ How it decides, and why:
   90 minutes unless the limit is near. Once a leak, the verdict stays leak while the lower
   envelope keeps rising, over a window as long as the one that called it or twice that: while
   its floor now stands above every floor of the window's first half (by 1 % of the level),
-  however slowly it got there (a quiet night, segment-sized steps), or while it shows a trend
-  at z >= 1 and 35 % of the leak's rate. Leaving takes positive evidence that the growth
+  however slowly it got there (a quiet night, segment-sized steps), or above every floor of
+  the episode's first two thirds, or while it shows a trend at z >= 1 and 35 % of the
+  leak's rate. Leaving takes positive evidence that the growth
   stopped, over a span like the entry's, and it must say so for 3 minutes in a row, so
   verdicts do not flap during a leak.
-- A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up.
+- A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up,
+  once the next bucket shows that the fall stayed.
 """
 
 from __future__ import annotations
@@ -297,9 +302,11 @@ class Detector:
         self.limit = limit
         self.config = config or DetectorConfig()
         # The exponential histogram, as parallel lists (slices and bisect run at C speed):
-        # each point's end time, minimum and maximum, oldest first; counts per width class.
+        # each point's end time, floor and maximum, oldest first; counts per width class.
+        # A point's floor is its minimum unless that is a one-bucket dip (``_push``).
         self._ends: list[float] = []
         self._lows: list[float] = []
+        self._newest_low = math.nan  # the newest point's own minimum, until it is judged
         self._highs: list[float] = []
         self._requests: list[float] = []  # cumulative requests at each point's end; nan: none
         self._counts: list[int] = [0]
@@ -307,6 +314,9 @@ class Detector:
         self._bucket: list[float] | None = None
         self._regime_start = start_time
         self._regime_floor = math.inf  # the lowest value since the regime began
+        #: A fall that looks like a restart, until the next bucket confirms it: its bucket's
+        #: start, the level it fell from, the gap before it.
+        self._restart_at: tuple[float, float, float] | None = None
         self._drops: deque[float] = deque(maxlen=8)
         self._windows: dict[int, _Window] = {}
         # The trailing run of points that all hold one value: that value (None: the newest
@@ -393,20 +403,32 @@ class Detector:
             previous_high = self._highs[-1]
             gap = start - self._ends[-1]
             fell = previous_high - low
-            restarted = fell > 0.35 * previous_high or (
-                low < 0.9 * self._regime_floor and (fell > 0.2 * previous_high or gap > 120)
-            )
-            if restarted:
-                self._restart(start)
+            # A restart is a fall that stays: the bucket after it must be as low, against the
+            # level before the fall. A gauge read once between batches is no restart.
+            pending, self._restart_at = self._restart_at, None
+            if pending is not None and self._fell_away(pending[1], low, pending[2]):
+                self._restart(pending[0])
+            elif self._fell_away(previous_high, low, gap):
+                self._restart_at = (start, previous_high, gap)
             elif max(fell, fell_inside) > 0.02 * previous_high and (
                 not self._drops or start - self._drops[-1] > 1.5 * BUCKET_SECONDS
             ):
                 # A collection: the sawtooth's period comes from these. One that straddles
                 # two buckets is one drop, not two.
                 self._drops.append(start)
-        self._regime_floor = min(self._regime_floor, low)
+        if self._restart_at is None:  # a fall to be confirmed does not set the floor yet
+            self._regime_floor = min(self._regime_floor, low)
         self._push(end, low, high, requests)
         self.verdict = self._decide(end)
+
+    def _fell_away(self, high: float, low: float, gap: float) -> bool:
+        """Whether a fall from ``high`` to ``low`` (after ``gap`` seconds without samples)
+        is a restart's: by over a third, or below the regime's floor by a tenth after a
+        sharp fall or a gap (a restart's lost samples)."""
+        fell = high - low
+        return fell > 0.35 * high or (
+            low < 0.9 * self._regime_floor and (fell > 0.2 * high or gap > 120)
+        )
 
     def _restart(self, t: float) -> None:
         self._regime_start = t
@@ -424,7 +446,17 @@ class Detector:
                 self._flat_value = None
                 self._moved_until = end
         ends.append(end)
-        lows.append(low)
+        if lows:
+            # A minimum below both neighbours' floors is a dip (a gauge read between batches,
+            # a scrape during a brief free): the floor is what the series comes back to, so a
+            # point's floor is the median of its minimum and its neighbours' floors, judged
+            # once the next point is in. A GC's drop or a restart stays low in the next point
+            # too and keeps its depth. Until then the newest point's floor is its minimum.
+            lows[-1] = max(self._newest_low, min(lows[-2] if len(lows) > 1 else low, low))
+            lows.append(low)
+        else:
+            lows.append(low)
+        self._newest_low = low
         highs.append(high)
         self._requests.append(requests)
         counts[0] += 1
@@ -651,9 +683,12 @@ class Detector:
         # Within noise of it counts as the same level: a leak leaves it clearly behind.
         return recent[0] <= held * (1 + self.config.min_rise_share)
 
-    def _continuing(self, seconds: float, now: float, period: float) -> _Window | None:
+    def _continuing(
+        self, seconds: float, now: float, period: float, compared: float = 0.5
+    ) -> _Window | None:
         """The growth over the last ``seconds``, trend test or not: a standing leak is judged
-        on whether it goes on, not on whether it could be called afresh."""
+        on whether it goes on, not on whether it could be called afresh. ``rising``: the floor
+        now stands above every floor of the span's first ``compared`` share."""
         groups = min(MAX_GROUPS, int(seconds / max(period, BUCKET_SECONDS)))
         if groups < MIN_GROUPS:
             return None
@@ -681,7 +716,7 @@ class Detector:
             rate_low=max(rate - 2 * se, 0.1 * rate),
             rate_high=rate + 2 * se,
             top=top,
-            rising=ys[-1] > max(ys[: len(ys) // 2]) + new_ground,
+            rising=ys[-1] > max(ys[: max(1, int(len(ys) * compared))]) + new_ground,
         )
 
     def _candidate_lengths(self, regime: float) -> list[float]:
@@ -763,6 +798,14 @@ class Detector:
             return dataclasses.replace(self.verdict, t=now)
         if since_called.rate <= 0:
             return None
+        # New ground over the whole episode: the floor stands above every floor of its first
+        # two thirds. A burst's end or a quiet hour cannot take that back; a leak that stopped
+        # loses it once those reach its level, about half as long after the stop as the
+        # episode had lasted before it.
+        span = min(max(now - self._called_at, seconds), regime)
+        episode = self._continuing(span, now, period, compared=2 / 3)
+        if episode is not None and episode.rising:
+            return self._verdict(now, "leak", self._entry_reason, episode)
         own_rate = min(entry_rate, since_called.rate)
         # Twice as long too: a leak that follows a daily load cycle slows down at night.
         judged = False

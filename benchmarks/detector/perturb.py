@@ -1,6 +1,11 @@
 """The tune split re-expressed the way another generator or a real service might show it.
 
-``python -m benchmarks.detector.perturb [--quick] [--only NAME,...] [--json FILE]``
+``python -m benchmarks.detector.perturb [--corpus tune|tune_b] [--quick] [--only NAME,...]
+[--json FILE]``
+
+``--corpus tune_b`` takes the second tuning corpus instead (``traces_tune_b.py``, written by
+another hand from the issue's workload list and never shown the detector): the tuning data
+that is not the first generator's habits. Neither touches the held-out corpora.
 
 Each perturbation takes a tune-split trace (``traces.generate(split="tune")``) and changes how
 it is *measured*, never what the process does: the ground truth (leak onset, OOM time, limit,
@@ -17,6 +22,8 @@ correlated churn, few gaps, 2 MiB quantisation on allocator series only) is what
   added: most samples near the line, a few far off in either direction;
 - ``spikes``: about one sample in 200 jumps up by 2-20 % of the level for that sample only
   (a transient allocation: a big request, a temporary copy);
+- ``dips``: as many samples fall by 1-10 % for that sample only (a gauge read while the
+  process briefly holds less: CUDA memory allocated between batches, a freed arena);
 - ``noise-x2.5``: white noise added so that the noise is 2.5 times the trace's own;
 - ``mult-noise``: level-proportional noise, 0.3 % of the value (allocator churn that scales
   with the heap), so a leak's noise grows as it does;
@@ -43,6 +50,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from benchmarks.detector import traces_tune_b
 from benchmarks.detector.score import (
     Figures,
     Outcome,
@@ -135,12 +143,18 @@ def student_t(df: float = 3.0, scale: float = 2.0) -> Perturb:
     return perturb
 
 
-def spikes(per_sample: float = 1 / 200, height: tuple[float, float] = (0.02, 0.2)) -> Perturb:
+def spikes(
+    per_sample: float = 1 / 200, height: tuple[float, float] = (0.02, 0.2), sign: float = 1.0
+) -> Perturb:
+    """One-sample excursions of a share of the median level: up (a big request's buffers,
+    freed by the next scrape) or, with ``sign`` -1, down (a gauge read between requests, such
+    as CUDA memory allocated while no batch is in flight)."""
+
     def perturb(trace: Trace, rng: np.random.Generator) -> Trace:
         v = trace.values
         hit = rng.random(len(v)) < per_sample
         level = float(np.median(v))
-        return _with_values(trace, v + hit * rng.uniform(*height, len(v)) * level)
+        return _with_values(trace, v + sign * hit * rng.uniform(*height, len(v)) * level)
 
     return perturb
 
@@ -188,6 +202,7 @@ PERTURBATIONS: dict[str, Perturb] = {
     "gaps": gaps(),
     "t-noise": student_t(),
     "spikes": spikes(),
+    "dips": spikes(height=(0.01, 0.1), sign=-1.0),
     "noise-x2.5": scaled_noise(2.5),
     "mult-noise": multiplicative(),
     "quant-2MiB": quantise(2 * MiB),
@@ -219,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="a quarter of the tune split")
+    parser.add_argument(
+        "--corpus",
+        choices=("tune", "tune_b"),
+        default="tune",
+        help="the tune split (default) or the second tuning corpus (traces_tune_b.py)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a quarter of the corpus")
     parser.add_argument("--scale", type=float, help="traces per family relative to the default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -234,8 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in PERTURBATIONS]
     if unknown:
         parser.error(f"unknown perturbation(s): {', '.join(unknown)}")
-    base = generate(args.seed, "tune", scale)
-    print(f"tune split (seed {args.seed}, scale {scale:g}): {len(base)} traces, our detector s=1")
+    if args.corpus == "tune_b":
+        base = traces_tune_b.generate(args.seed, quick=args.quick)
+        what = f"second tuning corpus (seed {args.seed}{', quick' if args.quick else ''})"
+    else:
+        base = generate(args.seed, "tune", scale)
+        what = f"tune split (seed {args.seed}, scale {scale:g})"
+    print(f"{what}: {len(base)} traces, our detector s=1")
     rows: list[tuple[str, Figures]] = []
     report: dict = {}
     started = time.perf_counter()
