@@ -23,7 +23,9 @@ How it decides, and why:
   by 30 % from the shorter ones' is another regime: the rate is fitted only after the change.
   Growth that is slower in its second half (by end-to-end rise and by robust slope alike), or
   slower than just before the window, is slowing down: a warm-up's tail, a cache nearing its
-  bound. So is growth whose last third climbs clearly slower than its middle third (by a
+  bound. So is growth whose last third rose by under a quarter of what the window's rate
+  says, short by more than noise, at any age (it stopped: a burst's climb done, a fill
+  at its bound). So is growth whose last third climbs clearly slower than its middle third (by a
   quarter, and beyond noise), judged in a process's first 90 minutes and over the shortest
   window: a fill's rate falls with the room it has left, a leak's holds, and a young process's
   growth is a warm-up until it has shown that its rate does not decay. Two slowing windows in
@@ -246,6 +248,26 @@ def _last_third_slower(ts: Sequence[float], ys: Sequence[float]) -> bool:
     curvature = _median([abs(c - 2 * b + a) for a, b, c in zip(ys, ys[1:], ys[2:], strict=False)])
     sigma = curvature / 0.6745 / math.sqrt(6)  # a robust standard deviation of one minimum
     return middle - last > FILL_SLOWING_NOISE * sigma / ((ts[-1] - ts[0]) / 3)
+
+
+def _stalled(ts: Sequence[float], ys: Sequence[float], rate: float) -> bool:
+    """Whether the window's last third rose by under a quarter of what its rate says, short
+    by more than noise: the growth has stopped (a burst's ramps done, a fill at its bound).
+    A leak's minima go on rising in the last third too; unlike ``_last_third_slower`` this
+    asks for a stop, not a slowdown, so a staircase's uneven thirds and a daily cycle's
+    quieter hours rarely pass for one."""
+    k = len(ys) // 3
+    if k < 3 or rate <= 0:
+        return False
+    # The last third's own points, two at each end (as _end_rate).
+    span = (ts[-1] + ts[-2] - ts[-k] - ts[-k + 1]) / 2
+    rise = (ys[-1] + ys[-2] - ys[-k] - ys[-k + 1]) / 2
+    expected = rate * span
+    if not rise < 0.25 * expected:
+        return False
+    curvature = _median([abs(c - 2 * b + a) for a, b, c in zip(ys, ys[1:], ys[2:], strict=False)])
+    sigma = curvature / 0.6745 / math.sqrt(6)
+    return expected - rise > FILL_SLOWING_NOISE * sigma
 
 
 def _without_largest_rise(ys: Sequence[float]) -> list[float]:
@@ -616,6 +638,7 @@ class Detector:
                 or max(ys) - ys[-1] > min_rise
                 or slows_without_steps
                 or fill_slowing
+                or _stalled(ts, ys, rate)
                 or (prior_rate is not None and _end_rate(ts, ys) < 0.75 * prior_rate)
             ),
             steps=steps,

@@ -695,3 +695,27 @@ def test_a_leak_whose_rate_falls_stays_called_over_its_whole_episode(name):
     outcome = judge(trace, alerts)
     assert outcome.caught
     assert outcome.changes == 0, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
+
+
+def test_growth_that_stopped_a_third_of_a_window_ago_is_not_called():
+    """Two load bursts stacked up over 20 minutes, then held for a quarter of an hour: every
+    window shorter than the climb sees no trend, and the one that spans it would forecast
+    the limit within two hours at the climb's rate, though its last third rose by almost
+    nothing. A leak's minima go on rising in the last third too. (A trace of the tune
+    split; it was called a leak.)"""
+    from benchmarks.detector.traces import generate
+
+    trace = next(t for t in generate(0, "tune", 1.0) if t.name == "tune/burst/029-ood")
+    assert replay(trace.times.tolist(), trace.values.tolist(), trace.limit) == []
+
+
+def test_stalled_asks_for_a_stop_beyond_noise_not_a_slowdown():
+    from diag.detect import _stalled
+
+    ts = [60.0 * i for i in range(12)]
+    climb_then_hold = [0, 10, 20, 30, 40, 50, 60, 70, 80, 80, 81, 80]
+    assert _stalled(ts, climb_then_hold, 10 / 60)
+    slower = [0, 10, 20, 30, 40, 50, 60, 70, 80, 84, 88, 92]  # half the rate: still rising
+    assert not _stalled(ts, slower, 10 / 60)
+    noisy = [0, 30, 0, 30, 0, 30, 0, 30, 0, 30, 0, 30]  # no stop that noise cannot explain
+    assert not _stalled(ts, noisy, 0.1 / 60)
