@@ -15,7 +15,8 @@ How it decides, and why:
   during a brief free) is a dip, not the envelope: a point's floor is the median of its
   minimum and its neighbours' floors, judged once the next bucket is in.
 - Candidate windows end now and grow by √2 (10 min, 14 min, 20 min, ... to the regime's start),
-  each cut into up to 12 groups, never shorter than the sawtooth's period when one is seen. A
+  each cut into up to 12 groups, never shorter than the sawtooth's period when one is seen (a
+  collection's fall counts once the next bucket is still down: a dip comes back at once). A
   window re-evaluates every eighth of its length, which keeps replay above 500k samples/s.
 - In each window: a Mann-Kendall test on the group minima (is there a monotone trend at all),
   the Theil-Sen slope (the rate, with a standard error from the residuals for its bounds), and
@@ -339,6 +340,9 @@ class Detector:
         #: A fall that looks like a restart, until the next bucket confirms it: its bucket's
         #: start, the level it fell from, the gap before it.
         self._restart_at: tuple[float, float, float] | None = None
+        #: A fall that looks like a collection's, until the next bucket confirms it: its
+        #: bucket's start and the level it fell from.
+        self._drop_at: tuple[float, float] | None = None
         self._drops: deque[float] = deque(maxlen=8)
         self._windows: dict[int, _Window] = {}
         # The trailing run of points that all hold one value: that value (None: the newest
@@ -428,16 +432,23 @@ class Detector:
             # A restart is a fall that stays: the bucket after it must be as low, against the
             # level before the fall. A gauge read once between batches is no restart.
             pending, self._restart_at = self._restart_at, None
+            # A collection's sawtooth rises again from its trough, slowly; a gauge read once
+            # between batches comes back at once. So a fall is a drop once the next bucket's
+            # minimum is still down from where it fell by as much (2 %). The sawtooth's period
+            # comes from these; one that straddles two buckets is one drop, not two.
+            dropped, self._drop_at = self._drop_at, None
+            if (
+                dropped is not None
+                and dropped[1] - low > 0.02 * dropped[1]
+                and (not self._drops or dropped[0] - self._drops[-1] > 1.5 * BUCKET_SECONDS)
+            ):
+                self._drops.append(dropped[0])
             if pending is not None and self._fell_away(pending[1], low, pending[2]):
                 self._restart(pending[0])
             elif self._fell_away(previous_high, low, gap):
                 self._restart_at = (start, previous_high, gap)
-            elif max(fell, fell_inside) > 0.02 * previous_high and (
-                not self._drops or start - self._drops[-1] > 1.5 * BUCKET_SECONDS
-            ):
-                # A collection: the sawtooth's period comes from these. One that straddles
-                # two buckets is one drop, not two.
-                self._drops.append(start)
+            elif max(fell, fell_inside) > 0.02 * previous_high:
+                self._drop_at = (start, previous_high if fell >= fell_inside else high)
         if self._restart_at is None:  # a fall to be confirmed does not set the floor yet
             self._regime_floor = min(self._regime_floor, low)
         self._push(end, low, high, requests)

@@ -719,3 +719,18 @@ def test_stalled_asks_for_a_stop_beyond_noise_not_a_slowdown():
     assert not _stalled(ts, slower, 10 / 60)
     noisy = [0, 30, 0, 30, 0, 30, 0, 30, 0, 30, 0, 30]  # no stop that noise cannot explain
     assert not _stalled(ts, noisy, 0.1 / 60)
+
+
+def test_dips_at_random_are_no_sawtooth_and_hide_no_leak():
+    """A dip's fall and return looked like a collection's drop, and their spacings now and
+    then pass for a sawtooth's: one of 28 minutes made every window shorter than about three
+    hours too coarse to judge, and a staircase leak of the tune split, read with dips, was
+    never called. A collection's trough is still low in the next bucket; a dip is not."""
+    from benchmarks.detector import perturb
+    from benchmarks.detector.score import judge
+    from benchmarks.detector.traces import generate
+
+    dipped = perturb.perturbed(generate(0, "tune", 1.0), "dips")
+    trace = next(t for t in dipped if t.name == "tune/staircase/011")
+    alerts = replay(trace.times.tolist(), trace.values.tolist(), trace.limit)
+    assert judge(trace, alerts).caught
