@@ -246,9 +246,14 @@ def _last_third_slower(ts: Sequence[float], ys: Sequence[float]) -> bool:
     last = _end_rate(ts[2 * k :], ys[2 * k :])
     if not last < FILL_SLOWING_SHARE * middle:
         return False
+    return middle - last > FILL_SLOWING_NOISE * _minima_noise(ys) / ((ts[-1] - ts[0]) / 3)
+
+
+def _minima_noise(ys: Sequence[float]) -> float:
+    """A robust standard deviation of one minimum, from the minima's second differences: a
+    smooth curve's are small, noise's are not."""
     curvature = _median([abs(c - 2 * b + a) for a, b, c in zip(ys, ys[1:], ys[2:], strict=False)])
-    sigma = curvature / 0.6745 / math.sqrt(6)  # a robust standard deviation of one minimum
-    return middle - last > FILL_SLOWING_NOISE * sigma / ((ts[-1] - ts[0]) / 3)
+    return curvature / 0.6745 / math.sqrt(6)
 
 
 def _stalled(ts: Sequence[float], ys: Sequence[float], rate: float) -> bool:
@@ -266,9 +271,7 @@ def _stalled(ts: Sequence[float], ys: Sequence[float], rate: float) -> bool:
     expected = rate * span
     if not rise < 0.25 * expected:
         return False
-    curvature = _median([abs(c - 2 * b + a) for a, b, c in zip(ys, ys[1:], ys[2:], strict=False)])
-    sigma = curvature / 0.6745 / math.sqrt(6)
-    return expected - rise > FILL_SLOWING_NOISE * sigma
+    return expected - rise > FILL_SLOWING_NOISE * _minima_noise(ys)
 
 
 def _without_largest_rise(ys: Sequence[float]) -> list[float]:
@@ -486,9 +489,7 @@ class Detector:
             # once the next point is in. A GC's drop or a restart stays low in the next point
             # too and keeps its depth. Until then the newest point's floor is its minimum.
             lows[-1] = max(self._newest_low, min(lows[-2] if len(lows) > 1 else low, low))
-            lows.append(low)
-        else:
-            lows.append(low)
+        lows.append(low)
         self._newest_low = low
         highs.append(high)
         self._requests.append(requests)
