@@ -47,8 +47,8 @@ How it decides, and why:
   however slowly it got there (a quiet night, segment-sized steps), or above every floor of
   the episode's first two thirds, or while it shows a trend at z >= 1 and 35 % of the
   leak's rate. Leaving takes positive evidence that the growth
-  stopped, over a span like the entry's, and it must say so for 3 minutes in a row, so
-  verdicts do not flap during a leak.
+  stopped, over a span like the entry's (so never before that span has passed since the call),
+  and it must say so for 3 minutes in a row, so verdicts do not flap during a leak.
 - A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up,
   once the next bucket shows that the fall stayed.
 """
@@ -802,7 +802,8 @@ class Detector:
     def _hold(self, now: float) -> Verdict | None:
         """A standing leak stays one while its growth goes on. Leaving it takes evidence over
         a span like the one that entered it that the growth stopped, not merely a failed fresh
-        trend test (noise, a slowdown, a step, a quiet night). Over the last window of the
+        trend test (noise, a slowdown, a step, a quiet night). Not before a span of the
+        entry window's length has passed since the call. Then, over the last window of the
         entry's length (10 minutes at least), or over twice that, the lower envelope still
         rises if:
 
@@ -825,6 +826,10 @@ class Detector:
         assert self._regime_start is not None  # a leak was called in this regime
         regime = now - self._regime_start - self.config.warmup_seconds
         seconds = max(entry_seconds, self.config.min_leak_seconds)
+        if now - self._called_at < seconds:
+            # No span like the entry's has passed since the call: nothing can say yet that
+            # the growth stopped (a burst's end, a dip under a short entry window).
+            return dataclasses.replace(self.verdict, t=now)
         period = self._sawtooth_period(now)
         span_called = min(now - self._called_at + seconds, regime)
         since_called = self._continuing(span_called, now, period)

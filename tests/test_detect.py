@@ -734,3 +734,25 @@ def test_dips_at_random_are_no_sawtooth_and_hide_no_leak():
     trace = next(t for t in dipped if t.name == "tune/staircase/011")
     alerts = replay(trace.times.tolist(), trace.values.tolist(), trace.limit)
     assert judge(trace, alerts).caught
+
+
+def test_a_leak_is_not_left_before_a_span_like_the_one_that_called_it():
+    """A leak called during a load burst whose working set (400 MiB) is freed a minute after
+    the call and taken again six minutes later, while the leak climbs on: no span like the
+    entry's has passed, so nothing can say yet that the growth stopped. Judged on the fall
+    alone, the verdict left leak six minutes after the call and came back ten minutes on."""
+
+    def leak(t):
+        return 1 * GiB + (0.4 * MiB * (t - 7200) if t > 7200 else 0.0)
+
+    times, values = until_oom(leak, hours=6)
+    called = replay(times, values, LIMIT)[0].start
+    fell = [
+        v - 400 * MiB if called + 60 <= t < called + 420 else v
+        for t, v in zip(times, values, strict=True)
+    ]
+    alerts = replay(times, fell, LIMIT)
+    assert alerts[0].start == called
+    assert len(alerts) == 1 and alerts[0].end is None, [
+        ((a.start - called) / 60, a.end and (a.end - called) / 60) for a in alerts
+    ]
