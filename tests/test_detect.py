@@ -756,3 +756,23 @@ def test_a_leak_is_not_left_before_a_span_like_the_one_that_called_it():
     assert len(alerts) == 1 and alerts[0].end is None, [
         ((a.start - called) / 60, a.end and (a.end - called) / 60) for a in alerts
     ]
+
+
+def test_a_leak_called_on_a_long_window_is_not_left_sooner():
+    """A second-tuning-corpus leak whose rate falls as a power of time, called on a 52-minute
+    window: over the next windows its floor rose too little to show, and the verdict left leak
+    48 minutes after the call, to call it again 14 minutes later. Leaving takes a span like
+    the entry's."""
+    from benchmarks.detector import traces_tune_b
+    from benchmarks.detector.score import judge
+
+    trace = next(t for t in traces_tune_b.generate(0) if t.name == "tune_b/leak_decel/003")
+    alerts = replay(
+        trace.times.tolist(),
+        trace.values.tolist(),
+        trace.limit,
+        requests=None if trace.requests is None else trace.requests.tolist(),
+    )
+    outcome = judge(trace, alerts)
+    assert outcome.caught
+    assert outcome.changes == 0, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
