@@ -675,13 +675,9 @@ def test_a_fall_for_one_sample_is_no_restart_and_a_fall_that_stays_is():
     assert detector._regime_start == pytest.approx(times[middle], abs=31)
 
 
-@pytest.mark.parametrize("name", ["leak_decel/002", "leak_two_rate/008"])
-def test_a_leak_whose_rate_falls_stays_called_over_its_whole_episode(name):
-    """Leaks from the second tuning corpus whose rate falls (a power of the requests served,
-    a rate cut to a fraction) under noise and a request load that varies: the windows of the
-    call's own length stop showing a trend, yet the floor keeps standing above everything the
-    episode's first two thirds held. Judged on those windows alone, the verdict left leak and
-    came back two to four times before the OOM."""
+def _called_once_to_the_oom(name):
+    """A second-tuning-corpus leak, replayed with its request counts: caught, and the verdict
+    never left leak between the first call and the OOM."""
     from benchmarks.detector import traces_tune_b
     from benchmarks.detector.score import judge
 
@@ -695,6 +691,16 @@ def test_a_leak_whose_rate_falls_stays_called_over_its_whole_episode(name):
     outcome = judge(trace, alerts)
     assert outcome.caught
     assert outcome.changes == 0, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
+
+
+@pytest.mark.parametrize("name", ["leak_decel/002", "leak_two_rate/008"])
+def test_a_leak_whose_rate_falls_stays_called_over_its_whole_episode(name):
+    """Leaks from the second tuning corpus whose rate falls (a power of the requests served,
+    a rate cut to a fraction) under noise and a request load that varies: the windows of the
+    call's own length stop showing a trend, yet the floor keeps standing above everything the
+    episode's first two thirds held. Judged on those windows alone, the verdict left leak and
+    came back two to four times before the OOM."""
+    _called_once_to_the_oom(name)
 
 
 def test_growth_that_stopped_a_third_of_a_window_ago_is_not_called():
@@ -763,16 +769,4 @@ def test_a_leak_called_on_a_long_window_is_not_left_sooner():
     window: over the next windows its floor rose too little to show, and the verdict left leak
     48 minutes after the call, to call it again 14 minutes later. Leaving takes a span like
     the entry's."""
-    from benchmarks.detector import traces_tune_b
-    from benchmarks.detector.score import judge
-
-    trace = next(t for t in traces_tune_b.generate(0) if t.name == "tune_b/leak_decel/003")
-    alerts = replay(
-        trace.times.tolist(),
-        trace.values.tolist(),
-        trace.limit,
-        requests=None if trace.requests is None else trace.requests.tolist(),
-    )
-    outcome = judge(trace, alerts)
-    assert outcome.caught
-    assert outcome.changes == 0, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
+    _called_once_to_the_oom("leak_decel/003")
