@@ -50,7 +50,10 @@ How it decides, and why:
   stopped, over a span like the entry's (so never before that span has passed since the call),
   and it must say so for 3 minutes in a row, so verdicts do not flap during a leak.
 - A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up,
-  once the next bucket shows that the fall stayed.
+  once the next bucket shows that the fall stayed. The level the old regime had settled at
+  (flat over its last quarter) is kept: a new process climbing back to it (a recycled worker
+  rebuilding its caches) is no leak; one that ended still growing (killed at its limit)
+  leaves none.
 """
 
 from __future__ import annotations
@@ -340,6 +343,8 @@ class Detector:
         self._bucket: list[float] | None = None
         self._regime_start = start_time
         self._regime_floor = math.inf  # the lowest value since the regime began
+        #: The level the process before the last restart had settled at (``_settled``).
+        self._settled_before: float | None = None
         #: A fall that looks like a restart, until the next bucket confirms it: its bucket's
         #: start, the level it fell from, the gap before it.
         self._restart_at: tuple[float, float, float] | None = None
@@ -467,6 +472,7 @@ class Detector:
         )
 
     def _restart(self, t: float) -> None:
+        self._settled_before = self._settled(t)
         self._regime_start = t
         self._regime_floor = math.inf
         self._drops.clear()
@@ -698,25 +704,44 @@ class Detector:
             return "follows"
         return "outlasts"
 
-    def _revisited(self, window: _Window, now: float, period: float) -> bool:
-        """Whether the floor now is no higher (by 1 %) than a floor this process held before
-        the window (since its warm-up): a working set that steps up and down, a burst come back,
-        a daily peak repeated. A leak takes memory where the process has never been; until
-        the floor passes every earlier one, the rise is within the process's own range."""
+    def _revisited(self, window: _Window, now: float, period: float) -> str | None:
+        """Why the floor now is no new ground (the reason to say), or None: it is no higher
+        (by 1 %) than a floor this process held before the window (since its warm-up): a
+        working set that steps up and down, a burst come back, a daily peak repeated; or than
+        the level the process before a restart settled at (a recycled worker rebuilding its
+        caches). A leak takes memory where the process has never been; until the floor passes
+        every earlier one, the rise is within the process's own range."""
         assert self._regime_start is not None
         span = max(period, window.seconds / MAX_GROUPS, BUCKET_SECONDS)
-        since = self._regime_start + self.config.warmup_seconds
-        before = now - window.seconds - since
-        groups = int(before / span)
-        if groups < 1:
-            return False
-        _, earlier, _ = self._groups(since, groups * span, groups)
         _, recent, _ = self._groups(now - span, span, 1)
-        if not earlier or not recent:
-            return False
-        held = max(earlier)
-        # Within noise of it counts as the same level: a leak leaves it clearly behind.
-        return recent[0] <= held * (1 + self.config.min_rise_share)
+        if not recent:
+            return None
+        # Within noise of a level counts as the same level: a leak leaves it clearly behind.
+        margin = 1 + self.config.min_rise_share
+        if self._settled_before is not None and recent[0] <= self._settled_before * margin:
+            return "rising back to where the process settled before its restart"
+        since = self._regime_start + self.config.warmup_seconds
+        groups = int((now - window.seconds - since) / span)
+        if groups < 1:
+            return None
+        _, earlier, _ = self._groups(since, groups * span, groups)
+        if earlier and recent[0] <= max(earlier) * margin:
+            return "rising back to a level it held before"
+        return None
+
+    def _settled(self, before: float) -> float | None:
+        """The level this regime had settled at before ``before`` (a restart): its floor, where
+        the floors of its last quarter (30 minutes at least) stayed within 2 % of each other.
+        None where they did not: a process that was still growing when it ended (a leak killed
+        at its limit) leaves no level that a successor may climb back to unremarked."""
+        assert self._regime_start is not None
+        span = max(self.config.young_min_leak_seconds, (before - self._regime_start) / 4)
+        if before - span < self._regime_start + self.config.warmup_seconds:
+            return None
+        _, floors, _ = self._groups(before - span, span, MIN_GROUPS)
+        if len(floors) < MIN_GROUPS or max(floors) - min(floors) > 0.02 * max(floors):
+            return None
+        return max(floors)
 
     def _continuing(
         self, seconds: float, now: float, period: float, compared: float = 0.5
@@ -923,8 +948,9 @@ class Detector:
                 why = "growth follows load: it rises and falls with the request rate"
                 return self._verdict(now, "growing", why, followed)
             return Verdict(now, "steady", NO_GROWTH)
-        if self.verdict.state != "leak" and self._revisited(best, now, period):
-            return self._verdict(now, "growing", "rising back to a level it held before", best)
+        revisited = self._revisited(best, now, period) if self.verdict.state != "leak" else None
+        if revisited is not None:
+            return self._verdict(now, "growing", revisited, best)
         forecast = self._forecast(best)
         # The shortest growth that can be a leak is measured on the growth, not the window: a
         # window that opens flat holds a rise younger than itself, and a load ramp of a few

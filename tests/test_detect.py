@@ -770,3 +770,50 @@ def test_a_leak_called_on_a_long_window_is_not_left_sooner():
     48 minutes after the call, to call it again 14 minutes later. Leaving takes a span like
     the entry's."""
     _called_once_to_the_oom("leak_decel/003")
+
+
+RECYCLED_LIFE = 8 * 3600
+
+
+def _recycled_worker(t):
+    """A pre-fork worker replaced every 8 hours: 90 minutes of filling its caches at a steady
+    rate, then level at 1.6 GiB until it is recycled."""
+    return 1 * GiB + 0.12 * MiB * min(t % RECYCLED_LIFE, 5400)
+
+
+def test_a_recycled_worker_climbing_back_to_where_its_predecessor_settled_is_no_leak():
+    """The first worker's steady 90-minute fill is a leak as far as anyone can tell (it is
+    called, and left once it levels off); each successor climbs the same way to the level its
+    predecessor had settled at, and that is its working set coming back, not a leak. Without
+    the memory of where the process settled, each of the five workers was called."""
+    times, values = series(_recycled_worker, hours=40, step=10)
+    detector = Detector(LIMIT)
+    alerts = replay(times, values, LIMIT, detector=detector)
+    assert [a.start < RECYCLED_LIFE for a in alerts] == [True], [
+        (a.start / 3600, a.end and a.end / 3600) for a in alerts
+    ]
+    climbing = next(
+        d.reason
+        for d in _verdicts(times, values)
+        if 2 * RECYCLED_LIFE + 3600 < d.t < 2 * RECYCLED_LIFE + 5400 and d.state == "growing"
+    )
+    assert climbing == "rising back to where the process settled before its restart"
+
+
+def test_a_leak_killed_at_its_limit_leaves_no_level_to_climb_back_to():
+    """A leak killed at its limit was still growing when it ended: it settled nowhere, so its
+    successor's leak is called as soon as the first one was."""
+
+    def leak_restarted(t):
+        return 1 * GiB + 0.1 * MiB * (t if t < 6 * 3600 else t - 6 * 3600)
+
+    times, values = series(leak_restarted, hours=11, step=10)
+    alerts = replay(times, values, LIMIT)
+    assert len(alerts) == 2
+    first, second = (a.start for a in alerts)
+    assert second - 6 * 3600 == pytest.approx(first, abs=120)
+
+
+def _verdicts(times, values):
+    detector = Detector(LIMIT)
+    return [detector.update(t, v) for t, v in zip(times, values, strict=True)]
