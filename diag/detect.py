@@ -95,6 +95,8 @@ SAWTOOTH_SPREAD = 3.0
 #: After one of diag's dumps ends, the host still settles from it (requests queued during the
 #: pause run at once) for about this long: memory samples are held back until then.
 SETTLE_SECONDS = 3.0
+#: A regime has settled where its last quarter's floors, over this long at least, stay level.
+SETTLED_MIN_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -735,7 +737,7 @@ class Detector:
         None where they did not: a process that was still growing when it ended (a leak killed
         at its limit) leaves no level that a successor may climb back to unremarked."""
         assert self._regime_start is not None
-        span = max(self.config.young_min_leak_seconds, (before - self._regime_start) / 4)
+        span = max(SETTLED_MIN_SECONDS, (before - self._regime_start) / 4)
         if before - span < self._regime_start + self.config.warmup_seconds:
             return None
         _, floors, _ = self._groups(before - span, span, MIN_GROUPS)
