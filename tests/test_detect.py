@@ -787,8 +787,7 @@ def test_a_recycled_worker_climbing_back_to_where_its_predecessor_settled_is_no_
     predecessor had settled at, and that is its working set coming back, not a leak. Without
     the memory of where the process settled, each of the five workers was called."""
     times, values = series(_recycled_worker, hours=40, step=10)
-    detector = Detector(LIMIT)
-    alerts = replay(times, values, LIMIT, detector=detector)
+    alerts = replay(times, values, LIMIT)
     assert [a.start < RECYCLED_LIFE for a in alerts] == [True], [
         (a.start / 3600, a.end and a.end / 3600) for a in alerts
     ]
