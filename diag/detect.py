@@ -97,6 +97,8 @@ SAWTOOTH_SPREAD = 3.0
 SETTLE_SECONDS = 3.0
 #: A regime has settled where its last quarter's floors, over this long at least, stay level.
 SETTLED_MIN_SECONDS = 1800.0
+#: ... and how far apart its floors may be, as a share of the highest, to count as one level.
+SETTLED_SPREAD = 0.02
 
 
 @dataclass(frozen=True)
@@ -462,6 +464,8 @@ class Detector:
         if self._restart_at is None:  # a fall to be confirmed does not set the floor yet
             self._regime_floor = min(self._regime_floor, low)
         self._push(end, low, high, requests)
+        if self._settled_before is not None:
+            self._forget_predecessor(end)
         self.verdict = self._decide(end)
 
     def _fell_away(self, high: float, low: float, gap: float) -> bool:
@@ -479,6 +483,18 @@ class Detector:
         self._regime_floor = math.inf
         self._drops.clear()
         self._windows.clear()
+
+    def _forget_predecessor(self, now: float) -> None:
+        """Forget the level the process before the restart settled at, once this one has
+        settled at a lower level of its own (a smaller model, fewer workers' buffers): from
+        there, a climb back to the old level is new ground for this process, and a leak
+        must be called as it would be in a process that never restarted."""
+        assert self._regime_start is not None and self._settled_before is not None
+        own = self._settled(now)
+        # Lower by more than a level's own spread: a slow fill that creeps within that spread
+        # (the predecessor's level not reached yet) has not settled anywhere of its own.
+        if own is not None and own < (1 - SETTLED_SPREAD) * self._settled_before:
+            self._settled_before = None
 
     def _push(self, end: float, low: float, high: float, requests: float) -> None:
         ends, lows, highs, counts = self._ends, self._lows, self._highs, self._counts
@@ -741,7 +757,7 @@ class Detector:
         if before - span < self._regime_start + self.config.warmup_seconds:
             return None
         _, floors, _ = self._groups(before - span, span, MIN_GROUPS)
-        if len(floors) < MIN_GROUPS or max(floors) - min(floors) > 0.02 * max(floors):
+        if len(floors) < MIN_GROUPS or max(floors) - min(floors) > SETTLED_SPREAD * max(floors):
             return None
         return max(floors)
 

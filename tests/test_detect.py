@@ -813,6 +813,27 @@ def test_a_leak_killed_at_its_limit_leaves_no_level_to_climb_back_to():
     assert second - 6 * 3600 == pytest.approx(first, abs=120)
 
 
+def test_a_successor_that_settles_lower_then_leaks_is_called_as_if_it_had_no_predecessor():
+    """A new deploy (a smaller model) settles 500 MiB below where the process before its
+    restart had, then leaks. Once it has settled at a level of its own, the old level is
+    forgotten: the leak is called as soon as the same process's leak with no predecessor is.
+    Kept, the old level masked the leak for another hour, until it climbed past it."""
+    restart, onset = 8 * 3600, 8 * 3600 + 7200
+
+    def successor(u):  # seconds since its start: fill 50 minutes, level, leak from +2 h
+        return 1 * GiB + 0.1 * MiB * min(u, 3000) + 0.08 * MiB * max(u - 7200, 0)
+
+    def deployed(t):
+        return 1.3 * GiB + 0.1 * MiB * min(t, 5400) if t < restart else successor(t - restart)
+
+    times, values = until_oom(deployed, hours=24, step=10)
+    after_restart = [a.start - onset for a in replay(times, values, LIMIT) if a.start > restart]
+    times, values = until_oom(successor, hours=16, step=10)
+    alone = [a.start - (onset - restart) for a in replay(times, values, LIMIT) if a.start > 3600]
+    assert len(after_restart) == len(alone) == 1
+    assert after_restart[0] == pytest.approx(alone[0], abs=300)
+
+
 def _verdicts(times, values):
     detector = Detector(LIMIT)
     return [detector.update(t, v) for t, v in zip(times, values, strict=True)]
