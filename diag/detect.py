@@ -81,6 +81,9 @@ HOLD_SHARE_OF_OWN_RATE = 0.35
 HOLD_MIN_TREND_Z = 1.0
 #: ... on this many bucket closes in a row (3 minutes).
 LEAK_EXIT_BUCKETS = 6
+#: Over a called leak's whole episode, new ground may be as little as this share of the
+#: calling rise, where the minima's noise is that small (``_continuing``).
+EPISODE_MIN_RISE_SHARE = 0.25
 #: The request rate varied across a window when its range is this share of its mean.
 LOAD_VARIES = 0.2
 #: A fill slows as it nears its bound (its rate falls with the room left, as hits replace
@@ -781,6 +784,13 @@ class Detector:
         # stopped (a cache at its bound, a false alert's ratchet) stays within its earlier
         # floors. The margin is the calling rise's (noise moves the minima by less).
         new_ground = self.config.min_rise_share * max(sum(ys) / len(ys), 1.0)
+        if compared > 0.5:
+            # Over a whole episode, a slow leak (one decelerating for hours) climbs less than
+            # the calling margin in a third of it while its floor stays clear of noise: there
+            # new ground is three noise units above the earlier floors (a quarter of the
+            # margin at least), which flat minima do not reach by chance.
+            noise = FILL_SLOWING_NOISE * _minima_noise(ys)
+            new_ground = min(new_ground, max(noise, EPISODE_MIN_RISE_SHARE * new_ground))
         return _Window(
             seconds=seconds,
             evaluated_at=now,

@@ -693,6 +693,34 @@ def _called_once_to_the_oom(name):
     assert outcome.changes == 0, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
 
 
+@pytest.mark.parametrize(("power", "scale", "noise"), [(0.35, 65, 5), (0.4, 55, 4)])
+def test_a_leak_decelerating_for_a_day_stays_called_while_its_floor_clears_noise(
+    power, scale, noise
+):
+    """A leak that grows as a power of the time since its onset (a cache keyed by ever-new
+    ids that repeat more and more) climbs, ten hours on, by less than the calling rise
+    (1 % of 3 GiB) in a third of its episode; its minima still clear their noise. Held to the
+    calling rise, the verdict left leak at 6.2 h (17.5 h) and came back hours later."""
+    limit = 3 * GiB + 200 * MiB
+
+    def decelerating(t):
+        return 3 * GiB + scale * MiB * (max(t - 3600, 0) / 3600) ** power
+
+    times, values = until_oom(decelerating, limit=limit, hours=40, step=10, noise=noise * MiB)
+    alerts = replay(times, values, limit)
+    assert [a.end for a in alerts] == [None], [
+        (a.start / 3600, a.end and a.end / 3600) for a in alerts
+    ]
+
+
+@pytest.mark.parametrize("name", ["leak_decel/000", "leak_decel/001", "leak_slow/005"])
+def test_a_slow_leak_whose_floor_clears_noise_stays_called(name):
+    """Second-tuning-corpus leaks (decelerating, a slow one under a daily cycle) whose floor
+    climbs less than the calling rise in the last third of their episode: each left leak and
+    came back once before the OOM while new ground had to clear the calling rise."""
+    _called_once_to_the_oom(name)
+
+
 @pytest.mark.parametrize("name", ["leak_decel/002", "leak_two_rate/008"])
 def test_a_leak_whose_rate_falls_stays_called_over_its_whole_episode(name):
     """Leaks from the second tuning corpus whose rate falls (a power of the requests served,
