@@ -81,6 +81,9 @@ HOLD_SHARE_OF_OWN_RATE = 0.35
 HOLD_MIN_TREND_Z = 1.0
 #: ... on this many bucket closes in a row (3 minutes).
 LEAK_EXIT_BUCKETS = 6
+#: A standing leak is judged over its entry window's span, and over this many of the
+#: shortest windows at least (20 minutes): the wait after the call and the window judged.
+HOLD_MIN_WINDOWS = 2.0
 #: Over a called leak's whole episode, new ground may be as little as this share of the
 #: calling rise, where the minima's noise is that small (``_continuing``).
 EPISODE_MIN_RISE_SHARE = 0.25
@@ -856,8 +859,8 @@ class Detector:
         """A standing leak stays one while its growth goes on. Leaving it takes evidence over
         a span like the one that entered it that the growth stopped, not merely a failed fresh
         trend test (noise, a slowdown, a step, a quiet night). Not before a span of the
-        entry window's length has passed since the call. Then, over the last window of the
-        entry's length (10 minutes at least), or over twice that, the lower envelope still
+        entry window's length (20 minutes at least) has passed since the call. Then, over the
+        last window of that length, or over twice that, the lower envelope still
         rises if:
 
         - its floor now stands above every floor of the window's first half, by more than
@@ -878,7 +881,9 @@ class Detector:
         entry_seconds, entry_rate = self._entry
         assert self._regime_start is not None  # a leak was called in this regime
         regime = now - self._regime_start - self.config.warmup_seconds
-        seconds = max(entry_seconds, self.config.min_leak_seconds)
+        # Twice the shortest window at least: under noise, one short window's evidence that
+        # the growth stopped is no stronger than its evidence was that it began.
+        seconds = max(entry_seconds, HOLD_MIN_WINDOWS * self.config.min_leak_seconds)
         if now - self._called_at < seconds:
             # No span like the entry's has passed since the call: nothing can say yet that
             # the growth stopped (a burst's end, a dip under a short entry window).

@@ -721,6 +721,24 @@ def test_a_slow_leak_whose_floor_clears_noise_stays_called(name):
     _called_once_to_the_oom(name)
 
 
+def test_a_leak_called_on_a_short_window_under_heavy_noise_is_not_left_minutes_later():
+    """A leak's first fast stretch is called on a 10-minute window; its minima swing by
+    tens of MiB. A 10-minute span after the call said too little that the growth stopped: of
+    eight noise draws one left leak at 7.0 h and came back at 7.1 h, and the second-tuning-
+    corpus leak below left and came back twice within an hour of the call. Leaving is judged
+    over 20 minutes at least."""
+    limit = 820 * MiB
+
+    def leak(t):
+        return 640 * MiB + 60 * MiB * (max(t - 6 * 3600, 0) / 3600) ** 0.5
+
+    for seed in range(1, 9):
+        times, values = until_oom(leak, limit=limit, hours=30, step=3, noise=8 * MiB, seed=seed)
+        alerts = replay(times, values, limit)
+        assert [a.end for a in alerts] == [None], (seed, [(a.start, a.end) for a in alerts])
+    _called_once_to_the_oom("leak_decel/007")
+
+
 @pytest.mark.parametrize("name", ["leak_decel/002", "leak_two_rate/008"])
 def test_a_leak_whose_rate_falls_stays_called_over_its_whole_episode(name):
     """Leaks from the second tuning corpus whose rate falls (a power of the requests served,
