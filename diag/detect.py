@@ -768,11 +768,12 @@ class Detector:
         return max(floors)
 
     def _continuing(
-        self, seconds: float, now: float, period: float, compared: float = 0.5
+        self, seconds: float, now: float, period: float, episode: bool = False
     ) -> _Window | None:
         """The growth over the last ``seconds``, trend test or not: a standing leak is judged
         on whether it goes on, not on whether it could be called afresh. ``rising``: the floor
-        now stands above every floor of the span's first ``compared`` share."""
+        now stands above every floor of the span's first half, or over a whole ``episode``
+        (the span since the call) of its first two thirds."""
         groups = min(MAX_GROUPS, int(seconds / max(period, BUCKET_SECONDS)))
         if groups < MIN_GROUPS:
             return None
@@ -787,7 +788,9 @@ class Detector:
         # stopped (a cache at its bound, a false alert's ratchet) stays within its earlier
         # floors. The margin is the calling rise's (noise moves the minima by less).
         new_ground = self.config.min_rise_share * max(sum(ys) / len(ys), 1.0)
-        if compared > 0.5:
+        compared = 0.5
+        if episode:
+            compared = 2 / 3
             # Over a whole episode, a slow leak (one decelerating for hours) climbs less than
             # the calling margin in a third of it while its floor stays clear of noise: there
             # new ground is three noise units above the earlier floors (a quarter of the
@@ -901,7 +904,7 @@ class Detector:
         # loses it once those reach its level, about half as long after the stop as the
         # episode had lasted before it.
         span = min(max(now - self._called_at, seconds), regime)
-        episode = self._continuing(span, now, period, compared=2 / 3)
+        episode = self._continuing(span, now, period, episode=True)
         if episode is not None and episode.rising:
             return self._verdict(now, "leak", self._entry_reason, episode)
         own_rate = min(entry_rate, since_called.rate)
