@@ -27,6 +27,11 @@ def series(shape, hours, step=5.0, noise=2 * MiB, seed=1, gaps=()):
     return times, values
 
 
+def _in_hours(alerts):
+    """Alerts as (start, end) in hours, to say in a failed assertion what was raised."""
+    return [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
+
+
 def until_oom(shape, limit=LIMIT, **kwargs):
     """The series up to the first sample at the limit: the OOM kill."""
     times, values = series(shape, **kwargs)
@@ -260,7 +265,7 @@ def test_a_leak_that_slows_down_but_still_rises_stays_called(seed):
     come back in the morning, two verdict changes in the middle of a leak)."""
     times, values = until_oom(_leak_with_a_quiet_night, hours=24, seed=seed)
     alerts = replay(times, values, LIMIT)
-    assert len(alerts) == 1, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
+    assert len(alerts) == 1, _in_hours(alerts)
     assert 3600 < alerts[0].start < 3600 + 3 * 3600, "called during the busy spell"
     assert alerts[0].end is None, "the verdict left leak before the OOM"
 
@@ -653,7 +658,7 @@ def test_one_sample_dips_neither_delay_nor_break_a_leak(name, seed):
     step = 60.0 if name.startswith("slow") else 5.0
     times, values = until_oom(shape, hours=24 * 5, step=step)
     alerts = replay(times, _with_dips(times, values, seed), LIMIT)
-    assert len(alerts) == 1, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
+    assert len(alerts) == 1, _in_hours(alerts)
     assert alerts[0].start >= onset, "alerted before the leak began"
     lead = (times[-1] - alerts[0].start) / (times[-1] - onset)
     assert lead >= 0.8, f"lead fraction {lead:.2f}"
@@ -690,7 +695,7 @@ def _called_once_to_the_oom(name):
     )
     outcome = judge(trace, alerts)
     assert outcome.caught
-    assert outcome.changes == 0, [(a.start / 3600, a.end and a.end / 3600) for a in alerts]
+    assert outcome.changes == 0, _in_hours(alerts)
 
 
 @pytest.mark.parametrize(("power", "scale", "noise"), [(0.35, 65, 5), (0.4, 55, 4)])
@@ -708,9 +713,7 @@ def test_a_leak_decelerating_for_a_day_stays_called_while_its_floor_clears_noise
 
     times, values = until_oom(decelerating, limit=limit, hours=40, step=10, noise=noise * MiB)
     alerts = replay(times, values, limit)
-    assert [a.end for a in alerts] == [None], [
-        (a.start / 3600, a.end and a.end / 3600) for a in alerts
-    ]
+    assert [a.end for a in alerts] == [None], _in_hours(alerts)
 
 
 @pytest.mark.parametrize("name", ["leak_decel/000", "leak_decel/001", "leak_slow/005"])
@@ -735,7 +738,7 @@ def test_a_leak_called_on_a_short_window_under_heavy_noise_is_not_left_minutes_l
     for seed in range(1, 9):
         times, values = until_oom(leak, limit=limit, hours=30, step=3, noise=8 * MiB, seed=seed)
         alerts = replay(times, values, limit)
-        assert [a.end for a in alerts] == [None], (seed, [(a.start, a.end) for a in alerts])
+        assert [a.end for a in alerts] == [None], (seed, _in_hours(alerts))
     _called_once_to_the_oom("leak_decel/007")
 
 
@@ -834,9 +837,7 @@ def test_a_recycled_worker_climbing_back_to_where_its_predecessor_settled_is_no_
     the memory of where the process settled, each of the five workers was called."""
     times, values = series(_recycled_worker, hours=40, step=10)
     alerts = replay(times, values, LIMIT)
-    assert [a.start < RECYCLED_LIFE for a in alerts] == [True], [
-        (a.start / 3600, a.end and a.end / 3600) for a in alerts
-    ]
+    assert [a.start < RECYCLED_LIFE for a in alerts] == [True], _in_hours(alerts)
     climbing = next(
         d.reason
         for d in _verdicts(times, values)
