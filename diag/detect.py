@@ -373,6 +373,7 @@ class Detector:
         self._last_t = -math.inf
         self._entry = (0.0, 0.0)  # the standing leak's window length and rate when called
         self._entry_reason = ""
+        self._confirmed = 0.0  # the longest window that called the standing leak as it grew
         self._called_at = 0.0
         self._stopped = 0  # bucket closes in a row on which a standing leak's growth had stopped
         self.verdict = Verdict(0.0, "insufficient_data", "no samples yet")
@@ -835,6 +836,11 @@ class Detector:
                 self._entry = (verdict.window_seconds or 0.0, verdict.rate or 0.0)
                 self._entry_reason = verdict.reason
                 self._called_at = now
+                self._confirmed = verdict.window_seconds or 0.0
+            elif (verdict.window_seconds or 0.0) > self._confirmed and self._growing_now(now):
+                # Evidence gathered since the entry window began, not the quiet hours before.
+                since_entry = now - self._called_at + self._entry[0]
+                self._confirmed = min(verdict.window_seconds or 0.0, since_entry)
             return verdict
         if previous.state == "leak" and verdict.state in ("growing", "bounded_growth", "steady"):
             held = self._hold(now)
@@ -858,13 +864,27 @@ class Detector:
             return previous
         return verdict
 
+    def _hold_span(self) -> float:
+        """The span a standing leak is first judged over: its entry window's, 20 minutes at
+        least (under noise, one short window's evidence that the growth stopped is no stronger
+        than its evidence was that it began)."""
+        return max(self._entry[0], HOLD_MIN_WINDOWS * self.config.min_leak_seconds)
+
+    def _growing_now(self, now: float) -> bool:
+        """Whether a standing leak still grows over its hold span: a longer window that calls
+        it again adds evidence only then, not when its own trend is hours of growth that
+        stopped since."""
+        window = self._continuing(self._hold_span(), now, self._sawtooth_period(now))
+        return window is not None and (window.rising or window.significant)
+
     def _hold(self, now: float) -> Verdict | None:
         """A standing leak stays one while its growth goes on. Leaving it takes evidence over
         a span like the one that entered it that the growth stopped, not merely a failed fresh
         trend test (noise, a slowdown, a step, a quiet night). Not before a span of the
         entry window's length (20 minutes at least) has passed since the call. Then, over the
-        last window of that length, or over twice that, the lower envelope still
-        rises if:
+        last window of that length, over twice that, or over the longest window that called
+        it again while it grew (a leak judged afresh on two hours of growth stands on two
+        hours of evidence), the lower envelope still rises if:
 
         - its floor now stands above every floor of the window's first half, by more than
           noise: new ground, however slowly reached. A leak that slows to a tenth at night, or
@@ -881,12 +901,10 @@ class Detector:
 
         An operator who sees the verdict leave "leak" in the middle of a leak stops trusting
         it."""
-        entry_seconds, entry_rate = self._entry
+        entry_rate = self._entry[1]
         assert self._regime_start is not None  # a leak was called in this regime
         regime = now - self._regime_start - self.config.warmup_seconds
-        # Twice the shortest window at least: under noise, one short window's evidence that
-        # the growth stopped is no stronger than its evidence was that it began.
-        seconds = max(entry_seconds, HOLD_MIN_WINDOWS * self.config.min_leak_seconds)
+        seconds = self._hold_span()
         if now - self._called_at < seconds:
             # No span like the entry's has passed since the call: nothing can say yet that
             # the growth stopped (a burst's end, a dip under a short entry window).
@@ -908,9 +926,15 @@ class Detector:
         if episode is not None and episode.rising:
             return self._verdict(now, "leak", self._entry_reason, episode)
         own_rate = min(entry_rate, since_called.rate)
-        # Twice as long too: a leak that follows a daily load cycle slows down at night.
+        # Twice as long too: a leak that follows a daily load cycle slows down at night. And
+        # over the longest window that called it: a leak called on a fast stretch's 28
+        # minutes and confirmed over two hours since, whose rate then fell to a fifth, shows
+        # no new ground beyond noise in an hour but does in two.
+        spans = [seconds, 2 * seconds]
+        if self._confirmed > spans[-1]:
+            spans.append(self._confirmed)
         judged = False
-        for span in (seconds, 2 * seconds):
+        for span in spans:
             # Mostly the entry window itself: its rate would only repeat the call's.
             repeats = span > 0.75 * span_called and span > seconds
             window = self._continuing(min(span, regime), now, period)
