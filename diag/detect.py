@@ -832,15 +832,16 @@ class Detector:
         verdict = self._judge(now)
         previous = self.verdict
         if verdict.state == "leak":
+            window_seconds = verdict.window_seconds or 0.0
             if previous.state != "leak":
-                self._entry = (verdict.window_seconds or 0.0, verdict.rate or 0.0)
+                self._entry = (window_seconds, verdict.rate or 0.0)
                 self._entry_reason = verdict.reason
                 self._called_at = now
-                self._confirmed = verdict.window_seconds or 0.0
-            elif (verdict.window_seconds or 0.0) > self._confirmed and self._growing_now(now):
+                self._confirmed = window_seconds
+            elif window_seconds > self._confirmed and self._growing_now(now):
                 # Evidence gathered since the entry window began, not the quiet hours before.
                 since_entry = now - self._called_at + self._entry[0]
-                self._confirmed = min(verdict.window_seconds or 0.0, since_entry)
+                self._confirmed = min(window_seconds, since_entry)
             return verdict
         if previous.state == "leak" and verdict.state in ("growing", "bounded_growth", "steady"):
             held = self._hold(now)

@@ -271,10 +271,11 @@ def test_a_leak_that_slows_down_but_still_rises_stays_called(seed):
 
 
 def test_a_leak_that_stops_is_left_on_as_much_evidence_as_called_it():
-    stop = 3600 + 3 * 3600
+    onset = 3600
+    stop = onset + 3 * 3600
 
     def shape(t):
-        return 1 * GiB + 0.1 * MiB * (min(t, stop) - 3600) if t > 3600 else 1 * GiB
+        return 1 * GiB + 0.1 * MiB * (min(t, stop) - onset) if t > onset else 1 * GiB
 
     detector = Detector(LIMIT)
     times, values = series(shape, hours=12)
@@ -284,7 +285,7 @@ def test_a_leak_that_stops_is_left_on_as_much_evidence_as_called_it():
     assert ended is not None, "still a leak hours after the growth stopped"
     # Not on the first flat window; within as long as the growth had lasted: it was called
     # again on windows up to that long, and over those it still rises for a while after.
-    assert stop + 5 * 60 <= ended <= stop + (stop - 3600), ended - stop
+    assert stop + 5 * 60 <= ended <= stop + (stop - onset), ended - stop
     assert detector.verdict.state in ("steady", "bounded_growth")
 
 
