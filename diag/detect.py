@@ -87,6 +87,11 @@ HOLD_MIN_WINDOWS = 2.0
 #: Over a called leak's whole episode, new ground may be as little as this share of the
 #: calling rise, where the minima's noise is that small (``_continuing``).
 EPISODE_MIN_RISE_SHARE = 0.25
+#: A leak that has paused and resumed is held through later pauses up to this many times as
+#: long as its longest (``Detector._pause``); one that pauses for over this many times as
+#: long as it had grown is a new growth, not the same leak's rhythm.
+PAUSE_BRIDGE = 1.25
+PAUSE_MAX_SHARE_OF_SPELL = 2.0
 #: The request rate varied across a window when its range is this share of its mean.
 LOAD_VARIES = 0.2
 #: A fill slows as it nears its bound (its rate falls with the room left, as hits replace
@@ -376,6 +381,12 @@ class Detector:
         self._confirmed = 0.0  # the longest window that called the standing leak as it grew
         self._called_at = 0.0
         self._stopped = 0  # bucket closes in a row on which a standing leak's growth had stopped
+        #: The last leak left in this regime: when its growth began, when its floor reached
+        #: the level it then held (its pause began) and that level. None: none left, or
+        #: called again since.
+        self._left: tuple[float, float, float] | None = None
+        #: The longest pause a leak in this regime has shown and then resumed from.
+        self._pause = 0.0
         self.verdict = Verdict(0.0, "insufficient_data", "no samples yet")
         self._scaled = (self.verdict, self.verdict)  # time_scale != 1: the last one unscaled
 
@@ -490,6 +501,7 @@ class Detector:
         self._regime_floor = math.inf
         self._drops.clear()
         self._windows.clear()
+        self._left, self._pause = None, 0.0
 
     def _forget_predecessor(self, now: float) -> None:
         """Forget the level the process before the restart settled at, once this one has
@@ -601,7 +613,7 @@ class Detector:
         y_mean = sum(ys) / len(ys)
         # No rise, or no trend: the common case, answered without the slopes (and without
         # the trend test's pairs where the ends already say no).
-        min_rise = cfg.min_rise_share * max(y_mean, 1.0)
+        min_rise = self._margin(y_mean)
         if rise <= min_rise or _mann_kendall_z(ys) < cfg.min_trend_z:
             return _Window.quiet(seconds, now)
         # One jump between neighbouring groups that makes half the window's rise or more is a
@@ -788,7 +800,7 @@ class Detector:
         # New ground: a leak's floor goes where it has not been, at any pace; a fill that
         # stopped (a cache at its bound, a false alert's ratchet) stays within its earlier
         # floors. The margin is the calling rise's (noise moves the minima by less).
-        new_ground = self.config.min_rise_share * max(sum(ys) / len(ys), 1.0)
+        new_ground = self._margin(sum(ys) / len(ys))
         compared = 0.5
         if episode:
             compared = 2 / 3
@@ -834,6 +846,7 @@ class Detector:
         if verdict.state == "leak":
             window_seconds = verdict.window_seconds or 0.0
             if previous.state != "leak":
+                self._resumed()
                 self._entry = (window_seconds, verdict.rate or 0.0)
                 self._entry_reason = verdict.reason
                 self._called_at = now
@@ -852,6 +865,8 @@ class Detector:
             self._stopped += 1
             if self._stopped < LEAK_EXIT_BUCKETS:
                 return dataclasses.replace(previous, t=now)
+            began = self._called_at - self._entry[0]
+            self._left = (began, *self._plateau(began))
         self._stopped = 0
         if (
             verdict.rate is None
@@ -864,6 +879,48 @@ class Detector:
             # identity that nothing did.
             return previous
         return verdict
+
+    def _plateau(self, since: float) -> tuple[float, float]:
+        """The highest floor reached after ``since``, and when the floor first came within
+        the new-ground margin of it: where a stopped growth's plateau began."""
+        first = bisect_right(self._ends, since)
+        if first == len(self._ends):
+            return since, -math.inf
+        lows = self._lows[first:]
+        high = max(lows)
+        near = high - self._margin(high)
+        return next(
+            end for end, low in zip(self._ends[first:], lows, strict=True) if low >= near
+        ), high
+
+    def _margin(self, level: float) -> float:
+        """The least rise that counts at this level: below it, noise, whatever its trend."""
+        return self.config.min_rise_share * max(level, 1.0)
+
+    def _resumed(self) -> None:
+        """A leak called again where the last one left in this regime had paused: the time
+        from the start of its plateau to the first floor clear above it is the leak's pause,
+        its rhythm (a leak fed by a nightly batch, by bursts of traffic) when no longer than
+        twice the growth before it. Later pauses as long are bridged (``_hold``)."""
+        if self._left is None:
+            return
+        grew_from, paused_from, high = self._left
+        self._left = None
+        first = bisect_right(self._ends, paused_from)
+        above = high + self._margin(high)
+        resumed = next(
+            (
+                end
+                for end, low in zip(self._ends[first:], self._lows[first:], strict=True)
+                if low > above
+            ),
+            None,
+        )
+        if resumed is None:
+            return  # no new ground: the climb back is not the leak going on
+        pause = resumed - paused_from
+        if pause <= PAUSE_MAX_SHARE_OF_SPELL * (paused_from - grew_from):
+            self._pause = max(self._pause, pause)
 
     def _hold_span(self) -> float:
         """The span a standing leak is first judged over: its entry window's, 20 minutes at
@@ -926,6 +983,14 @@ class Detector:
         episode = self._continuing(span, now, period, episode=True)
         if episode is not None and episode.rising:
             return self._verdict(now, "leak", self._entry_reason, episode)
+        if self._pause > 0:
+            # A leak that paused before and resumed: new ground against the floors from before
+            # a pause as long as its longest, and a quarter more. Its floor stands there while
+            # it pauses, and stops standing there once it has paused for longer.
+            span = min(2 * PAUSE_BRIDGE * self._pause, regime)
+            bridge = self._continuing(span, now, period)
+            if bridge is not None and bridge.rising:
+                return self._verdict(now, "leak", self._entry_reason, bridge)
         own_rate = min(entry_rate, since_called.rate)
         # Twice as long too: a leak that follows a daily load cycle slows down at night. And
         # over the longest window that called it: a leak called on a fast stretch's 28
