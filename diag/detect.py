@@ -46,7 +46,8 @@ How it decides, and why:
   its floor now stands above every floor of the window's first half (by 1 % of the level),
   however slowly it got there (a quiet night, segment-sized steps), or above every floor of
   the episode's first two thirds, or while it shows a trend at z >= 1 and 35 % of the
-  leak's rate. Leaving takes positive evidence that the growth
+  leak's rate. A leak that paused, was left and resumed has shown its rhythm: later pauses
+  up to 1.25 times as long are bridged. Leaving takes positive evidence that the growth
   stopped, over a span like the entry's (so never before that span has passed since the call),
   and it must say so for 3 minutes in a row, so verdicts do not flap during a leak.
 - A drop below the regime's floor (a restart) starts a new regime with a 15 minute warm-up,
