@@ -770,7 +770,7 @@ def test_a_leak_that_pauses_for_hours_is_held_through_pauses_like_those_it_resum
     job's results kept, a nightly import), under 10 MiB of noise. Its first pause may read as
     a stop: the hold has nothing yet to tell it from one. But once it has resumed from a pause,
     a pause as long is its rhythm. Without that, four noise draws of these twelve left leak
-    in every pause and came back (up to sixteen changes of verdict after the first call)."""
+    in pause after pause and came back (up to sixteen changes of verdict after the first call)."""
     cycle, grows = 4 * 3600, 2 * 3600
 
     def leak(t):
