@@ -74,6 +74,8 @@ class Clock:
         return self.t
 
 
+_BUDGET = 120.0
+
 #: Each gc.get_referrers call of the dump: the function that asked, and of how many objects.
 _PASSES: list[tuple[str, int]] = []
 
@@ -92,7 +94,12 @@ def grown():
     pairs: list[socket.socket] = []
     try:
         _POOL_FILES.extend(open_log() for _ in range(4))  # a bounded pool, full already
-        _, baseline = take_dump(top=1, clock=clock, created_at=creation.stack_of)
+        # The budget is generous: these tests judge grouping, not speed, and the census walks
+        # this whole test session's heap with tracemalloc on (over the 10 s default on a busy
+        # CI machine once, which left the paths unfound).
+        _, baseline = take_dump(
+            top=1, clock=clock, created_at=creation.stack_of, time_budget=_BUDGET
+        )
         started_tracing = not tracemalloc.is_tracing()
         if started_tracing:
             tracemalloc.start(16)
@@ -124,6 +131,7 @@ def grown():
                 requests=20,
                 created_at=creation.stack_of,
                 on_collected=tracemalloc.stop if started_tracing else None,
+                time_budget=_BUDGET,
             )
         finally:
             gc.get_referrers = get_referrers
