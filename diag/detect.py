@@ -64,7 +64,7 @@ import itertools
 import math
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Literal, TypeAlias
@@ -884,15 +884,22 @@ class Detector:
     def _plateau(self, since: float) -> tuple[float, float]:
         """The highest floor reached after ``since``, and when the floor first came within
         the new-ground margin of it: where a stopped growth's plateau began."""
-        first = bisect_right(self._ends, since)
-        if first == len(self._ends):
-            return since, -math.inf
-        lows = self._lows[first:]
-        high = max(lows)
+        high = max(self._lows[bisect_right(self._ends, since) :], default=-math.inf)
         near = high - self._margin(high)
+        began = self._first_floor(since, lambda low: low >= near)
+        return (since if began is None else began), high
+
+    def _first_floor(self, since: float, meets: Callable[[float], bool]) -> float | None:
+        """When the floor first met ``meets`` after ``since``, or None if it has not."""
+        first = bisect_right(self._ends, since)
         return next(
-            end for end, low in zip(self._ends[first:], lows, strict=True) if low >= near
-        ), high
+            (
+                end
+                for end, low in zip(self._ends[first:], self._lows[first:], strict=True)
+                if meets(low)
+            ),
+            None,
+        )
 
     def _margin(self, level: float) -> float:
         """The least rise that counts at this level: below it, noise, whatever its trend."""
@@ -907,16 +914,8 @@ class Detector:
             return
         grew_from, paused_from, high = self._left
         self._left = None
-        first = bisect_right(self._ends, paused_from)
         above = high + self._margin(high)
-        resumed = next(
-            (
-                end
-                for end, low in zip(self._ends[first:], self._lows[first:], strict=True)
-                if low > above
-            ),
-            None,
-        )
+        resumed = self._first_floor(paused_from, lambda low: low > above)
         if resumed is None:
             return  # no new ground: the climb back is not the leak going on
         pause = resumed - paused_from
