@@ -19,9 +19,10 @@ How it decides, and why:
   collection's fall counts once the next bucket is still down: a dip comes back at once). A
   window re-evaluates every eighth of its length, which keeps replay above 500k samples/s.
 - In each window: a Mann-Kendall test on the group minima (is there a monotone trend at all),
-  the Theil-Sen slope (the rate, with a standard error from the residuals for its bounds), and
-  guards. A window whose first half is flat holds the leak's onset, and one whose rate differs
-  by 30 % from the shorter ones' is another regime: the rate is fitted only after the change.
+  the Theil-Sen slope (the rate; its bounds from a standard error that counts the residuals'
+  correlation, and from the rate's drift between the window's halves), and guards. A window
+  whose first half is flat holds the leak's onset, and one whose rate differs by 30 % from the
+  shorter ones' is another regime: the rate is fitted only after the change.
   Growth that is slower in its second half (by end-to-end rise and by robust slope alike), or
   slower than just before the window, is slowing down: a warm-up's tail, a cache nearing its
   bound. So is growth whose last third rose by under a quarter of what the window's rate
@@ -104,6 +105,9 @@ FILL_SLOWING_NOISE = 3.0
 #: Drops are a regular sawtooth's when the upper quartile of their spacings is within this
 #: factor of the lower quartile (``Detector._sawtooth_period``).
 SAWTOOTH_SPREAD = 3.0
+#: The most lag-one correlation of a fit's residuals that widens the rate's standard error
+#: (by sqrt(1.9 / 0.1), 4.4 times): from 6 to 12 minima, a higher estimate is too unsure.
+MAX_RESIDUAL_CORRELATION = 0.9
 #: After one of diag's dumps ends, the host still settles from it (requests queued during the
 #: pause run at once) for about this long: memory samples are held back until then.
 SETTLE_SECONDS = 3.0
@@ -191,8 +195,10 @@ class _Window:
     steps: bool  # a ratchet: the rise came in a few jumps, ever more rarely
     load: str | None  # what the request counts say of the growth (see _load_of); None: no counts
     rate: float
-    rate_low: float
-    rate_high: float
+    rate_se: float  # the rate's standard error: the minima's scatter, and how they stray together
+    #: How far the rate moved between the window's halves (a load cycle, a wandering working
+    #: set, a leak speeding up or slowing): the forecast's bounds allow for as much again.
+    drift: float
     top: float  # the upper envelope now: what the limit is compared with
     #: A standing leak's window only (``_continuing``): the floor now stands above every floor
     #: of the window's first half by more than noise, whatever the rate that took it there.
@@ -325,6 +331,14 @@ def _spread(
     sxx = sum((x - t_mean) ** 2 for x in ts)
     residual = sum((y - intercept - rate * x) ** 2 for x, y in zip(ts, ys, strict=True))
     se = math.sqrt(residual / max(len(ts) - 2, 1) / sxx) if sxx > 0 else 0.0
+    if residual > 0:
+        # Minima that stray together (a working set wandering with the load, a sawtooth's
+        # phase) are fewer independent points than they look: the error grows by the
+        # residuals' lag-one autocorrelation, as in an AR(1) model.
+        residuals = [y - intercept - rate * x for x, y in zip(ts, ys, strict=True)]
+        rho = sum(a * b for a, b in itertools.pairwise(residuals)) / residual
+        rho = min(max(rho, 0.0), MAX_RESIDUAL_CORRELATION)
+        se *= math.sqrt((1 + rho) / (1 - rho))
     half = len(ts) // 2
     gaps = sorted(
         top - (intercept + rate * x) for x, top in zip(ts[half:], tops[half:], strict=True)
@@ -700,8 +714,8 @@ class Detector:
             steps=steps,
             load=load,
             rate=rate,
-            rate_low=max(rate - 2 * se, 0.1 * rate),
-            rate_high=rate + 2 * se,
+            rate_se=se,
+            drift=abs(second_rate - first_rate),
             top=top,
             growing_for=now - began,
         )
@@ -798,6 +812,7 @@ class Detector:
         # pairs of groups flat, so its robust slope can be zero while it keeps rising.
         rate = max(_theil_sen(ts, ys), _end_rate(ts, ys))
         se, top = _spread(ts, ys, tops, rate, now)
+        half = len(ts) // 2
         # New ground: a leak's floor goes where it has not been, at any pace; a fill that
         # stopped (a cache at its bound, a false alert's ratchet) stays within its earlier
         # floors. The margin is the calling rise's (noise moves the minima by less).
@@ -821,8 +836,8 @@ class Detector:
             steps=False,
             load=None,
             rate=rate,
-            rate_low=max(rate - 2 * se, 0.1 * rate),
-            rate_high=rate + 2 * se,
+            rate_se=se,
+            drift=abs(_end_rate(ts[half:], ys[half:]) - _end_rate(ts[: half + 1], ys[: half + 1])),
             top=top,
             rising=ys[-1] > max(ys[: max(1, int(len(ys) * compared))]) + new_ground,
         )
@@ -1108,13 +1123,21 @@ class Detector:
         return self._moved_until <= start < self._ends[-1]
 
     def _forecast(self, window: _Window) -> tuple[float, float, float] | None:
+        """The time to the limit at the window's rate, and its bounds. These carry two
+        uncertainties of the rate: its estimate's (two standard errors) and its wander (it
+        moved by ``drift`` between the window's halves, and may move as much again, either
+        way: a load cycle turns, a working set wanders back). Without the wander, a rate that
+        changes with the load gets bounds that are precise about the wrong rate. Not carried
+        further over the forecast's horizon: the drift often is an onset inside the window,
+        a change already over, and a constant leak's bounds then spanned tenfold."""
         if self.limit is None or window.rate <= 0:
             return None
         headroom = max(self.limit - window.top, 0.0)
+        spread = math.hypot(2 * window.rate_se, window.drift)
         return (
             headroom / window.rate,
-            headroom / window.rate_high,
-            headroom / window.rate_low,
+            headroom / (window.rate + spread),
+            headroom / max(window.rate - spread, 0.1 * window.rate),
         )
 
     def _verdict(self, now: float, state: State, reason: str, window: _Window) -> Verdict:

@@ -12,7 +12,8 @@ Figures, per method (our detector at each sensitivity, and each predict_linear v
   20-60 min are reported apart, as "fast");
 - forecast error |log2(predicted / actual time to OOM)| at that first alert, median over the
   leaks caught (a missing forecast counts as infinitely wrong), and for our detector how often
-  the actual time lies in its [low, high] interval;
+  the actual time lies in its [low, high] interval, and that interval's median width (high /
+  low: what the coverage costs in precision);
 - matched false-alert rate: for every predict_linear variant that catches anything, our best
   lead-fraction median among the sensitivities whose false-alert rate is at most the
   variant's; the target asks to beat every variant (so whichever one is called "best");
@@ -83,6 +84,7 @@ class Outcome:
     actual: float | None = None
     forecast_error: float | None = None  # None when missed
     covered: bool | None = None  # actual within [low, high], when the alert gave both
+    width: float | None = None  # high / low: what the coverage cost in precision
     changes: int | None = None  # caught leaks: verdict changes after the first call, to the OOM
 
 
@@ -110,6 +112,7 @@ def judge(trace: Trace, alerts: list[Alert]) -> Outcome:
     low, high = first.seconds_to_oom_low, first.seconds_to_oom_high
     if low is not None and high is not None:
         out.covered = low <= out.actual <= high
+        out.width = high / low if low > 0 else math.inf
     return out
 
 
@@ -141,6 +144,7 @@ class Figures:
     fast_leads: list[float] = field(default_factory=list)
     forecast_errors: list[float] = field(default_factory=list)
     covered: list[bool] = field(default_factory=list)
+    widths: list[float] = field(default_factory=list)
     changes: list[int] = field(default_factory=list)  # per caught leak, any time to OOM
 
     @property
@@ -171,6 +175,10 @@ class Figures:
     def coverage(self) -> float:
         return sum(self.covered) / len(self.covered) if self.covered else math.nan
 
+    @property
+    def width_median(self) -> float:
+        return _pct(self.widths, 50)
+
     def summary(self) -> dict:
         return {
             "false_episodes": self.false_episodes,
@@ -184,6 +192,7 @@ class Figures:
             "fast_lead_median": _pct(self.fast_leads, 50),
             "forecast_error_median": self.forecast_median,
             "interval_coverage": self.coverage,
+            "interval_width_median": self.width_median,
             "verdict_changes_per_caught_leak": self.changes_per_leak,
         }
 
@@ -208,6 +217,8 @@ def aggregate(traces: list[Trace], outcomes: list[Outcome]) -> Figures:
             f.forecast_errors.append(o.forecast_error)
         if o.covered is not None:
             f.covered.append(o.covered)
+        if o.width is not None:
+            f.widths.append(o.width)
     return f
 
 
@@ -357,13 +368,14 @@ def _pct_s(value: float) -> str:
 def print_methods(rows: list[tuple[str, Figures]]) -> None:
     print(
         f"  {'method':<22}{'FA/h':>8}{'FA eps':>8}{'recall':>8}{'lead med':>10}{'lead P10':>10}"
-        f"{'fc err':>8}{'fast lead':>11}{'interval':>10}{'flaps':>7}"
+        f"{'fc err':>8}{'fast lead':>11}{'interval':>10}{'width':>7}{'flaps':>7}"
     )
     for name, f in rows:
         print(
             f"  {name:<22}{_f(f.fa_rate, 4):>8}{f.false_episodes:>8}{_pct_s(f.recall):>8}"
             f"{_f(f.lead_median, 2):>10}{_f(f.lead_p10, 2):>10}{_f(f.forecast_median, 2):>8}"
             f"{_f(_pct(f.fast_leads, 50), 2):>11}{_pct_s(f.coverage):>10}"
+            f"{_f(f.width_median, 1):>7}"
             f"{_f(f.changes_per_leak, 2):>7}"
         )
 
