@@ -314,6 +314,13 @@ def _end_rate(ts: Sequence[float], ys: Sequence[float]) -> float:
     return (ys[-1] + ys[-2] - ys[0] - ys[1]) / 2 / span if span > 0 else 0.0
 
 
+def _half_rates(ts: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Each half's rise end to end, per second (the halves share the middle point): not
+    robust slopes, since a staircase's flat stretches have none, yet it rises in each half."""
+    half = len(ts) // 2
+    return _end_rate(ts[: half + 1], ys[: half + 1]), _end_rate(ts[half:], ys[half:])
+
+
 def _theil_sen(ts: Sequence[float], ys: Sequence[float]) -> float:
     return _median(
         [(b - a) / (tb - ta) for (ta, a), (tb, b) in combinations(zip(ts, ys, strict=True), 2)]
@@ -329,13 +336,13 @@ def _spread(
     t_mean = sum(ts) / len(ts)
     intercept = y_mean - rate * t_mean
     sxx = sum((x - t_mean) ** 2 for x in ts)
-    residual = sum((y - intercept - rate * x) ** 2 for x, y in zip(ts, ys, strict=True))
+    residuals = [y - intercept - rate * x for x, y in zip(ts, ys, strict=True)]
+    residual = sum(r**2 for r in residuals)
     se = math.sqrt(residual / max(len(ts) - 2, 1) / sxx) if sxx > 0 else 0.0
     if residual > 0:
         # Minima that stray together (a working set wandering with the load, a sawtooth's
         # phase) are fewer independent points than they look: the error grows by the
         # residuals' lag-one autocorrelation, as in an AR(1) model.
-        residuals = [y - intercept - rate * x for x, y in zip(ts, ys, strict=True)]
         rho = sum(a * b for a, b in itertools.pairwise(residuals)) / residual
         rho = min(max(rho, 0.0), MAX_RESIDUAL_CORRELATION)
         se *= math.sqrt((1 + rho) / (1 - rho))
@@ -645,10 +652,7 @@ class Detector:
                 ys = without
         half = len(ts) // 2
         rate = _theil_sen(ts, ys)
-        # Halves compared by their rise end to end, not by slopes: a staircase has flat
-        # stretches whose robust slope is zero, yet rises as much in each half.
-        first_rate = _end_rate(ts[: half + 1], ys[: half + 1])
-        second_rate = _end_rate(ts[half:], ys[half:])
+        first_rate, second_rate = _half_rates(ts, ys)
         # ... and by robust slopes too: a slowdown must show both ways, or it is noise.
         robust_first = _theil_sen(ts[:half], ys[:half])
         robust_second = _theil_sen(ts[half:], ys[half:])
@@ -812,7 +816,7 @@ class Detector:
         # pairs of groups flat, so its robust slope can be zero while it keeps rising.
         rate = max(_theil_sen(ts, ys), _end_rate(ts, ys))
         se, top = _spread(ts, ys, tops, rate, now)
-        half = len(ts) // 2
+        first_rate, second_rate = _half_rates(ts, ys)
         # New ground: a leak's floor goes where it has not been, at any pace; a fill that
         # stopped (a cache at its bound, a false alert's ratchet) stays within its earlier
         # floors. The margin is the calling rise's (noise moves the minima by less).
@@ -837,7 +841,7 @@ class Detector:
             load=None,
             rate=rate,
             rate_se=se,
-            drift=abs(_end_rate(ts[half:], ys[half:]) - _end_rate(ts[: half + 1], ys[: half + 1])),
+            drift=abs(second_rate - first_rate),
             top=top,
             rising=ys[-1] > max(ys[: max(1, int(len(ys) * compared))]) + new_ground,
         )
