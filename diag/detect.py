@@ -728,37 +728,67 @@ class Detector:
         self, start: float, span: float, ts: Sequence[float], ys: Sequence[float]
     ) -> str | None:
         """What the request counts say of a rising window's group minima: None without
-        counts (or across a counter reset); "steady" when the request rate barely varied, so
-        the growth stands on its own; "follows" when the minima track the request rate and
-        nothing keeps rising once it is accounted for (a burst, a busy hour: memory that
-        follows load is working set); "outlasts" when growth remains across load levels."""
-        ends, counts = self._ends, self._requests
+        counts (or across a counter reset); "steady" when the request rate did not move by
+        as much as could explain the rise, and the counts would have shown it if it had, so
+        the growth stands on its own; "unclear" when too few requests were counted to rule
+        such a change out; "follows" when the minima track the request rate and nothing
+        keeps rising once it is accounted for (a burst, a busy hour: memory that follows
+        load is working set); "outlasts" when growth remains across load levels."""
         rates = []
         for t in ts:
-            first = bisect_right(ends, t - span / 2) - 1
-            last = bisect_right(ends, t + span / 2) - 1
-            if first < 0 or last <= first:
+            served = self._served(t - span / 2, t + span / 2)
+            if served is None:
                 return None
-            served = counts[last] - counts[first]
-            if not served >= 0:  # nan (no counts) or negative (a reset)
-                return None
-            rates.append(served / (ends[last] - ends[first]))
+            rates.append(served[0] / served[1])
         mean = sum(rates) / len(rates)
         if mean <= 0:
             return None  # no traffic at all: the counts say nothing
-        # Varied: by more than a share of the mean, and by more than counting noise would
-        # (Poisson arrivals: a group of n requests varies by about sqrt(n)).
-        noise = 5 * math.sqrt(mean / span)
-        if max(rates) - min(rates) < max(LOAD_VARIES * mean, noise):
-            return "steady"
-        # Least squares of the minima on the request rate; what it leaves must not rise.
+        # The least change of the request rate that could explain the rise: were all the
+        # memory proportional to load, the rate must have moved by the rise's share of the
+        # level (a fifth of the mean, LOAD_VARIES, is a varied load whatever the rise).
         y_mean = sum(ys) / len(ys)
+        matters = min(LOAD_VARIES, max(ys[-1] - ys[0], 0.0) / y_mean) * mean
+        # Varied: by that much, and by more than counting noise would (Poisson arrivals: a
+        # group of n requests varies by about sqrt(n)).
+        noise = 5 * math.sqrt(mean / span)
+        if max(rates) - min(rates) < max(matters, noise):
+            # A group may count too few requests to show a slow ramp (a daily cycle's
+            # morning) above that noise; the window's first and last thirds count more.
+            k = len(ts) // 3
+            first = self._served(ts[0] - span / 2, ts[k - 1] + span / 2) if k else None
+            last = self._served(ts[-k] - span / 2, ts[-1] + span / 2) if k else None
+            if first is None or last is None:
+                return "unclear"
+            (n_first, s_first), (n_last, s_last) = first, last
+            change = abs(n_last / s_last - n_first / s_first)
+            sd = math.sqrt(n_first / s_first**2 + n_last / s_last**2)
+            if change < max(matters, 3 * sd):
+                # No change seen: steady only where one that could explain the rise would
+                # have shown; where the counts are too few to rule it out, unclear.
+                return "steady" if 3 * sd < matters else "unclear"
+        # Least squares of the minima on the request rate; what it leaves must not rise.
         srr = sum((r - mean) ** 2 for r in rates)
+        if srr <= 0:
+            return "steady"  # the thirds differ, the groups all alike: nothing to fit
         slope = sum((r - mean) * (y - y_mean) for r, y in zip(rates, ys, strict=True)) / srr
         left = [y - slope * (r - mean) for r, y in zip(rates, ys, strict=True)]
         if slope > 0 and _mann_kendall_z(left) < self.config.min_trend_z:
             return "follows"
         return "outlasts"
+
+    def _served(self, begin: float, end: float) -> tuple[float, float] | None:
+        """Requests counted between the points nearest before ``begin`` and ``end``, and the
+        seconds between those points; None where the counts cannot say (before the first
+        point, no point in between, no counts, a counter reset)."""
+        ends, counts = self._ends, self._requests
+        first = bisect_right(ends, begin) - 1
+        last = bisect_right(ends, end) - 1
+        if first < 0 or last <= first:
+            return None
+        served = counts[last] - counts[first]
+        if not served >= 0:  # nan (no counts) or negative (a reset)
+            return None
+        return served, ends[last] - ends[first]
 
     def _revisited(self, window: _Window, now: float, period: float) -> str | None:
         """Why the floor now is no new ground (the reason to say), or None: it is no higher
@@ -1161,6 +1191,8 @@ class Detector:
 LEAK_REASONS = {
     None: "steady growth of the lower envelope",
     "steady": "steady growth of the lower envelope at a steady request rate",
+    "unclear": "steady growth of the lower envelope (too few requests counted to tell whether "
+    "load explains it)",
     "outlasts": "steady growth of the lower envelope that outlasts changes in load "
     "(retained per request at every load level)",
 }

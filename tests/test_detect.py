@@ -398,6 +398,31 @@ def test_retention_per_request_across_load_levels_is_a_leak():
     assert "request rate" in detector.verdict.reason or "load" in detector.verdict.reason
 
 
+def _leak_reason_at(rate):
+    """The reason a 3 MiB/min leak on a 1 GiB service limited to 1.5 GiB is called with, at
+    a steady request rate of ``rate`` per second (Poisson counts)."""
+    times, values, counts = _with_requests(
+        lambda t: rate, 3, lambda t, served: 1 * GiB + 3 * MiB * max(t - 3600, 0) / 60
+    )
+    detector = Detector(1.5 * GiB)
+    for t, v, n in zip(times, values, counts, strict=True):
+        verdict = detector.update(t, v, None, n)
+        if verdict.state == "leak":
+            return verdict.reason
+    raise AssertionError("the leak was not called")
+
+
+def test_a_steady_request_rate_is_said_only_where_the_counts_could_show_a_change():
+    # 300 requests a second: the counts would show a change of the rate as large as the
+    # rise's share of the level, and none came.
+    assert _leak_reason_at(300.0).endswith("at a steady request rate")
+    # One every two seconds: too few to rule out a ramp that explains the rise (a working
+    # set that follows load), and the reason says so rather than claim a steady rate.
+    reason = _leak_reason_at(0.5)
+    assert "too few requests counted to tell whether load explains it" in reason
+    assert "steady request rate" not in reason
+
+
 def test_a_rise_back_to_a_level_held_before_is_not_a_leak():
     """A working set that steps up by 30 % over 15 minutes every few hours (long prompts come
     in, then go), close to its limit: whatever the first rise was called, the later ones climb
