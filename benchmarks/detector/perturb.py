@@ -246,12 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         type=lambda text: [x for x in text.split(",") if x],
-        help=f"comma-separated perturbations (default all: {','.join(PERTURBATIONS)})",
+        help=f"comma-separated perturbations (default all: {','.join(PERTURBATIONS)}); "
+        "the unperturbed corpus is always scored first, so `--only none` scores it alone",
     )
     parser.add_argument("--json", metavar="FILE", help="figures and per-trace outcomes to FILE")
     args = parser.parse_args(argv)
     scale = args.scale or (0.25 if args.quick else 1.0)
-    names = args.only or list(PERTURBATIONS)
+    names = [n for n in args.only or PERTURBATIONS if n != "none"]
     unknown = [n for n in names if n not in PERTURBATIONS]
     if unknown:
         parser.error(f"unknown perturbation(s): {', '.join(unknown)}")
