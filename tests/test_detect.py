@@ -423,6 +423,28 @@ def test_a_steady_request_rate_is_said_only_where_the_counts_could_show_a_change
     assert "steady request rate" not in reason
 
 
+def test_a_working_set_that_followed_a_long_load_ramp_is_left_once_the_ramp_ends():
+    """A known limit, pinned down: traffic that grows by half over two hours (a morning) and
+    holds, with a working set of 60 MiB per extra request/s. While the ramp goes on, a
+    working set and a leak per request both rise with the load, and the call comes; once the
+    load holds and the floor with it, the growth is seen to have stopped and the leak is
+    left, within about an hour, and not called again."""
+
+    def rate(t):
+        return 10 + 5 * min(max(t - 2 * 3600, 0) / (2 * 3600), 1.0)
+
+    times, values, counts = _with_requests(
+        rate, 7, lambda t, served: 1 * GiB + 60 * MiB * (rate(t) - 10)
+    )
+    detector = Detector(1.5 * GiB)
+    alerts = replay(times, values, 1.5 * GiB, detector=detector, requests=counts)
+    assert len(alerts) <= 1
+    for alert in alerts:
+        assert alert.start > 2 * 3600  # not before the ramp
+        assert alert.end is not None and alert.end < 5.5 * 3600, alert.end
+    assert detector.verdict.state != "leak"
+
+
 def test_a_rise_back_to_a_level_held_before_is_not_a_leak():
     """A working set that steps up by 30 % over 15 minutes every few hours (long prompts come
     in, then go), close to its limit: whatever the first rise was called, the later ones climb
