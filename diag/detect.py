@@ -754,9 +754,9 @@ class Detector:
         if max(rates) - min(rates) < max(matters, noise):
             # A group may count too few requests to show a slow ramp (a daily cycle's
             # morning) above that noise; the window's first and last thirds count more.
-            k = len(ts) // 3
-            first = self._served(ts[0] - span / 2, ts[k - 1] + span / 2) if k else None
-            last = self._served(ts[-k] - span / 2, ts[-1] + span / 2) if k else None
+            k = len(ts) // 3  # two groups at least: a window has MIN_GROUPS
+            first = self._served(ts[0] - span / 2, ts[k - 1] + span / 2)
+            last = self._served(ts[-k] - span / 2, ts[-1] + span / 2)
             if first is None or last is None:
                 return "unclear"
             (n_first, s_first), (n_last, s_last) = first, last
