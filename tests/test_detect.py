@@ -423,6 +423,31 @@ def test_a_steady_request_rate_is_said_only_where_the_counts_could_show_a_change
     assert "steady request rate" not in reason
 
 
+def test_request_counts_that_go_missing_or_reset_leave_the_leak_called_without_them():
+    """An hour without counts (a scrape that lost the series) while a leak grows, then a
+    counter that restarts from zero (a metrics registry recreated): windows across either say
+    nothing of the load, so the leak is called on the memory alone, and the reason claims
+    nothing about requests."""
+    times, values, counts = _with_requests(
+        lambda t: 50.0, 4, lambda t, served: 1 * GiB + 3 * MiB * max(t - 3600, 0) / 60
+    )
+    restart = times.index(2 * 3600)
+    broken: list[float | None] = [
+        None if 3600 <= t < 2 * 3600 else n - (counts[restart] if i >= restart else 0)
+        for i, (t, n) in enumerate(zip(times, counts, strict=True))
+    ]
+    detector = Detector(1.5 * GiB)
+    called = None
+    for t, v, n in zip(times, values, broken, strict=True):
+        verdict = detector.update(t, v, None, n)
+        if verdict.state == "leak" and called is None:
+            called = verdict
+    assert called is not None, "the leak was not called"
+    assert 3600 < called.t < 2 * 3600  # while the counts were missing
+    assert called.reason == "steady growth of the lower envelope"
+    assert detector.verdict.state == "leak"
+
+
 def test_a_working_set_that_followed_a_long_load_ramp_is_left_once_the_ramp_ends():
     """A known limit, pinned down: traffic that grows by half over two hours (a morning) and
     holds, with a working set of 60 MiB per extra request/s. While the ramp goes on, a
