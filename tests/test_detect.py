@@ -343,7 +343,8 @@ def _with_requests(rate_of, hours, memory_of, step=5.0, seed=3):
     served, t = 0, 0.0
     while t < hours * 3600:
         expected = rate_of(t) * step
-        # Poisson by its normal approximation: plenty of requests per step here.
+        # Poisson by its normal approximation, rounded and never negative (rough at a few
+        # requests a step, where only the counts' noise matters).
         served += max(0, round(rng.gauss(expected, math.sqrt(expected))))
         times.append(t)
         values.append(memory_of(t, served) + rng.gauss(0, 2 * MiB))
