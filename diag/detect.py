@@ -746,8 +746,10 @@ class Detector:
         # The least change of the request rate that could explain the rise: were all the
         # memory proportional to load, the rate must have moved by the rise's share of the
         # level (a fifth of the mean, LOAD_VARIES, is a varied load whatever the rise).
+        # The level is floored at 1 as in _margin: a series about zero (a CSV given to `diag
+        # analyze`) would divide by it.
         y_mean = sum(ys) / len(ys)
-        matters = min(LOAD_VARIES, max(ys[-1] - ys[0], 0.0) / y_mean) * mean
+        matters = min(LOAD_VARIES, max(ys[-1] - ys[0], 0.0) / max(y_mean, 1.0)) * mean
         # Varied: by that much, and by more than counting noise would (Poisson arrivals: a
         # group of n requests varies by about sqrt(n)).
         noise = 5 * math.sqrt(mean / span)
