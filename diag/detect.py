@@ -94,6 +94,9 @@ EPISODE_MIN_RISE_SHARE = 0.25
 #: long as it had grown is a new growth, not the same leak's rhythm.
 PAUSE_BRIDGE = 1.25
 PAUSE_MAX_SHARE_OF_SPELL = 2.0
+#: No gauge reads a value this large (bytes stay under 2**64, about 1.8e19), and the fits
+#: square the readings: a sample beyond it, or not a number at all, is taken for corruption.
+MAX_READING = 1e100
 #: The request rate varied across a window when its range is this share of its mean.
 LOAD_VARIES = 0.2
 #: A fill slows as it nears its bound (its rate falls with the room left, as hits replace
@@ -365,7 +368,7 @@ class Detector:
         *,
         start_time: float | None = None,
     ) -> None:
-        self.limit = limit
+        self.limit = _usable_limit(limit)
         self.config = config or DetectorConfig()
         # The exponential histogram, as parallel lists (slices and bisect run at C speed):
         # each point's end time, floor and maximum, oldest first; counts per width class.
@@ -442,7 +445,15 @@ class Detector:
         self, t: float, value: float, limit: float | None = None, requests: float | None = None
     ) -> Verdict:
         if limit is not None:
-            self.limit = limit
+            self.limit = _usable_limit(limit)
+        if not (-1e100 < value < 1e100 and -1e100 < t < 1e100):  # MAX_READING, inlined
+            # Not a reading (nan, an infinity, a corrupt field): ignored as an out-of-order
+            # sample is. Taken in, one at an infinite time would make every later sample out
+            # of order, or as the first make the regime endless, and nan compares false with
+            # every floor it should have set.
+            return self.verdict
+        if requests is not None and not -MAX_READING < requests < MAX_READING:
+            requests = None  # a count that is no number says nothing of the load
         if t < self._last_t:
             return self.verdict  # out of order: ignore rather than corrupt the history
         self._last_t = t
@@ -1260,6 +1271,11 @@ class DisturbanceDiscount:
         adjusted = value - self.offset
         self._recent.append(adjusted)
         return adjusted
+
+
+def _usable_limit(limit: float | None) -> float | None:
+    """A limit to forecast against, or None: nan and infinities are none (no limit)."""
+    return limit if limit is not None and -MAX_READING < limit < MAX_READING else None
 
 
 def _unscale(seconds: float | None, scale: float) -> float | None:

@@ -10,6 +10,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from diag import watched
+from diag.detect import MAX_READING
 from diag.errors import UsageError
 from diag.history import SeriesData, find_runs, read_run
 
@@ -54,6 +55,12 @@ def read_csv(path: str) -> RecordedSeries:
                     raise UsageError(
                         f"{path}:{number}: not {width} numbers: {line.strip()!r}"
                     ) from None
+                if not all(-MAX_READING < n < MAX_READING for n in numbers):
+                    # The detector would skip it; a file says something is wrong with it.
+                    raise UsageError(
+                        f"{path}:{number}: not a reading (nan, an infinity, or beyond "
+                        f"1e100): {line.strip()!r}"
+                    )
                 times.append(numbers[0])
                 values.append(numbers[1])
                 if width == 3:

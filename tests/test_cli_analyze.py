@@ -55,15 +55,22 @@ def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
     no_header.write_text("1,2\n")
     bad_row = tmp_path / "bad_row.csv"
     bad_row.write_text("t,value\n1,2\n2,lots\n")
+    # Python reads these as floats; none is a reading (the detector would skip it, and an
+    # infinite time would leave every later row out of order).
+    no_reading = tmp_path / "no_reading.csv"
+    no_reading.write_text("t,value,requests\n0,2,0\n30,2,nan\n")
+    infinite = tmp_path / "infinite.csv"
+    infinite.write_text("t,value\n0,2\ninf,2\n60,2\n")
     runner = CliRunner()
-    result = runner.invoke(
-        main, ["analyze", str(no_header), str(bad_row), str(tmp_path / "missing.csv"), str(good)]
-    )
+    inputs = [no_header, bad_row, no_reading, infinite, tmp_path / "missing.csv", good]
+    result = runner.invoke(main, ["analyze", *map(str, inputs)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"diag: {no_header}: expected a header 't,value' (seconds, bytes) or 't,value,requests', "
         "found '1,2'",
         f"diag: {bad_row}:3: not 2 numbers: '2,lots'",
+        f"diag: {no_reading}:3: not a reading (nan, an infinity, or beyond 1e100): '30,2,nan'",
+        f"diag: {infinite}:3: not a reading (nan, an infinity, or beyond 1e100): 'inf,2'",
         f"diag: {tmp_path / 'missing.csv'}: cannot read: No such file or directory",
     ]
     assert "flat.csv" in result.stdout  # the good input was still analysed

@@ -215,6 +215,45 @@ def test_out_of_order_samples_are_ignored():
     assert detector.update(50.0, 9.0 * GiB) is before
 
 
+def test_samples_that_are_no_readings_are_skipped_and_change_nothing():
+    """nan, infinities and absurd magnitudes (a corrupt field, a failed read) are skipped like
+    out-of-order samples, wherever they come: before this, -inf as the first time made the
+    window ladder grow without end (a hang that ate the memory), an infinite time in the
+    middle made every later sample out of order, and 1e300 overflowed the fit."""
+    times, values = until_oom(lambda t: GiB + 6 * MiB * max(t - 3600, 0) / 60, hours=12)
+    clean = Detector(LIMIT)
+    expected = [clean.update(t, v, None, 10.0 * t) for t, v in zip(times, values, strict=True)]
+    junk = [
+        (-math.inf, GiB),
+        (math.nan, GiB),
+        (math.inf, GiB),
+        (5.0, math.nan),
+        (5.0, math.inf),
+        (5.0, -math.inf),
+        (5.0, 1e300),
+    ]
+    rng = random.Random(11)
+    fed = Detector(LIMIT)
+    for i, (t, v) in enumerate(zip(times, values, strict=True)):
+        if i == 0 or rng.random() < 0.01:
+            bad_t, bad_v = rng.choice(junk)
+            fed.update(t if bad_t == 5.0 else bad_t, bad_v, None, 10.0 * t)
+        # A request count that is no number is no count: the sample stands without it.
+        requests = 10.0 * t if rng.random() > 0.01 else rng.choice([math.nan, math.inf])
+        got = fed.update(t, v, None, requests)
+        assert (got.state, got.reason, got.rate) == (
+            expected[i].state,
+            expected[i].reason,
+            expected[i].rate,
+        ), t
+    assert expected[-1].state == "leak"
+    # A limit that is no number is no limit: nothing to forecast against.
+    assert Detector(math.nan).limit is None and Detector(math.inf).limit is None
+    detector = Detector(LIMIT)
+    detector.update(0.0, GiB, math.nan)
+    assert detector.limit is None
+
+
 def test_the_recent_rate_is_usable_within_forty_seconds():
     from diag.detect import RecentRate
 
