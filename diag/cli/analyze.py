@@ -18,9 +18,12 @@ class _Bytes(click.ParamType):  # type: ignore[type-arg]
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         try:
-            return value if isinstance(value, int) else parse_bytes(str(value))
+            size = value if isinstance(value, int) else parse_bytes(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if size <= 0:  # every sample would be over it: "OOM in 0 s" says nothing
+            self.fail(f"a limit must be a byte or more: {value!r}", param, ctx)
+        return size
 
 
 @click.command()
