@@ -29,6 +29,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import re
 import struct
@@ -146,6 +147,17 @@ class HistoryWriter:
             self._write_samples(t, samples)
 
     def _write_samples(self, t: float, samples: Sequence[Sample]) -> None:
+        values = [s.value for s in samples]
+        total = sum(values)
+        if total - total != 0.0:
+            # A nan or an infinity among them (a probe's failed reading, a gauge divided by
+            # zero): no reading, so not recorded, or every replay and report of the run would
+            # carry it (a first value of "inf TiB", Infinity in the report's JSON). Checked on
+            # the sum, once a tick; a sum of finite values that overflows keeps them all.
+            finite = [s for s in samples if math.isfinite(s.value)]
+            if len(finite) < len(samples):
+                samples = finite
+                values = [s.value for s in samples]
         keys = [(s.name, s.labels) for s in samples]
         if keys != self._last_keys:
             # The set of series changed (the first tick, a new endpoint, a probe waking):
@@ -160,7 +172,7 @@ class HistoryWriter:
         count = len(ids)
         fields: list[float | int | None] = [t, count, *([0] * (2 * count))]
         fields[2::2] = ids
-        fields[3::2] = [s.value for s in samples]
+        fields[3::2] = values
         if None in ids:  # more than 65,535 series: the surplus is not recorded
             kept = [
                 (i, v) for i, v in zip(fields[2::2], fields[3::2], strict=True) if i is not None

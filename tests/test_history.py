@@ -2,7 +2,9 @@
 the size bound, and a real process SIGKILLed mid-run."""
 
 import errno
+import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -45,6 +47,30 @@ def test_round_trip(tmp_path):
     assert [e["kind"] for e in run.events] == ["start", "stop"]
     assert run.events[0]["command"] == ["python", "app.py"]
     assert (run.first_sample, run.last_sample) == (0.0, 49.0)
+
+
+def test_a_reading_that_is_no_number_is_not_recorded(tmp_path):
+    """A probe's failed reading (nan, an infinity) is left out of its tick; the tick's other
+    series are kept, and the run's report stays valid JSON (no NaN, no Infinity)."""
+    writer = h.HistoryWriter(str(tmp_path / "run"), flush_seconds=0.0)
+    writer.write_event("start", 0.0, pid=42, command=["python", "app.py"])
+    bad = {3: math.nan, 4: math.inf, 5: -math.inf}
+    for i in range(8):
+        samples = _samples(i)
+        samples[0] = Sample(samples[0].name, bad.get(i, samples[0].value))
+        writer.write_samples(float(i), samples)
+    writer.close()
+    run = h.read_run(str(tmp_path / "run"))
+    assert list(run.get("process_resident_memory_bytes").times) == [0.0, 1.0, 2.0, 6.0, 7.0]
+    assert list(run.get("cuda_allocated_bytes", device="0").times) == [float(i) for i in range(8)]
+    from reports.postmortem import build
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the report's JSON")
+
+    json.loads(
+        json.dumps(build(str(tmp_path / "run")).to_json(), default=str), parse_constant=refuse
+    )
 
 
 def test_every_cut_in_the_last_records_recovers_all_before_it(tmp_path):
