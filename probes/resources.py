@@ -575,6 +575,7 @@ class ResourceProbe:
         self._held.clear()
 
     def _fd_denied(self) -> None:
+        self._notes.pop("fd links", None)  # the whole directory says more
         self._note(
             "fds",
             f"permission denied reading {self._fd_dir}: run as the process's user or root",
@@ -585,6 +586,7 @@ class ResourceProbe:
         self._cached = None
 
     def _fd_hidden(self) -> None:
+        self._notes.pop("fd links", None)  # the whole directory says more
         self._note("fds", f"{self._fd_dir} is not shown by this /proc (hidepid, or a sandbox)")
         self._fd_kinds = {}
         self._sockets = {}
@@ -604,18 +606,27 @@ class ResourceProbe:
         except FileNotFoundError:
             self._fd_hidden()
             return
+        unread = 0
         try:
             names = os.listdir(dir_fd)
             if self._own_fds:
                 kinds, inodes = self._kinds_by_fstat(names, dir_fd)
             else:
-                kinds, inodes = self._kinds_by_readlink(names, dir_fd)
+                kinds, inodes, unread = self._kinds_by_readlink(names, dir_fd)
         finally:
             os.close(dir_fd)
-        count = sum(kinds.values())
+        count = sum(kinds.values()) + unread
         self._fds_listed = count
         self._fd_kinds = dict(kinds)
         self._notes.pop("fds", None)
+        self._notes.pop("fd links", None)
+        if unread:
+            self._note(
+                "fd links",
+                f"{unread} of the {count} fds in {self._fd_dir} cannot be read (permission "
+                "denied: run as the process's user, or with ptrace access): counted, their "
+                "kinds unknown",
+            )
         if size is not None:
             # A fixture tree's (or an old kernel's) st_size is no count: trust it only when it
             # matches a listing (the count may move meanwhile in another process).
@@ -642,14 +653,23 @@ class ResourceProbe:
                 inodes.append(st.st_ino)
         return kinds, inodes
 
-    def _kinds_by_readlink(self, names: list[str], dir_fd: int) -> tuple[Counter[str], list[int]]:
+    def _kinds_by_readlink(
+        self, names: list[str], dir_fd: int
+    ) -> tuple[Counter[str], list[int], int]:
+        """The kinds and socket inodes of the fds whose links can be read, and how many
+        cannot: listed, so open, but their links are the process's to show (ptrace access:
+        another user's process, a sandbox's init). Left out, they read as no fds at all."""
         kinds: Counter[str] = Counter()
         inodes: list[int] = []
+        unread = 0
         for name in names:
             try:
                 if self.inside and int(name) == dir_fd:
                     continue
                 target = os.readlink(name, dir_fd=dir_fd)
+            except PermissionError:
+                unread += 1
+                continue
             except (OSError, ValueError):
                 continue  # closed meanwhile (listdir's own descriptor among them)
             kind = fd_kind(target)
@@ -658,7 +678,7 @@ class ResourceProbe:
                 inode = socket_inode(target)
                 if inode is not None:
                     inodes.append(inode)
-        return kinds, inodes
+        return kinds, inodes, unread
 
     def _socket_states(self, inodes: list[int]) -> dict[tuple[str, str], int]:
         wanted = set(inodes)

@@ -311,6 +311,33 @@ def test_another_users_process_says_permission_denied_once(tmp_path, monkeypatch
     )
 
 
+def test_fds_whose_links_cannot_be_read_are_still_counted(tmp_path, monkeypatch):
+    """The fd directory lists, but some links are not ours to read (ptrace access: a
+    sandbox's init reads so even to root). They were skipped as if closed meanwhile, and a
+    process with 274 open fds read as 0. Tests run as root, which links do not refuse: the
+    kernel's EACCES is injected for three of them."""
+    proc = make_tree(tmp_path)
+    fd_dir = f"{proc}/4242/fd"
+    real_readlink = os.readlink
+
+    def denied(path, *args, dir_fd=None, **kwargs):
+        if path in ("3", "4", "7"):  # three of the sockets
+            raise PermissionError(13, "Permission denied", path)
+        return real_readlink(path, *args, dir_fd=dir_fd, **kwargs)
+
+    monkeypatch.setattr(resources.os, "readlink", denied)
+    probe = ResourceProbe(4242, proc_root=str(proc), shm_path=str(tmp_path / "shm"))
+    got = by_key(probe.sample())
+    assert got[("resource_usage", labels_of(resource="fds"))] == 10
+    kind = {k: got[("open_fds", labels_of(kind=k))] for k in resources.FD_KINDS}
+    assert kind == {"file": 1, "socket": 2, "pipe": 1, "anon": 1, "device": 1, "other": 1}
+    assert (
+        f"fd links: 3 of the 10 fds in {fd_dir} cannot be read (permission denied: run as the "
+        "process's user, or with ptrace access): counted, their kinds unknown"
+    ) in probe.notes
+    probe.close()
+
+
 def test_a_proc_that_hides_fds_says_so_in_one_line(tmp_path):
     proc = make_tree(tmp_path, fds={})
     os.rmdir(proc / "4242" / "fd")
