@@ -16,23 +16,38 @@ from typing import Any
 
 from diag.errors import UsageError
 
+#: /proc/PID/stat's flags bit for a kernel thread (include/linux/sched.h).
+PF_KTHREAD = 0x00200000
 
-def process_state(pid: int, proc_root: str = "/proc") -> str:
-    """The one-letter state of ``pid`` (R, S, D, Z...), or a clear ``UsageError`` for a pid that
-    does not exist or may not be read."""
+
+def _read_stat(pid: int, proc_root: str) -> tuple[str, list[bytes]]:
+    """/proc/PID/stat's command name and its fields from the state on (field 3), or a clear
+    ``UsageError`` for a pid that does not exist or may not be read."""
     try:
         with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+            head, rest = f.read().rsplit(b")", 1)
+            return head.split(b"(", 1)[-1].decode(errors="replace"), rest.split()
     except FileNotFoundError:
         raise UsageError(f"no process with pid {pid}; check the pid (ps -ef)") from None
     except PermissionError:
         raise UsageError(f"pid {pid}: permission denied; run as its user or root") from None
 
 
+def process_state(pid: int, proc_root: str = "/proc") -> str:
+    """The one-letter state of ``pid`` (R, S, D, Z...), or a clear ``UsageError`` for a pid that
+    does not exist or may not be read."""
+    return _read_stat(pid, proc_root)[1][0].decode()
+
+
 def check_target(pid: int, what: str = "watch", proc_root: str = "/proc") -> None:
     """One clear line for a pid that cannot be watched, dumped or attached to (``what``)."""
-    if process_state(pid, proc_root) == "Z":
+    name, fields = _read_stat(pid, proc_root)
+    if fields[0] == b"Z":
         raise UsageError(f"pid {pid} has exited (a zombie, not yet reaped); nothing to {what}")
+    if len(fields) > 6 and int(fields[6]) & PF_KTHREAD:
+        # No memory of its own, no fds, no Python: watched, it read as a process that ended
+        # at once ("ended: unknown").
+        raise UsageError(f"pid {pid} is a kernel thread ({name}); nothing to {what}")
 
 
 def zombie_exit(pid: int, proc_root: str = "/proc") -> dict[str, Any] | None:

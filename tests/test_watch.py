@@ -107,6 +107,34 @@ def test_bad_pids_are_one_line_and_exit_2():
         zombie.wait()
 
 
+def test_a_kernel_thread_is_one_line_not_a_process_that_ended(tmp_path):
+    """kthreadd's stat, as read on this machine (flags 2129984: PF_KTHREAD among them); where
+    the machine's own pid 2 is one (no pid namespace of its own), it is refused too. Watched
+    before, it read as a process that ended at once: "pid 2 ended: unknown"."""
+    from diag.errors import UsageError
+    from diag.procfs import PF_KTHREAD, check_target
+
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "stat").write_bytes(
+        b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 31 0 0 "
+        b"18446744073709551615 0 0 0 0 0 0 0 2147483647 0 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0"
+    )
+    for what in ("watch", "dump", "attach to"):
+        with pytest.raises(UsageError) as refused:
+            check_target(2, what, proc_root=str(tmp_path))
+        assert str(refused.value) == f"pid 2 is a kernel thread (kthreadd); nothing to {what}"
+    check_target(os.getpid())  # a user process: its flags lack PF_KTHREAD
+    try:
+        with open("/proc/2/stat", "rb") as f:
+            real_kernel_thread = int(f.read().rsplit(b")", 1)[1].split()[6]) & PF_KTHREAD
+    except FileNotFoundError:  # a pid namespace of its own: its pid 2, if any, is no thread
+        real_kernel_thread = 0
+    if real_kernel_thread:
+        result = CliRunner().invoke(main, ["watch", "--pid", "2"])
+        assert result.exit_code == 2
+        assert result.stderr.startswith("diag: pid 2 is a kernel thread (")
+
+
 def watch_to_oom(
     leaker: str, limit: int, options: list[str], timeout: float
 ) -> tuple[int, subprocess.CompletedProcess[str]]:
