@@ -29,7 +29,8 @@ def read_csv(path: str) -> RecordedSeries:
     """Parse a ``t,value[,requests]`` CSV; a bad file is one clear ``UsageError`` naming the
     line."""
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a spreadsheet's export starts with a byte-order mark.
+        with open(path, encoding="utf-8-sig") as f:
             header = f.readline().strip().lower().replace(" ", "")
             columns = header.split(",")
             if (
@@ -60,6 +61,13 @@ def read_csv(path: str) -> RecordedSeries:
                     raise UsageError(
                         f"{path}:{number}: not a reading (nan, an infinity, or beyond "
                         f"1e100): {line.strip()!r}"
+                    )
+                if times and numbers[0] < times[-1]:
+                    # The detector skips a sample older than the last; a file would lose
+                    # every row after the turn without a word (two files pasted together).
+                    raise UsageError(
+                        f"{path}:{number}: time goes back from {times[-1]:g} to "
+                        f"{numbers[0]:g}; sort the rows by time"
                     )
                 times.append(numbers[0])
                 values.append(numbers[1])

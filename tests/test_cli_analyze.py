@@ -47,6 +47,12 @@ def test_readable_summary_and_exit_0_without_leaks(tmp_path):
     assert result.exit_code == 0
     assert "no leak" in result.stdout
     assert "final verdict: steady" in result.stdout
+    # A spreadsheet's export: a byte-order mark, Windows line ends. The same series.
+    exported = tmp_path / "exported.csv"
+    exported.write_bytes(b"\xef\xbb\xbf" + flat.read_bytes().replace(b"\n", b"\r\n"))
+    again = CliRunner().invoke(main, ["analyze", str(exported)])
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.splitlines()[1:] == result.stdout.splitlines()[1:]
 
 
 def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
@@ -61,8 +67,10 @@ def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
     no_reading.write_text("t,value,requests\n0,2,0\n30,2,nan\n")
     infinite = tmp_path / "infinite.csv"
     infinite.write_text("t,value\n0,2\ninf,2\n60,2\n")
+    backwards = tmp_path / "backwards.csv"  # two exports pasted together
+    backwards.write_text("t,value\n0,2\n30,2\n30,2\n15,2\n")
     runner = CliRunner()
-    inputs = [no_header, bad_row, no_reading, infinite, tmp_path / "missing.csv", good]
+    inputs = [no_header, bad_row, no_reading, infinite, backwards, tmp_path / "missing.csv", good]
     result = runner.invoke(main, ["analyze", *map(str, inputs)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
@@ -71,6 +79,7 @@ def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
         f"diag: {bad_row}:3: not 2 numbers: '2,lots'",
         f"diag: {no_reading}:3: not a reading (nan, an infinity, or beyond 1e100): '30,2,nan'",
         f"diag: {infinite}:3: not a reading (nan, an infinity, or beyond 1e100): 'inf,2'",
+        f"diag: {backwards}:5: time goes back from 30 to 15; sort the rows by time",
         f"diag: {tmp_path / 'missing.csv'}: cannot read: No such file or directory",
     ]
     assert "flat.csv" in result.stdout  # the good input was still analysed
