@@ -710,6 +710,8 @@ class Detector:
                 break
             began = t_group + seconds / groups / 2
         load = self._load_of(start, seconds / groups, ts, ys)
+        if load == "steady" and self._busiest_yet(start, seconds):
+            load = "steady_peak"
         return _Window(
             seconds=seconds,
             evaluated_at=now,
@@ -788,6 +790,25 @@ class Detector:
         if slope > 0 and _mann_kendall_z(left) < self.config.min_trend_z:
             return "follows"
         return "outlasts"
+
+    def _busiest_yet(self, start: float, seconds: float) -> bool:
+        """Whether the window served requests faster, by more than counting noise (three
+        standard errors of its Poisson count), than every span as long before it since the
+        warm-up; False where no such span came before. Memory sized by the peak load (pools
+        that grow to the peak concurrency, caches of the busiest hour's keys) rises at a
+        steady rate that is the highest yet, as a leak would."""
+        assert self._regime_start is not None
+        served = self._served(start, start + seconds)
+        if served is None or served[1] <= 0:
+            return False
+        rate = served[0] / served[1]
+        earliest = self._regime_start + self.config.warmup_seconds + seconds
+        highest = None
+        for end in self._ends[bisect_right(self._ends, earliest) : bisect_right(self._ends, start)]:
+            before = self._served(end - seconds, end)
+            if before is not None and before[1] > 0:
+                highest = max(highest or 0.0, before[0] / before[1])
+        return highest is not None and rate > highest + 3 * math.sqrt(served[0]) / served[1]
 
     def _served(self, begin: float, end: float) -> tuple[float, float] | None:
         """Requests counted between the points nearest before ``begin`` and ``end``, and the
@@ -1204,6 +1225,8 @@ class Detector:
 LEAK_REASONS = {
     None: "steady growth of the lower envelope",
     "steady": "steady growth of the lower envelope at a steady request rate",
+    "steady_peak": "steady growth of the lower envelope at a steady request rate, the highest "
+    "yet (memory sized by the peak load, pools and caches, grows so too)",
     "unclear": "steady growth of the lower envelope (too few requests counted to tell whether "
     "load explains it)",
     "outlasts": "steady growth of the lower envelope that outlasts changes in load "

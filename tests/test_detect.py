@@ -438,11 +438,14 @@ def test_retention_per_request_across_load_levels_is_a_leak():
     assert "request rate" in detector.verdict.reason or "load" in detector.verdict.reason
 
 
-def _leak_reason_at(rate):
+def _leak_reason_at(rate, before=None):
     """The reason a 3 MiB/min leak on a 1 GiB service limited to 1.5 GiB is called with, at
-    a steady request rate of ``rate`` per second (Poisson counts)."""
+    a steady request rate of ``rate`` per second (Poisson counts), from an hour in; for the
+    first 40 minutes, where ``before`` is given, the rate was that instead."""
     times, values, counts = _with_requests(
-        lambda t: rate, 3, lambda t, served: 1 * GiB + 3 * MiB * max(t - 3600, 0) / 60
+        lambda t: rate if before is None or t >= 2400 else before,
+        3,
+        lambda t, served: 1 * GiB + 3 * MiB * max(t - 3600, 0) / 60,
     )
     detector = Detector(1.5 * GiB)
     for t, v, n in zip(times, values, counts, strict=True):
@@ -461,6 +464,18 @@ def test_a_steady_request_rate_is_said_only_where_the_counts_could_show_a_change
     reason = _leak_reason_at(0.5)
     assert "too few requests counted to tell whether load explains it" in reason
     assert "steady request rate" not in reason
+
+
+def test_a_steady_rate_that_is_the_highest_yet_is_said_to_be():
+    """Pools that grow to the peak concurrency, caches of the busiest hour's keys: at a new
+    high of the load, memory sized by the peak rises at a steady rate as a leak does. The
+    verdict is the same leak; its reason says that the rate is the highest yet."""
+    reason = _leak_reason_at(300.0, before=200.0)
+    assert reason == (
+        "steady growth of the lower envelope at a steady request rate, the highest yet "
+        "(memory sized by the peak load, pools and caches, grows so too)"
+    )
+    assert _leak_reason_at(300.0, before=400.0).endswith("at a steady request rate")
 
 
 def test_request_counts_that_go_missing_or_reset_leave_the_leak_called_without_them():
