@@ -27,7 +27,7 @@ from typing import Any
 
 from diag._attach import ptrace_inject
 from diag.errors import DiagError, ProcessError, UsageError
-from diag.procfs import check_target
+from diag.procfs import check_target, command_name
 
 GDB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_attach", "gdb_inject.py")
 
@@ -51,8 +51,8 @@ def inspect_target(pid: int, proc_root: str = "/proc") -> Target:
     uid = int(uid_match.group(1)) if uid_match else -1
     try:
         executable = os.readlink(f"{proc_root}/{pid}/exe")
-    except OSError:
-        executable = "?"
+    except OSError:  # not ours to read (ptrace access): its name, at least
+        executable = command_name(pid, proc_root)
     version = None
     try:
         with open(f"{proc_root}/{pid}/maps", encoding="utf-8", errors="replace") as f:

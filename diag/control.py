@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from diag.errors import DiagError
+from diag.errors import DiagError, ProcessError
 
 MAX_REPLY = 16 * 1024 * 1024
 #: Fields of the agent's ``latest`` answer beside its samples: its dump state, live (fresher
@@ -81,6 +81,15 @@ def ask_dump(
     document; one clear ``DiagError`` when no agent answers or it would not dump (busy)."""
     document = request(pid, "dump", timeout=timeout, environ=environ, keep_errors=True, **options)
     if document is None:
+        from diag.attach import inspect_target  # only now: attaching's module is not light
+
+        target = inspect_target(pid)
+        if target.python is None:
+            # No agent can run there: attach would refuse it too.
+            raise ProcessError(
+                f"pid {pid} ({target.executable}) is not a Python process: a dump reads a "
+                "Python heap; diag watch --pid samples any process from outside"
+            )
         raise DiagError(
             f"pid {pid} runs no diag agent we can reach: start it with `diag run -- ...`, "
             f"or inject it with `diag attach --pid {pid}` (or add --attach)"

@@ -33,6 +33,14 @@ def _read_stat(pid: int, proc_root: str) -> tuple[str, list[bytes]]:
         raise UsageError(f"pid {pid}: permission denied; run as its user or root") from None
 
 
+def command_name(pid: int, proc_root: str = "/proc") -> str:
+    """The process's command name (/proc/PID/stat's, 15 characters at most), or "?"."""
+    try:
+        return _read_stat(pid, proc_root)[0]
+    except UsageError:
+        return "?"
+
+
 def process_state(pid: int, proc_root: str = "/proc") -> str:
     """The one-letter state of ``pid`` (R, S, D, Z...), or a clear ``UsageError`` for a pid that
     does not exist or may not be read."""

@@ -135,6 +135,17 @@ def test_a_process_without_the_agent_is_told_how_to_get_one():
     finally:
         sleeper.kill()
         sleeper.wait()
+    # A process no agent can run in: told so, not told to attach (attach refuses it too).
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        result = CliRunner().invoke(main, ["dump", "--pid", str(other.pid)])
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"diag: pid {other.pid} (")
+        assert "is not a Python process: a dump reads a Python heap" in result.stderr
+        assert "diag attach" not in result.stderr
+    finally:
+        other.kill()
+        other.wait()
 
 
 @pytest.mark.e2e
