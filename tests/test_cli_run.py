@@ -25,6 +25,30 @@ def test_usage_errors_exit_2_with_one_line():
     assert result.exit_code == 2
 
 
+@pytest.mark.e2e
+def test_a_program_the_kernel_will_not_run_is_one_line(tmp_path):
+    """Found on PATH or given as a path, executable, and still refused by execve: it raised
+    a traceback from os.execve. (In a child: diag run replaces its own process.)"""
+    notes = tmp_path / "notes.txt"  # executable bits, no #! line, no ELF header
+    notes.write_text("remember the milk\n")
+    notes.chmod(0o755)
+    script = tmp_path / "script"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    hints = {
+        notes: "Exec format error (no program, and a script needs a #! line; or give its "
+        "interpreter: diag run -- python script.py)",
+        script: "No such file or directory (its #! interpreter is missing)",
+    }
+    for program, why in hints.items():
+        result = subprocess.run(
+            [*DIAG, "run", "--", str(program)],
+            capture_output=True, text=True, timeout=60, env=child_env(),
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert result.stderr == f"diag: cannot run '{program}': {why}\n"
+
+
 def test_bad_environment_is_a_usage_error():
     result = CliRunner().invoke(main, ["run", "--", "python"], env={"DIAG_INTERVAL": "soon"})
     assert result.exit_code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Mapping
@@ -68,4 +69,17 @@ def run(
     if executable is None:
         raise UsageError(f"command not found: {command[0]!r}; give a program on PATH or a path")
     env = child_environment(os.environ, settings)
-    os.execve(executable, list(command), env)
+    try:
+        os.execve(executable, list(command), env)
+    except OSError as exc:
+        hint = _EXEC_HINTS.get(exc.errno or 0, "")
+        raise UsageError(f"cannot run {command[0]!r}: {exc.strerror}{hint}") from None
+
+
+#: What to do when the kernel will not run a program it was given.
+_EXEC_HINTS = {
+    errno.ENOEXEC: " (no program, and a script needs a #! line; or give its interpreter: "
+    "diag run -- python script.py)",
+    errno.ENOENT: " (its #! interpreter is missing)",
+    errno.EACCES: " (not executable by this user, or on a noexec mount)",
+}
