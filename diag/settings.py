@@ -8,6 +8,7 @@ logs them once) and the default is used.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,14 +91,16 @@ ENV_PREFIX = "DIAG_"
 
 def _positive_float(raw: str) -> float:
     value = float(raw)
-    if not value > 0:
+    # "inf" reads as a float: an interval that never ticks, a sensitivity that calls any
+    # rise a leak at once.
+    if not 0 < value < math.inf:
         raise ValueError("must be a positive number")
     return value
 
 
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
-    if not value >= 0:
+    if not 0 <= value < math.inf:
         raise ValueError("must be zero (off) or a positive number of seconds")
     return value
 

@@ -89,6 +89,10 @@ def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
     result = runner.invoke(main, ["analyze", str(good), "--limit", "0.5"])
     assert result.exit_code == 2
     assert "a limit must be a byte or more: '0.5'" in result.stderr
+    for number in ("nan", "inf"):  # float() reads both; nan passes every bound
+        result = runner.invoke(main, ["analyze", str(good), "--sensitivity", number])
+        assert result.exit_code == 2
+        assert f"'{number}' is not a finite number" in result.stderr
 
 
 def test_a_history_directory_is_analysed_series_by_series(tmp_path):

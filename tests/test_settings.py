@@ -25,6 +25,11 @@ def test_environment_fills_in_and_arguments_win():
     [
         ("DIAG_INTERVAL", "-1"),
         ("DIAG_INTERVAL", "soon"),
+        # float() reads these: an agent that never ticks, a detector that calls any rise.
+        ("DIAG_INTERVAL", "inf"),
+        ("DIAG_INTERVAL", "nan"),
+        ("DIAG_SENSITIVITY", "1e400"),
+        ("DIAG_ESCALATION_INTERVAL", "inf"),
         ("DIAG_PORT", "70000"),
         ("DIAG_TRACE", "maybe"),
         ("DIAG_NAMESPACE", "9bad-name"),

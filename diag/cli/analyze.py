@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from diag.cli._params import FiniteRange
 from diag.errors import UsageError
 from diag.series_io import RecordedSeries, read_inputs
 from diag.units import parse_bytes
@@ -31,7 +32,7 @@ class _Bytes(click.ParamType):  # type: ignore[type-arg]
 @click.option("--limit", type=_Bytes(), help="The limit to forecast against (4GiB, 4294967296).")
 @click.option(
     "--sensitivity",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     envvar="DIAG_SENSITIVITY",

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from diag.attach import attach as attach_to
+from diag.cli._params import FiniteRange
 
 
 def settings_of(port: int | None, address: str | None, interval: float | None,
@@ -19,7 +20,7 @@ def settings_of(port: int | None, address: str | None, interval: float | None,
 @click.option("--pid", type=int, required=True, help="A running Python process.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Serve /metrics on this port.")
 @click.option("--address", help="Address for /metrics (default 127.0.0.1).")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), help="Tick seconds.")
+@click.option("--interval", type=FiniteRange(min=0, min_open=True), help="Tick seconds.")
 @click.option("--history", help="History directory in the target (default: its user's).")
 def attach(
     pid: int, port: int | None, address: str | None, interval: float | None, history: str | None

@@ -12,6 +12,7 @@ import json
 import click
 from rich.console import Console
 
+from diag.cli._params import FiniteRange
 from diag.control import ask_dump
 from diag.procfs import check_target
 from reports.dump import render
@@ -23,13 +24,13 @@ from reports.graph import write_graph
 @click.option("--top", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option(
     "--window",
-    type=click.FloatRange(0, 600),
+    type=FiniteRange(0, 600),
     default=0.0,
     help="Trace this many seconds first: growth per holder and allocation stacks.",
 )
 @click.option(
     "--budget",
-    type=click.FloatRange(0.1, 60),
+    type=FiniteRange(0.1, 60),
     default=10.0,
     show_default=True,
     help="Seconds each heap walk may pause the process; past it the dump says it is incomplete.",

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import click
 
+from diag.cli._params import FiniteRange
 from diag.errors import UsageError
 from diag.settings import Settings
 
@@ -33,9 +34,7 @@ def child_environment(base: Mapping[str, str], settings: Settings) -> dict[str, 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--port", type=click.IntRange(0, 65535), help="Serve /metrics on this port.")
 @click.option("--address", help="Address for /metrics (default 127.0.0.1).")
-@click.option(
-    "--interval", type=click.FloatRange(min=0, min_open=True), help="Seconds between ticks."
-)
+@click.option("--interval", type=FiniteRange(min=0, min_open=True), help="Seconds between ticks.")
 @click.option(
     "--history",
     type=click.Path(file_okay=False),

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from diag.cli._params import FiniteRange
 from diag.control import ask_dump
 from diag.errors import DiagError
 from diag.procfs import check_target
@@ -26,14 +27,14 @@ from reports.live import LivePanel, ended_text, tick_line
 
 @click.command()
 @click.option("--pid", type=int, required=True, help="The process to watch.")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True)
-@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
+@click.option("--interval", type=FiniteRange(min=0.05), default=1.0, show_default=True)
+@click.option("--duration", type=FiniteRange(min=0), help="Stop after this many seconds.")
 @click.option("--history", help="History directory (default: $DIAG_HISTORY or per user; off).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per tick, per line.")
 @click.option("--attach", "attach_first", is_flag=True, help="Start the agent in it first.")
 @click.option(
     "--sensitivity",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     envvar="DIAG_SENSITIVITY",
@@ -41,7 +42,7 @@ from reports.live import LivePanel, ended_text, tick_line
 )
 @click.option(
     "--time-scale",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=1.0,
     envvar="DIAG_TIME_SCALE",
     help="Demos only: run the detector's clock this many times faster.",
