@@ -69,7 +69,17 @@ class Settings:
                 values[f.name] = _PARSERS[f.name](raw)
             except ValueError as exc:
                 problems.append(f"{var}={raw!r} ignored: {exc}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name, value in overrides.items():
+            if value is None or name not in _PARSERS:
+                values[name] = value  # None: not given; an unknown name: refused below
+                continue
+            # Checked as the environment's are: a host that calls start(interval=0) must not
+            # get an agent that ticks without pause.
+            try:
+                values[name] = _PARSERS[name](_format(value))
+            except ValueError as exc:
+                problems.append(f"{name}={value!r} ignored: {exc}")
+        values = {k: v for k, v in values.items() if v is not None}
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")

@@ -42,6 +42,26 @@ def test_bad_environment_values_are_reported_not_raised(var, raw):
     assert var in s.problems[0]
 
 
+def test_bad_keyword_values_are_reported_not_taken():
+    """probes.start(interval=0) asked for an agent that ticks without pause: explicit
+    arguments are checked as the environment's are, reported, and the environment's value
+    (else the default) is used."""
+    s = Settings.from_env({"DIAG_INTERVAL": "3"}, interval=0, sensitivity=float("nan"))
+    assert (s.interval, s.sensitivity) == (3.0, 1.0)
+    assert s.problems == (
+        "interval=0 ignored: must be a positive number",
+        "sensitivity=nan ignored: must be a positive number",
+    )
+    good = Settings.from_env({}, interval=2, port=9109, trace=True, history="/var/lib/diag")
+    assert (good.interval, good.port, good.trace, good.history) == (
+        2.0,
+        9109,
+        True,
+        "/var/lib/diag",
+    )
+    assert good.problems == ()
+
+
 def test_unknown_keyword_is_a_programming_error():
     with pytest.raises(TypeError, match="unknown settings: colour"):
         Settings.from_env({}, colour="blue")
