@@ -70,8 +70,10 @@ class Settings:
             except ValueError as exc:
                 problems.append(f"{var}={raw!r} ignored: {exc}")
         for name, value in overrides.items():
-            if value is None or name not in _PARSERS:
-                values[name] = value  # None: not given; an unknown name: refused below
+            if value is None:
+                continue  # not given: the environment's value, else the default
+            if name not in _PARSERS:
+                values[name] = value  # refused below
                 continue
             # Checked as the environment's are: a host that calls start(interval=0) must not
             # get an agent that ticks without pause.
@@ -79,7 +81,6 @@ class Settings:
                 values[name] = _PARSERS[name](_format(value))
             except ValueError as exc:
                 problems.append(f"{name}={value!r} ignored: {exc}")
-        values = {k: v for k, v in values.items() if v is not None}
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")

@@ -60,6 +60,10 @@ def test_bad_keyword_values_are_reported_not_taken():
         "/var/lib/diag",
     )
     assert good.problems == ()
+    # An argument not given (None, as diag run passes its unset options) leaves the
+    # environment's value.
+    unset = Settings.from_env({"DIAG_PORT": "9109", "DIAG_INTERVAL": "2"}, port=None, interval=None)
+    assert (unset.port, unset.interval, unset.problems) == (9109, 2.0, ())
 
 
 def test_unknown_keyword_is_a_programming_error():
