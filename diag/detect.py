@@ -446,14 +446,15 @@ class Detector:
     ) -> Verdict:
         if limit is not None:
             self.limit = _usable_limit(limit)
-        # MAX_READING as literals: four global lookups a sample cost the replay 5 %.
+        # MAX_READING as literals, here and for the count: four global lookups a sample cost
+        # the replay 5 %.
         if not (-1e100 < value < 1e100 and -1e100 < t < 1e100):
             # Not a reading (nan, an infinity, a corrupt field): ignored as an out-of-order
             # sample is. Taken in, one at an infinite time would make every later sample out
             # of order, or as the first make the regime endless, and nan compares false with
             # every floor it should have set.
             return self.verdict
-        if requests is not None and not -MAX_READING < requests < MAX_READING:
+        if requests is not None and not -1e100 < requests < 1e100:
             requests = None  # a count that is no number says nothing of the load
         if t < self._last_t:
             return self.verdict  # out of order: ignore rather than corrupt the history
