@@ -1,8 +1,9 @@
 """Agent settings, from keyword arguments and ``DIAG_*`` environment variables.
 
 Explicit arguments to ``probes.start()`` win; the environment fills in the rest; defaults last.
-A bad environment value never stops the host: it is reported in ``Settings.problems`` (the agent
-logs them once) and the default is used.
+Both are checked by the same parsers. A bad value never stops the host: it is reported in
+``Settings.problems`` (the agent logs them once), and the environment's value, else the default,
+is used.
 """
 
 from __future__ import annotations
