@@ -245,15 +245,18 @@ def _sizes(objects: list[Any]) -> int:
 # -- survivors ---------------------------------------------------------------------------------
 
 _MANAGED_DICT = 1 << 4
+#: The containers CPython stops tracking while they hold only objects the gc does not track.
+_UNTRACKED_CONTAINERS = frozenset({dict, tuple})
 
 
 def born(objects: Sequence[Any], exact: Callable[[Any], Any] | None = None) -> list[Any]:
     """The objects allocated since tracemalloc started tracing, among ``objects`` (the gc's)
-    and what they refer to directly (bytes, str and other objects the gc does not track):
-    ``_get_object_traceback`` is non-None exactly for those, and costs no allocation for the
-    others. 3.11's misses objects with a managed dict (it does not step over the pointers
-    before their gc header): those are asked one by one through ``exact``. Empty when
-    tracemalloc does not trace."""
+    and what the gc does not track beneath them (bytes, str, and the containers CPython
+    untracks because they hold only such atoms: a dict of str, a tuple of numbers, and what
+    those hold in turn): ``_get_object_traceback`` is non-None exactly for those, and costs no
+    allocation for the others. 3.11's misses objects with a managed dict (it does not step
+    over the pointers before their gc header): those are asked one by one through ``exact``.
+    Empty when tracemalloc does not trace."""
     import tracemalloc
 
     if not tracemalloc.is_tracing():
@@ -261,18 +264,35 @@ def born(objects: Sequence[Any], exact: Callable[[Any], Any] | None = None) -> l
     import _tracemalloc
 
     traced: Callable[[Any], Any] = _tracemalloc._get_object_traceback
-    compress = itertools.compress
+    compress, chain, repeat = itertools.compress, itertools.chain, itertools.repeat
+    untracked = functools.partial(itertools.filterfalse, gc.is_tracked)
+    is_container = _UNTRACKED_CONTAINERS.__contains__
     found: list[Any] = list(compress(objects, map(traced, objects)))
-    seen: set[int] = set()
-    is_tracked = gc.is_tracked
+    beneath: list[Any] = []  # new and untracked: found through what refers to them
     for start in range(0, len(objects), CHUNK):
-        kids = gc.get_referents(*objects[start : start + CHUNK])
-        fresh = [k for k in compress(kids, map(traced, kids)) if not is_tracked(k)]
-        del kids
-        for kid in fresh:
-            if id(kid) not in seen:
-                seen.add(id(kid))
-                found.append(kid)
+        parents: Sequence[Any] = objects[start : start + CHUNK]
+        # Level by level: a session's turns as dicts of str are untracked dicts, and their
+        # strings, most of the bytes, lie one level further down than the tracked list.
+        while parents:
+            kids = gc.get_referents(*parents)
+            beneath.extend(untracked(compress(kids, map(traced, kids))))
+            # A dict whose keys are all str does not show them to the gc (a cache keyed by
+            # prompts keeps them as keys): its str keys are asked too.
+            dicts = compress(parents, map(issubclass, map(type, parents), repeat(dict)))
+            keys = list(chain.from_iterable(map(dict.__iter__, dicts)))
+            strs = list(compress(keys, map(operator.is_, map(type, keys), repeat(str))))
+            del keys
+            beneath.extend(compress(strs, map(traced, strs)))
+            del strs
+            # Untracked containers are descended whether or not they are new themselves (a
+            # dict may come from the free list, which tracemalloc does not see; a str -> str
+            # cache stays untracked as it grows). They hold no tracked object, so they form
+            # no cycle: each descent ends.
+            containers = list(untracked(compress(kids, map(is_container, map(type, kids)))))
+            parents = list(compress(containers, map(len, containers)))  # empty ones are many
+            del kids
+    # Each once, however many refer to it (a str key shared by many dicts is listed for each).
+    found.extend(dict(zip(map(id, beneath), beneath, strict=True)).values())
     if exact is not None and sys.version_info[:2] == (3, 11):
         managed = {k for k in set(map(type, objects)) if k.__flags__ & _MANAGED_DICT}
         if managed:

@@ -285,6 +285,33 @@ def test_survivors_are_what_was_allocated_while_tracing(module):
     del survivors
 
 
+def test_survivors_include_the_atoms_in_untracked_containers(module):
+    # A chat session's turns as dicts of str: CPython untracks such a dict (it holds only
+    # atoms), so the gc lists neither the dict nor its strings, which are most of the bytes.
+    # A str -> str cache made before the window stays untracked as it grows in it.
+    module.SESSIONS = []
+    module.NAMES = {}
+    tracemalloc.start(1)
+    try:
+        for i in range(100):
+            turn = {"role": "user", "text": "x" * 300 + str(i)}
+            module.SESSIONS.append([turn, ("meta", "y" * 200 + str(i))])
+            module.NAMES["k" * 50 + str(i)] = "v" * 100 + str(i)
+        import gc
+
+        assert not gc.is_tracked(module.SESSIONS[0][0])  # the premise: the dict is untracked
+        survivors = dominators.born(gc.get_objects(), census.object_traceback)
+    finally:
+        tracemalloc.stop()
+    found = {id(o) for o in survivors}
+    texts = [turn["text"] for turn, _ in module.SESSIONS]
+    metas = [meta[1] for _, meta in module.SESSIONS]
+    assert {id(t) for t in texts} <= found
+    assert {id(m) for m in metas} <= found
+    assert {id(v) for v in module.NAMES.values()} | {id(k) for k in module.NAMES} <= found
+    del survivors
+
+
 def test_the_walk_stops_at_its_deadline(module):
     module.BIG = [[bytes(10) + b"%d" % i] for i in range(20_000)]
     roots, boundaries = dominators.collect_roots(census._user_module, OWN_DIRS)
