@@ -546,6 +546,7 @@ class Census:
         self.survivors: Survivors | None = None
         self.notes: list[str] = []
         self.holders: set[int] = set()  # ids of the owners the tensor holder search made
+        self.holder_objects: dict[int, Owner] = {}  # id of a holder object -> its owner
 
     def run(self, on_collected: Callable[[], None] | None = None) -> list[Owner]:
         """Walk the heap. ``on_collected`` runs once every object's allocation stack is read
@@ -616,6 +617,7 @@ class Census:
             self._tensor_owner(h, measured, counted, torch, graph_budget) for h in ownership.holders
         ]
         self.holders = {id(o) for o in owners}
+        self.holder_objects = {h.ident: o for h, o in zip(ownership.holders, owners, strict=True)}
         self._resources(found, exclude=(parents, survivors, holders), referrers=holders)
         del holders
         # Every other object, by the root that owns it (diag.dominators), in the time left:
@@ -693,6 +695,13 @@ class Census:
             container = owners_of.containers[label]
             if label in analysis.folded:
                 continue  # its figures are another entry's now
+            holder = self.holder_objects.get(id(owners_of.objects[label]))
+            if holder is not None:
+                # The holder search's owner of the same object (a dict of arrays, a thread's
+                # deque of frames, maybe by another path): one owner, its tensors or arrays
+                # (which this walk did not weigh) and its own containers.
+                holder.retained_bytes += retained
+                continue
             if container < 0 and label not in analysis.folded_into:
                 # A shared region's entry: named below, if it matters.
                 if retained >= MIN_OWNER_BYTES or survivors >= GREW_BYTES:

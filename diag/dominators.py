@@ -176,6 +176,10 @@ class Weigher:
         self.storages: set[tuple[str, int]] = set()
         torch = sys.modules.get("torch")
         self.tensor: type | None = getattr(torch, "Tensor", None)
+        # Special only so that a claimed array weighs nothing here: its buffer is in its
+        # sys.getsizeof, and the holder search counts it (a holder and this walk's owner
+        # of the same dict of arrays each counted it, twice in the growth account).
+        self.array: type | None = getattr(sys.modules.get("numpy"), "ndarray", None)
         mmap = sys.modules.get("mmap")
         self.mmap: type | None = getattr(mmap, "mmap", None)
         pil = sys.modules.get("PIL.Image")
@@ -189,6 +193,7 @@ class Weigher:
                 (self.tensor is not None and issubclass(kind, self.tensor))
                 or (self.mmap is not None and issubclass(kind, self.mmap))
                 or (self.image is not None and issubclass(kind, self.image))
+                or (self.array is not None and issubclass(kind, self.array))
             )
         return known
 
@@ -304,17 +309,22 @@ def born(objects: Sequence[Any], exact: Callable[[Any], Any] | None = None) -> l
 
 
 def _count_survivors(
-    owners: Owners, labels: dict[int, int], survivors: Sequence[Any], folded: dict[int, int]
+    owners: Owners,
+    labels: dict[int, int],
+    survivors: Sequence[Any],
+    folded: dict[int, int],
+    claimed: set[int],
 ) -> None:
     """Each survivor to its owner (a folded entry's to the one it was folded into): count,
-    bytes, and by type."""
+    bytes, and by type. A claimed survivor (a tensor or array the holder search placed) is
+    counted but weighs nothing here, as in the walk: its holder weighs it."""
     get = labels.get
     for obj in survivors:
         label = get(id(obj))
         if label is None or label < 0:
             continue  # reached from no root (held from C) or a root itself
         label = folded.get(label, label)
-        size = sizeof(obj)
+        size = 0 if id(obj) in claimed else sizeof(obj)
         owners.survivors[label] += 1
         owners.survivor_bytes[label] += size
         by_type = owners.by_type[label]
@@ -641,10 +651,11 @@ def analyse(
             labels[id(value)] = label
             sources.add(id(value))
             plan.append((members, label))
+    weigher = Weigher(claimed)
     walk = _Walk(
         labels,
         owners,
-        Weigher(claimed),
+        weigher,
         sources,
         deadline,
         clock,
@@ -659,7 +670,7 @@ def analyse(
     for root in roots:  # its (key, value) pairs refer to the values: a holder search must not
         root.entries.clear()  # find them (the sources are in ``owners.objects``, its caller's)
     folded = fold_shared(owners)
-    _count_survivors(owners, labels, survivors, folded)
+    _count_survivors(owners, labels, survivors, folded, weigher.claimed)
     return Analysis(
         roots=roots,
         owners=owners,

@@ -88,6 +88,55 @@ def test_a_window_names_what_grew_first_with_its_survivors_and_stack(svc):
     assert dump.to_json()["survivors"]["by_owner"][0]["root"] == "module"
 
 
+def add_frames(store, count):
+    import numpy as np
+
+    for _ in range(count):
+        store.append(np.ones(2048, dtype=np.float32))  # 8 KiB each, owning its buffer
+
+
+def test_arrays_held_by_a_holder_are_one_owner_counted_once(svc):
+    # The holder search places the arrays; the walk of plain objects reaches the same
+    # container from its root (the module's global, and a running thread's local by another
+    # path). Each made its own owner, and the growth account summed both.
+    import numpy as np
+
+    svc.CACHE = {}
+    for i in range(200):
+        svc.CACHE[i] = np.ones(2048, dtype=np.float32)
+    stop = threading.Event()
+    started = threading.Event()
+
+    def worker(frames):  # a local of a running frame, and a global's value too
+        add_frames(frames, 300)
+        started.set()
+        stop.wait()
+
+    svc.FRAMES = collections.deque()
+    thread = threading.Thread(target=worker, args=(svc.FRAMES,), name="frames-test")
+    thread.start()
+    started.wait()
+    try:
+        _, baseline = take_dump(top=50, time_budget=60)
+        for i in range(200, 400):
+            svc.CACHE[i] = np.ones(2048, dtype=np.float32)
+        add_frames(svc.FRAMES, 100)
+        dump, _ = take_dump(top=50, time_budget=60, baseline=baseline)
+    finally:
+        stop.set()
+        thread.join()
+    cache = [o for o in dump.owners if o.path == "census_owned_service.CACHE"]
+    assert len(cache) == 1
+    assert 400 * 8192 <= cache[0].retained_bytes <= 400 * 8192 * 1.1
+    grown = cache[0].growth_bytes_per_second * dump.window_seconds
+    assert 200 * 8192 <= grown <= 200 * 8192 * 1.1
+    # The deque: one owner, whichever path names it, weighing its 400 arrays once.
+    frames = [o for o in dump.owners if o.kind == "deque"]
+    assert len(frames) == 1
+    assert 400 * 8192 <= frames[0].retained_bytes <= 400 * 8192 * 1.1
+    assert sum(o.retained_bytes for o in dump.owners) < 900 * 8192 * 1.1
+
+
 def test_class_attributes_and_thread_locals_name_their_root(svc):
     def make_store():
         class SessionStore:

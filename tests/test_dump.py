@@ -71,11 +71,13 @@ def test_dump_names_the_module_level_cache_first(tmp_path):
     assert first["path"] == "__main__._AUDIO_CACHE"
     assert first["kind"] == "dict"
     assert first["objects"] == 500
-    assert first["retained_bytes"] == 500 * 4096 * 4
+    # The tensors' storages, and the dict itself with its keys (weighed by the walk of plain
+    # objects, which found the same dict and leaves its tensors to the holder).
+    assert 500 * 4096 * 4 < first["retained_bytes"] < 500 * 4096 * 4 + 64 * 1024
     (content,) = first["contents"]
     assert content == {"type": "torch.Tensor float32", "device": "cpu", "count": 500,
                        "bytes": 500 * 4096 * 4, "beneath": ""}  # fmt: skip
-    assert "__main__._AUDIO_CACHE  dict, 500 entries, retains 7.8 MiB" in text
+    assert "__main__._AUDIO_CACHE  dict, 500 entries, retains 7.9 MiB" in text
     assert "500 × torch.Tensor float32 cpu (16.0 KiB each)" in text
     assert "__main__.view  Tensor, retains 16.0 KiB" in text  # a global: named by its variable
 
