@@ -186,9 +186,30 @@ def _measure_tensor(obj: Any) -> _Measure | None:
 
 
 def _measure_array(obj: Any) -> _Measure | None:
-    if obj.base is not None:
-        return None  # a view: the owning array counts the buffer
-    return f"numpy.ndarray {obj.dtype}", "cpu", ("numpy", id(obj)), int(obj.nbytes)
+    """An array weighs the buffer it keeps alive. An owning array, its own; a view (a slice,
+    a reshape, ``np.frombuffer``), the whole buffer of what it is a view of, once per buffer:
+    a kept slice pins all of it, and the gc sees neither the link (``.base``) nor the
+    buffer's owner, so no one else can weigh it."""
+    if obj.base is None:
+        return f"numpy.ndarray {obj.dtype}", "cpu", ("numpy", id(obj)), int(obj.nbytes)
+    base = obj.base
+    while _is_array(base) and base.base is not None:
+        base = base.base
+    kind = f"numpy.ndarray {obj.dtype} view"
+    if _is_array(base):
+        return kind, "cpu", ("numpy", id(base)), int(base.nbytes)
+    if isinstance(base, (bytes, bytearray)):
+        return kind, "cpu", ("numpy", id(base)), sys.getsizeof(base)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(base, torch.Tensor):  # Tensor.numpy(): its storage
+        measured = _measure_tensor(base)
+        return None if measured is None else (kind, *measured[1:])
+    return None  # an mmap, a foreign buffer: its own object is weighed where it is held
+
+
+def _is_array(obj: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(obj, numpy.ndarray)
 
 
 #: Objects looked at per chunk (and whose referents are listed by one C call): bounds the

@@ -34,8 +34,10 @@ a source reached from another source stops a walk too (the source owns itself).
 Weights: ``sys.getsizeof`` (which includes a ``bytearray``'s, an ``array.array``'s and an
 owning numpy array's buffer), plus the real buffer of objects whose memory lies outside
 Python's allocator: a torch tensor's storage (``untyped_storage().nbytes()``, each storage
-once), an ``mmap``'s length, a PIL image's pixels. torch, numpy and PIL are looked up in
-``sys.modules``: nothing is imported that the host has not imported.
+once), an ``mmap``'s length, a PIL image's pixels, a ctypes object's own buffer. Tensors and
+arrays that the holder search placed (``claimed``) weigh nothing here. torch, numpy, ctypes,
+mmap and PIL are looked up in ``sys.modules``: nothing is imported that the host has not
+imported.
 
 Survivors: while tracemalloc traces (a window), ``_get_object_traceback`` is non-None exactly
 for objects allocated since tracing began; those alive now are the window's survivors, counted
@@ -180,6 +182,12 @@ class Weigher:
         # sys.getsizeof, and the holder search counts it (a holder and this walk's owner
         # of the same dict of arrays each counted it, twice in the growth account).
         self.array: type | None = getattr(sys.modules.get("numpy"), "ndarray", None)
+        # A ctypes array or structure keeps its buffer outside the object (create_string_buffer,
+        # a C struct filled by a library); sys.getsizeof counts only the object.
+        ctypes = sys.modules.get("ctypes")
+        self.c_data: tuple[type, ...] = (
+            (ctypes.Array, ctypes.Structure, ctypes.Union) if ctypes is not None else ()
+        )
         mmap = sys.modules.get("mmap")
         self.mmap: type | None = getattr(mmap, "mmap", None)
         pil = sys.modules.get("PIL.Image")
@@ -194,6 +202,7 @@ class Weigher:
                 or (self.mmap is not None and issubclass(kind, self.mmap))
                 or (self.image is not None and issubclass(kind, self.image))
                 or (self.array is not None and issubclass(kind, self.array))
+                or issubclass(kind, self.c_data)
             )
         return known
 
@@ -214,6 +223,8 @@ class Weigher:
                 return 0 if obj.closed else len(obj)
             if self.image is not None and issubclass(kind, self.image):
                 return pil_pixel_bytes(obj)
+            if issubclass(kind, self.c_data):
+                return c_buffer_bytes(obj)
         except Exception:  # a meta tensor, a closed map, a subclass that refuses
             return 0
         return 0
@@ -231,6 +242,17 @@ def pil_pixel_bytes(image: Any) -> int:
     mode = core.mode
     per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
     return int(width) * int(height) * per_pixel
+
+
+#: ctypes keeps a buffer of up to 16 bytes inside the object (its b_value), counted already.
+_CTYPES_INLINE = 16
+
+
+def c_buffer_bytes(obj: Any) -> int:
+    """The buffer a ctypes object allocated for itself (not one it only points into: an
+    ``from_buffer`` view, a structure inside another, which ``_b_needsfree_`` says)."""
+    size = sys.modules["ctypes"].sizeof(obj)  # loaded: obj is one of its objects
+    return size if obj._b_needsfree_ and size > _CTYPES_INLINE else 0
 
 
 def sizeof(obj: Any) -> int:

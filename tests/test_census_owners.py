@@ -137,6 +137,44 @@ def test_arrays_held_by_a_holder_are_one_owner_counted_once(svc):
     assert sum(o.retained_bytes for o in dump.owners) < 900 * 8192 * 1.1
 
 
+def keep_slices(svc):
+    import numpy as np
+
+    # A slice of each frame kept: each pins its whole 40 KB buffer, which only its .base
+    # reaches (the gc sees neither); and 100 slices of one shared 400 KB buffer, once.
+    svc.SLICES = [np.zeros(40_000, dtype=np.uint8)[::100] for _ in range(100)]
+    svc.FROM_BYTES = [np.frombuffer(bytes(40_000), dtype=np.uint8)[:4] for _ in range(100)]
+    shared = np.zeros(400_000, dtype=np.uint8)
+    svc.SHARED = [shared[i * 10 : i * 10 + 10] for i in range(100)]
+
+
+def test_a_view_weighs_the_buffer_it_keeps_alive_once(svc):
+    keep_slices(svc)
+    dump, _ = take_dump(top=50, time_budget=60)
+    owners = {o.path: o for o in dump.owners}
+    for name in ("SLICES", "FROM_BYTES"):
+        owner = owners[f"census_owned_service.{name}"]
+        assert 100 * 40_000 <= owner.retained_bytes <= 100 * 40_000 * 1.1
+        assert [(c.type, c.count) for c in owner.contents] == [("numpy.ndarray uint8 view", 100)]
+    shared = owners["census_owned_service.SHARED"]
+    assert 400_000 <= shared.retained_bytes <= 400_000 * 1.1
+
+
+def test_ctypes_buffers_weigh_their_memory(svc):
+    import ctypes
+
+    svc.BUFFERS = [ctypes.create_string_buffer(40_000) for _ in range(100)]
+    backing = bytearray(40_000)
+    svc.VIEWS = [(ctypes.c_char * 40_000).from_buffer(backing) for _ in range(100)]
+    dump, _ = take_dump(top=50, time_budget=60)
+    owners = {o.path: o for o in dump.owners}
+    owner = owners["census_owned_service.BUFFERS"]
+    assert 100 * 40_000 <= owner.retained_bytes <= 100 * 40_000 * 1.1
+    # A view into another object's memory does not own it: a tenth of the buffers at most.
+    views = owners.get("census_owned_service.VIEWS")
+    assert views is None or views.retained_bytes < 10 * 40_000
+
+
 def test_class_attributes_and_thread_locals_name_their_root(svc):
     def make_store():
         class SessionStore:
