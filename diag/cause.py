@@ -517,7 +517,7 @@ def _classify(
         return Cause(
             "native_growth",
             "memory grows outside Python's objects: native code (a C extension or library's "
-            "malloc or mmap) holds it, and no Python holder does",
+            "malloc or mmap) holds it, and no Python holder explains it",
             evidence,
         )
     if owner_growth and held < grows and (rss > grows or malloc > grows):
