@@ -4,10 +4,12 @@ diag histories (with the run's request counters, where the agent counted request
 
 from __future__ import annotations
 
+import csv
 import os
 from array import array
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from diag import watched
 from diag.detect import MAX_READING
@@ -23,45 +25,88 @@ class RecordedSeries:
     values: array[float]
     #: Cumulative requests at each sample (the detector's load covariate), where known.
     requests: array[float] | None = None
+    #: How the input was read where it was not as written (a time unit, gaps skipped).
+    notes: list[str] = field(default_factory=list)
+
+
+#: Names a CSV's time column may have (Grafana's export says "Time").
+TIME_COLUMNS = ("t", "time", "timestamp", "date", "datetime")
+#: How a value cell marks a missing point in Grafana's and Prometheus's exports: a gap.
+GAP_CELLS = frozenset({"", "null", "nan"})
+#: Epoch times in finer units than seconds, told apart by magnitude: 1e11 seconds is 3,000
+#: years, and 1e11 milliseconds is 1973; a time since the process started is far below both.
+EPOCH_UNITS = (
+    (1e17, 1e-9, "nanoseconds"),
+    (1e14, 1e-6, "microseconds"),
+    (1e11, 1e-3, "milliseconds"),
+)
+
+
+def _time(cell: str) -> tuple[float, bool]:
+    """A time cell: a number (True), or an ISO 8601 date-time as epoch seconds (False); a
+    date-time without a zone is taken as UTC. ValueError when it is neither."""
+    try:
+        return float(cell), True
+    except ValueError:
+        moment = datetime.fromisoformat(cell.strip())
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp(), False
 
 
 def read_csv(path: str) -> RecordedSeries:
     """Parse a ``t,value[,requests]`` CSV; a bad file is one clear ``UsageError`` naming the
-    line."""
+    line. Read as real exports come: quoted fields (Grafana quotes a series' labels), times
+    in seconds, finer epoch units or ISO 8601 date-times, and empty, ``null`` or ``NaN``
+    values as gaps, skipped and counted."""
+    notes: list[str] = []
     try:
         # utf-8-sig: a spreadsheet's export starts with a byte-order mark.
-        with open(path, encoding="utf-8-sig") as f:
-            header = f.readline().strip().lower().replace(" ", "")
-            columns = header.split(",")
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            first = f.readline()
+            columns = [c.strip().lower() for c in next(csv.reader([first]), [])]
             if (
                 len(columns) not in (2, 3)
-                or columns[0] not in ("t", "time", "timestamp")
+                or columns[0] not in TIME_COLUMNS
                 or columns[2:] not in ([], ["requests"])
             ):
                 raise UsageError(
                     f"{path}: expected a header 't,value' (seconds, bytes) or "
-                    f"'t,value,requests', found {header!r}"
+                    f"'t,value,requests', found {first.strip()!r}"
                 )
             width = len(columns)
             times, values, requests = array("d"), array("d"), array("d")
-            for number, line in enumerate(f, start=2):
-                if not line.strip():
+            scale: float | None = None  # the numeric times' unit, from the first one
+            gaps = 0
+            for number, row in enumerate(csv.reader(f), start=2):
+                if not any(cell.strip() for cell in row):
                     continue
-                fields = line.split(",")
+                line = ",".join(row)
+                if len(row) == width and row[1].strip().lower() in GAP_CELLS:
+                    gaps += 1
+                    continue
                 try:
-                    if len(fields) != width:
+                    if len(row) != width:
                         raise ValueError
-                    numbers = [float(field) for field in fields]
+                    t, numeric = _time(row[0])
+                    numbers = [t, *(float(cell) for cell in row[1:])]
                 except ValueError:
-                    raise UsageError(
-                        f"{path}:{number}: not {width} numbers: {line.strip()!r}"
-                    ) from None
+                    raise UsageError(f"{path}:{number}: not {width} numbers: {line!r}") from None
                 if not all(-MAX_READING < n < MAX_READING for n in numbers):
                     # The detector would skip it; a file says something is wrong with it.
                     raise UsageError(
                         f"{path}:{number}: not a reading (nan, an infinity, or beyond "
-                        f"1e100): {line.strip()!r}"
+                        f"1e100): {line!r}"
                     )
+                if numeric:
+                    if scale is None:
+                        scale = 1.0
+                        for least, factor, unit in EPOCH_UNITS:
+                            if abs(t) >= least:
+                                scale = factor
+                                notes.append(f"times read as epoch {unit}")
+                                break
+                    numbers[0] = t * scale
                 if times and numbers[0] < times[-1]:
                     # The detector skips a sample older than the last; a file would lose
                     # every row after the turn without a word (two files pasted together).
@@ -77,11 +122,15 @@ def read_csv(path: str) -> RecordedSeries:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a text CSV file") from None
+    except csv.Error as exc:
+        raise UsageError(f"{path}: not a CSV file: {exc}") from None
     if not times:
         raise UsageError(f"{path}: no samples after the header")
+    if gaps:
+        notes.append(f"{gaps:,} rows without a value skipped (gaps)")
     stem = os.path.splitext(os.path.basename(path))[0]
     name = stem if columns[1] == "value" else columns[1]
-    return RecordedSeries(path, name, times, values, requests if width == 3 else None)
+    return RecordedSeries(path, name, times, values, requests if width == 3 else None, notes)
 
 
 #: The memory series of a history that analyze replays.

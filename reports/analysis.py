@@ -35,6 +35,7 @@ def result_document(series: RecordedSeries, alerts: list[Alert], final: Verdict)
         "last_sample": series.times[-1],
         "alerts": [a.to_json() for a in alerts],
         "final": final.fields(),
+        "notes": list(series.notes),
     }
 
 
@@ -42,6 +43,7 @@ def summary(series: RecordedSeries, alerts: list[Alert], final: Verdict) -> str:
     t0 = series.times[0]
     span = series.times[-1] - t0
     lines = [f"{series.path}: {len(series.times):,} samples over {format_duration(span)}"]
+    lines.extend(f"  ({note})" for note in series.notes)
     for a in alerts:
         when = f"leak from +{format_duration(a.start - t0)}"
         when += f" to +{format_duration(a.end - t0)}" if a.end is not None else " to the end"

@@ -1,3 +1,4 @@
+import datetime
 import json
 import math
 import random
@@ -53,6 +54,41 @@ def test_readable_summary_and_exit_0_without_leaks(tmp_path):
     again = CliRunner().invoke(main, ["analyze", str(exported)])
     assert again.exit_code == 0, again.stderr
     assert again.stdout.splitlines()[1:] == result.stdout.splitlines()[1:]
+
+
+def test_exports_as_dashboards_write_them_are_read_as_the_same_series(tmp_path):
+    # The same leak three ways: epoch seconds; epoch milliseconds (read as seconds, it spread
+    # over 347 days and said "no leak"); Grafana's CSV export (a quoted header whose labels
+    # hold commas, ISO date-times, empty and null cells where a scrape was missed).
+    leak = _write(tmp_path / "rss.csv", lambda t: GiB + max(t - 3600, 0) * 0.1 * MiB)
+    rows = [line.split(",") for line in leak.read_text().splitlines()[1:]]
+    millis = tmp_path / "millis.csv"
+    millis.write_text("time,rss\n" + "".join(f"{int(t) * 1000},{v}\n" for t, v in rows))
+    grafana = tmp_path / "grafana.csv"
+    lines = ['"Time","process_resident_memory_bytes{instance=""tts:9109"",job=""tts""}"']
+    for i, (t, v) in enumerate(rows):
+        moment = datetime.datetime.fromtimestamp(int(t), datetime.timezone.utc)
+        lines.append(f"{moment:%Y-%m-%d %H:%M:%S},{v}")
+        if i % 500 == 0:
+            lines.append(f"{moment:%Y-%m-%d %H:%M:%S},{'' if i % 1000 else 'null'}")
+    grafana.write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    documents = []
+    for path in (leak, millis, grafana):
+        result = runner.invoke(main, ["analyze", str(path), "--limit", "4GiB", "--json"])
+        assert result.exit_code == 1, result.output  # the leak, each time
+        documents.append(json.loads(result.stdout))
+    seconds, from_millis, from_grafana = documents
+    assert seconds["notes"] == []
+    assert from_millis["notes"] == ["times read as epoch milliseconds"]
+    assert from_grafana["notes"] == [f"{len(rows[::500]):,} rows without a value skipped (gaps)"]
+    assert from_grafana["series"] == 'process_resident_memory_bytes{instance="tts:9109",job="tts"}'
+    for document in (from_millis, from_grafana):
+        assert document["samples"] == seconds["samples"]
+        assert document["first_sample"] == seconds["first_sample"]
+        assert document["alerts"] == [dict(a, series=document["series"]) for a in seconds["alerts"]]
+    shown = runner.invoke(main, ["analyze", str(millis), "--limit", "4GiB"])
+    assert "  (times read as epoch milliseconds)" in shown.stdout.splitlines()
 
 
 def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
