@@ -230,9 +230,29 @@ def growth_phrase(series: SeriesReport) -> str:
     return f"{series.title} {verb} {first} -> {last} ({sign}{format_value(series, abs(delta))})"
 
 
+#: A finding's causes that blame no Python holder: what it says is said, not its top owner.
+NO_HOLDER_CAUSES = frozenset(
+    {
+        "native_growth",
+        "allocator_retention",
+        "fragmentation",
+        "copy_on_write",
+        "cuda_caching_plateau",
+        "unexplained",
+    }
+)
+
+
 def finding_phrase(report: PostMortem) -> str | None:
-    """What the last culprit finding says grows: its biggest growing holder, or None."""
-    owners = (report.last_finding or {}).get("owners") or []
+    """What the last culprit finding says grows: its biggest growing holder, or None; where
+    its cause blames none (native memory, the allocator), that cause: a holder growing
+    beside a native leak explains a few percent of it, and is no culprit."""
+    finding = report.last_finding or {}
+    cause = finding.get("cause") or {}
+    if cause.get("kind") in NO_HOLDER_CAUSES:
+        kind = str(cause["kind"]).replace("_", " ")
+        return f"the last culprit finding blames no Python holder ({kind}: {cause.get('summary')})"
+    owners = finding.get("owners") or []
     growing = [o for o in owners if (o.get("growth_bytes_per_second") or 0) > 0]
     if not growing:
         return None

@@ -287,6 +287,25 @@ def test_the_verdict_does_not_contradict_a_growing_finding(tmp_path):
     assert f"; but the last culprit finding names {CULPRIT}" in line
 
 
+def test_a_finding_that_blames_native_memory_is_said_so_not_its_top_holder(tmp_path):
+    # A native leak with a small holder growing beside it (4 % of the growth): the finding's
+    # cause says native, and the verdict line must not name the holder as the culprit.
+    report = _built(tmp_path, "leak")
+    finding = _finding(T0 + 100)
+    finding["cause"] = {
+        "kind": "native_growth",
+        "summary": "memory grows outside Python's objects: native code holds it",
+        "evidence": [],
+    }
+    report.last_finding = finding
+    line = text.verdict_line(report)
+    assert CULPRIT not in line
+    assert line.endswith(
+        "; the last culprit finding blames no Python holder (native growth: memory grows "
+        "outside Python's objects: native code holds it)."
+    )
+
+
 def test_a_healthy_run_says_its_memory_stayed_flat(tmp_path):
     report = _built(tmp_path, "healthy")
     assert {s.verdict for s in report.series} == {"steady"}
