@@ -236,6 +236,10 @@ class Escalation:
         measured = self._measured if request.window > 0 else None
         result.cause = self.cause_of(result, trimmed, measured).to_json()
         self.last_pause = result.pause_seconds
+        if request.window > 0 and self._record is not None:
+            # Recorded with its cause: `diag report` says what the finding blamed (a holder,
+            # or native memory beside which a holder grows a little), not only who grew.
+            self._record({"reason": reason, **_finding_of(result)})
         return result
 
     def _window(self, request: DumpRequest, reason: str) -> Dump:
@@ -296,8 +300,6 @@ class Escalation:
         self.windows += 1
         self.last = result
         self._resource_limits(result)
-        if self._record is not None:
-            self._record({"reason": reason, **_finding_of(result)})
         result.notes.append(f"traced for {result.window_seconds:.1f} s ({reason})")
         return result
 

@@ -74,6 +74,8 @@ def test_a_verdict_turning_to_leak_starts_one_traced_window():
     assert (
         len(findings) == 1 and findings[0]["reason"] == "process_resident_memory_bytes turned leak"
     )
+    # Recorded with its cause, which `diag report` says (it was recorded empty before).
+    assert findings[0]["cause"] == escalation.last.cause and findings[0]["cause"]["kind"]
     first = escalation.last.owners[0]
     assert first.path == "tests.test_escalation._CACHE"
     assert first.growth_bytes_per_second > 0
