@@ -36,6 +36,7 @@ import sys
 import sysconfig
 import time
 import tracemalloc
+import types
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -466,6 +467,8 @@ class Baseline:
 
 
 _CONTAINER_TYPES = (dict, list, set, collections.deque)
+#: An instance's attributes looked through for the one that holds the most entries.
+MAX_ATTRIBUTES = 64
 #: Owners whose ``objects`` is their number of entries (else: the objects they retain).
 _SIZED = (dict, list, set, frozenset, tuple, collections.deque)
 
@@ -523,6 +526,35 @@ def _shape_beneath(container: Any) -> tuple[str, list[Any], int]:
 
 
 _SHAPE_CONTAINERS = (dict, list, tuple, set, frozenset, collections.deque)
+
+
+def _shape_of_owner(value: Any) -> tuple[str, list[Any], int] | None:
+    """``_shape_beneath`` of a container owner; of an instance, beneath the attribute that
+    holds the most entries (``.by_user[<str>][<int>]``: a store's dict, an event loop's
+    scheduled timers), where its weight most likely lies; None for anything else."""
+    if issubclass(type(value), _CONTAINER_TYPES):
+        return _shape_beneath(value)
+    if isinstance(value, (type, types.ModuleType)):
+        return None
+    try:  # the instance's own dict, without running a __getattr__ of the host's
+        attributes = object.__getattribute__(value, "__dict__")
+    except Exception:
+        return None
+    if type(attributes) is not dict:
+        return None
+    biggest, most = None, 1
+    for name, attribute in itertools.islice(attributes.items(), MAX_ATTRIBUTES):
+        if issubclass(type(attribute), _CONTAINER_TYPES):
+            try:
+                entries = len(attribute)
+            except Exception:  # a subclass's own __len__
+                continue
+            if entries > most:
+                biggest, most = (name, attribute), entries
+    if biggest is None:
+        return None
+    steps, leaves, count = _shape_beneath(biggest[1])
+    return f".{biggest[0]}{steps}", leaves, count
 
 
 def _sample_values(container: Any) -> list[Any]:
@@ -831,10 +863,10 @@ class Census:
                 ]
         elif (
             value is not None
-            and issubclass(type(value), _CONTAINER_TYPES)
             and label not in analysis.folded_into  # one entry's shape is not the others'
+            and (shape := _shape_of_owner(value)) is not None
         ):
-            beneath, leaves, count = _shape_beneath(value)
+            beneath, leaves, count = shape
             by_type: dict[str, int] = defaultdict(int)
             for item in leaves:
                 by_type[_type_name(item)] += 1

@@ -175,6 +175,33 @@ def test_ctypes_buffers_weigh_their_memory(svc):
     assert views is None or views.retained_bytes < 10 * 40_000
 
 
+def fill_store(svc):
+    class Turn:
+        def __init__(self, i):
+            self.text = "t" * 1000 + str(i)
+
+    class Store:  # an instance owns the leak; its biggest attribute says where it lies
+        def __init__(self):
+            self.name = "sessions"
+            self.limits = [1, 2]
+            self.by_user = {}
+
+    svc.STORE = Store()
+    for i in range(2000):
+        svc.STORE.by_user.setdefault(f"user-{i % 50}", []).append(Turn(i))
+
+
+def test_an_instance_owner_shows_where_beneath_its_attributes_its_weight_lies(svc):
+    fill_store(svc)
+    dump, _ = take_dump(top=50, time_budget=60)
+    owner = {o.path: o for o in dump.owners}["census_owned_service.STORE"]
+    assert owner.kind == "Store"
+    top = owner.contents[0]
+    assert (top.beneath, top.count) == (".by_user[<str>][<int>]", 2000)
+    assert top.type.endswith("fill_store.<locals>.Turn")
+    assert 2000 * 1000 <= top.bytes <= owner.retained_bytes
+
+
 def test_class_attributes_and_thread_locals_name_their_root(svc):
     def make_store():
         class SessionStore:
