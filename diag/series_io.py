@@ -5,6 +5,7 @@ diag histories (with the run's request counters, where the agent counted request
 from __future__ import annotations
 
 import csv
+import io
 import os
 from array import array
 from bisect import bisect_right
@@ -54,6 +55,18 @@ def _time(cell: str) -> tuple[float, bool]:
         return moment.timestamp(), False
 
 
+def _as_written(row: list[str]) -> str:
+    """A row as a CSV writes it, quotes where a cell needs them: ``"1,000",5``."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(row)
+    return _shortened(out.getvalue())
+
+
+def _shortened(text: str, most: int = 120) -> str:
+    """A line for an error message: a JSON document is one line, megabytes long."""
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
 def read_csv(path: str) -> RecordedSeries:
     """Parse a ``t,value[,requests]`` CSV; a bad file is one clear ``UsageError`` naming the
     line. Read as real exports come: quoted fields (Grafana quotes a series' labels), times
@@ -72,7 +85,7 @@ def read_csv(path: str) -> RecordedSeries:
             ):
                 raise UsageError(
                     f"{path}: expected a header 't,value' (seconds, bytes) or "
-                    f"'t,value,requests', found {first.strip()!r}"
+                    f"'t,value,requests', found {_shortened(first.strip())!r}"
                 )
             width = len(columns)
             times, values, requests = array("d"), array("d"), array("d")
@@ -81,7 +94,6 @@ def read_csv(path: str) -> RecordedSeries:
             for number, row in enumerate(csv.reader(f), start=2):
                 if not any(cell.strip() for cell in row):
                     continue
-                line = ",".join(row)
                 if len(row) == width and row[1].strip().lower() in GAP_CELLS:
                     gaps += 1
                     continue
@@ -91,12 +103,14 @@ def read_csv(path: str) -> RecordedSeries:
                     t, numeric = _time(row[0])
                     numbers = [t, *(float(cell) for cell in row[1:])]
                 except ValueError:
-                    raise UsageError(f"{path}:{number}: not {width} numbers: {line!r}") from None
+                    raise UsageError(
+                        f"{path}:{number}: not {width} numbers: {_as_written(row)!r}"
+                    ) from None
                 if not all(-MAX_READING < n < MAX_READING for n in numbers):
                     # The detector would skip it; a file says something is wrong with it.
                     raise UsageError(
                         f"{path}:{number}: not a reading (nan, an infinity, or beyond "
-                        f"1e100): {line!r}"
+                        f"1e100): {_as_written(row)!r}"
                     )
                 if numeric:
                     if scale is None:

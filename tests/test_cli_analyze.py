@@ -131,6 +131,19 @@ def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
         assert f"'{number}' is not a finite number" in result.stderr
 
 
+def test_a_bad_line_is_shown_as_written_and_a_long_one_cut(tmp_path):
+    thousands = tmp_path / "thousands.csv"  # a spreadsheet's thousands separator, quoted
+    thousands.write_text('t,value\n0,5\n"1,000",5\n')
+    document = tmp_path / "query_range.json"  # a Prometheus API answer: one long line
+    document.write_text('{"status":"success","data":{"result":[' + "[0,1]," * 2000 + "]}}\n")
+    result = CliRunner().invoke(main, ["analyze", str(thousands), str(document)])
+    assert result.exit_code == 2
+    shown, header = result.stderr.splitlines()
+    assert shown == f"diag: {thousands}:3: not 2 numbers: '\"1,000\",5'"
+    assert header.startswith(f"diag: {document}: expected a header 't,value'")
+    assert header.endswith("…'") and len(header) < 300
+
+
 def test_a_history_directory_is_analysed_series_by_series(tmp_path):
     from tests.test_report import _leaking_run
 
