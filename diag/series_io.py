@@ -1,11 +1,14 @@
 """Reading recorded series: CSV files with a header ``t,value`` (seconds, bytes) and an optional
-third column ``requests`` (the process's cumulative request count), and the memory series of
-diag histories (with the run's request counters, where the agent counted requests)."""
+third column ``requests`` (the process's cumulative request count), Prometheus range queries'
+answers, and the memory series of diag histories (with the run's request counters, where the
+agent counted requests)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import os
 from array import array
 from bisect import bisect_right
@@ -151,11 +154,81 @@ def read_csv(path: str) -> RecordedSeries:
 HISTORY_SERIES = frozenset(watched.names_read_by("analyze"))
 
 
+def read_prometheus(path: str) -> list[RecordedSeries]:
+    """A Prometheus range query's answer as ``/api/v1/query_range`` gives it (the whole
+    answer, or its ``data``): one series per result, named by its labels. A ``NaN`` point
+    (a stale series) is a gap, skipped and counted, as in a CSV."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            document = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not JSON: {_shortened(str(exc))}") from None
+    data = document.get("data", document) if isinstance(document, dict) else None
+    results = data.get("result") if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or data.get("resultType") != "matrix"
+        or not isinstance(results, list)
+    ):
+        raise UsageError(
+            f"{path}: expected a Prometheus range query's answer (/api/v1/query_range, "
+            "resultType matrix) or a CSV with a header 't,value'"
+        )
+    out = []
+    for number, result in enumerate(results, start=1):
+        metric = result.get("metric") if isinstance(result, dict) else None
+        name = _labelled(metric) if isinstance(metric, dict) else ""
+        name = name or f"result {number}"
+        times, values = array("d"), array("d")
+        gaps = 0
+        try:
+            for t, v in result.get("values") or []:
+                t, v = float(t), float(v)
+                if math.isnan(v):
+                    gaps += 1
+                    continue
+                if not (-MAX_READING < t < MAX_READING and -MAX_READING < v < MAX_READING):
+                    raise ValueError
+                if times and t < times[-1]:
+                    raise ValueError
+                times.append(t)
+                values.append(v)
+        except (ValueError, TypeError, AttributeError):
+            raise UsageError(
+                f"{path}: {name}: not [time, value] pairs in time order, each a reading"
+            ) from None
+        if times:
+            notes = [f"{gaps:,} points without a value skipped (gaps)"] if gaps else []
+            out.append(RecordedSeries(path, name, times, values, None, notes))
+    if not out:
+        raise UsageError(f"{path}: the answer holds no samples")
+    return out
+
+
+def _labelled(metric: dict[str, object]) -> str:
+    """``process_resident_memory_bytes{instance="tts:9109"}``, as Prometheus writes a series."""
+    name = str(metric.get("__name__", ""))
+    labels = ",".join(f'{k}="{v}"' for k, v in sorted(metric.items()) if k != "__name__")
+    return f"{name}{{{labels}}}" if labels else name
+
+
+def _is_json(path: str) -> bool:
+    """Whether the file begins as a JSON object does (a byte-order mark and spaces aside)."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(64)
+    except OSError:
+        return False  # read_csv says why
+    return start.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{")
+
+
 def read_inputs(path: str) -> list[RecordedSeries]:
-    """A CSV file is one series; a history (a run, or a directory of runs) gives each run's
-    memory series, named ``run/series``."""
+    """A CSV file is one series; a Prometheus range query's answer, one per result; a history
+    (a run, or a directory of runs) gives each run's memory series, named ``run/series``."""
     if not os.path.isdir(path):
-        return [read_csv(path)]
+        return read_prometheus(path) if _is_json(path) else [read_csv(path)]
     runs = find_runs(path)
     if not runs:
         raise UsageError(f"{path}: a directory without diag history runs")

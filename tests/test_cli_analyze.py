@@ -131,11 +131,48 @@ def test_bad_inputs_are_one_line_each_and_exit_2(tmp_path):
         assert f"'{number}' is not a finite number" in result.stderr
 
 
+def test_a_prometheus_range_query_answer_is_read_series_by_series(tmp_path):
+    # What `curl .../api/v1/query_range?query=process_resident_memory_bytes` saves: one result
+    # per series, values as [time, "string"], a NaN where the series went stale.
+    leak = _write(tmp_path / "rss.csv", lambda t: GiB + max(t - 3600, 0) * 0.1 * MiB)
+    flat = _write(tmp_path / "flat.csv", lambda t: GiB)
+    series = []
+    for path, instance in ((leak, "tts-0:9109"), (flat, "tts-1:9109")):
+        values = []
+        for i, line in enumerate(path.read_text().splitlines()[1:]):
+            t, v = line.split(",")
+            values.append([int(t), "NaN" if i % 700 == 0 else v])
+        metric = {"__name__": "process_resident_memory_bytes", "instance": instance}
+        series.append({"metric": metric, "values": values})
+    answer = tmp_path / "query_range.json"
+    answer.write_text(json.dumps({"status": "success", "data": {"resultType": "matrix",
+                                                                 "result": series}}))  # fmt: skip
+    runner = CliRunner()
+    result = runner.invoke(main, ["analyze", str(answer), "--limit", "4GiB", "--json"])
+    assert result.exit_code == 1, result.output  # the first holds a leak
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["series"] == 'process_resident_memory_bytes{instance="tts-0:9109"}'
+    assert second["series"] == 'process_resident_memory_bytes{instance="tts-1:9109"}'
+    gaps = len(range(0, len(series[0]["values"]), 700))
+    assert first["notes"] == [f"{gaps} points without a value skipped (gaps)"]
+    assert first["alerts"] and first["final"]["state"] == "leak"
+    assert second["alerts"] == []
+    # A single-instant query has no history to judge: said, with what is wanted.
+    instant = tmp_path / "query.json"
+    instant.write_text('{"status": "success", "data": {"resultType": "vector", "result": []}}')
+    result = runner.invoke(main, ["analyze", str(instant)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"diag: {instant}: expected a Prometheus range query's answer (/api/v1/query_range, "
+        "resultType matrix) or a CSV with a header 't,value'\n"
+    )
+
+
 def test_a_bad_line_is_shown_as_written_and_a_long_one_cut(tmp_path):
     thousands = tmp_path / "thousands.csv"  # a spreadsheet's thousands separator, quoted
     thousands.write_text('t,value\n0,5\n"1,000",5\n')
-    document = tmp_path / "query_range.json"  # a Prometheus API answer: one long line
-    document.write_text('{"status":"success","data":{"result":[' + "[0,1]," * 2000 + "]}}\n")
+    document = tmp_path / "grafana.html"  # a page saved instead of the export: one long line
+    document.write_text("<html><head>" + "<script>x</script>" * 2000 + "</head></html>\n")
     result = CliRunner().invoke(main, ["analyze", str(thousands), str(document)])
     assert result.exit_code == 2
     shown, header = result.stderr.splitlines()
