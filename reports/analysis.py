@@ -42,7 +42,9 @@ def result_document(series: RecordedSeries, alerts: list[Alert], final: Verdict)
 def summary(series: RecordedSeries, alerts: list[Alert], final: Verdict) -> str:
     t0 = series.times[0]
     span = series.times[-1] - t0
-    lines = [f"{series.path}: {len(series.times):,} samples over {format_duration(span)}"]
+    count = len(series.times)
+    samples = f"{count:,} sample{'' if count == 1 else 's'}"
+    lines = [f"{series.path}: {samples} over {format_duration(span)}"]
     lines.extend(f"  ({note})" for note in series.notes)
     for a in alerts:
         when = f"leak from +{format_duration(a.start - t0)}"

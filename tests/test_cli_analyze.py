@@ -160,6 +160,11 @@ def test_a_prometheus_range_query_answer_is_read_series_by_series(tmp_path):
     # A single-instant query has no history to judge: said, with what is wanted.
     instant = tmp_path / "query.json"
     instant.write_text('{"status": "success", "data": {"resultType": "vector", "result": []}}')
+    single = tmp_path / "single.json"  # one point: said as one
+    single.write_text(json.dumps({"resultType": "matrix", "result": [series[0] | {
+        "values": [[1_700_000_000, "1000"]]}]}))  # fmt: skip
+    result = runner.invoke(main, ["analyze", str(single)])
+    assert result.stdout.splitlines()[0] == f"{single}: 1 sample over 0 s"
     result = runner.invoke(main, ["analyze", str(instant)])
     assert result.exit_code == 2
     assert result.stderr == (
