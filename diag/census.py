@@ -44,7 +44,7 @@ from typing import Any
 
 from diag import OWN_DIRS, c_roots, dominators
 from diag.model import Clock
-from diag.owners import Holder, Link, find_holders, locate
+from diag.owners import TOOLING_DIRS, Holder, Link, find_holders, is_own_type, locate
 from diag.resources_census import (
     GROUPS_PER_RESOURCE,
     Resource,
@@ -705,9 +705,7 @@ class Census:
         if not lost:
             return None
         kinds: dict[type, list[int]] = defaultdict(lambda: [0, 0])
-        for obj in lost:
-            if type(obj).__module__.startswith(OWN_MODULES):
-                continue  # diag's own records (its samples, a finding's sites)
+        for obj in lost:  # diag's own types are left out already
             entry = kinds[type(obj)]
             entry[0] += 1
             entry[1] += dominators.sizeof(obj)
@@ -1203,7 +1201,7 @@ def _held_from_outside(objects: list[Any]) -> list[Any]:
     objects.pop()
     # diag's own objects (a census made while tracing, held by its running frame, which the
     # walk skips) are not the host's: neither they nor what only they hold.
-    outside = [i for i in outside if not type(objects[i]).__module__.startswith(OWN_MODULES)]
+    outside = [i for i in outside if not is_own_type(objects[i])]
     # ... and what those hold among the set, transitively.
     kept = set(outside)
     frontier = [objects[i] for i in outside]
@@ -1211,7 +1209,7 @@ def _held_from_outside(objects: list[Any]) -> list[Any]:
         found = []
         for kid in _referents_with_keys(frontier):
             i = index.get(id(kid))
-            if i is not None and i not in kept and not type(kid).__module__.startswith(OWN_MODULES):
+            if i is not None and i not in kept and not is_own_type(kid):
                 kept.add(i)
                 found.append(kid)
         frontier = found
@@ -1225,9 +1223,7 @@ def _referents_with_keys(objects: Sequence[Any]) -> list[Any]:
     for start in range(0, len(objects), _CHUNK):
         chunk = objects[start : start + _CHUNK]
         kids.extend(gc.get_referents(*chunk))
-        for obj in chunk:
-            if issubclass(type(obj), dict):
-                kids.extend(k for k in dict.keys(obj) if type(k) is str)
+        kids.extend(dominators.str_keys(chunk))
     return kids
 
 
@@ -1246,13 +1242,11 @@ def _references_among(
 
 #: The owner of a window's survivors that no root reaches (see ``Census._unreached``).
 UNREACHED_PATH = "held from C code (no Python referrer)"
-#: The modules of diag's own types.
-OWN_MODULES = ("diag.", "probes.")
 
 
 def _allocated_by_diag(traceback: tracemalloc.Traceback) -> bool:
     """Whether diag's own code made the object (some frame of its stack is diag's)."""
-    return any(frame.filename.startswith(OWN_DIRS) for frame in traceback)
+    return any(frame.filename.startswith(TOOLING_DIRS) for frame in traceback)
 
 
 def _contents(contents: Mapping[tuple[str, ...], list[int]]) -> list[Content]:

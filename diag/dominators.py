@@ -276,6 +276,15 @@ _MANAGED_DICT = 1 << 4
 _UNTRACKED_CONTAINERS = frozenset({dict, tuple})
 
 
+def str_keys(objects: Sequence[Any]) -> list[Any]:
+    """The str keys of the dicts among ``objects``, each as often as a dict holds it: a dict
+    whose keys are all str does not show them to the gc."""
+    dicts = itertools.compress(objects, map(issubclass, map(type, objects), itertools.repeat(dict)))
+    # dict.__iter__, not the object's own: a subclass's __iter__ is the host's code.
+    keys = list(itertools.chain.from_iterable(map(dict.__iter__, dicts)))
+    return list(itertools.compress(keys, map(operator.is_, map(type, keys), _STR)))
+
+
 def born(objects: Sequence[Any], exact: Callable[[Any], Any] | None = None) -> list[Any]:
     """The objects allocated since tracemalloc started tracing, among ``objects`` (the gc's)
     and what the gc does not track beneath them (bytes, str, and the containers CPython
@@ -291,7 +300,7 @@ def born(objects: Sequence[Any], exact: Callable[[Any], Any] | None = None) -> l
     import _tracemalloc
 
     traced: Callable[[Any], Any] = _tracemalloc._get_object_traceback
-    compress, chain, repeat = itertools.compress, itertools.chain, itertools.repeat
+    compress = itertools.compress
     untracked = functools.partial(itertools.filterfalse, gc.is_tracked)
     is_container = _UNTRACKED_CONTAINERS.__contains__
     found: list[Any] = list(compress(objects, map(traced, objects)))
@@ -305,10 +314,7 @@ def born(objects: Sequence[Any], exact: Callable[[Any], Any] | None = None) -> l
             beneath.extend(untracked(compress(kids, map(traced, kids))))
             # A dict whose keys are all str does not show them to the gc (a cache keyed by
             # prompts keeps them as keys): its str keys are asked too.
-            dicts = compress(parents, map(issubclass, map(type, parents), repeat(dict)))
-            keys = list(chain.from_iterable(map(dict.__iter__, dicts)))
-            strs = list(compress(keys, map(operator.is_, map(type, keys), repeat(str))))
-            del keys
+            strs = str_keys(parents)
             beneath.extend(compress(strs, map(traced, strs)))
             del strs
             # Untracked containers are descended whether or not they are new themselves (a
@@ -550,17 +556,12 @@ class _Walk:
             retained += weight
             count += len(chunk)
             kids = gc.get_referents(*chunk)
-            mappings = [k for k in kinds if issubclass(k, dict)]
-            if mappings:
+            if any(issubclass(kind, dict) for kind in kinds):
                 # A dict whose keys are all str does not show them to the gc: listed here,
                 # once per object (the same interned key comes in thousands of dicts). A key
                 # listed twice (a dict with keys of other types shows them) has then more than
                 # one reference and is counted once, through ``labels``.
-                dicts = compress(chunk, map(frozenset(mappings).__contains__, map(type, chunk)))
-                # dict.__iter__, not the object's own: a subclass's __iter__ is the host's code.
-                keys = list(itertools.chain.from_iterable(map(dict.__iter__, dicts)))
-                strs = list(compress(keys, map(operator.is_, map(type, keys), _STR)))
-                del keys
+                strs = str_keys(chunk)
                 kids.extend(dict(zip(map(id, strs), strs, strict=True)).values())
                 del strs
             del chunk

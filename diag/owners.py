@@ -497,7 +497,7 @@ class _Search:
                 return root.text, root.kind
         top = chain[-1]
         inner = top.cell_contents if type(top) is types.CellType and _cell_filled(top) else top
-        if _is_own_type(inner):  # a running frame of diag's own keeps it (a cell, a local)
+        if is_own_type(inner):  # a running frame of diag's own keeps it (a cell, a local)
             return "diag (its own objects)", "own"
         if cyclic:  # garbage the collector has not freed yet, or a cycle C code holds
             return f"held from C code or by a reference cycle (no root): {describe(top)}", "c"
@@ -779,18 +779,18 @@ def _context_text(where: str, text: str, links: list[Link]) -> str:
 _OWN_PACKAGES = frozenset({"diag", "probes", "reports"})
 
 
-def _is_own_type(obj: Any) -> bool:
+def is_own_type(obj: Any) -> bool:
     module = type(obj).__module__
     return type(module) is str and module.split(".", 1)[0] in _OWN_PACKAGES
 
 
 def _is_own_object(obj: Any) -> bool:
     """An instance of diag's types, or a function (a bound method's too) defined in diag."""
-    if _is_own_type(obj):
+    if is_own_type(obj):
         return True
     function = getattr(obj, "__func__", obj)
     code = getattr(function, "__code__", None) if type(function) is types.FunctionType else None
-    return code is not None and code.co_filename.startswith(_TOOLING_DIRS)
+    return code is not None and code.co_filename.startswith(TOOLING_DIRS)
 
 
 def _second(chain: list[Any]) -> Any:
@@ -886,11 +886,11 @@ def _is_ours(obj: Any) -> bool:
 
 #: diag's own packages: the frames of its threads (the sampler, the control socket) hold the
 #: agent's objects, which are nobody's leak.
-_TOOLING_DIRS = tuple(d + os.sep for d in OWN_DIRS)
+TOOLING_DIRS = tuple(d + os.sep for d in OWN_DIRS)
 
 
 def _tooling_frame(frame: types.FrameType) -> bool:
-    return frame.f_code.co_filename.startswith(_TOOLING_DIRS)
+    return frame.f_code.co_filename.startswith(TOOLING_DIRS)
 
 
 def _running_frames(*, users_only: bool) -> Iterator[tuple[str, types.FrameType]]:
