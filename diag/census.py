@@ -678,7 +678,10 @@ class Census:
         analysis = self._dominate(measured, survivors)
         unreached = None
         if analysis is not None and analysis.complete and survivors:
-            unreached = self._unreached(analysis, survivors, measured, survivor_stacks)
+            # The census's own containers of what it found: never holders from C.
+            ours = [survivors, found, parents]
+            unreached = self._unreached(analysis, survivors, measured, survivor_stacks, ours)
+            del ours
         survivors.clear()
         if analysis is not None:
             owners.extend(self._dominator_owners(analysis, survivor_stacks))
@@ -692,16 +695,22 @@ class Census:
         survivors: list[Any],
         measured: Mapping[int, _Measure],
         survivor_stacks: list[_Sampled],
+        ours: Sequence[Any],
     ) -> Owner | None:
         """The window's survivors that no root reaches, once the walk reached everything a
         root does, and that something outside them holds: objects a C extension keeps (a
-        reference it forgot to release), not a reference cycle the gc has yet to collect.
+        reference it forgot to release, a cache it fills), not a reference cycle the gc has
+        yet to collect. ``ours``: the census's own containers that refer to survivors.
         One owner, named so, where they weigh GREW_BYTES or more; diag's own (allocated by
         its code, held by its threads' frames, which the walk skips) are left out by the
         share of the sampled survivors that are, and by their types."""
         labels = analysis.labels
         lost = [s for s in survivors if id(s) not in labels and id(s) not in measured]
-        lost = _held_from_outside(lost)
+        try:
+            lost = _held_from_outside(lost, ours)
+        except Exception:  # a heuristic on reference counts: never into the host
+            self.notes.append("the objects held from C code could not be told")
+            return None
         if not lost:
             return None
         kinds: dict[type, list[int]] = defaultdict(lambda: [0, 0])
@@ -1165,11 +1174,14 @@ def _type_name(value: Any) -> str:
     )
 
 
-def _held_from_outside(objects: list[Any]) -> list[Any]:
+def _held_from_outside(objects: list[Any], ours: Sequence[Any]) -> list[Any]:
     """Those of ``objects`` (no root reaches them) that something outside the heap holds, and
     what they hold among them: what a C extension keeps (a reference it forgot to release
     has no referrer on the heap). The rest, whose every reference comes from objects no root
-    reaches either, are reference cycles the gc has yet to collect: garbage, not a leak.
+    reaches either, are reference cycles the gc has yet to collect: garbage, not a leak,
+    unless one of those objects is held from outside in turn (``_held_above``: a list a C
+    extension made before the window and keeps appending to). ``ours``: the caller's own
+    containers of them, never holders.
 
     The gc's own test: an object's reference count, less the references from the set, less
     those from other objects no root reaches (a list the free list gave back, which is no
@@ -1194,17 +1206,23 @@ def _held_from_outside(objects: list[Any]) -> list[Any]:
             r for r in gc.get_referrers(*suspects) if id(r) not in mine and id(r) not in index
         ]
         beyond = _references_among(referrers, suspects, at)
-        del referrers
-        ours = counts[-1] - within[-1] - beyond[-1]
-        outside = [i for j, i in enumerate(outside) if counts[i] - within[i] - beyond[j] > ours]
+        own = counts[-1] - within[-1] - beyond[-1]
+        outside = [i for j, i in enumerate(outside) if counts[i] - within[i] - beyond[j] > own]
         del suspects
+        mine.update(map(id, ours))
+        mine.update((id(holder), id(referrers)))
+        above = _held_above(referrers, set(index), mine)
+        del referrers
+    else:
+        above = []
     objects.pop()
+    del index[id(holder[0])]
     # diag's own objects (a census made while tracing, held by its running frame, which the
     # walk skips) are not the host's: neither they nor what only they hold.
     outside = [i for i in outside if not is_own_type(objects[i])]
     # ... and what those hold among the set, transitively.
     kept = set(outside)
-    frontier = [objects[i] for i in outside]
+    frontier = [objects[i] for i in outside] + above
     while frontier:
         found = []
         for kid in _referents_with_keys(frontier):
@@ -1214,6 +1232,62 @@ def _held_from_outside(objects: list[Any]) -> list[Any]:
                 found.append(kid)
         frontier = found
     return [objects[i] for i in sorted(kept)]
+
+
+def _held_above(candidates: list[Any], seen: set[int], mine: set[int]) -> list[Any]:
+    """Of ``candidates``, objects no root reaches that refer to the window's unreached objects,
+    and of their unreached referrers in turn (up to ``UPWARD_LEVELS`` up), those that
+    something outside the heap holds, and what those hold among them: a container a C
+    extension made before the window and fills in it, and a list beneath such a dict. The
+    same test as ``_held_from_outside``'s, with a sentinel for this function's own
+    references. Garbage that came to refer to the window's objects before it became garbage
+    has referrers of its own among the unreached, and is never held. ``seen``: the ids of
+    the window's objects, which are no candidates; ``mine``: the caller's containers.
+
+    Written without comprehensions over its locals: one would make a cell of a list, and a
+    cell is a referrer that only this frame holds, so a holder from C to this test."""
+    above: dict[int, Any] = {}
+    held: list[Any] = []
+    mine = {*mine, id(candidates), id(above), id(held)}
+    level = candidates
+    for _ in range(UPWARD_LEVELS):
+        fresh: list[Any] = []
+        for obj in level:
+            if id(obj) not in seen and id(obj) not in mine and not is_own_type(obj):
+                fresh.append(obj)
+                seen.add(id(obj))
+                above[id(obj)] = obj
+        level, fresh, obj = fresh, [], None  # no local of this frame holds a candidate
+        if not level:
+            break
+        level.append(object())  # the sentinel, held as the others are
+        mine.add(id(level))
+        at = {id(o): j for j, o in enumerate(level)}
+        counts = list(map(sys.getrefcount, level))
+        # Every referrer counts, the caller's lists too (they hold the sentinel's peers, not
+        # it, and their references are found here): only the next level leaves them out.
+        referrers = gc.get_referrers(*level)
+        mine.add(id(referrers))
+        within = _references_among(referrers, level, at)
+        own = counts[-1] - within[-1]
+        for j in range(len(level) - 1):
+            if counts[j] - within[j] > own:
+                held.append(level[j])
+        level = referrers
+        del referrers
+    # Down again from those held, through the unreached between them and the window's.
+    for obj in held:
+        del above[id(obj)]
+    frontier = held
+    while frontier:
+        below = []
+        for kid in _referents_with_keys(frontier):
+            obj = above.pop(id(kid), None)
+            if obj is not None:
+                below.append(obj)
+        held.extend(below)
+        frontier = below
+    return held
 
 
 def _referents_with_keys(objects: Sequence[Any]) -> list[Any]:
@@ -1240,6 +1314,9 @@ def _references_among(
     return counted
 
 
+#: How many levels of unreached referrers above the window's objects are asked whether C
+#: code holds them (``_held_above``): a C-held cache of containers of the new objects is two.
+UPWARD_LEVELS = 3
 #: The owner of a window's survivors that no root reaches (see ``Census._unreached``).
 UNREACHED_PATH = "held from C code (no Python referrer)"
 

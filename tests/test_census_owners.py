@@ -250,6 +250,79 @@ def test_a_windows_objects_held_from_c_are_one_owner_and_garbage_cycles_none(svc
     assert held[0].allocation_stacks[0].frames[0].function == "leak_references"
 
 
+@pytest.mark.parametrize("collecting", [True, False], ids=["gc-on", "gc-off"])
+def test_garbage_cycles_alone_are_never_held_from_c(svc, collecting):
+    # Cycles made before the window and in it: the test upward (``_held_above``) meets the
+    # census's own lists among the referrers, held only by its frames, and must not take
+    # them for a C extension's.
+    import gc
+
+    make_garbage(3000)
+    _, baseline = take_dump(top=50, time_budget=60)
+    enabled = gc.isenabled()
+    if not collecting:
+        gc.disable()
+    tracemalloc.start(5)
+    try:
+        make_garbage(2000)
+        dump, _ = take_dump(
+            top=50, time_budget=60, baseline=baseline, on_collected=tracemalloc.stop
+        )
+    finally:
+        tracemalloc.stop()
+        if enabled:
+            gc.enable()
+        gc.collect()
+    assert [o.path for o in dump.owners if o.root == "c"] == []
+    assert not [n for n in dump.notes if "held from C" in n]
+
+
+def c_held_store(nested):
+    """A cache only C code holds (an extension's static): its address, no reference. Nested:
+    the buffers go in a list beneath the held dict."""
+    import ctypes
+
+    store: list[bytearray] = []
+    held = {"audio": store} if nested else store
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(held))
+    return id(held)
+
+
+def append_to_c_held_store(address, nested, count):
+    import ctypes
+
+    held = ctypes.cast(address, ctypes.py_object).value  # a new reference, dropped on return
+    store = held["audio"] if nested else held
+    for _ in range(count):
+        store.append(bytearray(2_000))
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["list", "list-in-dict"])
+def test_a_container_held_from_c_before_the_window_owns_what_it_gained_in_it(svc, nested):
+    import ctypes
+    import gc
+
+    address = c_held_store(nested)
+    append_to_c_held_store(address, nested, 100)
+    _, baseline = take_dump(top=50, time_budget=60)
+    tracemalloc.start(5)
+    try:
+        append_to_c_held_store(address, nested, 2000)
+        dump, _ = take_dump(
+            top=50, time_budget=60, baseline=baseline, on_collected=tracemalloc.stop
+        )
+    finally:
+        tracemalloc.stop()
+        ctypes.pythonapi.Py_DecRef(ctypes.c_void_p(address))
+        gc.collect()
+    held = [o for o in dump.owners if o.root == "c" and o.path.startswith("held from C code")]
+    assert [o.path for o in held] == ["held from C code (no Python referrer)"]
+    # What the list gained in the window (its 100 older buffers are no survivors).
+    assert 0.9 * 2000 * 2_000 <= held[0].retained_bytes <= 1.2 * 2000 * 2_000
+    assert held[0].contents[0].type == "bytearray"
+    assert held[0].allocation_stacks[0].frames[0].function == "append_to_c_held_store"
+
+
 def test_class_attributes_and_thread_locals_name_their_root(svc):
     def make_store():
         class SessionStore:
