@@ -63,6 +63,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import statistics
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -94,6 +95,20 @@ EPISODE_MIN_RISE_SHARE = 0.25
 #: long as it had grown is a new growth, not the same leak's rhythm.
 PAUSE_BRIDGE = 1.25
 PAUSE_MAX_SHARE_OF_SPELL = 2.0
+#: A staircase (``Detector._staircase``) has this many steps at least, each a rise of the
+#: floor by this many noise units (and by this share of the level) within this many points,
+#: that stays; its spacings and sizes agree within these factors, and its last step
+#: came within this many spacings of now. Its steps are found anew at least this often, and
+#: it is asked this often.
+STAIR_MIN_STEPS = 4
+STAIR_STEP_NOISE = 6.0
+STAIR_STEP_POINTS = 2
+STAIR_STEP_SHARE = 0.025
+STAIR_SPACING_SPREAD = 2.0
+STAIR_SIZE_SPREAD = 2.0
+STAIR_ONGOING = 1.5
+STAIR_REFRESH_SECONDS = 1800.0
+STAIR_EVERY_SECONDS = 120.0
 #: No gauge reads a value this large (bytes stay under 2**64, about 1.8e19), and the fits
 #: square the readings: a sample beyond it, or not a number at all, is taken for corruption.
 MAX_READING = 1e100
@@ -187,6 +202,37 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class _Stair:
+    """A staircase's steps (``Detector._staircase``): how many, their median size and
+    spacing, when the last came, and how much sizes and spacings varied (standard
+    deviations)."""
+
+    count: int
+    size: float
+    spacing: float
+    last: float
+    size_sd: float
+    spacing_sd: float
+
+    def forecast(self, headroom: float, now: float) -> tuple[float, float, float]:
+        """When the step that does not fit comes (not where the mean rate crosses the
+        limit), and its bounds: two standard errors of the size and pace as estimated from
+        these steps, and two deviations of one step's own timing."""
+        pace_se = self.spacing_sd / math.sqrt(self.count - 1)
+
+        def due(size: float, spacing: float) -> float:
+            return self.last + (math.floor(headroom / size) + 1) * spacing - now
+
+        jitter = 2 * self.spacing_sd
+        return (
+            max(due(self.size, self.spacing), 0.0),
+            max(due(self.size + 2 * self.size_sd, self.spacing - 2 * pace_se) - jitter, 0.0),
+            due(max(self.size - 2 * self.size_sd, self.size / 2), self.spacing + 2 * pace_se)
+            + jitter,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _Window:
     """What one candidate window says; ``evaluated_at`` lets it be reused until stale."""
 
@@ -208,6 +254,8 @@ class _Window:
     rising: bool = False
     #: How long the growth has gone on: the window less its opening stretch at its first floor.
     growing_for: float = math.inf
+    #: A staircase's (``Detector._staircase``).
+    staircase: _Stair | None = None
 
     @classmethod
     def quiet(cls, seconds: float, now: float) -> _Window:
@@ -311,6 +359,61 @@ def _without_largest_rise(ys: Sequence[float]) -> list[float]:
     return [*ys[: at + 1], *(y - rise for y in ys[at + 1 :])]
 
 
+def _steps(ends: Sequence[float], lows: Sequence[float], jump: float) -> list[tuple[float, float]]:
+    """When the floor rose to a new level and by how much: by ``jump`` or more above its level
+    so far (the mean of its floors since the last step: a dip under it is no level) within
+    ``STAIR_STEP_POINTS`` points, and still as high at the next point (a step stays). A climb
+    over neighbouring points is one step."""
+    steps: list[tuple[float, float]] = []
+    level = [lows[0]]
+    total = lows[0]  # of the level's floors: their mean is the level (a flat stair's)
+    i = 1
+    while i < len(lows):
+        base = total / len(level)
+        if lows[i] <= base - jump:
+            down = i + 1
+            while down < len(lows) and lows[down] <= base - jump:
+                down += 1
+            if down - i >= STAIR_STEP_POINTS + 1:
+                # The floor gave memory back and kept it so (a burst's end, a cycle's night):
+                # no staircase leads here; one may begin from the new level.
+                steps.clear()
+                level = [lows[i]]
+                total = lows[i]
+                i += 1
+            else:
+                i = down  # a dip that came back (a cache emptied and filled again): no level
+            continue
+        stays = i + 1 >= len(lows) or lows[i + 1] >= base + jump
+        if lows[i] >= base + jump and stays:
+            # The new level: where the climb ends (the points that keep rising by a jump's
+            # share within the step's few points).
+            top = i
+            while (
+                top + 1 < len(lows)
+                and top + 1 - i < STAIR_STEP_POINTS
+                and (lows[top + 1] - lows[top] >= jump / 2)
+            ):
+                top += 1
+            if max(level) - min(level) > jump / 2:
+                steps.clear()  # the floor crept up before it: a curve, not a flat stair
+            steps.append((ends[i], lows[top] - base))
+            level = [lows[top]]
+            total = lows[top]
+            i = top + 1
+            continue
+        level.append(lows[i])
+        total += lows[i]
+        i += 1
+    return steps
+
+
+def _leak_reason(window: _Window) -> str:
+    if window.staircase is not None:
+        return STAIRCASE_REASON
+    return LEAK_REASONS[window.load]
+
+
 def _end_rate(ts: Sequence[float], ys: Sequence[float]) -> float:
     """The rise from the first two points to the last two, per second."""
     span = (ts[-1] + ts[-2] - ts[0] - ts[1]) / 2
@@ -393,6 +496,11 @@ class Detector:
         self._drop_at: tuple[float, float] | None = None
         self._drops: deque[float] = deque(maxlen=8)
         self._windows: dict[int, _Window] = {}
+        #: The staircase's steps as last found (``_staircase``): the regime's start, when, the
+        #: highest floor then, the least step, and the steps.
+        self._stair: tuple[float, float, float, float, list[tuple[float, float]]] | None = None
+        #: ... and what it last said: when, in which regime, and its window (None: none).
+        self._stair_window: tuple[float, float | None, _Window | None] | None = None
         # The trailing run of points that all hold one value: that value (None: the newest
         # point moved inside it), and the end of the newest point outside the run. A resource
         # count that does not move is steady without a window search (``_flat_since``).
@@ -1152,6 +1260,18 @@ class Detector:
                 continue
             best = window
         if best is None:
+            # Between a staircase's steps its windows are flat or stalled, and over one its
+            # few steps make a ratchet: the steps are judged over the whole regime instead,
+            # every STAIR_EVERY_SECONDS (as a window is re-evaluated every eighth of its span).
+            last = self._stair_window
+            if (
+                last is None
+                or now - last[0] >= STAIR_EVERY_SECONDS
+                or last[1] != self._regime_start
+            ):
+                self._stair_window = last = (now, self._regime_start, self._staircase(now))
+            best = last[2]
+        if best is None:
             if bounded is not None:
                 why = "rising in a few steps" if bounded.steps else "growth is slowing down"
                 return self._verdict(now, "bounded_growth", why, bounded)
@@ -1186,7 +1306,101 @@ class Detector:
             # Once a leak, a leak while the growth goes on: as the onset slides through the
             # windows the longest clean one can shrink for a while, and alerts must not flap.
             return self._verdict(now, "growing", "steady growth, watched too briefly yet", best)
-        return self._verdict(now, "leak", LEAK_REASONS[best.load], best)
+        return self._verdict(now, "leak", _leak_reason(best), best)
+
+    def _staircase(self, now: float) -> _Window | None:
+        """The regime's floor rising in evenly spaced steps of like size, still going: a leak
+        that is retained a block at a time (a caching allocator reserving a segment for each
+        few leaked tensors, a batch job's results kept each run). A ratchet's steps are new
+        peaks of a working set, which come ever more rarely (the records of a random series);
+        a burst's residue comes when a burst beats every earlier one, as rarely. A window
+        holds too few steps to tell them apart (two make a ratchet), so they are found over
+        the whole regime since its warm-up, the last ones that agree."""
+        assert self._regime_start is not None
+        first = bisect_right(self._ends, self._regime_start + self.config.warmup_seconds)
+        lows = self._lows[first:]
+        if len(lows) < 2 * STAIR_MIN_STEPS:
+            return None
+        # Quick answers first (this is asked wherever no window found a leak): the floor must
+        # stand near its highest, and the steps must have risen by their least total.
+        high = max(lows)
+        if lows[-1] < (1 - STAIR_STEP_SHARE) * high or (
+            high - min(lows) < STAIR_MIN_STEPS * STAIR_STEP_SHARE * high
+        ):
+            return None
+        ends = self._ends[first:]
+        # Steps of a few percent of the level at least: smaller ones are many before an OOM,
+        # and the windows judge them (a gauge that wanders by its resolution, a page or an
+        # allocator's block, makes one-unit "steps" that its merged history shows as clean).
+        # They are found anew once the floor has risen by half a step above its highest when
+        # they were last found (a new step), or after STAIR_REFRESH_SECONDS (merged history,
+        # the noise); between, a flat stair's steps are what they were, and this is asked
+        # wherever no window found a leak. (A floor that fell from its high fails above.)
+        cached = self._stair
+        if (
+            cached is not None
+            and cached[0] == self._regime_start
+            and now - cached[1] < STAIR_REFRESH_SECONDS
+            and lows[-1] < cached[2] + cached[3] / 2
+        ):
+            jump, steps = cached[3], cached[4]
+        else:
+            jump = max(STAIR_STEP_NOISE * _minima_noise(lows), STAIR_STEP_SHARE * _median(lows))
+            steps = _steps(ends, lows, jump)
+            self._stair = (self._regime_start, now, high, jump, steps)
+        # The last steps that agree: evenly spaced, of like size, none later than due.
+        run = len(steps)
+        while run > STAIR_MIN_STEPS - 1:
+            chosen = steps[-run:]
+            gaps = [b[0] - a[0] for a, b in itertools.pairwise(chosen)]
+            sizes = [size for _, size in chosen]
+            if (
+                max(gaps) <= STAIR_SPACING_SPREAD * min(gaps)
+                and gaps[-1] <= 1.5 * gaps[0]
+                and max(sizes) <= STAIR_SIZE_SPREAD * min(sizes)
+            ):
+                break
+            run -= 1
+        if run < STAIR_MIN_STEPS:
+            return None
+        spacing = _median(gaps)
+        if now - chosen[-1][0] > STAIR_ONGOING * spacing:
+            return None  # it stopped
+        began = chosen[0][0] - spacing
+        # A leak's floor gives nothing back: falls half a step deep, as many as the steps
+        # (noise the steps' size, a gauge that wanders by its resolution), are no staircase;
+        # a dip or two may come (a cache emptied and filled again).
+        since = bisect_right(ends, began)
+        falls = sum(a - b >= jump / 2 for a, b in itertools.pairwise(lows[since:]))
+        if falls > run // 2 - 1:
+            return None
+        rate = sum(sizes[1:]) / (chosen[-1][0] - chosen[0][0])
+        stair = _Stair(
+            run,
+            _median(sizes),
+            spacing,
+            chosen[-1][0],
+            statistics.pstdev(sizes),
+            statistics.pstdev(gaps),
+        )
+        # The rate's uncertainty: as much as the spacings and sizes vary.
+        spread = stair.spacing_sd / spacing + stair.size_sd / stair.size
+        _, _, tops = self._groups(now - spacing, spacing, 1)
+        return _Window(
+            seconds=now - began,
+            evaluated_at=now,
+            significant=True,
+            onset_inside=False,
+            decelerating=False,
+            steps=False,
+            load=None,
+            rate=rate,
+            rate_se=rate * spread / math.sqrt(run - 1),
+            drift=0.0,
+            top=max(tops) if tops else self._highs[-1],
+            growing_for=now - began,
+            staircase=stair,
+        )
 
     def _flat_since(self, start: float) -> bool:
         """Whether every point that ends after ``start`` (one at least) holds one value."""
@@ -1204,6 +1418,8 @@ class Detector:
             return None
         headroom = max(self.limit - window.top, 0.0)
         spread = math.hypot(2 * window.rate_se, window.drift)
+        if window.staircase is not None:
+            return window.staircase.forecast(headroom, window.evaluated_at)
         return (
             headroom / window.rate,
             headroom / (window.rate + spread),
@@ -1224,6 +1440,10 @@ class Detector:
         )
 
 
+STAIRCASE_REASON = (
+    "rising in evenly spaced steps of like size that go on: retained a block at a time, not a "
+    "working set's new peaks (those come ever more rarely)"
+)
 LEAK_REASONS = {
     None: "steady growth of the lower envelope",
     "steady": "steady growth of the lower envelope at a steady request rate",

@@ -629,6 +629,57 @@ def test_an_allocator_step_on_the_warm_ups_tail_is_not_a_leak(level, step_mib, s
     assert all(a.start >= onset for a in alerts), [a.start / 60 for a in alerts]
 
 
+@pytest.mark.parametrize("spacing", [1500.0, 2400.0])
+def test_a_leak_retained_a_segment_at_a_time_is_called_at_its_fourth_step(spacing):
+    """Leaked tensors under a caching allocator: reserved memory climbs a 270 MiB segment
+    every 25 or 40 minutes (jittered), flat between, and once the allocator gave its cache
+    back for two minutes. The windows alone called it halfway to the OOM, a quarter of the
+    time left, with the forecast a third of it: over any window the few steps make a
+    ratchet, and the dip breaks their trend. Over the regime the steps are even in spacing
+    and size and go on; the OOM comes at the step that does not fit."""
+    rng = random.Random(7)
+    onset, limit = 3 * 3600.0, 7 * GiB
+    steps = [onset + spacing * (k + rng.uniform(-0.1, 0.1)) for k in range(1, 40)]
+    dip = steps[1] + spacing / 2
+
+    def shape(t):
+        emptied = 800 * MiB if dip <= t < dip + 120 else 0
+        return 5.4 * GiB + 270 * MiB * sum(t >= s for s in steps) - emptied
+
+    times, values = _allocator_series(shape, 30, limit)
+    alerts = replay(times, values, limit)
+    assert alerts, "the leak was missed"
+    first = alerts[0]
+    assert steps[3] <= first.start <= steps[3] + 180, (first.start - steps[3]) / 60
+    t_oom = times[-1]
+    assert abs(math.log2(first.seconds_to_oom / (t_oom - first.start))) <= 0.25
+    assert first.seconds_to_oom_low < first.seconds_to_oom < first.seconds_to_oom_high
+    # Held through its flat stretches: one episode to the OOM.
+    assert len(alerts) == 1 and alerts[0].end is None
+
+
+def test_a_staircase_needs_even_steps_that_go_on():
+    """Quiet: five steps whose spacing doubles (a working set's new peaks), and four even
+    steps that then stop (the leak is called while they go on, and left once they stop)."""
+    limit = 8 * GiB
+
+    def ratchet(t):
+        return 5 * GiB + 270 * MiB * sum(t >= s for s in (3600, 7200, 14400, 28800, 57600))
+
+    times, values = _allocator_series(ratchet, 30, limit)
+    assert replay(times, values, limit) == []
+    even = [3 * 3600.0 + 1500 * k for k in range(1, 5)]
+
+    def stopped(t):
+        return 5 * GiB + 270 * MiB * sum(t >= s for s in even)
+
+    times, values = _allocator_series(stopped, 30, limit)
+    alerts = replay(times, values, limit)
+    assert all(a.end is not None and a.end <= even[-1] + 4 * 3600 for a in alerts), _in_hours(
+        alerts
+    )
+
+
 def test_one_step_is_no_rate_and_a_ramp_that_holds_is_one_step():
     from diag.detect import _ratchet, _without_largest_rise
 
