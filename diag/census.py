@@ -1187,8 +1187,8 @@ def _held_from_outside(objects: list[Any], ours: Sequence[Any]) -> list[Any]:
     those from other objects no root reaches (a list the free list gave back, which is no
     survivor because tracemalloc did not see it made), is held from outside. This function's
     own references are measured on a sentinel held as the others are. A leaked container
-    that came from a free list (the first 80 dicts or lists of a window) is no survivor, and
-    what it holds is then taken for its own: those few are missed, not misnamed."""
+    that came from a free list (the first 80 dicts or lists of a window) is no survivor: the
+    test upward finds it, and what it holds of the set is kept."""
     holder = [object()]  # the sentinel: in a list besides ``objects``, as a survivor is
     objects.append(holder[0])
     index = {id(o): i for i, o in enumerate(objects)}
