@@ -115,6 +115,9 @@ class Cause:
     summary: str
     evidence: list[str] = field(default_factory=list)
     growth_accounting: dict[str, Any] | None = None
+    #: What a leak's summary names: one holder, or the path under which several grew
+    #: together (``holders`` > 1); None where it names none.
+    culprit: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -368,6 +371,42 @@ def fragmentation_line(growth: GrowthAccount) -> str | None:
     )
 
 
+def _root_group(
+    owner_growth: Sequence[tuple[str, float]],
+    owner_steps: Mapping[str, Sequence[str]],
+    needed: float,
+) -> tuple[str, int, float] | None:
+    """The deepest path, a root variable or beneath one (two steps of a chain at least: a
+    module and its global, a class and its attribute), under which two or more growing
+    holders together grow ``needed`` or more: (path, how many, their rate)."""
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for path, rate in owner_growth:
+        steps = owner_steps.get(path) or ()
+        if rate <= 0 or len(steps) < 2:
+            continue
+        for depth in range(2, len(steps) + 1):
+            entry = groups.setdefault(tuple(steps[:depth]), [0, 0.0])
+            entry[0] += 1
+            entry[1] += rate
+    found = [(len(key), key, int(n), rate) for key, (n, rate) in groups.items()]
+    deepest = max(
+        (g for g in found if g[2] >= 2 and g[3] >= needed), key=lambda g: (g[0], g[3]), default=None
+    )
+    if deepest is None:
+        return None
+    _, key, count, rate = deepest
+    return "".join(key), count, rate
+
+
+def _culprit(path: str, holders: int, rate: float, whole: float) -> dict[str, Any]:
+    return {
+        "path": path,
+        "holders": holders,
+        "bytes_per_second": rate,
+        "share": rate / whole if whole > 0 else None,
+    }
+
+
 def classify(
     series: Mapping[str, Points],
     owner_growth: Sequence[tuple[str, float]] = (),
@@ -378,9 +417,12 @@ def classify(
     measured: Measured | None = None,
     device_share: Mapping[str, float] | None = None,
     disturbed: Sequence[tuple[float, float]] = (),
+    owner_steps: Mapping[str, Sequence[str]] | None = None,
 ) -> Cause:
     """``series``: name -> recent points (CUDA ones summed over devices); ``owner_growth``:
     (holder path, bytes per second) measured over a traced window, biggest first;
+    ``owner_steps``: each holder's path as its chain's steps (root first), which groups the
+    holders beneath one root variable;
     ``verdicts``: the agent's current verdicts on its memory series (None: no detector, as in
     a replay); ``measured``: the traced window's own readings, when this dump closes one;
     ``disturbed``: spans when diag's own dumps disturbed the host (see ``without_steps``)."""
@@ -395,7 +437,9 @@ def classify(
         device_share=device_share,
         trimmed_bytes=trimmed_bytes,
     )
-    cause = _classify(series, owner_growth, worker, trimmed_bytes, verdicts, measured, growth)
+    cause = _classify(
+        series, owner_growth, worker, trimmed_bytes, verdicts, measured, growth, owner_steps or {}
+    )
     if growth is not None:
         cause.growth_accounting = growth.to_json()
         line = fragmentation_line(growth)
@@ -412,6 +456,7 @@ def _classify(
     verdicts: Mapping[str, Verdict] | None,
     measured: Measured | None,
     growth: GrowthAccount | None,
+    owner_steps: Mapping[str, Sequence[str]],
 ) -> Cause:
     grows = MIN_GROWTH_PER_HOUR / 3600
     judged = detector_state(verdicts)
@@ -475,12 +520,34 @@ def _classify(
     fast = top_rate >= FAST_HOLDER_GROWTH * grows and top_rate >= FAST_HOLDER_SHARE * whole
     culprit = top_rate >= grows and (explains or fast)
 
+    # ... or, where no holder explains it alone, the path beneath one root variable under
+    # which several grew that together do: an engine's sessions keeping logits, KV caches and
+    # audio in containers of their own, each a fifth of the growth. Naming the biggest of
+    # them would send the reader to a fifth of the leak.
+    group = None
+    if top_rate < EXPLAINS * whole:
+        group = _root_group(owner_growth, owner_steps, max(EXPLAINS * whole, grows))
+
     def named_leak() -> Cause:
         share = f", {top_rate / whole:.0%} of the growth" if whole > 0 else ""
         evidence.append(
             f"{top_path} grew {_per_hour(top_rate)}{share}; holders in all {_per_hour(held)}"
         )
-        return Cause("leak", f"live objects are piling up in {top_path}", evidence)
+        culprit = _culprit(top_path, 1, top_rate, whole)
+        return Cause("leak", f"live objects are piling up in {top_path}", evidence, None, culprit)
+
+    def named_group(path: str, count: int, rate: float) -> Cause:
+        evidence.append(
+            f"{count} holders under {path} grew {_per_hour(rate)} together, "
+            f"{rate / whole:.0%} of the growth; {top_path} the most, {_per_hour(top_rate)}"
+        )
+        return Cause(
+            "leak",
+            f"live objects are piling up under {path}, in {count} holders beneath it",
+            evidence,
+            None,
+            _culprit(path, count, rate, whole),
+        )
 
     if judged is not None and judged[0] != "growing":
         state, verdict = judged
@@ -505,6 +572,8 @@ def _classify(
             )
         return Cause("no_growth", "memory is not growing (the detector says steady)", evidence)
 
+    if group is not None:
+        return named_group(*group)
     if owner_growth and culprit:
         return named_leak()
     native = growth.native_bytes_per_second

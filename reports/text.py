@@ -246,12 +246,20 @@ NO_HOLDER_CAUSES = frozenset(
 def finding_phrase(report: PostMortem) -> str | None:
     """What the last culprit finding says grows: its biggest growing holder, or None; where
     its cause blames none (native memory, the allocator), that cause: a holder growing
-    beside a native leak explains a few percent of it, and is no culprit."""
+    beside a native leak explains a few percent of it, and is no culprit; where it names
+    several holders beneath one path (none explains the growth alone), that path."""
     finding = report.last_finding or {}
     cause = finding.get("cause") or {}
     if cause.get("kind") in NO_HOLDER_CAUSES:
         kind = str(cause["kind"]).replace("_", " ")
         return f"the last culprit finding blames no Python holder ({kind}: {cause.get('summary')})"
+    culprit = cause.get("culprit") or {}
+    if (culprit.get("holders") or 0) > 1:
+        return (
+            f"the last culprit finding names {culprit.get('path', '?')}: "
+            f"{culprit['holders']} holders beneath it grew "
+            f"+{format_bytes(culprit.get('bytes_per_second') or 0)}/s together"
+        )
     owners = finding.get("owners") or []
     growing = [o for o in owners if (o.get("growth_bytes_per_second") or 0) > 0]
     if not growing:

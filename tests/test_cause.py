@@ -1,5 +1,7 @@
 """Cause classification: each kind of growth from the marks it leaves on the series."""
 
+import pytest
+
 from diag.cause import classify
 
 MiB = 1024 * 1024
@@ -95,3 +97,49 @@ def test_a_fast_growing_holder_is_a_leak_even_when_rss_grows_faster():
     assert classify(series, [("svc._ERRORS", 0.3 * MiB)]).kind == "leak"
     # A holder creeping at a few KB/s beside fast native growth is not blamed for it.
     assert classify(series, [("svc.small", 5000.0)]).kind != "leak"
+
+
+ENGINE = ["svc", ".ENGINE"]
+
+
+def test_holders_that_grow_together_beneath_one_root_name_that_root():
+    # An engine keeping each session's tensors in five containers of its own: each a fifth.
+    series = {"process_resident_memory_bytes": line(MiB), "malloc_in_use_bytes": line(MiB)}
+    parts = ["kv", "logits", "audio", "mask", "embeddings"]
+    growth = [(f"svc.ENGINE.{part}[<str>]", 0.18 * MiB) for part in parts]
+    growth.append(("svc.OTHER", 0.01 * MiB))
+    steps = {f"svc.ENGINE.{part}[<str>]": [*ENGINE, f".{part}", "[<str>]"] for part in parts}
+    steps["svc.OTHER"] = ["svc", ".OTHER"]
+    cause = classify(series, growth, owner_steps=steps)
+    assert cause.kind == "leak"
+    assert cause.summary == "live objects are piling up under svc.ENGINE, in 5 holders beneath it"
+    assert cause.culprit is not None
+    assert (cause.culprit["path"], cause.culprit["holders"]) == ("svc.ENGINE", 5)
+    assert cause.culprit["share"] == pytest.approx(0.9, rel=0.05)
+    # Without the chains (a replay of an older history), the biggest fast holder, as before.
+    assert classify(series, growth).summary.endswith("in svc.ENGINE.kv[<str>]")
+
+
+def test_a_holder_that_explains_the_growth_alone_is_named_alone():
+    series = {"process_resident_memory_bytes": line(MiB), "malloc_in_use_bytes": line(MiB)}
+    growth = [("svc.ENGINE.kv[<str>]", 0.6 * MiB), ("svc.ENGINE.logits[<str>]", 0.3 * MiB)]
+    steps = {
+        "svc.ENGINE.kv[<str>]": [*ENGINE, ".kv", "[<str>]"],
+        "svc.ENGINE.logits[<str>]": [*ENGINE, ".logits", "[<str>]"],
+    }
+    cause = classify(series, growth, owner_steps=steps)
+    assert cause.summary == "live objects are piling up in svc.ENGINE.kv[<str>]"
+    assert cause.culprit is not None and cause.culprit["holders"] == 1
+
+
+def test_holders_beneath_different_roots_are_no_group():
+    # Five module globals each growing a fifth: no root variable holds them together (their
+    # module alone is no root), so the biggest fast one is named as before, with its share.
+    series = {"process_resident_memory_bytes": line(MiB), "malloc_in_use_bytes": line(MiB)}
+    names = ["A", "B", "C", "D", "E"]
+    growth = [(f"svc.{name}", 0.18 * MiB) for name in names]
+    steps = {f"svc.{name}": ["svc", f".{name}"] for name in names}
+    cause = classify(series, growth, owner_steps=steps)
+    assert cause.summary == "live objects are piling up in svc.A"
+    assert cause.culprit is not None and cause.culprit["holders"] == 1
+    assert "svc.A grew 648.0 MiB/h, 18% of the growth; holders in all 3.2 GiB/h" in cause.evidence

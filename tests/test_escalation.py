@@ -287,3 +287,42 @@ def test_the_agent_gives_its_escalation_the_detectors_verdicts():
         "process_resident_memory_bytes": agent.analyzer.verdicts["process_resident_memory_bytes"],
         "cuda_allocated_bytes{device=0}": agent.analyzer.verdicts["cuda_allocated_bytes{device=0}"],
     }
+
+
+class _Engine:
+    """Per-session state kept in eight containers of its own: each an eighth of a leak (and
+    under a quarter of RSS's growth while that is half the holders' or more: a window's RSS
+    can grow less than they do, where freed memory is reused)."""
+
+    def __init__(self):
+        self.kv, self.logits, self.audio, self.mask = ({} for _ in range(4))
+        self.embeddings, self.prompts, self.speakers, self.alignments = ({} for _ in range(4))
+
+
+_ENGINE = _Engine()
+
+
+def test_a_leak_spread_over_holders_beneath_one_root_names_that_root():
+    findings = []
+
+    def serve():
+        for container in vars(_ENGINE).values():
+            start = len(container)
+            for i in range(start, start + 200):
+                container[i] = torch.zeros(16384)  # 64 KiB: the window's RSS follows them
+
+    timing = played(serve)
+    escalation = make_escalation(findings, verdicts=lambda: judged("leak"), **timing)
+    try:
+        found = escalation.dump(DumpRequest(window=0.6))
+    finally:
+        for container in vars(_ENGINE).values():
+            container.clear()
+    cause = found.cause
+    # No holder is a quarter of the growth; together, beneath the engine, they are all of it.
+    by_owner = {o["path"]: o["share"] for o in cause["growth_accounting"]["by_owner"]}
+    assert max(by_owner.values()) < 0.25, by_owner
+    assert cause["kind"] == "leak", cause
+    assert cause["culprit"]["path"] == "tests.test_escalation._ENGINE", cause
+    assert cause["culprit"]["holders"] == 8
+    assert "piling up under tests.test_escalation._ENGINE, in 8 holders" in cause["summary"]

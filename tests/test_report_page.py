@@ -306,6 +306,26 @@ def test_a_finding_that_blames_native_memory_is_said_so_not_its_top_holder(tmp_p
     )
 
 
+def test_a_finding_that_names_a_root_over_several_holders_is_said_so(tmp_path):
+    # Five holders beneath one engine, none a quarter of the growth: the finding names the
+    # engine, and the verdict line must not name the biggest fifth.
+    report = _built(tmp_path, "leak")
+    finding = _finding(T0 + 100)
+    finding["cause"] = {
+        "kind": "leak",
+        "summary": "live objects are piling up under svc.ENGINE, in 5 holders beneath it",
+        "evidence": [],
+        "culprit": {"path": "svc.ENGINE", "holders": 5, "bytes_per_second": 5 * MiB, "share": 0.9},
+    }
+    report.last_finding = finding
+    line = text.verdict_line(report)
+    assert CULPRIT not in line
+    assert line.endswith(
+        "; the last culprit finding names svc.ENGINE: 5 holders beneath it grew +5.0 MiB/s "
+        "together."
+    )
+
+
 def test_a_healthy_run_says_its_memory_stayed_flat(tmp_path):
     report = _built(tmp_path, "healthy")
     assert {s.verdict for s in report.series} == {"steady"}
