@@ -1253,7 +1253,12 @@ def _held_above(candidates: list[Any], seen: set[int], mine: set[int]) -> list[A
     for _ in range(UPWARD_LEVELS):
         fresh: list[Any] = []
         for obj in level:
-            if id(obj) not in seen and id(obj) not in mine and not is_own_type(obj):
+            if (
+                id(obj) not in seen
+                and id(obj) not in mine
+                and type(obj) not in _NEVER_HELD_FROM_C
+                and not is_own_type(obj)
+            ):
                 fresh.append(obj)
                 seen.add(id(obj))
                 above[id(obj)] = obj
@@ -1314,9 +1319,13 @@ def _references_among(
     return counted
 
 
+#: What refers to the window's objects from a running frame: a cell of a frame's closure
+#: variables, or the frame itself. No root reaches them where the frame is diag's (the walk
+#: skips its frames), and only the thread holds them: never C code's cache.
+_NEVER_HELD_FROM_C = (types.CellType, types.FrameType)
 #: How many levels of unreached referrers above the window's objects are asked whether C
 #: code holds them (``_held_above``): a C-held cache of containers of the new objects is two.
-UPWARD_LEVELS = 3
+UPWARD_LEVELS = 2
 #: The owner of a window's survivors that no root reaches (see ``Census._unreached``).
 UNREACHED_PATH = "held from C code (no Python referrer)"
 

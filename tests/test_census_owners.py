@@ -277,6 +277,21 @@ def test_garbage_cycles_alone_are_never_held_from_c(svc, collecting):
     assert not [n for n in dump.notes if "held from C" in n]
 
 
+def test_a_running_frames_cell_is_never_taken_for_a_holder_from_c():
+    # A census's own local that a comprehension reads is a cell of its running frame: only
+    # the frame holds it, which the gc does not show, and no root reaches it (diag's frames
+    # are skipped). The test upward must not take it for a C extension's cache.
+    import gc
+
+    from diag.census import _held_above
+
+    found = [bytearray(100)]
+    assert [x for x in range(1) if found]  # ``found`` is now a cell of this frame
+    cells = [r for r in gc.get_referrers(found) if isinstance(r, types.CellType)]
+    assert cells
+    assert _held_above(cells, set(), set()) == []
+
+
 def c_held_store(nested):
     """A cache only C code holds (an extension's static): its address, no reference. Nested:
     the buffers go in a list beneath the held dict."""
