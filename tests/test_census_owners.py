@@ -222,17 +222,17 @@ def make_garbage(count):
         root.children.append(Node(root))  # a cycle: only the gc frees it
 
 
-def test_a_windows_objects_held_from_c_are_one_owner_and_garbage_cycles_none(svc):
+def traced_dump(baseline, work, *, collecting=True):
+    """The dump that closes a traced window in which ``work`` ran; the gc off meanwhile unless
+    ``collecting`` (cycles then stay until collected: in a service, the next collection)."""
     import gc
 
-    svc.KEEP = []
-    _, baseline = take_dump(top=50, time_budget=60)
     enabled = gc.isenabled()
-    gc.disable()  # the cycles stay until collected: in a service, until the next collection
+    if not collecting:
+        gc.disable()
     tracemalloc.start(5)
     try:
-        leak_references(2000)
-        make_garbage(2000)
+        work()
         dump, _ = take_dump(
             top=50, time_budget=60, baseline=baseline, on_collected=tracemalloc.stop
         )
@@ -241,7 +241,23 @@ def test_a_windows_objects_held_from_c_are_one_owner_and_garbage_cycles_none(svc
         if enabled:
             gc.enable()
         gc.collect()
-    held = [o for o in dump.owners if o.root == "c" and o.path.startswith("held from C code")]
+    return dump
+
+
+def held_from_c(dump):
+    return [o for o in dump.owners if o.root == "c" and o.path.startswith("held from C code")]
+
+
+def test_a_windows_objects_held_from_c_are_one_owner_and_garbage_cycles_none(svc):
+    svc.KEEP = []
+    _, baseline = take_dump(top=50, time_budget=60)
+
+    def work():
+        leak_references(2000)
+        make_garbage(2000)
+
+    dump = traced_dump(baseline, work, collecting=False)
+    held = held_from_c(dump)
     assert [o.path for o in held] == ["held from C code (no Python referrer)"]
     # Every leaked dict's buffer, those whose dict came from a free list (no survivor, but held
     # from C: the test upward) too, and not the 4,000 garbage nodes' (which would treble it).
@@ -255,24 +271,9 @@ def test_garbage_cycles_alone_are_never_held_from_c(svc, collecting):
     # Cycles made before the window and in it: the test upward (``_held_above``) meets the
     # census's own lists among the referrers, held only by its frames, and must not take
     # them for a C extension's.
-    import gc
-
     make_garbage(3000)
     _, baseline = take_dump(top=50, time_budget=60)
-    enabled = gc.isenabled()
-    if not collecting:
-        gc.disable()
-    tracemalloc.start(5)
-    try:
-        make_garbage(2000)
-        dump, _ = take_dump(
-            top=50, time_budget=60, baseline=baseline, on_collected=tracemalloc.stop
-        )
-    finally:
-        tracemalloc.stop()
-        if enabled:
-            gc.enable()
-        gc.collect()
+    dump = traced_dump(baseline, lambda: make_garbage(2000), collecting=collecting)
     assert [o.path for o in dump.owners if o.root == "c"] == []
     assert not [n for n in dump.notes if "held from C" in n]
 
@@ -315,22 +316,15 @@ def append_to_c_held_store(address, nested, count):
 @pytest.mark.parametrize("nested", [False, True], ids=["list", "list-in-dict"])
 def test_a_container_held_from_c_before_the_window_owns_what_it_gained_in_it(svc, nested):
     import ctypes
-    import gc
 
     address = c_held_store(nested)
     append_to_c_held_store(address, nested, 100)
     _, baseline = take_dump(top=50, time_budget=60)
-    tracemalloc.start(5)
     try:
-        append_to_c_held_store(address, nested, 2000)
-        dump, _ = take_dump(
-            top=50, time_budget=60, baseline=baseline, on_collected=tracemalloc.stop
-        )
+        dump = traced_dump(baseline, lambda: append_to_c_held_store(address, nested, 2000))
     finally:
-        tracemalloc.stop()
         ctypes.pythonapi.Py_DecRef(ctypes.c_void_p(address))
-        gc.collect()
-    held = [o for o in dump.owners if o.root == "c" and o.path.startswith("held from C code")]
+    held = held_from_c(dump)
     assert [o.path for o in held] == ["held from C code (no Python referrer)"]
     # What the list gained in the window (its 100 older buffers are no survivors).
     assert 0.9 * 2000 * 2_000 <= held[0].retained_bytes <= 1.2 * 2000 * 2_000

@@ -287,18 +287,24 @@ def test_the_verdict_does_not_contradict_a_growing_finding(tmp_path):
     assert f"; but the last culprit finding names {CULPRIT}" in line
 
 
+def _verdict_line_with_finding_cause(tmp_path, cause):
+    """The verdict line of a leaking run whose last finding has this cause."""
+    report = _built(tmp_path, "leak")
+    finding = _finding(T0 + 100)
+    finding["cause"] = cause
+    report.last_finding = finding
+    return text.verdict_line(report)
+
+
 def test_a_finding_that_blames_native_memory_is_said_so_not_its_top_holder(tmp_path):
     # A native leak with a small holder growing beside it (4 % of the growth): the finding's
     # cause says native, and the verdict line must not name the holder as the culprit.
-    report = _built(tmp_path, "leak")
-    finding = _finding(T0 + 100)
-    finding["cause"] = {
+    cause = {
         "kind": "native_growth",
         "summary": "memory grows outside Python's objects: native code holds it",
         "evidence": [],
     }
-    report.last_finding = finding
-    line = text.verdict_line(report)
+    line = _verdict_line_with_finding_cause(tmp_path, cause)
     assert CULPRIT not in line
     assert line.endswith(
         "; the last culprit finding blames no Python holder (native growth: memory grows "
@@ -309,16 +315,13 @@ def test_a_finding_that_blames_native_memory_is_said_so_not_its_top_holder(tmp_p
 def test_a_finding_that_names_a_root_over_several_holders_is_said_so(tmp_path):
     # Five holders beneath one engine, none a quarter of the growth: the finding names the
     # engine, and the verdict line must not name the biggest fifth.
-    report = _built(tmp_path, "leak")
-    finding = _finding(T0 + 100)
-    finding["cause"] = {
+    cause = {
         "kind": "leak",
         "summary": "live objects are piling up under svc.ENGINE, in 5 holders beneath it",
         "evidence": [],
         "culprit": {"path": "svc.ENGINE", "holders": 5, "bytes_per_second": 5 * MiB, "share": 0.9},
     }
-    report.last_finding = finding
-    line = text.verdict_line(report)
+    line = _verdict_line_with_finding_cause(tmp_path, cause)
     assert CULPRIT not in line
     assert line.endswith(
         "; the last culprit finding names svc.ENGINE: 5 holders beneath it grew +5.0 MiB/s "
