@@ -39,6 +39,12 @@ How it decides, and why:
   first 90 minutes, halves are also compared with each half's largest rise set aside (an
   allocator's step on a warm-up's slowing tail). A floor that has come down from the window's
   high by more than noise is not growing now (a burst ending).
+- Where no window finds a leak, the regime's floors since the warm-up are searched for a
+  staircase (``Detector._staircase``): four or more steps of 2.5 % of the level, evenly
+  spaced, of like size, still going and giving nothing back. A leak retained a block at a
+  time (leaked tensors under a caching allocator) holds two or three steps in any window,
+  which make a ratchet; a working set's new peaks, a ratchet's steps, come ever more rarely.
+  Its forecast is the step that does not fit.
 - A leak must also have been watched for long enough to trust it: 10 minutes of the growth
   itself (a window's flat opening does not count), 12 % of the time it forecasts to OOM (a
   fill that stops early never gets there), and 30 minutes while the process is younger than
