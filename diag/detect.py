@@ -1389,8 +1389,6 @@ class Detector:
             statistics.pstdev(sizes),
             statistics.pstdev(gaps),
         )
-        # The rate's uncertainty: as much as the spacings and sizes vary.
-        spread = stair.spacing_sd / spacing + stair.size_sd / stair.size
         _, _, tops = self._groups(now - spacing, spacing, 1)
         return _Window(
             seconds=now - began,
@@ -1401,7 +1399,7 @@ class Detector:
             steps=False,
             load=None,
             rate=rate,
-            rate_se=rate * spread / math.sqrt(run - 1),
+            rate_se=0.0,  # the forecast's bounds come from the steps (``_Stair.forecast``)
             drift=0.0,
             top=max(tops) if tops else self._highs[-1],
             growing_for=now - began,
@@ -1423,9 +1421,9 @@ class Detector:
         if self.limit is None or window.rate <= 0:
             return None
         headroom = max(self.limit - window.top, 0.0)
-        spread = math.hypot(2 * window.rate_se, window.drift)
         if window.staircase is not None:
             return window.staircase.forecast(headroom, window.evaluated_at)
+        spread = math.hypot(2 * window.rate_se, window.drift)
         return (
             headroom / window.rate,
             headroom / (window.rate + spread),
