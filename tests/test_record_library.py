@@ -55,3 +55,14 @@ def test_load_library(tmp_path):
     b = traces[1]
     assert b.source == "real" and b.t_oom == 2.0 and b.limit == 1000.0
     assert list(b.values) == [10, 500, 990] and list(b.requests) == [0, 5, 9]
+
+
+def test_a_later_take_is_the_same_service_run_anew():
+    spec = rl.SPECS["lru_small"]
+    assert rl.take_name("lru_small", 1) == "lru_small"
+    assert rl.take_name("lru_small", 2) == "lru_small_take2"
+    intervals = [rl.take_interval(spec, take) for take in (1, 2, 3, 4, 5)]
+    assert intervals[0] == spec.interval and intervals[4] == spec.interval
+    assert sorted(intervals[:4]) == sorted(rl.INTERVALS)  # each take samples differently
+    first, second = (rl._seed_text("lru_small", take) for take in (1, 2))
+    assert first == "lru_small" and second != first  # take 1 keeps the recorded draws

@@ -20,6 +20,12 @@ appended every minute as a gzip member, so an interrupted batch leaves usable da
 runs, ``NAME.json.part`` holds the metadata so far) and, at the end, ``NAME.json`` with the
 fields of ``tests/data/traces/*.json``. ``load_library`` reads them as ``Trace``s.
 
+``--take N`` (N > 1) records the same services again as ``NAME_takeN``: another seed for
+every random draw (arrivals, sizes, keys, workers' budgets), the sampling interval moved one
+step along 1, 2, 5, 10 s per take, and the leak sized afresh at its onset from the usage it
+finds. The library grows by independent runs of the same code without anyone choosing their
+outcomes.
+
 ``--quick`` runs every service with its schedule compressed 45× (about 3 minutes) into a temp
 directory, and prints each one's CPU share and, for a leak, when it was OOM-killed against the
 compressed plan. Needs root and a writable memory cgroup.
@@ -245,7 +251,7 @@ SPECS: dict[str, Spec] = {
 class Ctx:
     """Schedule clock, request counter, markers and the leak sizing shared by the services."""
 
-    def __init__(self, name: str, compress: float) -> None:
+    def __init__(self, name: str, compress: float, take: int = 1) -> None:
         self.name = name
         self.spec = SPECS[name]
         self.compress = compress
@@ -254,7 +260,7 @@ class Ctx:
         self.lock = threading.Lock()
         self.print_lock = threading.Lock()
         self.requests = 0
-        self.rng = random.Random(zlib.crc32(name.encode()))
+        self.rng = random.Random(zlib.crc32(_seed_text(name, take).encode()))
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         self.cgroup = Path(os.environ.get("DIAG_CGROUP", "/nonexistent"))
         threading.Thread(target=self._report, daemon=True).start()
@@ -757,8 +763,8 @@ def serve_leak_torch_cache(ctx: Ctx) -> None:
         ctx.done()
 
 
-def serve(name: str, compress: float) -> None:
-    ctx = Ctx(name, compress)
+def serve(name: str, compress: float, take: int = 1) -> None:
+    ctx = Ctx(name, compress, take)
     globals()[f"serve_{name}"](ctx)
 
 
@@ -782,17 +788,36 @@ def _oom_kills(cgroup: Path) -> int:
     return 0
 
 
-def record(name: str, out_dir: Path, compress: float = 1.0) -> dict:
+INTERVALS = (1.0, 2.0, 5.0, 10.0)
+
+
+def _seed_text(name: str, take: int) -> str:
+    return name if take == 1 else f"{name}/take{take}"
+
+
+def take_name(name: str, take: int) -> str:
+    """The recording's name: the service's for the first take, ``NAME_takeN`` after."""
+    return name if take == 1 else f"{name}_take{take}"
+
+
+def take_interval(spec: Spec, take: int) -> float:
+    """The sampling interval of a take: the spec's, moved ``take - 1`` steps along INTERVALS."""
+    return INTERVALS[(INTERVALS.index(spec.interval) + take - 1) % len(INTERVALS)]
+
+
+def record(service: str, out_dir: Path, compress: float = 1.0, take: int = 1) -> dict:
     from benchmarks.detector.record import _make_cgroup
 
-    spec = SPECS[name]
+    spec = SPECS[service]
+    name = take_name(service, take)
     limit = spec.limit_mib * MiB
     cgroup, version = _make_cgroup(f"diaglib_{name}", limit)
     if version != 1:
         raise SystemExit("record_library reads cgroup v1 files (memory.usage_in_bytes)")
     limit_read = int((cgroup / "memory.limit_in_bytes").read_text())
     usage_file = cgroup / "memory.usage_in_bytes"
-    interval = spec.interval if compress == 1.0 else max(0.5, spec.interval / 5)
+    interval = take_interval(spec, take)
+    interval = interval if compress == 1.0 else max(0.5, interval / 5)
     duration = spec.minutes * 60.0 / compress
     markers: dict[str, dict] = {}
     latest = {"requests": 0}
@@ -801,7 +826,7 @@ def record(name: str, out_dir: Path, compress: float = 1.0) -> dict:
     env.update(spec.env)
     service = (
         f"{shlex.quote(sys.executable)} -m benchmarks.detector.record_library "
-        f"--serve {name} --compress {compress}"
+        f"--serve {service} --take {take} --compress {compress}"
     )
     procs = shlex.quote(str(cgroup / "cgroup.procs"))
     child = subprocess.Popen(
@@ -882,6 +907,7 @@ def record(name: str, out_dir: Path, compress: float = 1.0) -> dict:
                 wall0,
                 compress,
                 final=False,
+                take=take,
             )
             part_path.write_text(json.dumps(meta, indent=2) + "\n")
         tick += interval
@@ -921,6 +947,7 @@ def record(name: str, out_dir: Path, compress: float = 1.0) -> dict:
         wall0,
         compress,
         final=True,
+        take=take,
     )
     meta["recorded"]["cgroup_max_usage"] = max_usage
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -942,6 +969,7 @@ def _meta(
     wall0,
     compress,
     final,
+    take=1,
 ) -> dict:
     killed = returncode == -signal.SIGKILL and oom_kills > 0
     elapsed = rows[-1][0] if rows else 0.0
@@ -963,6 +991,7 @@ def _meta(
         "starts": [0.0],
         "recorded": {
             "how": "python -m benchmarks.detector.record_library"
+            + (f" --take {take}" if take != 1 else "")
             + (f" --quick (schedule compressed {compress:g}x)" if compress != 1.0 else ""),
             "value": "the cgroup's memory.usage_in_bytes, read from outside",
             "requests": "the service's cumulative request count, latest line before the sample",
@@ -1044,22 +1073,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=list(SPECS), help="record only these")
     parser.add_argument("--quick", action="store_true", help="compressed check, to a temp dir")
     parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument("--take", type=int, default=1, help="record again: NAME_takeN, new seeds")
     parser.add_argument("--serve", choices=list(SPECS), help=argparse.SUPPRESS)  # the child
     parser.add_argument("--compress", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.compress)
+        serve(args.serve, args.compress, args.take)
         return 0
     names = args.only or list(SPECS)
     compress = QUICK_COMPRESS if args.quick else 1.0
     out = args.out or (Path(tempfile.mkdtemp(prefix="record_library_")) if args.quick else OUT_DIR)
-    print(json.dumps({"out": str(out), "names": names, "compress": compress}), flush=True)
+    if args.take < 1:
+        parser.error("--take counts from 1")
+    print(
+        json.dumps({"out": str(out), "names": names, "compress": compress, "take": args.take}),
+        flush=True,
+    )
 
     def one(name: str) -> dict:
         try:
-            return record(name, out, compress)
+            return record(name, out, compress, args.take)
         except Exception as exc:  # one failing recording must not stop the others
-            return {"name": name, "error": repr(exc)}
+            return {"name": take_name(name, args.take), "error": repr(exc)}
 
     with ThreadPoolExecutor(len(names)) as pool:
         for meta in pool.map(one, names):
