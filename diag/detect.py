@@ -44,7 +44,8 @@ How it decides, and why:
   spaced, of like size, still going and giving nothing back. A leak retained a block at a
   time (leaked tensors under a caching allocator) holds two or three steps in any window,
   which make a ratchet; a working set's new peaks, a ratchet's steps, come ever more rarely.
-  Its forecast is the step that does not fit.
+  Three such steps are enough where the next one or two reach the limit (a fourth to confirm
+  would leave no warning). Its forecast is the step that does not fit.
 - A leak must also have been watched for long enough to trust it: 10 minutes of the growth
   itself (a window's flat opening does not count), 12 % of the time it forecasts to OOM (a
   fill that stops early never gets there), and 30 minutes while the process is younger than
@@ -105,8 +106,11 @@ PAUSE_MAX_SHARE_OF_SPELL = 2.0
 #: floor by this many noise units (and by this share of the level) within this many points,
 #: that stays; its spacings and sizes agree within these factors, and its last step
 #: came within this many spacings of now. Its steps are found anew at least this often, and
-#: it is asked this often.
+#: it is asked this often. Where the limit is under this many steps above its top, this many
+#: steps are enough: a fourth to confirm it would come with one step's warning or none.
 STAIR_MIN_STEPS = 4
+STAIR_NEAR_LIMIT_ROOM = 2.0
+STAIR_NEAR_LIMIT_STEPS = 3
 STAIR_STEP_NOISE = 6.0
 STAIR_STEP_POINTS = 2
 STAIR_STEP_SHARE = 0.025
@@ -416,6 +420,8 @@ def _steps(ends: Sequence[float], lows: Sequence[float], jump: float) -> list[tu
 
 def _leak_reason(window: _Window) -> str:
     if window.staircase is not None:
+        if window.staircase.count < STAIR_MIN_STEPS:
+            return STAIRCASE_NEAR_LIMIT_REASON
         return STAIRCASE_REASON
     return LEAK_REASONS[window.load]
 
@@ -1325,13 +1331,14 @@ class Detector:
         assert self._regime_start is not None
         first = bisect_right(self._ends, self._regime_start + self.config.warmup_seconds)
         lows = self._lows[first:]
-        if len(lows) < 2 * STAIR_MIN_STEPS:
+        least = STAIR_NEAR_LIMIT_STEPS if self.limit is not None else STAIR_MIN_STEPS
+        if len(lows) < 2 * least:
             return None
         # Quick answers first (this is asked wherever no window found a leak): the floor must
         # stand near its highest, and the steps must have risen by their least total.
         high = max(lows)
         if lows[-1] < (1 - STAIR_STEP_SHARE) * high or (
-            high - min(lows) < STAIR_MIN_STEPS * STAIR_STEP_SHARE * high
+            high - min(lows) < least * STAIR_STEP_SHARE * high
         ):
             return None
         ends = self._ends[first:]
@@ -1356,7 +1363,7 @@ class Detector:
             self._stair = (self._regime_start, now, high, jump, steps)
         # The last steps that agree: evenly spaced, of like size, none later than due.
         run = len(steps)
-        while run > STAIR_MIN_STEPS - 1:
+        while run > least - 1:
             chosen = steps[-run:]
             gaps = [b[0] - a[0] for a, b in itertools.pairwise(chosen)]
             sizes = [size for _, size in chosen]
@@ -1367,9 +1374,15 @@ class Detector:
             ):
                 break
             run -= 1
-        if run < STAIR_MIN_STEPS:
+        if run < least:
             return None
         spacing = _median(gaps)
+        _, _, tops = self._groups(now - spacing, spacing, 1)
+        top = max(tops) if tops else self._highs[-1]
+        if run < STAIR_MIN_STEPS and (
+            self.limit is None or self.limit - top > STAIR_NEAR_LIMIT_ROOM * _median(sizes)
+        ):
+            return None
         if now - chosen[-1][0] > STAIR_ONGOING * spacing:
             return None  # it stopped
         began = chosen[0][0] - spacing
@@ -1389,7 +1402,6 @@ class Detector:
             statistics.pstdev(sizes),
             statistics.pstdev(gaps),
         )
-        _, _, tops = self._groups(now - spacing, spacing, 1)
         return _Window(
             seconds=now - began,
             evaluated_at=now,
@@ -1401,7 +1413,7 @@ class Detector:
             rate=rate,
             rate_se=0.0,  # the forecast's bounds come from the steps (``_Stair.forecast``)
             drift=0.0,
-            top=max(tops) if tops else self._highs[-1],
+            top=top,
             growing_for=now - began,
             staircase=stair,
         )
@@ -1447,6 +1459,10 @@ class Detector:
 STAIRCASE_REASON = (
     "rising in evenly spaced steps of like size that go on: retained a block at a time, not a "
     "working set's new peaks (those come ever more rarely)"
+)
+STAIRCASE_NEAR_LIMIT_REASON = (
+    "rising in evenly spaced steps of like size, three so far, and the next one or two reach "
+    "the limit: too few steps to tell a leak from a working set's new peaks, too close to wait"
 )
 LEAK_REASONS = {
     None: "steady growth of the lower envelope",

@@ -658,6 +658,31 @@ def test_a_leak_retained_a_segment_at_a_time_is_called_at_its_fourth_step(spacin
     assert len(alerts) == 1 and alerts[0].end is None
 
 
+@pytest.mark.parametrize("spacing", [1500.0, 2400.0])
+def test_three_even_steps_are_enough_where_the_next_two_reach_the_limit(spacing):
+    """A leak seen a 300 MiB segment at a time, begun 1.35 GiB under the limit: it OOMs at its
+    fifth step, and a fourth step to confirm it would leave one step's warning. Three even
+    steps with under two steps of room left are called at the third. The windows alone
+    called it 11 and 38 minutes after it, of the 50 and 80 left."""
+    rng = random.Random(11)
+    onset, step = 3 * 3600.0, 300 * MiB
+    steps = [onset + spacing * (k + rng.uniform(-0.1, 0.1)) for k in range(1, 40)]
+
+    def shape(t):
+        return 5 * GiB + step * sum(t >= s for s in steps)
+
+    near = 5 * GiB + 4.5 * step
+    times, values = _allocator_series(shape, 30, near)
+    alerts = replay(times, values, near)
+    assert alerts, "the leak was missed"
+    assert steps[2] <= alerts[0].start <= steps[2] + 180, (alerts[0].start - steps[2]) / 60
+    t_oom = times[-1]
+    assert abs(math.log2(alerts[0].seconds_to_oom / (t_oom - alerts[0].start))) <= 0.25
+    detector = Detector(near)
+    called = next(v for v in map(detector.update, times, values) if v.state == "leak")
+    assert "three so far" in called.reason
+
+
 def test_a_staircase_needs_even_steps_that_go_on():
     """Quiet: five steps whose spacing doubles (a working set's new peaks), and four even
     steps that then stop (the leak is called while they go on, and left once they stop)."""
