@@ -1324,8 +1324,9 @@ def _references_among(
 #: skips its frames), and only the thread holds them: never C code's cache.
 _NEVER_HELD_FROM_C = (types.CellType, types.FrameType)
 #: How many levels of unreached referrers above the window's objects are asked whether C
-#: code holds them (``_held_above``): a C-held cache of containers of the new objects is two.
-UPWARD_LEVELS = 2
+#: code holds them (``_held_above``): a C-held cache of containers of the new objects is two;
+#: a callback C keeps (a bound method) whose object keeps a list in its ``__dict__`` is four.
+UPWARD_LEVELS = 4
 #: The owner of a window's survivors that no root reaches (see ``Census._unreached``).
 UNREACHED_PATH = "held from C code (no Python referrer)"
 
