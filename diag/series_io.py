@@ -1,17 +1,20 @@
 """Reading recorded series: CSV files with a header ``t,value`` (seconds, bytes) and an optional
 third column ``requests`` (the process's cumulative request count), Prometheus range queries'
-answers, and the memory series of diag histories (with the run's request counters, where the
-agent counted requests)."""
+answers, either gzip-compressed or not, and the memory series of diag histories (with the run's
+request counters, where the agent counted requests)."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import math
 import os
+import zlib
 from array import array
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -46,6 +49,30 @@ EPOCH_UNITS = (
 )
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+TRUNCATED_NOTE = "the gzip file ends early (cut off): the rows before the cut were read"
+
+
+def _open_text(path: str) -> io.TextIOWrapper:
+    """The file as text, through gzip where it is compressed (a ``.csv.gz`` export, the
+    recorded library's files): told by its first bytes, not its name. A spreadsheet's
+    byte-order mark is dropped either way."""
+    with open(path, "rb") as f:
+        compressed = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    if compressed:
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _rows(f: io.TextIOWrapper, notes: list[str]) -> Iterator[list[str]]:
+    """A CSV's rows to its end, or to where a gzip file was cut off (a copy interrupted, a
+    disk that filled): the whole rows before the cut are kept, and the cut noted."""
+    try:
+        yield from csv.reader(f)
+    except EOFError:
+        notes.append(TRUNCATED_NOTE)
+
+
 def _time(cell: str) -> tuple[float, bool]:
     """A time cell: a number (True), or an ISO 8601 date-time as epoch seconds (False); a
     date-time without a zone is taken as UTC. ValueError when it is neither."""
@@ -77,8 +104,7 @@ def read_csv(path: str) -> RecordedSeries:
     values as gaps, skipped and counted."""
     notes: list[str] = []
     try:
-        # utf-8-sig: a spreadsheet's export starts with a byte-order mark.
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with _open_text(path) as f:
             first = f.readline()
             columns = [c.strip().lower() for c in next(csv.reader([first]), [])]
             if (
@@ -94,7 +120,7 @@ def read_csv(path: str) -> RecordedSeries:
             times, values, requests = array("d"), array("d"), array("d")
             scale: float | None = None  # the numeric times' unit, from the first one
             gaps = 0
-            for number, row in enumerate(csv.reader(f), start=2):
+            for number, row in enumerate(_rows(f, notes), start=2):
                 if not any(cell.strip() for cell in row):
                     continue
                 if len(row) == width and row[1].strip().lower() in GAP_CELLS:
@@ -141,11 +167,15 @@ def read_csv(path: str) -> RecordedSeries:
         raise UsageError(f"{path}: not a text CSV file") from None
     except csv.Error as exc:
         raise UsageError(f"{path}: not a CSV file: {exc}") from None
+    except EOFError:
+        raise UsageError(f"{path}: the gzip file is cut off before its first row") from None
+    except zlib.error as exc:
+        raise UsageError(f"{path}: a damaged gzip file: {exc}") from None
     if not times:
         raise UsageError(f"{path}: no samples after the header")
     if gaps:
         notes.append(f"{gaps:,} rows without a value skipped (gaps)")
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(os.path.basename(path).removesuffix(".gz"))[0]
     name = stem if columns[1] == "value" else columns[1]
     return RecordedSeries(path, name, times, values, requests if width == 3 else None, notes)
 
@@ -159,12 +189,16 @@ def read_prometheus(path: str) -> list[RecordedSeries]:
     answer, or its ``data``): one series per result, named by its labels. A ``NaN`` point
     (a stale series) is a gap, skipped and counted, as in a CSV."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with _open_text(path) as f:
             document = json.load(f)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not JSON: {_shortened(str(exc))}") from None
+    except EOFError:
+        raise UsageError(f"{path}: the gzip file is cut off: no whole answer in it") from None
+    except zlib.error as exc:
+        raise UsageError(f"{path}: a damaged gzip file: {exc}") from None
     data = document.get("data", document) if isinstance(document, dict) else None
     results = data.get("result") if isinstance(data, dict) else None
     if (
@@ -217,11 +251,11 @@ def _labelled(metric: dict[str, object]) -> str:
 def _is_json(path: str) -> bool:
     """Whether the file begins as a JSON object does (a byte-order mark and spaces aside)."""
     try:
-        with open(path, "rb") as f:
+        with _open_text(path) as f:
             start = f.read(64)
-    except OSError:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error):
         return False  # read_csv says why
-    return start.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{")
+    return start.lstrip().startswith("{")
 
 
 def read_inputs(path: str) -> list[RecordedSeries]:

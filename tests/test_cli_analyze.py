@@ -231,3 +231,57 @@ def test_a_requests_column_tells_load_from_a_leak_and_sensitivity_is_a_knob(tmp_
     assert starts["4"] < starts["1"]
     refused = runner.invoke(main, ["analyze", str(bare), "--sensitivity", "0"])
     assert refused.exit_code == 2
+
+
+def test_gzip_compressed_inputs_are_read_and_a_cut_off_one_keeps_its_whole_rows(tmp_path):
+    """A ``.csv.gz`` export (written in members, as the recorded library's are) and a
+    compressed range query's answer read as the plain files do. A compressed file cut off
+    mid-way (a copy interrupted, a disk that filled) keeps the rows before the cut, and says
+    so; one cut inside its header, or damaged, is one line and exit 2."""
+    import gzip
+
+    leak = _write(tmp_path / "rss.csv", lambda t: GiB + max(t - 3600, 0) * 0.1 * MiB)
+    text = leak.read_text()
+    head, body = text.split("\n", 1)
+    packed = tmp_path / "rss.csv.gz"
+    packed.write_bytes(gzip.compress((head + "\n").encode()) + gzip.compress(body.encode()))
+    runner = CliRunner()
+
+    def analysed(path):
+        result = runner.invoke(main, ["analyze", str(path), "--limit", "4GiB", "--json"])
+        return result.exit_code, json.loads(result.stdout)
+
+    code, plain = analysed(leak)
+    assert code == 1
+    code, unpacked = analysed(packed)
+    assert code == 1
+    assert {**unpacked, "file": None} == {**plain, "file": None}
+
+    answer = {"resultType": "matrix", "result": [{"metric": {"__name__": "rss"}, "values": [
+        [float(t), v] for t, v in (line.split(",") for line in body.splitlines())]}]}  # fmt: skip
+    query = tmp_path / "query_range.json.gz"
+    query.write_bytes(gzip.compress(json.dumps(answer).encode()))
+    code, from_query = analysed(query)
+    assert code == 1 and from_query["samples"] == plain["samples"]
+    assert from_query["alerts"] == plain["alerts"]
+
+    whole = gzip.compress(text.encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    code, kept = analysed(cut)
+    assert code in (0, 1)
+    cut_note = "the gzip file ends early (cut off): the rows before the cut were read"
+    assert kept["notes"] == [cut_note]
+    rows = body.splitlines()
+    assert 0.3 * len(rows) < kept["samples"] < len(rows)
+    assert kept["last_sample"] == float(rows[kept["samples"] - 1].split(",")[0])
+
+    header_cut = tmp_path / "header_cut.csv.gz"
+    header_cut.write_bytes(whole[:12])
+    damaged = tmp_path / "damaged.csv.gz"
+    damaged.write_bytes(whole[:200] + bytes(b ^ 0x5A for b in whole[200:400]) + whole[400:])
+    result = runner.invoke(main, ["analyze", str(header_cut), str(damaged)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"diag: {header_cut}: the gzip file is cut off before its first row"
+    assert len(lines) == 2 and lines[1].startswith(f"diag: {damaged}: "), lines
