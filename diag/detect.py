@@ -1377,14 +1377,14 @@ class Detector:
         if run < least:
             return None
         spacing = _median(gaps)
+        if now - chosen[-1][0] > STAIR_ONGOING * spacing:
+            return None  # it stopped
         _, _, tops = self._groups(now - spacing, spacing, 1)
         top = max(tops) if tops else self._highs[-1]
         if run < STAIR_MIN_STEPS and (
             self.limit is None or self.limit - top > STAIR_NEAR_LIMIT_ROOM * _median(sizes)
         ):
-            return None
-        if now - chosen[-1][0] > STAIR_ONGOING * spacing:
-            return None  # it stopped
+            return None  # three steps are few, and the limit is far enough to wait for a fourth
         began = chosen[0][0] - spacing
         # A leak's floor gives nothing back: falls half a step deep, as many as the steps
         # (noise the steps' size, a gauge that wanders by its resolution), are no staircase;
