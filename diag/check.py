@@ -55,7 +55,7 @@ from diag import OWN_DIRS
 from diag.census import Frame, frames_of, is_library, object_traceback
 from diag.errors import LeakError, UsageError
 from diag.owners import find_holders, name_objects
-from diag.resources_census import ResourceCensus, group_key, resource_types
+from diag.resources_census import ResourceCensus, child_processes, group_key, resource_types
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -275,27 +275,10 @@ def _children() -> int | None:
         try:
             with open(f"/proc/self/task/{tid}/children") as f:
                 found.update(f.read().split())
-        except OSError:
-            return _children_by_scan()
+        except OSError:  # no children file (a kernel without it): each process's parent
+            scanned = child_processes()
+            return None if scanned is None else len(scanned)
     return len(found)
-
-
-def _children_by_scan() -> int | None:
-    me = os.getpid()
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return None
-    count = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 1 and int(fields[1]) == me:
-            count += 1
-    return count
 
 
 def _pending_tasks() -> int:

@@ -130,7 +130,7 @@ def _thread_count() -> int | None:
         return None
 
 
-def _children() -> dict[int, str] | None:
+def child_processes() -> dict[int, str] | None:
     """pid -> state letter ("Z": a zombie) of each child process; None without /proc."""
     me = os.getpid()
     found = {}
@@ -260,7 +260,7 @@ class ResourceCensus:
             elif _is(obj, "subprocess", "Popen"):
                 if obj.returncode is None:
                     if children is None:
-                        children = _children() or {}
+                        children = child_processes() or {}
                     self.tracked_children.add(obj.pid)
                     state = children.get(obj.pid)
                     self._hold(obj, "zombie" if state == "Z" else "running", "children")
@@ -269,7 +269,7 @@ class ResourceCensus:
                 and getattr(obj, "_mmap", None) is not None
             ):
                 self._hold(obj, "shm", "shm")
-        self.children = children if children is not None else _children()
+        self.children = children if children is not None else child_processes()
 
     def _hold(self, obj: Any, kind: str, resource: str) -> None:
         self.held.append(obj)

@@ -11,11 +11,13 @@ import functools
 import os
 import queue
 import re
+import subprocess
 import threading
 
 import pytest
 
 import diag
+from diag import check
 from diag.check import LeakCheck, LeakReport, allow_growth, no_leaks
 
 _KEPT: list[object] = []
@@ -246,3 +248,28 @@ def test_diag_exports_the_checks_lazily():
     assert diag.check.no_leaks is no_leaks
     assert diag.allow_growth is allow_growth
     assert diag.LeakError.__mro__[1] is diag.DiagError
+
+
+@pytest.mark.e2e
+def test_children_are_counted_where_the_kernel_has_no_children_file(monkeypatch):
+    """Without /proc/self/task/<tid>/children (a kernel built without it), the children are
+    found by every process's parent in /proc/<pid>/stat: the same count."""
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    real_open = open
+
+    def without_children_file(path, *args, **kwargs):
+        if str(path).endswith("/children"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_open(path, *args, **kwargs)
+
+    try:
+        direct = check._children()
+        monkeypatch.setattr("builtins.open", without_children_file)
+        scanned = check._children()
+        monkeypatch.undo()
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
+    assert direct is not None and direct >= 3
+    assert scanned == direct
