@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from benchmarks.detector import baseline
+from benchmarks.detector.intervals import binomial_interval, poisson_interval, quantile_interval
 from benchmarks.detector.traces import (
     HOUR,
     MINUTE,
@@ -159,8 +160,20 @@ class Figures:
         return self.false_episodes / self.judged_hours if self.judged_hours else math.nan
 
     @property
+    def fa_rate_interval(self) -> tuple[float, float]:
+        """95 %, exact for a Poisson count: the least uncertainty the episodes leave."""
+        if not self.judged_hours:
+            return math.nan, math.nan
+        low, high = poisson_interval(self.false_episodes)
+        return low / self.judged_hours, high / self.judged_hours
+
+    @property
     def recall(self) -> float:
         return self.caught / self.leaks if self.leaks else math.nan
+
+    @property
+    def recall_interval(self) -> tuple[float, float]:
+        return binomial_interval(self.caught, self.leaks)
 
     @property
     def lead_median(self) -> float:
@@ -169,6 +182,10 @@ class Figures:
     @property
     def lead_p10(self) -> float:
         return _pct(self.leads, 10)
+
+    @property
+    def lead_p10_interval(self) -> tuple[float | None, float | None]:
+        return quantile_interval(self.leads, 0.10)
 
     @property
     def forecast_median(self) -> float:
@@ -187,10 +204,13 @@ class Figures:
             "false_episodes": self.false_episodes,
             "judged_hours": round(self.judged_hours, 1),
             "fa_per_hour": self.fa_rate,
+            "fa_per_hour_95": list(self.fa_rate_interval),
             "leaks": self.leaks,
             "recall": self.recall,
+            "recall_95": list(self.recall_interval),
             "lead_median": self.lead_median,
             "lead_p10": self.lead_p10,
+            "lead_p10_95": list(self.lead_p10_interval),
             "fast_leaks": len(self.fast_leads),
             "fast_lead_median": _pct(self.fast_leads, 50),
             "forecast_error_median": self.forecast_median,
@@ -368,6 +388,31 @@ def _pct_s(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.0f}%"
 
 
+def _at_most(interval: tuple[float, float], target: float, digits: int) -> str:
+    """A figure that must be at most ``target``: its interval, and what that shows."""
+    low, high = interval
+    if math.isnan(low):
+        return ""
+    shows = "met" if high <= target else "missed" if low > target else "cannot tell"
+    return f"95 %: {_f(low, digits)}-{_f(high, digits)}, {shows}"
+
+
+def _at_least(interval: tuple[float | None, float | None], target: float, digits: int) -> str:
+    """A figure that must be at least ``target``; an open side (None) is too few values."""
+    low, high = interval
+    if low is None and high is None:
+        return ""
+    shows = (
+        "met"
+        if low is not None and low >= target
+        else "missed"
+        if high is not None and high < target
+        else "cannot tell"
+    )
+    ends = ["?" if end is None else _f(end, digits) for end in (low, high)]
+    return f"95 %: {ends[0]}-{ends[1]}, {shows}"
+
+
 def print_methods(rows: list[tuple[str, Figures]]) -> None:
     print(
         f"  {'method':<22}{'FA/h':>8}{'FA eps':>8}{'recall':>8}{'lead med':>10}{'lead P10':>10}"
@@ -431,6 +476,9 @@ class Target:
     name: str
     value: str
     ok: bool
+    #: The figure's 95 % interval, and whether it shows the target met or missed, or cannot
+    #: tell (the target lies inside it: the corpus is too small to say); "" where none.
+    interval: str = ""
 
 
 def score_split(
@@ -522,11 +570,14 @@ def score_corpus(
             f"false-alert episodes per trace-hour <= {TARGET_FA_RATE}",
             _f(ours.fa_rate, 4),
             ours.fa_rate <= TARGET_FA_RATE,
+            _at_most(ours.fa_rate_interval, TARGET_FA_RATE, 4),
         ),
         Target(
             "recall (>= 1 h to OOM; alert >= 10 min before it) = 100%",
             _pct_s(ours.recall),
             ours.recall >= TARGET_RECALL,
+            # A sample never shows a recall of 100 %: how low it may be is the figure.
+            "95 %: {}-{}".format(*map(_pct_s, ours.recall_interval)),
         ),
         Target(
             f"lead fraction median >= {TARGET_LEAD_MEDIAN}",
@@ -537,6 +588,7 @@ def score_corpus(
             f"lead fraction P10 >= {TARGET_LEAD_P10}",
             _f(ours.lead_p10, 2),
             ours.lead_p10 >= TARGET_LEAD_P10,
+            _at_least(ours.lead_p10_interval, TARGET_LEAD_P10, 2),
         ),
         Target(
             f"forecast error median <= {TARGET_FORECAST_ERROR}",
@@ -727,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             ok &= target.ok
             verdict = "PASS" if target.ok else "FAIL"
-            print(f"  [{where:<8}] {target.name:<62}{target.value:>10}  {verdict}")
+            interval = f"  ({target.interval})" if target.interval else ""
+            print(f"  [{where:<8}] {target.name:<62}{target.value:>10}  {verdict}{interval}")
     print(f"  ({time.perf_counter() - started:.0f} s in all)")
     if args.json:
         with open(args.json, "w") as f:
