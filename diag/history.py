@@ -25,6 +25,7 @@ Each segment repeats the series definitions, so any suffix of segments reads on 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -273,16 +274,22 @@ class HistoryWriter:
             self._fd = -1
             # Only a closed segment can tip the budget: check it here, not at every flush.
             self._enforce_budget()
-        self._segment += 1
-        path = os.path.join(self.run_dir, f"seg-{self._segment:06d}.dh")
+        number = self._segment + 1
+        path = os.path.join(self.run_dir, f"seg-{number:06d}.dh")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         joined = b"".join(self._definitions)
         head = FILE_HEADER.pack(FILE_MAGIC, VERSION) + joined
         try:
-            os.write(fd, head)
+            if os.write(fd, head) < len(head):
+                raise OSError(errno.ENOSPC, "No space left on device")
         except OSError:
+            # No segment without its head: the file goes, and the next try takes the same
+            # number (a full disk retried at every flush must not leave a file each time).
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise
+        self._segment = number
         self._fd = fd
         self._segment_size = len(head)
         # The definitions are in the new segment's head: don't write them twice.

@@ -194,6 +194,32 @@ def test_a_full_disk_is_said_once_and_nothing_is_lost_when_space_returns(
     assert list(rss.times) == [float(i) for i in range(61)]
 
 
+def test_a_disk_full_before_the_first_segment_leaves_no_empty_segments(tmp_path, monkeypatch):
+    """A disk already full when a segment is to be opened: its head cannot be written. Each
+    retry (every flush) must not leave a headless file behind, and once space returns every
+    tick is there."""
+    writer = h.HistoryWriter(str(tmp_path / "run"), flush_seconds=0.0)
+    real_write = os.write
+    full = {"on": True}
+
+    def write(fd, data):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(h.os, "write", write)
+    for i in range(200):
+        writer.write_samples(float(i), _samples(i))
+    assert writer.stats.write_errors == 200
+    assert os.listdir(tmp_path / "run") == []
+    full["on"] = False
+    writer.write_samples(200.0, _samples(200))
+    writer.close()
+    assert os.listdir(tmp_path / "run") == ["seg-000001.dh"]
+    rss = h.read_run(str(tmp_path / "run")).get("process_resident_memory_bytes")
+    assert list(rss.times) == [float(i) for i in range(201)]
+
+
 @pytest.mark.e2e
 def test_a_real_full_tmpfs(tmp_path):
     mount = tmp_path / "small"
