@@ -218,8 +218,27 @@ class Agent:
         return self._started
 
     def start(self) -> Agent:
+        """Start sampling (and serving, recording...). Never raises: a part that fails in a
+        way nobody foresaw is logged in one line, and the agent stops again, leaving nothing
+        half-started behind (``running`` is then False)."""
         if self._started:
             return self
+        try:
+            self._start()
+        except Exception as exc:
+            log.error(
+                "diag: the agent did not start (%s: %s); the service runs without it",
+                type(exc).__name__,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            try:
+                self.stop()
+            except Exception as again:
+                log.error("diag: and did not stop cleanly (%s: %s)", type(again).__name__, again)
+        return self
+
+    def _start(self) -> None:
         self._started = True
         _RUNNING.add(self)
         # Creation stacks between windows: off unless asked for (their measured cost, see
@@ -241,7 +260,6 @@ class Agent:
             else:
                 self._serve()
         self.sampler.start()
-        return self
 
     def stop(self, *, at_exit: bool = False) -> None:
         if not self._started:

@@ -41,7 +41,9 @@ def _remove_orphaned_directories(parent: str) -> None:
     for name in names:
         match = re.fullmatch(r"diag-workers-(\d+)-\w+", name)
         path = os.path.join(parent, name)
-        if match is None or pid_alive(int(match.group(1))):
+        # One named after no possible pid is not ours (it was no master's): left alone.
+        pid = int(match.group(1)) if match is not None else 0
+        if not possible_pid(pid) or pid_alive(pid):
             continue
         try:
             if os.stat(path).st_uid == os.getuid():
@@ -50,7 +52,19 @@ def _remove_orphaned_directories(parent: str) -> None:
             continue
 
 
+#: Linux's PID_MAX_LIMIT (64-bit): no process id is larger.
+MAX_PID = 1 << 22
+
+
+def possible_pid(pid: int) -> bool:
+    """Whether ``pid`` could name a process: 0 and negative ids name process groups to
+    ``kill``, and one past the C long range makes it raise OverflowError."""
+    return 0 < pid <= MAX_PID
+
+
 def pid_alive(pid: int) -> bool:
+    if not possible_pid(pid):
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

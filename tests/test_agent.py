@@ -164,6 +164,38 @@ def test_fork_gives_the_child_its_own_sampler_and_no_duplicate_threads():
     assert out.stdout == "1 True 1\n"
 
 
+def test_ids_that_name_no_process_are_ignored_not_raised(tmp_path, monkeypatch):
+    """A server pid past the C long range in the environment, and a worker directory named
+    after one (anyone can make it in /tmp): os.kill would raise OverflowError on them."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    odd = tmp_path / "diag-workers-99999999999999999999-x"
+    odd.mkdir()
+    environ = {"DIAG_SERVER_PID": "99999999999999999999", "DIAG_WORKER_DIR": str(odd)}
+    probe = FakeProbe("fake", [Sample("process_resident_memory_bytes", 42.0)])
+    agent = Agent(Settings(interval=3600, port=0), probes=[probe], environ=environ)
+    _started(agent)
+    try:
+        assert agent.running and agent.role == "server"
+        assert odd.is_dir()  # named after no possible master: not ours to remove
+    finally:
+        agent.stop()
+
+
+def test_a_part_failing_unforeseen_leaves_no_half_started_agent(caplog):
+    agent = _fake_agent(port=0)
+
+    def broken():
+        raise RuntimeError("unforeseen")
+
+    agent.sampler.start = broken  # the last part to start: /metrics is served by then
+    assert agent.start() is agent  # never raises into the host
+    assert not agent.running and probes.agent() is None
+    assert "the agent did not start (RuntimeError: unforeseen)" in caplog.text
+    assert "Traceback" not in caplog.text
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", agent.port), timeout=1):
+        pass  # the port it had bound is closed again
+
+
 def test_a_probe_that_raises_never_reaches_the_host():
     def explode(call):
         raise MemoryError("probe bug")
