@@ -17,6 +17,9 @@ from typing import Any
 
 DEFAULT_INTERVAL = 5.0
 DEFAULT_PORT = 9109
+DAY = 86400.0
+#: The most the in-memory series may preallocate (series_capacity x max_series x 16 bytes).
+MAX_SERIES_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,15 @@ class Settings:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        capacity = values.get("series_capacity", cls.series_capacity)
+        most = values.get("max_series", cls.max_series)
+        if capacity * most * 16 > MAX_SERIES_BYTES:
+            # Each within its bounds, too much together: the default capacity fits any count.
+            problems.append(
+                f"series_capacity={capacity} ignored: with max_series={most} the series would "
+                f"take {capacity * most * 16 / (1 << 30):.1f} GiB (at most 1 GiB)"
+            )
+            del values["series_capacity"]
         return cls(**values, problems=tuple(problems))
 
     def to_env(self) -> dict[str, str]:
@@ -110,18 +122,27 @@ def _positive_float(raw: str) -> float:
     return value
 
 
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value < math.inf:
-        raise ValueError("must be zero (off) or a positive number of seconds")
-    return value
+def _seconds(low: float, high: float, note: str = "") -> Callable[[str], float]:
+    """A duration within [low, high]: past either end the agent would cost its host
+    (ticking a thousand times a second, tracing for months) or overflow a timer."""
+
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:  # nan and the infinities fail too
+            raise ValueError(f"must be from {low:g} to {high:g} seconds{note}")
+        return value
+
+    return parse
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be a positive whole number")
-    return value
+def _whole(low: int, high: int, why: str) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be a whole number from {low} to {high} ({why})")
+        return value
+
+    return parse
 
 
 def _port(raw: str) -> int:
@@ -157,22 +178,23 @@ def _format(value: object) -> str:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "interval": _positive_float,
+    "interval": _seconds(0.01, DAY),
     "port": _port,
     "address": _text,
     "namespace": _namespace,
     "trace": _bool,
-    "trace_frames": _positive_int,
-    "top_sites": _positive_int,
-    "escalation_window": _non_negative_float,
-    "escalation_interval": _non_negative_float,
+    "trace_frames": _whole(1, 100, "each frame costs every traced allocation"),
+    "top_sites": _whole(1, 100, "one labelled series each"),
+    # As long as a traced window asked over the control socket may be.
+    "escalation_window": _seconds(0, 600, " (0: never)"),
+    "escalation_interval": _seconds(0, 365 * DAY),
     "sensitivity": _positive_float,
     "time_scale": _positive_float,
-    "detail_interval": _positive_float,
+    "detail_interval": _seconds(0.01, DAY),
     "record_endings": _bool,
     "creation_stacks": _bool,
-    "series_capacity": _positive_int,
-    "max_series": _positive_int,
+    "series_capacity": _whole(1, 10_000_000, "16 bytes each, kept for every series"),
+    "max_series": _whole(1, 32768, "each keeps series_capacity samples"),
     "history": _text,
     "certfile": _text,
     "keyfile": _text,
