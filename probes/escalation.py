@@ -37,7 +37,13 @@ from diag.model import Clock, Sample
 from diag.resources_census import group_key
 from probes import creation
 from probes.heap import load_mallinfo2
-from probes.tracing import IGNORED_TRACES, site_label, site_samples
+from probes.tracing import (
+    IGNORED_TRACES,
+    site_label,
+    site_samples,
+    start_tracing,
+    stop_tracing,
+)
 
 log = logging.getLogger("diag")
 
@@ -186,8 +192,8 @@ class Escalation:
         lock may be held and its tracing on; the child starts clean."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        if self.active and self._tracing_ours and tracemalloc.is_tracing():
-            tracemalloc.stop()
+        if self.active and self._tracing_ours:
+            stop_tracing()
         self.active = False
         self._tracing_ours = False
         creation.reset_after_fork()
@@ -255,7 +261,7 @@ class Escalation:
         baseline.requests = self._request_total()
         started_tracing = not tracemalloc.is_tracing()
         if started_tracing:
-            tracemalloc.start(WINDOW_FRAMES)
+            start_tracing(WINDOW_FRAMES)
         self._tracing_ours = started_tracing
         before = None if started_tracing else tracemalloc.take_snapshot()
         cuda = _CudaHistory.start()
@@ -267,10 +273,10 @@ class Escalation:
         # opens than tracemalloc alone (benchmarks/bench_creation.py), so it is not turned on.
         self.active = True
 
-        def stop_tracing() -> None:
+        def stop_window() -> None:
             cuda.stop()
-            if started_tracing and tracemalloc.is_tracing():
-                tracemalloc.stop()
+            if started_tracing:
+                stop_tracing()
             self._tracing_ours = False
 
         try:
@@ -287,14 +293,14 @@ class Escalation:
                 cuda_stacks=cuda_stacks,
                 baseline=baseline,
                 requests=self._request_total(),
-                on_collected=stop_tracing,
+                on_collected=stop_window,
                 clock=self._clock,
                 monotonic=self._monotonic,
                 created_at=creation.stack_of,
             )
             result.allocation_sites = sites
         finally:
-            stop_tracing()
+            stop_window()
             self.active = False
             self.traced_seconds += self._monotonic() - traced_from
         self.windows += 1

@@ -31,6 +31,43 @@ IGNORED_TRACES = (
 )
 
 
+#: tracemalloc.start as the host sees it while the agent traces nothing of its own.
+_host_start = tracemalloc.start
+_ours = False  # the agent's own tracing runs (start_tracing, not yet stop_tracing)
+_claimed = False  # someone else called tracemalloc.start() while it ran
+
+
+def _start_noted(nframe: int = 1) -> None:
+    """tracemalloc.start while the agent's own tracing runs: a no-op for the tracing, but
+    from now on the caller believes tracing is theirs, and the agent must not stop it."""
+    global _claimed
+    _claimed = True
+    _host_start(nframe)
+
+
+def start_tracing(frames: int) -> None:
+    """Start tracing as the agent's own (tracing must be off): until ``stop_tracing``, a
+    ``tracemalloc.start()`` by anyone else makes it theirs."""
+    global _claimed, _ours
+    _host_start(frames)
+    _ours, _claimed = True, False
+    tracemalloc.start = _start_noted
+
+
+def stop_tracing() -> None:
+    """Stop the tracing ``start_tracing`` began, unless it is someone else's by now (they
+    called tracemalloc.start() since) or someone stopped it already. Once: a second call
+    (a window stopped early, then at its end) must not stop tracing started since."""
+    global _ours
+    if not _ours:
+        return
+    _ours = False
+    if tracemalloc.start is _start_noted:
+        tracemalloc.start = _host_start
+    if not _claimed and tracemalloc.is_tracing():
+        tracemalloc.stop()
+
+
 def site_label(filename: str, lineno: int) -> str:
     """``package/module.py:42``: the last two path parts keep labels short yet recognisable."""
     parts = filename.replace("\\", "/").split("/")
@@ -74,12 +111,18 @@ class TracemallocProbe:
         self.fallback_sites = hooks.window_sites
 
     def sample(self) -> list[Sample]:
-        if self._start and not self._started_by_us and not tracemalloc.is_tracing():
+        if self._start:
             # Started on the first tick, not at construction, and stopped again by close():
-            # the agent's life bounds the slowdown.
-            tracemalloc.start(self._frames)
-            self._started_by_us = True
+            # the agent's life bounds the slowdown. Once: a host that stops tracing later
+            # decided so, and tracing it already runs is left as the host set it.
+            self._start = False
+            if not tracemalloc.is_tracing():
+                start_tracing(self._frames)
+                self._started_by_us = True
         if not tracemalloc.is_tracing():
+            if self._started_by_us:  # stopped by someone else: not ours to stop again
+                self._started_by_us = False
+                stop_tracing()
             sites = self.fallback_sites()
             if sites:
                 return sites
@@ -105,7 +148,7 @@ class TracemallocProbe:
     def close(self) -> None:
         if self._started_by_us:
             self._started_by_us = False
-            tracemalloc.stop()
+            stop_tracing()
 
     def reset_after_fork(self) -> None:
         self._sites = []

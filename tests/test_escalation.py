@@ -212,6 +212,28 @@ def test_a_child_forked_during_a_window_starts_clean():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_tracing_the_host_starts_during_a_window_is_left_on():
+    """The host calls tracemalloc.start() while a window traces (a no-op then): from its side
+    tracing is its own, and its take_snapshot() must keep working after the window."""
+    import tracemalloc
+
+    def host_starts_tracing():
+        leak(50)
+        tracemalloc.start(5)
+
+    escalation = make_escalation([], **played(host_starts_tracing))
+    try:
+        assert not tracemalloc.is_tracing()
+        # (Its census then runs under the host's tracing: slow, so kept short.)
+        escalation.dump(DumpRequest(window=0.5, time_budget=0.5))
+        assert tracemalloc.is_tracing()
+        tracemalloc.take_snapshot()
+    finally:
+        _CACHE.clear()
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+
+
 # -- the cause agrees with the detector, and accounts for the growth --------------------------
 
 MiB = 1024 * 1024

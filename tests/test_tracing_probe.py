@@ -5,6 +5,8 @@ import pytest
 from probes.base import Cadence, ProbeUnavailable
 from probes.tracing import TracemallocProbe, site_label
 
+_HOST_START = tracemalloc.start
+
 
 @pytest.fixture
 def tracing():
@@ -67,6 +69,30 @@ def test_leaves_a_users_own_tracing_alone(tracing):
     probe.sample()
     probe.close()
     assert tracemalloc.is_tracing()
+    tracemalloc.stop()
+
+
+def test_tracing_the_host_stops_or_claims_is_the_hosts(tracing):
+    """trace=True starts tracing once. A host that stops it decided so: it is not started
+    again under it. A host that calls tracemalloc.start() while the agent's tracing runs (a
+    no-op then) believes tracing is its own: the agent no longer stops it."""
+    probe = TracemallocProbe(start=True)
+    probe.sample()
+    assert tracemalloc.is_tracing()
+    tracemalloc.stop()  # the host pauses it
+    with pytest.raises(ProbeUnavailable):
+        probe.sample()
+    assert not tracemalloc.is_tracing()  # not restarted under the host
+    probe.close()
+    assert tracemalloc.start is _HOST_START  # nothing of the agent's left in tracemalloc
+
+    claimed = TracemallocProbe(start=True)
+    claimed.sample()
+    tracemalloc.start(5)  # the host's own start, while the agent's tracing runs
+    claimed.close()
+    assert tracemalloc.is_tracing()  # the host's now: its take_snapshot() still works
+    tracemalloc.take_snapshot()
+    assert tracemalloc.start is _HOST_START
     tracemalloc.stop()
 
 
