@@ -58,7 +58,12 @@ def inspect_target(pid: int, proc_root: str = "/proc") -> Target:
         with open(f"{proc_root}/{pid}/maps", encoding="utf-8", errors="replace") as f:
             maps = f.read()
     except PermissionError:
-        maps = ""
+        # Its memory map is not ours to read, so neither is its memory: whether it runs
+        # Python cannot be told, and "not a Python process" would send the user astray.
+        raise ProcessError(
+            f"pid {pid} ({executable}, uid {uid}) may not be inspected by this user "
+            "(permission denied on its memory map); attach as its user, or as root"
+        ) from None
     for text in (executable, maps):
         found = re.search(r"python(\d)\.(\d+)", text)
         if found:

@@ -52,6 +52,14 @@ def check_target(pid: int, what: str = "watch", proc_root: str = "/proc") -> Non
     name, fields = _read_stat(pid, proc_root)
     if fields[0] == b"Z":
         raise UsageError(f"pid {pid} has exited (a zombie, not yet reaped); nothing to {what}")
+    if fields[0] in (b"T", b"t") and what != "watch":
+        # Stopped (SIGSTOP, Ctrl-Z, a debugger): it answers no request, and code injected
+        # into it would run only on resume, after the attach gave up and put back its
+        # registers (the service would crash then). Watched from outside, it is just idle.
+        raise UsageError(
+            f"pid {pid} ({name}) is stopped (SIGSTOP, Ctrl-Z or a debugger); resume it "
+            f"(kill -CONT {pid}) and try again"
+        )
     if len(fields) > 6 and int(fields[6]) & PF_KTHREAD:
         # No memory of its own, no fds, no Python: watched, it read as a process that ended
         # at once ("ended: unknown").

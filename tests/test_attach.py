@@ -4,6 +4,7 @@ injects with ptrace alone, so these run with no gdb on the PATH; elsewhere throu
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from diag._attach import ptrace_inject
 from diag.attach import Target, _inject_with_gdb, check_can_attach, inspect_target, ptrace_scope
 from diag.cli import main
 from diag.errors import DiagError, ProcessError
+from diag.procfs import check_target, command_name, process_state
 from diag.testing import BUSY_ALLOCATING_SCRIPT, CONTENDED_SCRIPT, IDLE_WAITING_SCRIPT
 from tests.conftest import child_env, poll, require_tool, scrape
 
@@ -181,6 +183,46 @@ def test_bad_targets_are_one_line_each(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.e2e
+def test_a_stopped_process_is_refused_before_any_ptrace(tmp_path):
+    """Stopped (SIGSTOP, Ctrl-Z, a debugger), a Python process runs no injected call: the
+    attach would wait a minute, give up, and the service would crash on resume. Said at
+    once; watching it from outside still works (it is only idle)."""
+    python = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        os.kill(python.pid, signal.SIGSTOP)
+        poll(lambda: process_state(python.pid) == "T", timeout=10)
+        result = CliRunner().invoke(main, ["attach", "--pid", str(python.pid)])
+        assert result.exit_code == 2
+        name = command_name(python.pid)
+        assert result.stderr == (
+            f"diag: pid {python.pid} ({name}) is stopped (SIGSTOP, Ctrl-Z or a debugger); "
+            f"resume it (kill -CONT {python.pid}) and try again\n"
+        )
+        check_target(python.pid)  # watch: no objection
+        os.kill(python.pid, signal.SIGCONT)
+        assert python.poll() is None  # untouched, still running
+    finally:
+        python.kill()
+        python.wait()
+
+
+def test_a_memory_map_not_ours_to_read_is_no_verdict_on_python(monkeypatch):
+    """Another user's process seen without CAP_SYS_PTRACE: its exe link and maps cannot be
+    read, so whether it runs Python is unknown; it is not called "not a Python process"."""
+    real_open = open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith("/maps"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(ProcessError, match=r"may not be inspected by this user .*as root$"):
+        inspect_target(os.getpid())
 
 
 def test_no_gdb_says_how_to_get_it(monkeypatch):
