@@ -66,6 +66,11 @@ FAULT_FILE = "fault.txt"
 FORCED_EVENTS = frozenset({"start", "stop", "exit", "finding", "cuda-oom", "signal", "exception"})
 
 
+#: The reason of the stop record a ``diag watch`` writes when the watch ends while its
+#: target still runs: the watch's end, not the process's.
+WATCH_ENDED = "watch ended"
+
+
 def default_root(env: Mapping[str, str] = os.environ) -> str:
     """``$DIAG_HISTORY``, else ``$XDG_STATE_HOME/diag/history``, else ``~/.local/state/...``."""
     if env.get("DIAG_HISTORY"):

@@ -28,7 +28,7 @@ from diag.detect import (
     RecentRate,
     Verdict,
 )
-from diag.history import HistoryWriter, default_root, run_name
+from diag.history import WATCH_ENDED, HistoryWriter, default_root, run_name
 from diag.model import Clock, Labels, Sample, series_key
 from probes.base import ProbeUnavailable
 from probes.cuda import NvmlProbe
@@ -273,7 +273,7 @@ class Watcher:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.write_event("stop", self._clock(), reason="watch ended")
+            self.writer.write_event("stop", self._clock(), reason=WATCH_ENDED)
             self.writer.close()
         self.process.close()
         self.limits.close()

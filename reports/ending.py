@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from diag import procfs
-from diag.history import FAULT_FILE, History
+from diag.history import FAULT_FILE, WATCH_ENDED, History
 
 FAULT_TEXT_LIMIT = 64 * 1024
 #: faulthandler's words for the signals it reports.
@@ -287,11 +287,20 @@ def _how_it_ended(
         record = _without_kind(exits[-1])
         record.setdefault("how", "exit")
         return record
-    stops = history.events_of("stop")
+    # A watch that ended while its target ran says so in a stop record of its own: the
+    # watch's end, not the process's.
+    watch_ends = [s for s in history.events_of("stop") if s.get("reason") == WATCH_ENDED]
+    stops = [s for s in history.events_of("stop") if s.get("reason") != WATCH_ENDED]
     if stops:
         return _from_stop(stops[-1], history)
     if pid is not None and procfs.is_alive(pid, history.first_sample, proc_root):
         return {"how": "running", "pid": pid}
+    if watch_ends:
+        return {
+            "how": "unknown",
+            "at": watch_ends[-1].get("t"),
+            "why": "the watch ended while the process still ran; its end came later, unseen",
+        }
     if pid is None:
         return {"how": "unknown", "why": "the history has no start record"}
     return _without_a_stop(history, pid, run_dir, read_kernel_log, current_boot())

@@ -7,10 +7,11 @@ import io
 import os
 import signal
 import sys
+import time
 
 import pytest
 
-from diag.history import HistoryWriter, read_run
+from diag.history import WATCH_ENDED, HistoryWriter, read_run
 from diag.model import Sample
 from probes.endings import ENDING_SIGNALS, EndRecorder, describe
 from reports.ending import NO_STOP_RECORD, how_it_ended, join_watcher, read_fault
@@ -202,6 +203,24 @@ def test_a_signal_taken_by_the_host_then_silence_is_a_kill_after_a_grace_period(
     assert ended["how"] == "killed"
     assert ended["after_signal"]["signal"] == "SIGTERM"
     assert ended["after_signal"]["seconds_to_last_sample"] == pytest.approx(1.0)
+
+
+def test_a_watch_that_ended_while_its_target_ran_is_no_clean_exit(tmp_path):
+    """diag watch stopped (--duration, Ctrl-C) with the target alive writes a stop record of
+    its own: the watch's end. Read as the process's, the report said "exited cleanly"."""
+    # Still running: said so (this test's own process, alive since before the history).
+    now = time.time()
+    watched = HistoryWriter(str(tmp_path / "watched"))
+    watched.write_samples(now, [Sample("process_resident_memory_bytes", 1e8)])
+    watched.write_event("stop", now + 1, reason=WATCH_ENDED)
+    watched.close()
+    alive = how_it_ended(read_run(str(tmp_path / "watched")), os.getpid(), str(tmp_path))
+    assert alive == {"how": "running", "pid": os.getpid()}
+    # No longer running: how it ended was not seen.
+    run_dir, history = _run(tmp_path, ("stop", 1003.0, {"reason": WATCH_ENDED}))
+    gone = _ended(run_dir, history)
+    assert gone["how"] == "unknown" and "the watch ended while the process still ran" in gone["why"]
+    assert "clean_stop" not in gone
 
 
 def test_a_watchers_exit_record_is_joined_to_the_agents_account(tmp_path):

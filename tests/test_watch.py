@@ -92,6 +92,44 @@ def test_watch_stops_after_its_duration_with_the_target_alive(tmp_path, leaker):
 
 
 @pytest.mark.e2e
+def test_an_output_that_fails_is_one_line_and_the_history_keeps_every_tick(tmp_path, leaker):
+    """Standard output on a full disk (/dev/full), closed, or a pipe whose reader left: one
+    line (or none for the pipe), no traceback; the history holds the ticks and the watch's
+    own stop record, and the report calls the target running, not "exited cleanly"."""
+    history = tmp_path / "history"
+    watch = [*DIAG, "watch", "--pid", str(leaker.pid), "--interval", "0.1", "--duration", "1"]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*watch, "--history", str(history)], stdout=full, text=True,
+                                stderr=subprocess.PIPE, timeout=60, env=child_env())  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == "diag: cannot write the output: No space left on device\n"
+    (run_dir,) = find_runs(str(history))
+    run = read_run(run_dir)
+    assert run.events_of("stop")[-1]["reason"] == "watch ended" and run.ticks >= 1
+    report = CliRunner().invoke(main, ["report", run_dir, "--json"])
+    assert json.loads(report.stdout)["ended"]["how"] == "running"
+    closed = subprocess.run([*watch, "--history", "off"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=60, env=child_env(),
+                            preexec_fn=lambda: os.close(1))  # fmt: skip
+    assert "Traceback" not in closed.stderr
+    piped = subprocess.run(f"{' '.join(watch)} --history off | head -1", shell=True,
+                           capture_output=True, text=True, timeout=60, env=child_env())  # fmt: skip
+    assert piped.stdout.count("\n") == 1 and piped.stderr == ""
+
+
+def test_a_history_directory_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(
+        main, ["watch", "--pid", str(os.getpid()), "--history", str(tmp_path / "file")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"diag: cannot keep the history in {tmp_path / 'file'}/")
+    assert result.stderr.endswith(
+        ": Not a directory; give --history a writable directory, or --history off\n"
+    )
+
+
+@pytest.mark.e2e
 def test_bad_pids_are_one_line_and_exit_2():
     runner = CliRunner()
     result = runner.invoke(main, ["watch", "--pid", str(2**22 + 4321)])

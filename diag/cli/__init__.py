@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
 from typing import Any
 
 import click
 
 from diag import __version__
 from diag.errors import DiagError
+
+#: Errors of an output that failed (a full disk, a closed pipe, a lost terminal): the
+#: command's work is done or cannot be shown; said in one line, never as a traceback.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EPIPE, errno.EBADF})
 
 
 class _Group(click.Group):
@@ -19,6 +26,26 @@ class _Group(click.Group):
         except DiagError as exc:
             click.echo(f"diag: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            # The reader went away (``| head``): it has what it wanted. Nothing to say, and
+            # the interpreter's own flush of stdout at exit must not complain either.
+            _discard_stdout()
+            ctx.exit(1)
+        except OSError as exc:
+            if exc.errno not in OUTPUT_ERRNOS:
+                raise
+            _discard_stdout()
+            where = exc.filename or "the output"
+            click.echo(f"diag: cannot write {where}: {exc.strerror or exc}", err=True)
+            ctx.exit(1)
+
+
+def _discard_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # no stdout to speak of
 
 
 @click.group(cls=_Group)

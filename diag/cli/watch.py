@@ -18,7 +18,8 @@ import click
 
 from diag.cli._params import FiniteRange
 from diag.control import ask_dump
-from diag.errors import DiagError
+from diag.errors import DiagError, UsageError
+from diag.history import default_root
 from diag.procfs import check_target
 from diag.terminal import KeyReader
 from probes.watcher import Watcher, follow
@@ -72,13 +73,20 @@ def watch(
 
         result = attach(pid, {})
         click.echo(f"agent started in pid {pid} (python {result.get('python')})", err=True)
-    watcher = Watcher(
-        pid, history, sensitivity=sensitivity, time_scale=time_scale, interval=interval
-    )
+    try:
+        watcher = Watcher(
+            pid, history, sensitivity=sensitivity, time_scale=time_scale, interval=interval
+        )
+    except OSError as exc:  # the history's directory cannot be made or written
+        where = exc.filename or history or default_root()
+        raise UsageError(
+            f"cannot keep the history in {where}: {exc.strerror or exc}; give --history a "
+            "writable directory, or --history off"
+        ) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     live = keys = None
-    if not as_json and sys.stdout.isatty():
+    if not as_json and sys.stdout is not None and sys.stdout.isatty():
         live = LivePanel(pid, watcher.command)
         keys = KeyReader.start()
     shown_dump: Any = None
@@ -101,10 +109,12 @@ def watch(
             keys.stop()
         if live is not None:
             live.stop()
+        if watcher.exit is None:
+            # Whatever ended the watch (its end, Ctrl-C, an output that failed): the history
+            # gets its buffered ticks and the watch's own stop record.
+            watcher.close()
     ended = watcher.exit
-    if ended is None:
-        watcher.close()
-    else:
+    if ended is not None:
         click.echo(json.dumps(ended) if as_json else ended_text(ended), err=not as_json)
         if watcher.writer is not None:
             click.echo(f"diag report {watcher.writer.run_dir}", err=True)
