@@ -416,9 +416,14 @@ def _scan(data: bytes, path: str, problems: list[str]) -> Iterator[tuple[int, me
             offset = body + length
             continue
         if magic == RECORD_MAGIC and body + length > end and skipped_from is None:
-            # A record cut short: the writer was killed mid-write, or is writing it now.
-            problems.append(f"{path}: the last record is cut short ({end - offset} bytes)")
-            return
+            resume = _next_whole_record(data, view, offset + 1)
+            if resume is None:
+                # A record cut short: the writer was killed mid-write, or is writing it now.
+                problems.append(f"{path}: the last record is cut short ({end - offset} bytes)")
+                return
+            # Whole records after it: its length is damaged, not cut; they are read on.
+            skipped_from, offset = offset, resume
+            continue
         if skipped_from is None:
             skipped_from = offset
         next_magic = data.find(_MAGIC_BYTES, offset + 1)
@@ -429,6 +434,19 @@ def _scan(data: bytes, path: str, problems: list[str]) -> Iterator[tuple[int, me
         )
     elif offset < end:
         problems.append(f"{path}: the last record is cut short ({end - offset} bytes)")
+
+
+def _next_whole_record(data: bytes, view: memoryview, start: int) -> int | None:
+    """Where the first record at or after ``start`` whose CRC holds begins, or None."""
+    end = len(data)
+    at = data.find(_MAGIC_BYTES, start)
+    while 0 <= at <= end - RECORD_HEADER.size:
+        _, kind, length, crc = RECORD_HEADER.unpack_from(data, at)
+        body = at + RECORD_HEADER.size
+        if body + length <= end and _crc_of(kind, view[body : body + length]) == crc:
+            return at
+        at = data.find(_MAGIC_BYTES, at + 1)
+    return None
 
 
 def read_segment(path: str) -> Segment:

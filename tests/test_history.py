@@ -115,6 +115,25 @@ def test_damage_in_the_middle_is_skipped_and_reported(tmp_path):
     assert f"damaged bytes skipped at offset {start}" in run.problems[0]
 
 
+@pytest.mark.parametrize("record", [0, 10])  # the first record (the start event), a tick
+def test_a_damaged_length_is_skipped_not_read_as_the_end(tmp_path, record):
+    """A length field damaged to point past the end looks like a record cut short; with
+    whole records after it, it is damage: they are read on, the stop record too."""
+    writer = _write_run(tmp_path / "run", ticks=30)
+    writer.write_event("stop", 30.0, reason="exit")
+    writer.close()
+    (segment,) = (tmp_path / "run").glob("seg-*.dh")
+    data = bytearray(segment.read_bytes())
+    start = ([h.FILE_HEADER.size, *_record_ends(bytes(data))])[record]
+    data[start + 4 : start + 8] = (0x7FFF0000).to_bytes(4, "little")  # its length
+    segment.write_bytes(bytes(data))
+    run = h.read_run(str(tmp_path / "run"))
+    assert run.ticks == (30 if record == 0 else 29)  # the damaged record alone is lost
+    assert run.events_of("stop")[-1]["reason"] == "exit"
+    assert len(run.problems) == 1
+    assert f"damaged bytes skipped at offset {start}" in run.problems[0]
+
+
 def test_not_a_history_and_a_newer_format_say_so(tmp_path):
     (tmp_path / "seg-000001.dh").write_bytes(b"hello world, not a history at all")
     assert h.read_run(str(tmp_path)).problems == [
