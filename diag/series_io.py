@@ -267,14 +267,21 @@ def read_inputs(path: str) -> list[RecordedSeries]:
     if not runs:
         raise UsageError(f"{path}: a directory without diag history runs")
     out = []
+    problems: list[str] = []
     for run_dir in runs:
         history = read_run(run_dir)
+        problems += history.problems
         counters = [data for data in history.series.values() if data.name == "requests_total"]
         for key, data in sorted(history.series.items()):
             if data.name in HISTORY_SERIES and len(data.times) > 1:
                 name = f"{os.path.basename(run_dir)}/{key}"
                 requests = _requests_at(data.times, counters) if counters else None
-                out.append(RecordedSeries(run_dir, name, data.times, data.lows, requests))
+                # What the reader skipped (damage, a cut) goes with every series it touched.
+                notes = list(history.problems)
+                out.append(RecordedSeries(run_dir, name, data.times, data.lows, requests, notes))
+    if not out:
+        why = f": {problems[0]}" if problems else ""
+        raise UsageError(f"{path}: no memory series of two samples or more in its runs{why}")
     return out
 
 

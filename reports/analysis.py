@@ -3,6 +3,7 @@ documented JSON line) and as a readable summary."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from diag.detect import Alert, Detector, DetectorConfig, Verdict, replay
@@ -44,7 +45,11 @@ def summary(series: RecordedSeries, alerts: list[Alert], final: Verdict) -> str:
     span = series.times[-1] - t0
     count = len(series.times)
     samples = f"{count:,} sample{'' if count == 1 else 's'}"
-    lines = [f"{series.path}: {samples} over {format_duration(span)}"]
+    # Named where the path alone does not say which series it is (a Prometheus answer's
+    # results, a history run's series, a CSV's named column).
+    named = series.name and series.name not in os.path.basename(series.path)
+    where = f"{series.path} [{series.name}]" if named else series.path
+    lines = [f"{where}: {samples} over {format_duration(span)}"]
     lines.extend(f"  ({note})" for note in series.notes)
     for a in alerts:
         when = f"leak from +{format_duration(a.start - t0)}"

@@ -2,10 +2,13 @@ import datetime
 import json
 import math
 import random
+import subprocess
 
+import pytest
 from click.testing import CliRunner
 
 from diag.cli import main
+from tests.conftest import DIAG, child_env, require_tool
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -164,7 +167,10 @@ def test_a_prometheus_range_query_answer_is_read_series_by_series(tmp_path):
     single.write_text(json.dumps({"resultType": "matrix", "result": [series[0] | {
         "values": [[1_700_000_000, "1000"]]}]}))  # fmt: skip
     result = runner.invoke(main, ["analyze", str(single)])
-    assert result.stdout.splitlines()[0] == f"{single}: 1 sample over 0 s"
+    # Named in the text too: a Prometheus answer holds several series.
+    assert result.stdout.splitlines()[0] == (
+        f'{single} [process_resident_memory_bytes{{instance="tts-0:9109"}}]: 1 sample over 0 s'
+    )
     result = runner.invoke(main, ["analyze", str(instant)])
     assert result.exit_code == 2
     assert result.stderr == (
@@ -200,6 +206,44 @@ def test_a_history_directory_is_analysed_series_by_series(tmp_path):
     result = CliRunner().invoke(main, ["analyze", str(empty)])
     assert result.exit_code == 2
     assert "a directory without diag history runs" in result.stderr
+
+
+def test_a_damaged_history_says_what_was_skipped_and_a_useless_one_is_one_line(tmp_path):
+    from tests.test_report import _leaking_run
+
+    run = tmp_path / "runs" / "20231114T221320Z-4242"
+    _leaking_run(run)
+    (segment,) = run.glob("seg-*.dh")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8  # damage in the middle
+    segment.write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["analyze", str(tmp_path / "runs"), "--json"])
+    (document,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert any("damaged bytes skipped" in note for note in document["notes"])
+    # Nothing but garbage in a run: one line and exit 2, not silence and exit 0.
+    garbage = tmp_path / "garbage" / "20231114T221320Z-4243"
+    garbage.mkdir(parents=True)
+    (garbage / "seg-000001.dh").write_bytes(random.Random(1).randbytes(4096))
+    result = CliRunner().invoke(main, ["analyze", str(tmp_path / "garbage")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f"diag: {tmp_path / 'garbage'}: no memory series of two samples or more in its runs: "
+    )
+
+
+@pytest.mark.e2e
+def test_an_unreadable_input_is_one_line_and_the_others_are_read(tmp_path):
+    """Run without the capabilities that let root read any file (as another user would)."""
+    setpriv = require_tool("setpriv")
+    good = _write(tmp_path / "good.csv", lambda t: 500 * MiB, hours=1)
+    unreadable = _write(tmp_path / "unreadable.csv", lambda t: 500 * MiB, hours=1)
+    unreadable.chmod(0)
+    command = [setpriv, "--bounding-set=-all", "--inh-caps=-all", *DIAG, "analyze"]
+    result = subprocess.run([*command, str(unreadable), str(good)], capture_output=True,
+                            text=True, timeout=120, env=child_env())  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == f"diag: {unreadable}: cannot read: Permission denied\n"
+    assert result.stdout.startswith(f"{good}: 720 samples")
 
 
 def test_a_requests_column_tells_load_from_a_leak_and_sensitivity_is_a_knob(tmp_path):

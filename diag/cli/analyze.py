@@ -28,7 +28,8 @@ class _Bytes(click.ParamType):  # type: ignore[type-arg]
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path())
+# Not click's readability check: an unreadable file is one line, and the others are read.
+@click.argument("files", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--limit", type=_Bytes(), help="The limit to forecast against (4GiB, 4294967296).")
 @click.option(
     "--sensitivity",
