@@ -8,6 +8,7 @@ disabled. Nothing a probe or a listener does reaches the host's threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -302,7 +303,10 @@ class Sampler:
             try:
                 self.tick()
             except Exception:  # a bug of ours; keep the thread alive and the host unaffected
-                log.exception("diag: sampler tick failed")
+                # ... even where the host's own logging fails on the line (its handler's
+                # stream closed): the tick's failure is then unsaid, not fatal.
+                with contextlib.suppress(Exception):
+                    log.exception("diag: sampler tick failed")
             next_at += self.interval
             now = self._monotonic()
             if next_at < now:  # fell behind (host paused us): skip the missed ticks

@@ -3,6 +3,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import textwrap
 import threading
 import urllib.request
 import wsgiref.util
@@ -139,6 +140,50 @@ def test_stops_cleanly_at_interpreter_exit():
     assert out.returncode == 0, out.stderr
     assert out.stdout == "ticked True\n"
     assert out.stderr == ""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stderr", ["closed", "raising"])
+def test_a_host_whose_stderr_fails_gets_no_exception_from_diags_log_lines(stderr):
+    """With no logging configured, Python's last resort writes diag's warnings to stderr and,
+    when that fails, a traceback to stderr, which raises again: out of probes.start() (a busy
+    port is logged there) into the host, or out of the sampler's thread, which died."""
+    out = _run_python(
+        textwrap.dedent(f"""
+        import io, os, socket, sys, threading
+        report = os.fdopen(os.dup(1), "w")
+
+        class Raising(io.TextIOBase):
+            def write(self, text):
+                raise RuntimeError("the log sink is down")
+
+        if {stderr!r} == "closed":
+            sys.stderr = io.StringIO()
+            sys.stderr.close()
+        else:
+            sys.stderr = Raising()
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        from diag.settings import Settings
+        from diag.testing import FakeProbe
+        from probes.agent import Agent
+
+        def fails(call):
+            raise RuntimeError("a probe bug, logged")
+
+        settings = Settings(interval=0.02, port=busy.getsockname()[1])
+        agent = Agent(settings, probes=[FakeProbe("bad", fail_with=fails)])
+        agent.start()
+        ticked = threading.Event()
+        agent.sampler.add_listener(lambda t: agent.sampler.ticks > 5 and ticked.set())
+        print("ticks", ticked.wait(10), agent.sampler.running, file=report)
+        agent.stop()
+        report.flush()
+        """)
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ticks True True\n"
 
 
 @pytest.mark.e2e
