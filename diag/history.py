@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import struct
 import threading
 import time
@@ -609,6 +610,42 @@ def find_runs(root: str) -> list[str]:
     except OSError:
         return []
     return [os.path.join(root, n) for n in names]
+
+
+#: The most runs a history root keeps. A server that forks a worker every few hundred
+#: requests (gunicorn's max_requests, a Pool's maxtasksperchild) starts a run per worker, and
+#: each run is bounded on its own (``HistoryWriter``), not their number.
+MAX_RUNS = 200
+
+
+def prune_runs(root: str, keep: int = MAX_RUNS) -> int:
+    """Remove the oldest runs beyond ``keep`` whose process is gone (a live one's run is
+    never removed, nor is anything that is not a run); returns how many went. Never raises."""
+    try:
+        names = sorted(n for n in os.listdir(root) if RUN_NAME.match(n))
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        if len(names) - removed <= keep:
+            break
+        if _process_exists(int(name.split("-")[1])):
+            continue  # a live process's run stays, and the next oldest goes instead
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    if not 0 < pid <= 1 << 22:  # no such pid (os.kill would signal a group, or overflow)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's: it exists
+    return True
 
 
 def latest_run(root: str) -> str | None:

@@ -2,6 +2,7 @@
 findings and other events, a clean stop.
 
 The run directory is ``<history root>/<UTC start>-<pid>``; a forked child starts its own run.
+The root keeps the newest ``MAX_RUNS`` runs (those of live processes always).
 A missing stop record is how ``diag report`` knows the process was killed.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from diag import __version__
 from diag.detect import Verdict
-from diag.history import HistoryWriter, WriterStats, run_name
+from diag.history import HistoryWriter, WriterStats, prune_runs, run_name
 from diag.model import Sample, Tick
 from diag.procfs import boot_id
 from diag.settings import Settings
@@ -71,6 +72,7 @@ class HistoryRecorder:
         run_dir = os.path.join(self.root, run_name(started, os.getpid()))
         self.writer = HistoryWriter(run_dir)
         self.writer.write_event("start", started, **describe_process(self.settings))
+        prune_runs(self.root)  # each run is bounded; so is their number (forked workers)
 
     def record_tick(self, tick: Tick) -> None:
         if self.writer is not None:

@@ -264,6 +264,22 @@ def test_a_real_full_tmpfs(tmp_path):
         subprocess.run(["umount", str(mount)], check=True)
 
 
+def test_a_root_keeps_its_newest_runs_and_every_live_processes(tmp_path):
+    """A forked worker per few requests starts a run each: their number is bounded too. The
+    oldest runs go first, never a live process's, never what is not a run."""
+    live = tmp_path / f"20200101T000000Z-{os.getpid()}"  # the oldest, but its process runs
+    live.mkdir()
+    gone = [tmp_path / f"2020010{day}T000000Z-{(1 << 22) + day}" for day in range(1, 7)]
+    for run in gone:
+        run.mkdir()
+        (run / "seg-000001.dh").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not a run")
+    assert h.prune_runs(str(tmp_path), keep=3) == 4
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([live.name, gone[-2].name, gone[-1].name, "notes.txt"])
+    assert h.prune_runs(str(tmp_path / "missing"), keep=3) == 0  # never raises
+
+
 def test_rotation_and_summaries_keep_the_run_bounded(tmp_path):
     writer = h.HistoryWriter(
         str(tmp_path), flush_seconds=0.0, segment_bytes=16_000, raw_budget=40_000,
