@@ -34,6 +34,10 @@ log = logging.getLogger("diag")
 #: At most this many series are judged (one detector each): sites and devices are bounded
 #: upstream, this bounds the product.
 MAX_DETECTORS = 64
+#: A judged series without a sample for this long (the detector's time) is gone (an
+#: allocation site that left the top, a device released): its detector makes room for a new
+#: series once all are taken, or sites that come and go would fill them for good.
+STALE_SECONDS = 600.0
 JUDGED = frozenset(watched.names_read_by("detector"))
 DISCOUNTED = frozenset(row.name for row in watched.CATALOGUE if row.disturbed_by_dumps)
 #: The verdict metrics of a memory series and of a resource series: leak, rate, forecast.
@@ -227,7 +231,7 @@ class GrowthAnalyzer:
         if series is None:
             series = self._series.get((sample.name, sample.labels))
         if series is None:
-            if len(self._series) >= MAX_DETECTORS:
+            if len(self._series) >= MAX_DETECTORS and not self._forget_stale(t):
                 return []
             labels = tuple(sorted((("series", sample.name), *sample.labels)))
             row = watched.BY_NAME.get(sample.name)
@@ -251,6 +255,18 @@ class GrowthAnalyzer:
             if previous is None or previous.state != verdict.state:
                 self._notify(key, previous, verdict)
         return series.samples_of(verdict)
+
+    def _forget_stale(self, t: float) -> bool:
+        """Make room: forget the series longest without a sample, if it is stale."""
+        scaled = t * self.config.time_scale
+        stalest = min(self._series.items(), key=lambda item: item[1].last_seen, default=None)
+        if stalest is None or stalest[1].last_seen > scaled - STALE_SECONDS:
+            return False
+        key, series = stalest
+        del self._series[key]
+        self.verdicts.pop(series.key, None)
+        self._repeats.clear()  # a chunk's plan may hold the forgotten series: planned anew
+        return True
 
     def _retained_per_request(self, t: float, memory: float) -> list[Sample]:
         if self._requests is None:
@@ -372,6 +388,11 @@ class _Judged:
     @property
     def verdict(self) -> Verdict:
         return self._verdict
+
+    @property
+    def last_seen(self) -> float:
+        """The latest sample's time, in the detector's time (-inf: none yet)."""
+        return self._last_t
 
     def holds(
         self,

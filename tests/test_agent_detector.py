@@ -253,6 +253,35 @@ def test_the_analyzer_exports_and_notifies_as_with_every_sample_fed():
     assert "leak" in [state for _, state, _ in heard]
 
 
+def test_sites_that_come_and_go_never_keep_a_later_series_from_being_judged():
+    """Allocation sites leave the top and new ones come: all detectors taken by sites gone
+    for good, a series that appears later (a resource the host starts using, a GPU) must
+    still be judged. A site gone longer than STALE_SECONDS makes room; a live one never."""
+    analyzer = analysis.GrowthAnalyzer()
+    rss = Sample("process_resident_memory_bytes", 1e9)
+    t = 0.0
+    for wave in range(3):  # 3 x 63 sites, each wave present for 20 minutes, then gone
+        for _ in range(120):
+            t += 10.0
+            sites = [
+                Sample("tracemalloc_top_bytes", 1e6, (("site", f"app.py:{wave}{i:02d}"),))
+                for i in range(analysis.MAX_DETECTORS - 1)
+            ]
+            analyzer.analyze(t, [rss, *sites])
+    assert len(analyzer._series) == analysis.MAX_DETECTORS  # still bounded
+    assert "process_resident_memory_bytes" in analyzer.verdicts  # seen every tick: kept
+    fds = Sample("resource_usage", 12.0, (("resource", "fds"),))
+    t += 10.0
+    analyzer.analyze(t, [rss, fds])  # the third wave is live: no room yet
+    assert "resource_usage{resource=fds}" not in analyzer.verdicts
+    t += analysis.STALE_SECONDS + 10.0
+    analyzer.analyze(t, [rss, fds])  # the third wave has gone stale
+    assert "resource_usage{resource=fds}" in analyzer.verdicts
+    assert not any(
+        key.startswith("tracemalloc_top_bytes{site=app.py:0") for key in analyzer.verdicts
+    )
+
+
 @pytest.mark.parametrize("time_scale", [1.0, 60.0])
 def test_a_probe_handing_out_the_same_tuple_again_is_judged_as_if_fed_each_sample(time_scale):
     """The resource probe hands out the very same tuple while nothing in it moves; the
