@@ -118,6 +118,8 @@ class EndRecorder:
             where,
             signal_name,
             is_ours=lambda handler: handler == self._on_signal,
+            stand_ins=self._installed,
+            own=self._on_signal,
         )
 
     # -- install and remove ------------------------------------------------------------------
@@ -209,7 +211,7 @@ class EndRecorder:
         tick: a few ``getsignal`` calls, not one per signal the system has."""
         for signum in TAPPED_SIGNALS:
             try:
-                current = signal.getsignal(signum)
+                current = self._tap.real_getsignal(signum)  # the host's view hides ours
             except (OSError, ValueError):
                 continue
             if current == self._on_signal or current is signal.default_int_handler:
@@ -236,7 +238,7 @@ class EndRecorder:
             return previous(signum, frame)
         # The default action ends the process: say so, then let it happen as it would have.
         self._safely(self._end, "signal", **fields)
-        signal.signal(signum, signal.SIG_DFL)
+        self._tap.real_signal(signum, signal.SIG_DFL)  # not the host's view: that keeps ours
         signal.raise_signal(signum)
         return None
 

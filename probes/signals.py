@@ -53,11 +53,17 @@ class SignalTap:
         name: Callable[[int], str],
         is_ours: Callable[[object], bool],
         clock: Callable[[], float] = time.monotonic,
+        stand_ins: dict[int, Handler] | None = None,
+        own: Handler = None,
     ) -> None:
         self._record = record
         self._signals = frozenset(signals)
         self._describe, self._where, self._name = describe, where, name
         self._is_ours = is_ours
+        #: signal -> the default (default_int_handler, SIG_DFL) the agent's own handler stands
+        #: in for: what the host sees there, and what it may set there without undoing ours.
+        self._stand_ins = stand_ins if stand_ins is not None else {}
+        self._own = own  # the agent's handler that stands in for them
         self._clock = clock
         self._lock = threading.Lock()
         self._recent: dict[int, list[float]] = {}
@@ -67,14 +73,36 @@ class SignalTap:
     # -- what the host calls instead of signal.signal / signal.getsignal ---------------------
 
     def _install_for_host(self, signum: int, handler: Handler) -> Handler:
-        assert self._signal is not None
+        assert self._signal is not None and self._getsignal is not None
+        if signum in self._stand_ins and handler is self._stand_ins[signum]:
+            # The host puts back the default the agent's handler stands in for (asyncio.run,
+            # uvicorn at their end): ours goes back instead, recording the end and acting as
+            # that default.
+            handler = self._own
+            return self._as_host_sees(signum, self._signal(signum, handler))
         if signum in self._signals and self._wants(handler):
             handler = _Wrapped(self, handler)
-        return _unwrapped(self._signal(signum, handler))
+        return self._as_host_sees(signum, self._signal(signum, handler))
 
     def _read_for_host(self, signum: int) -> Handler:
         assert self._getsignal is not None
-        return _unwrapped(self._getsignal(signum))
+        return self._as_host_sees(signum, self._getsignal(signum))
+
+    def _as_host_sees(self, signum: int, handler: Handler) -> Handler:
+        """The host's own handler, never our wrapper; where the agent's handler stands in for
+        the default, that default (asyncio.run installs its Ctrl-C handling only where it
+        finds ``default_int_handler``; code that compares with SIG_DFL likewise)."""
+        if self._is_ours(handler) and signum in self._stand_ins:
+            return self._stand_ins[signum]
+        return _unwrapped(handler)
+
+    def real_signal(self, signum: int, handler: Handler) -> Handler:
+        """``signal.signal`` itself, past the tap: for the agent's own handlers."""
+        return (self._signal or signal.signal)(signum, handler)
+
+    def real_getsignal(self, signum: int) -> Handler:
+        """What is installed, the host's handlers unwrapped but the agent's own as they are."""
+        return _unwrapped((self._getsignal or signal.getsignal)(signum))
 
     def _wants(self, handler: Handler) -> bool:
         return (

@@ -42,7 +42,8 @@ def test_handlers_and_hooks_come_off_as_they_were(recorder, monkeypatch):
     endings, _ = recorder
     hook, exit_ = sys.excepthook, os._exit
     endings.install(None)
-    assert signal.getsignal(signal.SIGTERM) == endings._on_signal  # the agent's, for now
+    assert endings._tap.real_getsignal(signal.SIGTERM) == endings._on_signal  # for now
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # as the host sees it
     assert sys.excepthook != hook and os._exit != exit_
     endings.uninstall()
     assert sys.excepthook == hook and os._exit == exit_
@@ -86,8 +87,38 @@ def test_a_host_handler_installed_after_the_agent_is_tapped_and_handed_back(reco
     assert seen == [signal.SIGTERM]
     assert calls.events[-1][0] == "signal"
     assert calls.events[-1][1]["handled_by"].endswith("handle_exit")
+    assert original == signal.SIG_DFL  # the default the agent's handler stands in for
     assert signal.signal(signal.SIGTERM, original) is handle_exit  # restored as it was saved
-    assert signal.getsignal(signal.SIGTERM) == endings._on_signal
+    assert endings._tap.real_getsignal(signal.SIGTERM) == endings._on_signal  # ours again
+
+
+def test_asyncio_run_takes_ctrl_c_as_without_the_agent(recorder):
+    """asyncio.run installs its own SIGINT handling (the main task cancelled, so the
+    coroutine sees CancelledError at its await) only where it finds default_int_handler. The
+    agent's handler stands in for that default: the host must see the default there."""
+    import asyncio
+
+    endings, calls = recorder
+    endings.install(None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    seen = []
+
+    async def main():
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # asyncio's
+        asyncio.get_running_loop().call_later(0.05, signal.raise_signal, signal.SIGINT)
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            seen.append("cancelled at the await")
+            raise
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    assert seen == ["cancelled at the await"]
+    assert calls.events[-1][0] == "signal" and calls.events[-1][1]["signal"] == "SIGINT"
+    # asyncio put the default back: the agent's handler is there again, seen as the default.
+    assert endings._tap.real_getsignal(signal.SIGINT) == endings._on_signal
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_host_handler_installed_over_ours_is_noted_once(recorder):
