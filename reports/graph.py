@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from typing import Any
@@ -46,17 +47,28 @@ def graph_dot(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_graph(document: dict[str, Any], path: str) -> str:
-    """Write the graph to ``path``; its extension picks the format. Returns a line to show."""
+def graph_format(path: str) -> str:
+    """The format ``path``'s extension picks; a clear ``UsageError`` before any work (a dump
+    with a window takes minutes) for one that picks none."""
     extension = path.rsplit(".", 1)[-1].lower() if "." in path else ""
     if extension not in GRAPH_FORMATS:
         raise UsageError(
             f"--graph {path}: name a .dot, .svg, .png or .pdf file (the extension picks the format)"
         )
+    return extension
+
+
+def write_graph(document: dict[str, Any], path: str) -> str:
+    """Write the graph to ``path``; its extension picks the format. Returns a line to show;
+    a file that cannot be written is a ``DiagError`` naming why."""
+    extension = graph_format(path)
     dot_text = graph_dot(document)
     if extension == "dot":
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(dot_text)
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(dot_text)
+        except OSError as exc:
+            raise DiagError(f"--graph {path}: cannot write it: {exc.strerror or exc}") from None
         return f"graph written to {path} (render it with graphviz: dot -Tsvg {path} -o graph.svg)"
     dot = shutil.which("dot")
     if dot is None:
@@ -69,4 +81,10 @@ def write_graph(document: dict[str, Any], path: str) -> str:
     )
     if done.returncode != 0:
         raise DiagError(f"--graph {path}: dot failed: {done.stderr.strip()}")
+    try:
+        written = os.path.getsize(path)
+    except OSError:
+        written = 0
+    if written == 0:  # dot says nothing of a write that failed (a full disk): an empty file
+        raise DiagError(f"--graph {path}: dot wrote nothing there (a full disk?)")
     return f"graph written to {path}"

@@ -63,3 +63,47 @@ def test_graph_files_by_extension(tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(DiagError, match="graphviz's `dot` is not installed"):
         write_graph(DOCUMENT, str(tmp_path / "h.png"))
+
+
+def test_a_graph_that_cannot_be_written_is_one_line_naming_why(tmp_path):
+    """A missing directory, a directory in the file's place."""
+    with pytest.raises(DiagError, match=r"g\.dot: cannot write it: No such file or directory$"):
+        write_graph(DOCUMENT, str(tmp_path / "missing" / "g.dot"))
+    (tmp_path / "taken.dot").mkdir()
+    with pytest.raises(DiagError, match=r"taken\.dot: cannot write it: Is a directory$"):
+        write_graph(DOCUMENT, str(tmp_path / "taken.dot"))
+
+
+@pytest.mark.e2e
+def test_graphviz_writing_to_a_full_disk_is_no_success(tmp_path):
+    """dot exits 0 when its own write fails, leaving an empty file: not "graph written"."""
+    import os
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    require_tool("dot")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        message = f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root"
+        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # fill it to the last byte
+            while os.write(filler, b"x" * 512):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(filler)
+        with pytest.raises(DiagError, match=r"g\.svg: dot wrote nothing there \(a full disk\?\)$"):
+            write_graph(DOCUMENT, str(mount / "g.svg"))
+        with pytest.raises(DiagError, match="cannot write it: No space left on device"):
+            write_graph(DOCUMENT, str(mount / "g.dot"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -16,7 +16,7 @@ from diag.cli._params import FiniteRange
 from diag.control import ask_dump
 from diag.procfs import check_target
 from reports.dump import render
-from reports.graph import write_graph
+from reports.graph import graph_format, write_graph
 
 
 @click.command()
@@ -61,6 +61,8 @@ def dump(
     traced window (it runs one by itself when a leak starts). Exit 1 when no agent answers.
     """
     check_target(pid, "dump")
+    if graph:
+        graph_format(graph)  # a wrong name said now, not after the window
     if attach_first:
         from diag.attach import attach
 
@@ -78,9 +80,10 @@ def dump(
         all_frames=all_frames,
         trim=trim,
     )
-    if graph:
-        click.echo(write_graph(document, graph), err=True)
+    # The document first: a graph that cannot be written must not lose a window's dump.
     if as_json:
         click.echo(json.dumps(document))
     else:
         Console().print(render(document))
+    if graph:
+        click.echo(write_graph(document, graph), err=True)
