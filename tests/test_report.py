@@ -171,6 +171,44 @@ def test_markdown_and_html_render_the_story(tmp_path):
     assert "first warning" in page and "killed" in page
 
 
+def test_an_html_page_that_cannot_be_written_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) keeps the page that was there, not half of
+    a new one, and leaves no partial file behind."""
+    _leaking_run(tmp_path / "run-4242")
+    page = tmp_path / "report.html"
+    page.write_text("<!DOCTYPE html><p>the last good report</p>")
+
+    class FullDisk:
+        def __init__(self, real):
+            self.real = real
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.real.close()
+
+        def write(self, text):
+            self.real.write(text[:4096])
+            raise OSError(28, "No space left on device")
+
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda path, mode="r", *a, **k: (
+            FullDisk(real_open(path, mode, *a, **k))
+            if str(path).endswith(".partial")
+            else real_open(path, mode, *a, **k)
+        ),
+    )
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "run-4242"), "--html", str(page)])
+    monkeypatch.undo()
+    assert result.exit_code == 2
+    assert result.stderr == f"diag: cannot write {page}: No space left on device\n"
+    assert page.read_text() == "<!DOCTYPE html><p>the last good report</p>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "run-4242"]
+
+
 def test_no_history_is_a_clear_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
     assert result.exit_code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -58,9 +59,16 @@ def report(path: str | None, html_file: str | None, markdown: bool, as_json: boo
     if html_file:
         from reports import html
 
+        page = html.render(data)
+        # Written beside it and renamed over it: a write that fails (a full disk) leaves the
+        # page that was there, or none, never half of one.
+        partial = f"{html_file}.partial"
         try:
-            with open(html_file, "w", encoding="utf-8") as f:
-                f.write(html.render(data))
+            with open(partial, "w", encoding="utf-8") as f:
+                f.write(page)
+            os.replace(partial, html_file)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
             raise UsageError(f"cannot write {html_file}: {exc.strerror or exc}") from None
         click.echo(f"wrote {html_file}", err=True)
