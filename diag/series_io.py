@@ -50,6 +50,12 @@ EPOCH_UNITS = (
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+#: The longest line a CSV may have: a file without line ends (a binary, /dev/zero, a gzip bomb
+#: of zeros) would otherwise be read whole into memory as one line.
+MAX_LINE = 1 << 20
+#: The most JSON a Prometheus answer may hold, decompressed: parsed, it takes several times
+#: that in memory.
+MAX_JSON = 256 << 20
 TRUNCATED_NOTE = "the gzip file ends early (cut off): the rows before the cut were read"
 
 
@@ -64,13 +70,30 @@ def _open_text(path: str) -> io.TextIOWrapper:
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def _rows(f: io.TextIOWrapper, notes: list[str]) -> Iterator[list[str]]:
+def _rows(f: io.TextIOWrapper, notes: list[str], path: str) -> Iterator[list[str]]:
     """A CSV's rows to its end, or to where a gzip file was cut off (a copy interrupted, a
     disk that filled): the whole rows before the cut are kept, and the cut noted."""
     try:
-        yield from csv.reader(f)
+        yield from csv.reader(_lines(f, path, first=2))
     except EOFError:
         notes.append(TRUNCATED_NOTE)
+
+
+def _line(f: io.TextIOWrapper, path: str, number: int) -> str:
+    """One line, of MAX_LINE characters at most: a longer one is no CSV's."""
+    line = f.readline(MAX_LINE)
+    if len(line) >= MAX_LINE and not line.endswith("\n"):
+        raise UsageError(
+            f"{path}: line {number} runs past {MAX_LINE:,} characters without an end: not a CSV"
+        )
+    return line
+
+
+def _lines(f: io.TextIOWrapper, path: str, first: int) -> Iterator[str]:
+    number = first
+    while line := _line(f, path, number):
+        yield line
+        number += 1
 
 
 def _time(cell: str) -> tuple[float, bool]:
@@ -105,7 +128,7 @@ def read_csv(path: str) -> RecordedSeries:
     notes: list[str] = []
     try:
         with _open_text(path) as f:
-            first = f.readline()
+            first = _line(f, path, 1)
             columns = [c.strip().lower() for c in next(csv.reader([first]), [])]
             if (
                 len(columns) not in (2, 3)
@@ -120,7 +143,7 @@ def read_csv(path: str) -> RecordedSeries:
             times, values, requests = array("d"), array("d"), array("d")
             scale: float | None = None  # the numeric times' unit, from the first one
             gaps = 0
-            for number, row in enumerate(_rows(f, notes), start=2):
+            for number, row in enumerate(_rows(f, notes, path), start=2):
                 if not any(cell.strip() for cell in row):
                     continue
                 if len(row) == width and row[1].strip().lower() in GAP_CELLS:
@@ -190,7 +213,13 @@ def read_prometheus(path: str) -> list[RecordedSeries]:
     (a stale series) is a gap, skipped and counted, as in a CSV."""
     try:
         with _open_text(path) as f:
-            document = json.load(f)
+            text = f.read(MAX_JSON + 1)
+        if len(text) > MAX_JSON:
+            raise UsageError(
+                f"{path}: over {MAX_JSON >> 20} MiB of JSON, too much to analyse at once; ask "
+                "Prometheus for fewer series or a coarser step"
+            )
+        document = json.loads(text)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -329,3 +329,36 @@ def test_gzip_compressed_inputs_are_read_and_a_cut_off_one_keeps_its_whole_rows(
     lines = result.stderr.splitlines()
     assert lines[0] == f"diag: {header_cut}: the gzip file is cut off before its first row"
     assert len(lines) == 2 and lines[1].startswith(f"diag: {damaged}: "), lines
+
+
+def test_an_input_without_line_ends_is_refused_in_bounded_memory(tmp_path, monkeypatch):
+    """A file with no line end (a binary, /dev/zero, a gzip bomb of zeros) was read whole as
+    one line (4 GB of memory for 2 GiB of zeros) before any error."""
+    import gzip
+    import resource
+
+    from diag import series_io
+
+    bomb = tmp_path / "zeros.csv.gz"
+    with gzip.open(bomb, "wb") as f:
+        for _ in range(64):  # 64 MiB of zeros, in 64 KiB of gzip
+            f.write(bytes(1 << 20))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for path in (str(bomb), "/dev/zero"):
+        result = CliRunner().invoke(main, ["analyze", path])
+        assert result.exit_code == 2
+        assert result.stderr == (
+            f"diag: {path}: line 1 runs past 1,048,576 characters without an end: not a CSV\n"
+        )
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 32 * 1024  # a few MiB, not the file
+    # A Prometheus answer is bounded too (here at 1 MiB, to keep the test small).
+    monkeypatch.setattr(series_io, "MAX_JSON", 1 << 20)
+    answer = tmp_path / "big.json"
+    answer.write_text('{"data": {"resultType": "matrix", "result": []}}' + " " * (1 << 20))
+    result = CliRunner().invoke(main, ["analyze", str(answer)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"diag: {answer}: over 1 MiB of JSON, too much to analyse at once; ask Prometheus for "
+        "fewer series or a coarser step\n"
+    )
