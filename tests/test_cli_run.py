@@ -35,7 +35,11 @@ def test_a_program_the_kernel_will_not_run_is_one_line(tmp_path):
     script = tmp_path / "script"
     script.write_text("#!/no/such/interpreter\n")
     script.chmod(0o755)
+    readable = tmp_path / "readable.sh"  # a path to a file not marked executable (mode 644)
+    readable.write_text("echo hi\n")
+    readable.chmod(0o644)
     hints = {
+        readable: "Permission denied (not executable by this user, or on a noexec mount)",
         notes: "Exec format error (no program, and a script needs a #! line; or give its "
         "interpreter: diag run -- python script.py)",
         script: "No such file or directory (its #! interpreter is missing)",
@@ -52,7 +56,11 @@ def test_a_program_the_kernel_will_not_run_is_one_line(tmp_path):
 def test_bad_environment_is_a_usage_error():
     result = CliRunner().invoke(main, ["run", "--", "python"], env={"DIAG_INTERVAL": "soon"})
     assert result.exit_code == 2
-    assert result.stderr.startswith("diag: DIAG_INTERVAL='soon' ignored")
+    # Refused here, not "ignored" as the agent alone would log it.
+    assert result.stderr == (
+        "diag: DIAG_INTERVAL='soon': could not convert string to float: 'soon'; correct it or "
+        "unset it\n"
+    )
     assert "Traceback" not in result.output
 
 

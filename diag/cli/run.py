@@ -63,8 +63,11 @@ def run(
         os.environ, port=port, address=address, interval=interval, history=history, trace=trace
     )
     for problem in settings.problems:
-        raise UsageError(problem)
+        # The agent alone would log the value and go on without it; here it is refused.
+        raise UsageError(f"{problem.replace(' ignored: ', ': ', 1)}; correct it or unset it")
     executable = shutil.which(command[0])
+    if executable is None and os.sep in command[0] and os.path.isfile(command[0]):
+        executable = command[0]  # a path to a file: the kernel says why it will not run it
     if executable is None:
         raise UsageError(f"command not found: {command[0]!r}; give a program on PATH or a path")
     env = child_environment(os.environ, settings)
