@@ -185,8 +185,11 @@ class EndRecorder:
                 if signal.getsignal(signum) == self._on_signal:
                     signal.signal(signum, previous)
             except (OSError, ValueError):
-                pass  # off the main thread at exit: the process is ending anyway
-        self._installed.clear()
+                # Off the main thread (stop() from a thread, or at exit): handlers cannot be
+                # set there. Ours stays, and must keep acting as what it stood in for (Ctrl-C
+                # a KeyboardInterrupt), so what it stood in for is kept too.
+                continue
+            del self._installed[signum]
         self._close_fault_file()
         if sys.excepthook == self._excepthook and self._previous_excepthook is not None:
             sys.excepthook = self._previous_excepthook

@@ -121,6 +121,21 @@ def test_asyncio_run_takes_ctrl_c_as_without_the_agent(recorder):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_stopped_from_a_thread_ctrl_c_is_still_a_keyboard_interrupt(recorder):
+    """Handlers can be set from the main thread only: stopped from another, the agent's
+    handler stays in place, and must still act as the default it stood in for."""
+    import threading
+
+    endings, _ = recorder
+    endings.install(None)
+    stopper = threading.Thread(target=endings.uninstall)
+    stopper.start()
+    stopper.join()
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # not the default action (the process killed)
+    endings.uninstall()  # from the main thread now: put back as they were (the fixture checks)
+
+
 def test_a_host_handler_installed_over_ours_is_noted_once(recorder):
     endings, calls = recorder
     endings.install(None)
