@@ -53,10 +53,10 @@ def start(**settings: Any) -> Agent:
 
 def stop() -> None:
     global _agent
-    with _lock:
+    with _lock:  # held while it stops: a start() on another thread waits, not races it
         agent, _agent = _agent, None
-    if agent is not None:
-        agent.stop()
+        if agent is not None:
+            agent.stop()
 
 
 def agent() -> Agent | None:

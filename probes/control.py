@@ -69,6 +69,7 @@ class ControlServer:
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._inode: int | None = None  # of the socket file this server bound
 
     def start(self) -> None:
         directory = private_directory(os.path.dirname(self.path))
@@ -78,6 +79,7 @@ class ControlServer:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(self.path)
         os.chmod(self.path, 0o600)
+        self._inode = os.stat(self.path).st_ino
         server.listen(8)
         self._socket = server
         self._stop.clear()
@@ -152,8 +154,11 @@ class ControlServer:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
         self._thread = None
+        # Only our own socket file: an agent started again meanwhile (a stop on one thread
+        # racing a start on another) has bound a new one at the same path.
         with contextlib.suppress(OSError):
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
 
     def forget_after_fork(self) -> None:
         """In a forked child: the listening socket and its path are the parent's."""

@@ -108,6 +108,22 @@ def test_sockets_of_dead_agents_are_removed(runtime):
         agent.stop()
 
 
+def test_a_server_stopping_leaves_the_socket_of_one_started_since(runtime):
+    """A stop on one thread racing a start on another: the new server binds the same path
+    (this pid's); the old one, stopping after, must not unlink the new one's socket."""
+    path = socket_path(os.getpid())
+    old = ControlServer(lambda message: {"who": "old"}, path)
+    old.start()
+    new = ControlServer(lambda message: {"who": "new"}, path)
+    new.start()  # the old one's file is replaced by the new one's
+    try:
+        old.stop()
+        assert request(os.getpid(), "latest") == {"who": "new"}
+    finally:
+        new.stop()
+    assert not os.path.exists(path)  # its own socket, it removes
+
+
 def test_a_slow_request_runs_aside_and_a_second_one_is_refused(runtime):
     """A dump's traced window lasts seconds: `latest` is answered meanwhile (a `diag watch`
     reading the same agent), and a second dump gets a line saying why, not a wait."""
