@@ -165,6 +165,25 @@ def memory_cgroup(
     return child_cgroup("memory", {"memory.limit_in_bytes": str(limit)}, name)
 
 
+@contextlib.contextmanager
+def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` (a full disk within reach) at ``mount``; needs root, so
+    it skips elsewhere, and fails under ``make test`` (DIAG_REQUIRE_TOOLS=1) as a missing tool
+    does."""
+    mount.mkdir(exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                            capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:
+        message = f"cannot mount a tmpfs here ({result.stderr.strip()}); needs root"
+        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 @pytest.fixture(autouse=True)
 def _history_in_tmp(tmp_path_factory, monkeypatch):
     """Agents record a history by default; in tests it goes to a temporary directory."""

@@ -78,21 +78,11 @@ def test_a_graph_that_cannot_be_written_is_one_line_naming_why(tmp_path):
 def test_graphviz_writing_to_a_full_disk_is_no_success(tmp_path):
     """dot exits 0 when its own write fails, leaving an empty file: not "graph written"."""
     import os
-    import subprocess
 
-    from tests.conftest import require_tool
+    from tests.conftest import require_tool, small_tmpfs
 
     require_tool("dot")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
-                             capture_output=True, text=True)  # fmt: skip
-    if mounted.returncode != 0:
-        message = f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root"
-        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
+    with small_tmpfs(tmp_path / "small", "16k") as mount:
         filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
         try:  # fill it to the last byte
             while os.write(filler, b"x" * 512):
@@ -105,5 +95,3 @@ def test_graphviz_writing_to_a_full_disk_is_no_success(tmp_path):
             write_graph(DOCUMENT, str(mount / "g.svg"))
         with pytest.raises(DiagError, match="cannot write it: No space left on device"):
             write_graph(DOCUMENT, str(mount / "g.dot"))
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)

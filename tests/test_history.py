@@ -15,7 +15,7 @@ import pytest
 
 from diag import history as h
 from diag.model import Sample
-from tests.conftest import child_env
+from tests.conftest import child_env, small_tmpfs
 
 
 def _samples(i):
@@ -181,19 +181,25 @@ def test_a_reader_while_the_writer_writes(tmp_path):
     assert reads > 1
 
 
-def test_a_full_disk_is_said_once_and_nothing_is_lost_when_space_returns(
-    tmp_path, monkeypatch, caplog
-):
-    writer = h.HistoryWriter(str(tmp_path / "run"), flush_seconds=0.0)
+def _switchable_full_disk(monkeypatch, full):
+    """The history's writes fail as on a full disk while ``on``: {"on": bool}, to switch."""
     real_write = os.write
-    full = {"on": False}
+    state = {"on": full}
 
     def write(fd, data):
-        if full["on"]:
+        if state["on"]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
     monkeypatch.setattr(h.os, "write", write)
+    return state
+
+
+def test_a_full_disk_is_said_once_and_nothing_is_lost_when_space_returns(
+    tmp_path, monkeypatch, caplog
+):
+    writer = h.HistoryWriter(str(tmp_path / "run"), flush_seconds=0.0)
+    full = _switchable_full_disk(monkeypatch, full=False)
     with caplog.at_level(logging.WARNING, logger="diag"):
         for i in range(10):
             writer.write_samples(float(i), _samples(i))
@@ -218,15 +224,7 @@ def test_a_disk_full_before_the_first_segment_leaves_no_empty_segments(tmp_path,
     retry (every flush) must not leave a headless file behind, and once space returns every
     tick is there."""
     writer = h.HistoryWriter(str(tmp_path / "run"), flush_seconds=0.0)
-    real_write = os.write
-    full = {"on": True}
-
-    def write(fd, data):
-        if full["on"]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(h.os, "write", write)
+    full = _switchable_full_disk(monkeypatch, full=True)
     for i in range(200):
         writer.write_samples(float(i), _samples(i))
     assert writer.stats.write_errors == 200
@@ -241,16 +239,7 @@ def test_a_disk_full_before_the_first_segment_leaves_no_empty_segments(tmp_path,
 
 @pytest.mark.e2e
 def test_a_real_full_tmpfs(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                            capture_output=True, text=True)  # fmt: skip
-    if result.returncode != 0:
-        message = f"cannot mount a tmpfs here ({result.stderr.strip()}); needs root"
-        if os.environ.get("DIAG_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
+    with small_tmpfs(tmp_path / "small", "64k") as mount:
         writer = h.HistoryWriter(str(mount / "run"), flush_seconds=0.0, max_buffer=64 * 1024)
         for i in range(5000):  # ~210 kB of ticks into 64 kB
             writer.write_samples(float(i), _samples(i))
@@ -260,8 +249,6 @@ def test_a_real_full_tmpfs(tmp_path):
         assert run.ticks > 100
         assert all("cut short" in p for p in run.problems)
         writer.close()
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_root_keeps_its_newest_runs_and_every_live_processes(tmp_path):
