@@ -38,6 +38,11 @@ FAST_HOLDER_GROWTH = 10
 #: ...provided the named holder alone is at least this share of the growth: a holder that
 #: grew a few percent of it is not the culprit.
 FAST_HOLDER_SHARE = 0.10
+#: Holders that grew at least this share of the fastest one's rate are its peers: where the
+#: fastest does not explain the whole alone, they are named together, not it alone...
+PEER_SHARE = 0.5
+#: ...the first of them, at most.
+MAX_PEERS_NAMED = 5
 #: A knee in RSS is cut off when two lines fit at most this share of one line's squared error...
 KNEE_FIT = 0.5
 #: ...and their slopes differ by at least this share of the larger one.
@@ -536,6 +541,19 @@ def _classify(
         culprit = _culprit(top_path, 1, top_rate, whole)
         return Cause("leak", f"live objects are piling up in {top_path}", evidence, None, culprit)
 
+    def several_holders(peers: list[tuple[str, float]]) -> Cause:
+        together = sum(rate for _, rate in peers)
+        for path, rate in peers[:MAX_PEERS_NAMED]:
+            evidence.append(f"{path} grew {_per_hour(rate)}, {rate / whole:.0%} of the growth")
+        paths = ", ".join(path for path, _ in peers[:MAX_PEERS_NAMED])
+        more = f" and {len(peers) - MAX_PEERS_NAMED} more" if len(peers) > MAX_PEERS_NAMED else ""
+        return Cause(
+            "leak",
+            f"live objects are piling up in {len(peers)} holders, none the culprit alone: "
+            f"{paths}{more} ({together / whole:.0%} of the growth together)",
+            evidence,
+        )
+
     def named_group(path: str, count: int, rate: float) -> Cause:
         evidence.append(
             f"{count} holders under {path} grew {_per_hour(rate)} together, "
@@ -570,10 +588,27 @@ def _classify(
                 "memory rose but is levelling off (the detector calls it bounded), not a leak",
                 evidence,
             )
+        if measured is not None and max(rss, top_rate) >= FAST_HOLDER_GROWTH * grows:
+            # The window itself measured fast growth: "not growing" would deny the evidence
+            # above. Over its longer span the detector has not seen it (it began lately, or
+            # the dump's own samples were held back from it): too soon to call it a leak, a
+            # fill or a one-off load.
+            return Cause(
+                "unexplained",
+                "the traced window measured fast growth that the detector, over its longer "
+                "span, does not see yet: too soon to tell a leak from a fill or a one-off "
+                "load; dump again in a few minutes",
+                evidence,
+            )
         return Cause("no_growth", "memory is not growing (the detector says steady)", evidence)
 
     if group is not None:
         return named_group(*group)
+    # Fast, but not the whole alone: where others, under other roots, grew as much (five
+    # module caches of a fifth each), naming the first would send the reader to a fifth.
+    peers = [(path, rate) for path, rate in owner_growth if rate >= PEER_SHARE * top_rate]
+    if owner_growth and culprit and not explains and len(peers) > 1:
+        return several_holders(peers)
     if owner_growth and culprit:
         return named_leak()
     native = growth.native_bytes_per_second

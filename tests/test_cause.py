@@ -116,8 +116,11 @@ def test_holders_that_grow_together_beneath_one_root_name_that_root():
     assert cause.culprit is not None
     assert (cause.culprit["path"], cause.culprit["holders"]) == ("svc.ENGINE", 5)
     assert cause.culprit["share"] == pytest.approx(0.9, rel=0.05)
-    # Without the chains (a replay of an older history), the biggest fast holder, as before.
-    assert classify(series, growth).summary.endswith("in svc.ENGINE.kv[<str>]")
+    # Without the chains (a replay of an older history), no root groups them: the five are
+    # named together, none alone (naming the first would send the reader to a fifth).
+    assert classify(series, growth).summary.startswith(
+        "live objects are piling up in 5 holders, none the culprit alone: svc.ENGINE.kv[<str>], "
+    )
 
 
 def test_a_holder_that_explains_the_growth_alone_is_named_alone():
@@ -134,12 +137,20 @@ def test_a_holder_that_explains_the_growth_alone_is_named_alone():
 
 def test_holders_beneath_different_roots_are_no_group():
     # Five module globals each growing a fifth: no root variable holds them together (their
-    # module alone is no root), so the biggest fast one is named as before, with its share.
+    # module alone is no root). Naming the first fast one, as this once did, sent the reader
+    # to a fifth of the leak: all five are named, none as the culprit.
     series = {"process_resident_memory_bytes": line(MiB), "malloc_in_use_bytes": line(MiB)}
     names = ["A", "B", "C", "D", "E"]
     growth = [(f"svc.{name}", 0.18 * MiB) for name in names]
     steps = {f"svc.{name}": ["svc", f".{name}"] for name in names}
     cause = classify(series, growth, owner_steps=steps)
-    assert cause.summary == "live objects are piling up in svc.A"
-    assert cause.culprit is not None and cause.culprit["holders"] == 1
-    assert "svc.A grew 648.0 MiB/h, 18% of the growth; holders in all 3.2 GiB/h" in cause.evidence
+    assert cause.kind == "leak"
+    assert cause.summary == (
+        "live objects are piling up in 5 holders, none the culprit alone: svc.A, svc.B, svc.C, "
+        "svc.D, svc.E (90% of the growth together)"
+    )
+    assert cause.culprit is None
+    assert "svc.E grew 648.0 MiB/h, 18% of the growth" in cause.evidence
+    # One fast holder among slow ones is still named alone, with its share.
+    alone = classify(series, [("svc.A", 0.18 * MiB), ("svc.B", 0.02 * MiB)], owner_steps=steps)
+    assert alone.summary == "live objects are piling up in svc.A"
