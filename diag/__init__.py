@@ -7,11 +7,7 @@ prometheus_client, so the agent stays light inside the host process.
 import os
 from typing import Any
 
-from diag import logs
 from diag.errors import DiagError, LeakError, ProcessError, UsageError
-
-# Before any of diag logs: its lines never raise into the host (diag/logs.py).
-logs.install()
 
 # The public API, pinned by tests/test_public_api.py; the diag command line, the probes package
 # and the documented JSON documents are the rest of it (README, "Public API").

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from diag import logs
 from diag.settings import Settings
 from probes.agent import Agent
 from probes.requests import ASGIMiddleware, RequestScope, WSGIMiddleware, default_stats
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("diag")
+# Before the agent logs anything: its lines never raise into the host (diag/logs.py). Not at
+# `import diag`, which stays free of logging (and of the atexit hook logging registers).
+logs.install()
 
 _lock = threading.Lock()
 _agent: Agent | None = None

@@ -9,8 +9,10 @@ from typing import Any
 
 import click
 
-from diag import __version__
+from diag import __version__, logs
 from diag.errors import DiagError
+
+logs.install()  # a log line on a closed stderr is lost, not a traceback (diag/logs.py)
 
 #: Errors of an output that failed (a full disk, a closed pipe, a lost terminal): the
 #: command's work is done or cannot be shown; said in one line, never as a traceback.
