@@ -423,6 +423,7 @@ def classify(
     device_share: Mapping[str, float] | None = None,
     disturbed: Sequence[tuple[float, float]] = (),
     owner_steps: Mapping[str, Sequence[str]] | None = None,
+    gc_disabled_freed: int | None = None,
 ) -> Cause:
     """``series``: name -> recent points (CUDA ones summed over devices); ``owner_growth``:
     (holder path, bytes per second) measured over a traced window, biggest first;
@@ -430,7 +431,9 @@ def classify(
     holders beneath one root variable;
     ``verdicts``: the agent's current verdicts on its memory series (None: no detector, as in
     a replay); ``measured``: the traced window's own readings, when this dump closes one;
-    ``disturbed``: spans when diag's own dumps disturbed the host (see ``without_steps``)."""
+    ``disturbed``: spans when diag's own dumps disturbed the host (see ``without_steps``);
+    ``gc_disabled_freed``: the unreachable objects a dump's own collection freed where the host
+    disabled the gc (``Dump.gc_disabled_freed``)."""
     if disturbed:
         series = {name: without_steps(points, disturbed) for name, points in series.items()}
     if measured is None:
@@ -442,9 +445,27 @@ def classify(
         device_share=device_share,
         trimmed_bytes=trimmed_bytes,
     )
-    cause = _classify(
-        series, owner_growth, worker, trimmed_bytes, verdicts, measured, growth, owner_steps or {}
-    )
+    if gc_disabled_freed is not None:
+        # The dump's own collection freed the pile, so the readings across it fell: no slope
+        # or verdict of them can be trusted to say the memory is not growing.
+        cause = Cause(
+            "leak",
+            "reference cycles pile up while the gc is disabled (gc.disable()): nothing frees "
+            f"them but a collection, and this dump's own freed {gc_disabled_freed:,} "
+            "unreachable objects; call gc.collect() in the service, or gc.enable()",
+            [f"gc disabled; {gc_disabled_freed:,} unreachable objects freed by the dump"],
+        )
+    else:
+        cause = _classify(
+            series,
+            owner_growth,
+            worker,
+            trimmed_bytes,
+            verdicts,
+            measured,
+            growth,
+            owner_steps or {},
+        )
     if growth is not None:
         cause.growth_accounting = growth.to_json()
         line = fragmentation_line(growth)

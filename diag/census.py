@@ -146,6 +146,11 @@ class Site:
     count: int
 
 
+#: Unreachable objects a dump's own collection frees, past which (with the host's gc
+#: disabled) they are the host's pile of reference cycles, not the census's few.
+GC_PILE_OBJECTS = 10_000
+
+
 @dataclass
 class Dump:
     pid: int
@@ -163,6 +168,9 @@ class Dump:
     resources: list[Resource] = field(default_factory=list)
     #: Set when the dump closes a traced window: what was allocated in it and is still alive.
     survivors: Survivors | None = None
+    #: Set where the host disabled the gc and this dump's collection freed a pile of
+    #: unreachable objects (GC_PILE_OBJECTS or more): how many.
+    gc_disabled_freed: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -1390,8 +1398,16 @@ def take_dump(
         sys.setswitchinterval(switch)
         # Walking running frames leaves reference cycles through frame objects, and a dead
         # frame keeps its locals (every object the census listed) alive until the next
-        # collection. Collect the young generations now: only what the census created.
-        gc.collect(1)
+        # collection. Collect the young generations now: only what the census created...
+        freed = gc.collect(1)
+    # ... unless the host disabled the gc: then every cycle it made since its last collection
+    # is young too, and goes now. Said, since the memory readings fall across this dump.
+    piled = freed if not gc.isenabled() and freed >= GC_PILE_OBJECTS else None
+    if piled is not None:
+        census.notes.append(
+            f"gc is disabled: this dump's collection freed {piled:,} unreachable objects "
+            "(reference cycles that only a collection frees)"
+        )
     now = clock()
     dump = Dump(
         pid=os.getpid(),
@@ -1403,6 +1419,7 @@ def take_dump(
         resources=census.resources,
         notes=census.notes,
         survivors=census.survivors if baseline is not None else None,
+        gc_disabled_freed=piled,
     )
     for owner in owners:
         if owner.root == "module":  # the holder search's paths: what their first step is

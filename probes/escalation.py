@@ -390,6 +390,7 @@ class Escalation:
             device_share={o.path: _device_share(o) for o in result.owners},
             disturbed=disturbed,
             owner_steps={o.path: [link.step for link in o.chain] for o in result.owners},
+            gc_disabled_freed=result.gc_disabled_freed,
         )
 
     def _owner_growth(self, result: Dump, windowed: bool) -> list[tuple[str, float]]:

@@ -640,3 +640,36 @@ def test_leaks_of_many_shapes_are_named_at_their_variable(svc, shape):
     assert (first.path, first.root) == ("census_owned_service.HOLDER", "module")
     grown = first.growth_bytes_per_second * dump.window_seconds
     assert 2000 * 1000 <= grown <= 2000 * 2000
+
+
+def test_a_host_with_gc_disabled_is_told_what_the_dumps_collection_freed():
+    """With the gc disabled, every cycle the host made since is in the young generation the
+    census collects after its walk: the dump frees the pile, the memory readings fall across
+    it, and a cause read from them said "not growing". Said instead, with the count."""
+    import gc
+
+    from diag.cause import classify
+
+    class Node:
+        def __init__(self):
+            self.me = self  # a cycle: only a collection frees it
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20_000):
+            Node()
+        dump, _ = take_dump(top=5, time_budget=30)
+    finally:
+        gc.enable()
+    assert dump.gc_disabled_freed is not None and dump.gc_disabled_freed >= 20_000
+    assert any(
+        note.startswith("gc is disabled: this dump's collection freed") for note in dump.notes
+    )
+    cause = classify({}, gc_disabled_freed=dump.gc_disabled_freed)
+    assert cause.kind == "leak"
+    assert cause.summary.startswith("reference cycles pile up while the gc is disabled")
+    for _ in range(20_000):
+        Node()
+    enabled, _ = take_dump(top=5, time_budget=30)  # the gc on: its own business
+    assert enabled.gc_disabled_freed is None
