@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diag.model import Labels, Sample, series_key
+from diag.procfs import pid_alive
 
 log = logging.getLogger("diag")
 
@@ -629,23 +630,11 @@ def prune_runs(root: str, keep: int = MAX_RUNS) -> int:
     for name in names:
         if len(names) - removed <= keep:
             break
-        if _process_exists(int(name.split("-")[1])):
+        if pid_alive(int(name.split("-")[1])):
             continue  # a live process's run stays, and the next oldest goes instead
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         removed += 1
     return removed
-
-
-def _process_exists(pid: int) -> bool:
-    if not 0 < pid <= 1 << 22:  # no such pid (os.kill would signal a group, or overflow)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's: it exists
-    return True
 
 
 def latest_run(root: str) -> str | None:

@@ -47,6 +47,28 @@ def process_state(pid: int, proc_root: str = "/proc") -> str:
     return _read_stat(pid, proc_root)[1][0].decode()
 
 
+#: Linux's PID_MAX_LIMIT (64-bit): no process id is larger.
+MAX_PID = 1 << 22
+
+
+def possible_pid(pid: int) -> bool:
+    """Whether ``pid`` could name a process: 0 and negative ids name process groups to
+    ``kill``, and one past the C long range makes it raise OverflowError."""
+    return 0 < pid <= MAX_PID
+
+
+def pid_alive(pid: int) -> bool:
+    if not possible_pid(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_target(pid: int, what: str = "watch", proc_root: str = "/proc") -> None:
     """One clear line for a pid that cannot be watched, dumped or attached to (``what``)."""
     name, fields = _read_stat(pid, proc_root)

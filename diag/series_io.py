@@ -305,7 +305,7 @@ def read_inputs(path: str) -> list[RecordedSeries]:
             if data.name in HISTORY_SERIES and len(data.times) > 1:
                 name = f"{os.path.basename(run_dir)}/{key}"
                 requests = _requests_at(data.times, counters) if counters else None
-                # What the reader skipped (damage, a cut) goes with every series it touched.
+                # What the reader skipped in the run (damage, a cut): each of its series' note.
                 notes = list(history.problems)
                 out.append(RecordedSeries(run_dir, name, data.times, data.lows, requests, notes))
     if not out:

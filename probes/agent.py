@@ -25,6 +25,7 @@ from diag.control import socket_path
 from diag.detect import DetectorConfig
 from diag.history import default_root
 from diag.model import Clock, Sample, Tick, series_key
+from diag.procfs import pid_alive
 from diag.resources_census import RESOURCES
 from diag.series import SeriesStore
 from diag.settings import Settings
@@ -49,7 +50,6 @@ from probes.workers import (
     ENV_SERVER_PID,
     WorkerPublisher,
     create_worker_directory,
-    pid_alive,
     read_workers,
 )
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from diag.control import private_directory
+from diag.procfs import pid_alive
 from probes import exhaustion
 
 log = logging.getLogger("diag")
@@ -38,8 +39,6 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 def _remove_stale_sockets(directory: str) -> None:
     """Sockets of agents killed without a clean stop (SIGKILL, OOM) would pile up."""
-    from probes.workers import pid_alive
-
     for name in os.listdir(directory):
         stem = name.removesuffix(".sock")
         if name.endswith(".sock") and stem.isdigit() and not pid_alive(int(stem)):

@@ -73,14 +73,13 @@ class SignalTap:
     # -- what the host calls instead of signal.signal / signal.getsignal ---------------------
 
     def _install_for_host(self, signum: int, handler: Handler) -> Handler:
-        assert self._signal is not None and self._getsignal is not None
+        assert self._signal is not None
         if signum in self._stand_ins and handler is self._stand_ins[signum]:
             # The host puts back the default the agent's handler stands in for (asyncio.run,
             # uvicorn at their end): ours goes back instead, recording the end and acting as
             # that default.
             handler = self._own
-            return self._as_host_sees(signum, self._signal(signum, handler))
-        if signum in self._signals and self._wants(handler):
+        elif signum in self._signals and self._wants(handler):
             handler = _Wrapped(self, handler)
         return self._as_host_sees(signum, self._signal(signum, handler))
 

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Sequence
 
 from diag.model import Labels, Sample, Tick
+from diag.procfs import pid_alive, possible_pid
 
 ENV_DIR = "DIAG_WORKER_DIR"
 ENV_SERVER_PID = "DIAG_SERVER_PID"
@@ -50,28 +51,6 @@ def _remove_orphaned_directories(parent: str) -> None:
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue
-
-
-#: Linux's PID_MAX_LIMIT (64-bit): no process id is larger.
-MAX_PID = 1 << 22
-
-
-def possible_pid(pid: int) -> bool:
-    """Whether ``pid`` could name a process: 0 and negative ids name process groups to
-    ``kill``, and one past the C long range makes it raise OverflowError."""
-    return 0 < pid <= MAX_PID
-
-
-def pid_alive(pid: int) -> bool:
-    if not possible_pid(pid):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_path(directory: str, slot: int) -> str:
