@@ -89,6 +89,32 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _without_agent_frames(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback without the agent's signal handlers in it. Ctrl-C raises KeyboardInterrupt
+    from the handler the agent stands in with (it calls ``default_int_handler``), and a host
+    handler's exception passes through the tap: the host's traceback would show a frame of
+    ``probes`` it never called. A host that catches the exception and prints it itself still
+    sees that frame; the common end (unhandled, printed by ``sys.excepthook``) does not."""
+    while tb is not None and _is_agents(tb):
+        tb = tb.tb_next
+    entry = tb
+    while entry is not None:
+        following = entry.tb_next
+        while following is not None and _is_agents(following):
+            following = following.tb_next
+        entry.tb_next = following
+        entry = following
+    return tb
+
+
+#: The modules whose frames stand between a signal and the host's code.
+_HANDLER_MODULES = frozenset({__name__, "probes.signals"})
+
+
+def _is_agents(tb: TracebackType) -> bool:
+    return tb.tb_frame.f_globals.get("__name__") in _HANDLER_MODULES
+
+
 def where(frame: FrameType | None) -> str | None:
     """``file:line in function`` of the frame a signal interrupted (or raised it)."""
     if frame is None:
@@ -256,6 +282,9 @@ class EndRecorder:
             stack=exhaustion.stack_of(tb),
         )
         self.exhaustion.seen(value, how="unhandled", force=True)
+        tb = _without_agent_frames(tb)
+        if value is not None and value.__traceback__ is not tb:
+            value.__traceback__ = tb
         previous = self._previous_excepthook or sys.__excepthook__
         previous(kind, value, tb)
 

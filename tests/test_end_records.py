@@ -174,6 +174,51 @@ def test_an_unhandled_exception_is_recorded_then_handed_on(recorder, monkeypatch
     assert fields["stack"][-1].endswith("in synthesize")
 
 
+def _functions(tb):
+    names = []
+    while tb is not None:
+        names.append(f"{tb.tb_frame.f_globals['__name__']}.{tb.tb_frame.f_code.co_name}")
+        tb = tb.tb_next
+    return names
+
+
+def test_ctrl_c_traceback_shows_the_hosts_frames_only(recorder, monkeypatch):
+    """The agent's handler stands in for default_int_handler and calls it, so the
+    KeyboardInterrupt is raised in the agent's frame; a host handler's exception passes
+    through the tap's. Printed unhandled, neither may show: the host never called them."""
+    endings, _ = recorder
+    handed = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: handed.append((value, tb)))
+    endings.install(None)
+
+    def host_code():
+        signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt) as raised:
+        host_code()
+    assert any(name.startswith("probes.") for name in _functions(raised.value.__traceback__))
+    sys.excepthook(raised.type, raised.value, raised.value.__traceback__)
+    value, tb = handed[-1]
+    assert _functions(tb)[-1] == f"{__name__}.host_code"
+    assert not any(name.startswith("probes.") for name in _functions(tb))
+    assert value.__traceback__ is tb  # the exception says the same
+
+    def host_handler(signum, frame):
+        raise RuntimeError("the host's own")
+
+    signal.signal(signal.SIGTERM, host_handler)
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            signal.raise_signal(signal.SIGTERM)
+        assert "probes.signals.__call__" in _functions(raised.value.__traceback__)
+        sys.excepthook(raised.type, raised.value, raised.value.__traceback__)
+        names = _functions(handed[-1][1])
+        assert names[-1] == f"{__name__}.host_handler"
+        assert not any(name.startswith("probes.") for name in names)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def test_os_exit_writes_the_stop_record_first(recorder, monkeypatch):
     endings, calls = recorder
     exits = []

@@ -69,8 +69,9 @@ def run_case(
     history = tmp_path / f"history-{agent}"
     env = child_env(DIAG_HISTORY=str(history), ENDINGS_EMBED="1" if agent == "embedded" else "0")
     command = [*DIAG, "run", "--interval", "0.2", "--", *argv] if agent == "run" else argv
-    with subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    stderr = tmp_path / f"stderr-{agent}"
+    with stderr.open("wb") as errors, subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=errors
     ) as proc:
         try:
             ready(proc, port)
@@ -81,6 +82,8 @@ def run_case(
                 proc.kill()
     if agent == "none":
         return status, None
+    # What the host prints as it ends (Ctrl-C's traceback) shows none of the agent's frames.
+    assert "/probes/" not in stderr.read_text(errors="replace"), stderr.read_text()
     runs = [run for run in find_runs(str(history)) if run.endswith(f"-{proc.pid}")]
     assert runs, f"no history of pid {proc.pid} in {history}"
     result = CliRunner().invoke(main, ["report", runs[0], "--json"])
