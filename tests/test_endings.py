@@ -70,9 +70,10 @@ def run_case(
     env = child_env(DIAG_HISTORY=str(history), ENDINGS_EMBED="1" if agent == "embedded" else "0")
     command = [*DIAG, "run", "--interval", "0.2", "--", *argv] if agent == "run" else argv
     stderr = tmp_path / f"stderr-{agent}"
-    with stderr.open("wb") as errors, subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=errors
-    ) as proc:
+    with (
+        stderr.open("wb") as errors,
+        subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=errors) as proc,
+    ):
         try:
             ready(proc, port)
             time.sleep(1.0)  # ticks: the agent notes the handlers the host installed
