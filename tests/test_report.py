@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -207,6 +208,29 @@ def test_an_html_page_that_cannot_be_written_leaves_the_old_one_whole(tmp_path, 
     assert result.stderr == f"diag: cannot write {page}: No space left on device\n"
     assert page.read_text() == "<!DOCTYPE html><p>the last good report</p>"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "run-4242"]
+
+
+@pytest.mark.e2e
+def test_a_closed_stdout_is_said_not_an_empty_success(tmp_path):
+    """``diag report >&-``: Python has no sys.stdout and click prints nothing, so the report
+    went nowhere; it must not exit 0. With --html the page is the output, and is written."""
+    _leaking_run(tmp_path / "run-4242", stop=True, hours=1)
+
+    def closed_stdout(*args):
+        return subprocess.run([sys.executable, "-m", "diag", *args], preexec_fn=lambda: os.close(1),
+                              stderr=subprocess.PIPE, text=True, env=child_env(), timeout=120)  # fmt: skip
+
+    for command in (["report", str(tmp_path / "run-4242")], ["dump", "--pid", "1"]):
+        result = closed_stdout(*command)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            "diag: standard output is closed: there is nowhere to print to; "
+            "redirect it (> out.txt)\n"
+        )
+    page = tmp_path / "report.html"
+    result = closed_stdout("report", str(tmp_path / "run-4242"), "--html", str(page))
+    assert result.returncode == 0 and result.stderr == f"wrote {page}\n"
+    assert page.read_text().startswith("<!DOCTYPE html>")
 
 
 def test_no_history_is_a_clear_usage_error(tmp_path):

@@ -12,6 +12,7 @@ import json
 import click
 from rich.console import Console
 
+from diag.cli._output import require_stdout
 from diag.cli._params import FiniteRange
 from diag.control import ask_dump
 from diag.procfs import check_target
@@ -60,6 +61,7 @@ def dump(
     Without --window it reports the holders now, with the growth and stacks of the agent's last
     traced window (it runs one by itself when a leak starts). Exit 1 when no agent answers.
     """
+    require_stdout()
     check_target(pid, "dump")
     if graph:
         graph_format(graph)  # a wrong name said now, not after the window

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 
 import click
 
+from diag.cli._output import require_stdout
 from diag.errors import UsageError
 from diag.history import default_root, find_runs, latest_run
 
@@ -42,9 +44,13 @@ def report(path: str | None, html_file: str | None, markdown: bool, as_json: boo
     """
     from reports import postmortem
 
+    if not html_file:
+        require_stdout()
     run_dir = resolve_run(path)
     data = postmortem.build(run_dir)
-    if as_json:
+    if sys.stdout is None:
+        pass  # --html only: the page is the output
+    elif as_json:
         click.echo(json.dumps(data.to_json(), default=str))
     elif markdown:
         from reports import markdown as md
