@@ -217,8 +217,14 @@ def test_a_closed_stdout_is_said_not_an_empty_success(tmp_path):
     _leaking_run(tmp_path / "run-4242", stop=True, hours=1)
 
     def closed_stdout(*args):
-        return subprocess.run([sys.executable, "-m", "diag", *args], preexec_fn=lambda: os.close(1),
-                              stderr=subprocess.PIPE, text=True, env=child_env(), timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "diag", *args],
+            preexec_fn=lambda: os.close(1),
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            timeout=120,
+        )
 
     for command in (["report", str(tmp_path / "run-4242")], ["dump", "--pid", "1"]):
         result = closed_stdout(*command)
