@@ -35,6 +35,9 @@ MIN_GROWTH_PER_HOUR = 16 * 1024 * 1024
 EXPLAINS = 0.25
 #: Holders growing this many times MIN_GROWTH_PER_HOUR are a leak whatever RSS says...
 FAST_HOLDER_GROWTH = 10
+#: A dump without a window judges the last ten minutes: the agent's last traced window counts
+#: as evidence of them when it ended within them.
+RECENT_WINDOW_SECONDS = 600.0
 #: ...provided the named holder alone is at least this share of the growth: a holder that
 #: grew a few percent of it is not the culprit.
 FAST_HOLDER_SHARE = 0.10
@@ -102,7 +105,8 @@ class GrowthAccount:
 class Measured:
     """A traced window's own readings, as rates over ``seconds``: RSS, glibc's in-use and
     free-retained bytes (mallinfo2), what tracemalloc traced (every Python allocation) and
-    tracemalloc's own memory. None where the reading was not available."""
+    tracemalloc's own memory, and the address space mapped (VmSize). None where the reading
+    was not available."""
 
     seconds: float
     rss: float
@@ -110,6 +114,7 @@ class Measured:
     malloc_free: float | None = None
     python_traced: float | None = None
     tracing: float | None = None
+    mapped: float | None = None
 
 
 @dataclass
@@ -289,6 +294,10 @@ def account(
         # whichever saw more (torch's CPU buffers are not traced).
         heap = max(python, on_host)
         native = max(rss - free - heap, 0.0)
+        if measured is not None and measured.mapped is not None:
+            # New native memory maps address space or counts in malloc's in-use bytes as
+            # it is allocated; RSS beyond both is pages allocated earlier, written now.
+            native = min(native, max(measured.mapped, in_use, 0.0))
     else:
         outside_malloc = rss - in_use - free
         blocks = _rate(series, "python_allocated_blocks")
@@ -320,6 +329,30 @@ def account(
         python_heap_bytes_per_second=python,
         tracing_bytes_per_second=measured.tracing if measured is not None else None,
         trim_returned_bytes=trimmed_bytes,
+    )
+
+
+def _first_touch(
+    measured: Measured | None,
+    rss: float,
+    malloc: float,
+    growth: GrowthAccount,
+    held: float,
+    grows: float,
+) -> str | None:
+    """The evidence, where a traced window's RSS grew into memory allocated before it. Every
+    allocation maps address space or counts in malloc's in-use bytes when it is made (a
+    leak of Python objects maps arenas, C code's malloc counts); writing into pages allocated
+    earlier does neither, and raises RSS alone. Calling that native growth would be a guess:
+    the buffer is as often a Python object's (a BytesIO's, reallocated ahead of its writes)."""
+    if measured is None or measured.mapped is None or rss < grows:
+        return None
+    python = growth.python_heap_bytes_per_second or 0.0
+    if max(measured.mapped, malloc, python, held) >= EXPLAINS * rss:
+        return None
+    return (
+        f"RSS {_per_hour(rss)} while the address space grew {_per_hour(measured.mapped)}, "
+        f"malloc's in-use bytes {_per_hour(malloc)}, Python allocated {_per_hour(python)}"
     )
 
 
@@ -424,6 +457,7 @@ def classify(
     disturbed: Sequence[tuple[float, float]] = (),
     owner_steps: Mapping[str, Sequence[str]] | None = None,
     gc_disabled_freed: int | None = None,
+    window_age: float | None = None,
 ) -> Cause:
     """``series``: name -> recent points (CUDA ones summed over devices); ``owner_growth``:
     (holder path, bytes per second) measured over a traced window, biggest first;
@@ -433,7 +467,8 @@ def classify(
     a replay); ``measured``: the traced window's own readings, when this dump closes one;
     ``disturbed``: spans when diag's own dumps disturbed the host (see ``without_steps``);
     ``gc_disabled_freed``: the unreachable objects a dump's own collection freed where the host
-    disabled the gc (``Dump.gc_disabled_freed``)."""
+    disabled the gc (``Dump.gc_disabled_freed``); ``window_age``: for a dump that borrows
+    ``owner_growth`` from the agent's last traced window, the seconds since it ended."""
     if disturbed:
         series = {name: without_steps(points, disturbed) for name, points in series.items()}
     if measured is None:
@@ -465,6 +500,7 @@ def classify(
             measured,
             growth,
             owner_steps or {},
+            window_age is not None and window_age <= RECENT_WINDOW_SECONDS,
         )
     if growth is not None:
         cause.growth_accounting = growth.to_json()
@@ -483,6 +519,7 @@ def _classify(
     measured: Measured | None,
     growth: GrowthAccount | None,
     owner_steps: Mapping[str, Sequence[str]],
+    recent_window: bool = False,
 ) -> Cause:
     grows = MIN_GROWTH_PER_HOUR / 3600
     judged = detector_state(verdicts)
@@ -609,11 +646,13 @@ def _classify(
                 "memory rose but is levelling off (the detector calls it bounded), not a leak",
                 evidence,
             )
-        if measured is not None and max(rss, top_rate) >= FAST_HOLDER_GROWTH * grows:
-            # The window itself measured fast growth: "not growing" would deny the evidence
-            # above. Over its longer span the detector has not seen it (it began lately, or
-            # the dump's own samples were held back from it): too soon to call it a leak, a
-            # fill or a one-off load.
+        window_rate = max(rss, top_rate) if measured is not None else top_rate
+        if (measured is not None or recent_window) and window_rate >= FAST_HOLDER_GROWTH * grows:
+            # The window (this dump's, or the agent's last within the span this dump judges)
+            # measured fast growth: "not growing" would deny the evidence above. Over its
+            # longer span the detector has not seen it (it began lately, or the dump's own
+            # samples were held back from it): too soon to call it a leak, a fill or a
+            # one-off load.
             return Cause(
                 "unexplained",
                 "the traced window measured fast growth that the detector, over its longer "
@@ -632,6 +671,18 @@ def _classify(
         return several_holders(peers)
     if owner_growth and culprit:
         return named_leak()
+    touched = _first_touch(measured, rss, malloc, growth, held, grows)
+    if touched is not None:
+        evidence.append(touched)
+        return Cause(
+            "unexplained",
+            "memory already allocated is being written for the first time: RSS grew while "
+            "neither the address space nor malloc's in-use bytes did (a buffer allocated "
+            "ahead of its writes: a growing BytesIO or bytearray, an array made empty and "
+            "filled, a mapped file being read). A holder's size moves only when such a "
+            "buffer is reallocated: look at the biggest holders, or trace a longer window",
+            evidence,
+        )
     native = growth.native_bytes_per_second
     if measured is not None and native >= grows and native >= EXPLAINS * max(rss, grows):
         evidence.append(

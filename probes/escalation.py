@@ -391,7 +391,12 @@ class Escalation:
             disturbed=disturbed,
             owner_steps={o.path: [link.step for link in o.chain] for o in result.owners},
             gc_disabled_freed=result.gc_disabled_freed,
+            window_age=None if measured is not None else self._window_age(),
         )
+
+    def _window_age(self) -> float | None:
+        """Seconds since the last traced window ended, whose growth a dump without one borrows."""
+        return None if self.last is None else self._clock() - self.last.taken_at
 
     def _owner_growth(self, result: Dump, windowed: bool) -> list[tuple[str, float]]:
         """(holder, bytes per second) grown, biggest first. For the window this dump closes,
@@ -523,25 +528,30 @@ def _device_share(owner: Owner) -> float:
 
 @dataclass(frozen=True)
 class _Reading:
-    """What a window reads at its start and its end, for the growth account: RSS, glibc's
-    in-use and free bytes, what tracemalloc traces and tracemalloc's own memory."""
+    """What a window reads at its start and its end, for the growth account: RSS and the
+    address space mapped, glibc's in-use and free bytes, what tracemalloc traces and
+    tracemalloc's own memory."""
 
     t: float
     rss: int | None
+    mapped: int | None
     malloc: tuple[int, int] | None  # (in use: uordblks + hblkhd, free: fordblks)
     traced: int | None
     tracing: int | None
 
     @classmethod
     def now(cls, clock: Clock) -> _Reading:
+        mapped: int | None
+        resident: int | None
         try:
-            rss: int | None = _resident_bytes()
+            mapped, resident = _statm()
         except (OSError, ValueError, IndexError):
-            rss = None
+            mapped = resident = None
         tracing = tracemalloc.is_tracing()
         return cls(
             t=clock(),
-            rss=rss,
+            rss=resident,
+            mapped=mapped,
             malloc=_mallinfo(),
             traced=tracemalloc.get_traced_memory()[0] if tracing else None,
             tracing=tracemalloc.get_tracemalloc_memory() if tracing else None,
@@ -558,6 +568,7 @@ class _Reading:
         return Measured(
             seconds=seconds,
             rss=(end.rss - self.rss) / seconds,
+            mapped=rate(self.mapped, end.mapped),
             malloc_in_use=rate(*_pick(self.malloc, end.malloc, 0)),
             malloc_free=rate(*_pick(self.malloc, end.malloc, 1)),
             python_traced=rate(self.traced, end.traced),
@@ -588,9 +599,16 @@ def _mallinfo() -> tuple[int, int] | None:
     return int(got.uordblks + got.hblkhd), int(got.fordblks)
 
 
-def _resident_bytes() -> int:
+def _statm() -> tuple[int, int]:
+    """(address space mapped, resident) bytes of this process."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        size, resident = f.read().split()[:2]
+    page = os.sysconf("SC_PAGE_SIZE")
+    return int(size) * page, int(resident) * page
+
+
+def _resident_bytes() -> int:
+    return _statm()[1]
 
 
 def malloc_trim_test() -> int | None:

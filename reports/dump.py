@@ -87,6 +87,14 @@ def _signed(rate: float | None) -> str:
     return f"{'+' if rate >= 0 else '-'}{format_bytes(abs(rate))}/s"
 
 
+def _share(share: float | None) -> str:
+    """A holder's share of the total growth. A holder can grow faster than RSS (it fills
+    memory that was already resident, freed by others): "509 %" would read as an error."""
+    if share is None or share < 0:
+        return ""
+    return f" ({share:.0%})" if share <= 1.0 else " (more than RSS grew)"
+
+
 def account_lines(growth: dict[str, Any]) -> tuple[str, list[str]]:
     """The growth account as a head line and one line per part (zero parts left out)."""
     over = (
@@ -101,8 +109,7 @@ def account_lines(growth: dict[str, Any]) -> tuple[str, list[str]]:
         head += f", with CUDA reserved {_signed(total)}"
     owners = f"live objects {_signed(growth['owners_bytes_per_second'])}"
     named = [
-        f"{o['path']} {_signed(o['bytes_per_second'])}"
-        + (f" ({o['share']:.0%})" if o.get("share") is not None else "")
+        f"{o['path']} {_signed(o['bytes_per_second'])}{_share(o.get('share'))}"
         for o in growth.get("by_owner", [])[:3]
     ]
     lines = [f"{owners}: {', '.join(named)}" if named else f"{owners} (no holder grew)"]

@@ -147,6 +147,9 @@ def test_the_parts_exceeding_the_growth_leave_a_negative_remainder_that_says_so(
     assert growth["unexplained_bytes_per_second"] < 0
     _, lines = account_lines(growth)
     assert any("parts exceed the growth" in text for text in lines)
+    # svc.A grew 20 times what RSS did: said in words, not as "2000 %".
+    assert growth["by_owner"][0]["share"] > 1
+    assert lines[0] == "live objects +2.0 MiB/s: svc.A +2.0 MiB/s (more than RSS grew)"
 
 
 def test_no_account_without_enough_samples():
@@ -262,6 +265,28 @@ def test_a_native_leak_measured_in_a_window_is_native_growth():
     growth = cause.growth_accounting
     assert growth["native_bytes_per_second"] == pytest.approx(4 * MiB - 2000.0)
     assert "svc.tiny" not in cause.summary
+    # With the address space read too: a C library's mmap maps it as it allocates.
+    mapping = Measured(20.0, rss=4 * MiB, malloc_in_use=0.0, malloc_free=0.0,
+                       python_traced=2000.0, tracing=100.0, mapped=4 * MiB)  # fmt: skip
+    assert classify(series, [("svc.tiny", 1500.0)], measured=mapping).kind == "native_growth"
+
+
+def test_rss_growing_into_memory_allocated_before_the_window_is_not_native():
+    """Pages allocated earlier (a BytesIO reallocated ahead of its writes, an empty array, a
+    mapped file) raise RSS as they are first written, and nothing else moves."""
+    series = {"process_resident_memory_bytes": line(2 * MiB, seconds=20, step=1)}
+    measured = Measured(20.0, rss=2 * MiB, malloc_in_use=1000.0, malloc_free=0.0,
+                        python_traced=2000.0, tracing=100.0, mapped=0.0)  # fmt: skip
+    cause = classify(series, [("svc.AUDIT_SPOOL", 0.0), ("svc.tiny", 1500.0)], measured=measured)
+    assert cause.kind == "unexplained", cause
+    assert "written for the first time" in cause.summary
+    assert cause.culprit is None and "svc." not in cause.summary
+    assert any("address space grew 0 B/h" in line for line in cause.evidence), cause.evidence
+    growth = cause.growth_accounting
+    assert growth["native_bytes_per_second"] == pytest.approx(1000.0)  # malloc's, no more
+    # A holder that grew in the window (the buffer reallocated in it) is still named.
+    named = classify(series, [("svc.AUDIT_SPOOL", 2 * MiB)], measured=measured)
+    assert named.kind == "leak" and named.culprit["path"] == "svc.AUDIT_SPOOL"
 
 
 # -- the cause agrees with the detector -----------------------------------------------------
@@ -299,6 +324,14 @@ def test_while_the_detector_sees_no_growth_the_cause_is_never_leak(state, kind):
         quiet = classify(GROWING_HEAP, [("svc.CACHE", MiB / 1000)], verdicts=verdicts(state),
                          measured=slow)  # fmt: skip
         assert quiet.kind == kind
+        # A dump without a window borrows the agent's last one: within the ten minutes the
+        # dump judges, its fast holder is evidence too; an hour old, it is history.
+        recent = classify(GROWING_HEAP, [("svc.CACHE", MiB)], verdicts=verdicts(state),
+                          window_age=30.0)  # fmt: skip
+        assert recent.kind == held.kind
+        old = classify(GROWING_HEAP, [("svc.CACHE", MiB)], verdicts=verdicts(state),
+                       window_age=3600.0)  # fmt: skip
+        assert old.kind == kind
 
 
 def test_growth_on_any_memory_series_lets_the_series_speak():
@@ -372,6 +405,24 @@ def cache_natively(i):
 
 print("ready", flush=True)
 paced(cache_natively, {NATIVE_PER_SECOND})
+"""
+)
+
+#: A buffer mapped ahead of its writes (an anonymous mmap sized for a day of audio), written a
+#: chunk per request: RSS grows as each page is first written, while nothing is allocated.
+TOUCH_CHUNK, TOUCH_PER_SECOND = 64 * 1024, 32
+TOUCH = (
+    PACED
+    + f"""
+import mmap
+
+RING = mmap.mmap(-1, 1 << 30)
+
+def record(i):
+    RING.write(b"a" * {TOUCH_CHUNK})
+
+print("ready", flush=True)
+paced(record, {TOUCH_PER_SECOND})
 """
 )
 
@@ -507,6 +558,25 @@ def test_a_native_leak_is_native_growth_not_a_python_owner(child):
     # No Python owner is blamed, nor given a fair share of it.
     assert all(o["share"] < 0.1 for o in growth["by_owner"]), growth["by_owner"]
     assert math.isclose(total_of(growth), growth["total_bytes_per_second"], rel_tol=1e-6)
+
+
+@pytest.mark.e2e
+def test_pages_written_into_a_buffer_mapped_earlier_are_not_called_native(child):
+    """RSS grows 2 MiB/s, and nothing is allocated: no address space is mapped, malloc counts
+    nothing new, no holder's size moves. Native code is not what holds it (the buffer is a
+    Python object's), and no holder can be shown to: "not explained", with why."""
+    true_rate = TOUCH_CHUNK * TOUCH_PER_SECOND
+    filling = child("touch", TOUCH, DIAG_TIME_SCALE="60")
+    filling.wait_for_verdict({"growing", "leak"})
+    document = filling.dump("--window", "8")
+    cause = document["cause"]
+    growth = cause["growth_accounting"]
+    report("pages written into an earlier mapping (window 8 s)", growth, true_rate)
+    assert growth["rss_bytes_per_second"] == pytest.approx(true_rate, rel=0.3)
+    assert cause["kind"] == "unexplained", cause
+    assert "written for the first time" in cause["summary"]
+    assert cause["culprit"] is None
+    assert growth["native_bytes_per_second"] < 0.25 * true_rate, growth
 
 
 @pytest.mark.e2e
