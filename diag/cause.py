@@ -679,8 +679,9 @@ def _classify(
             "memory already allocated is being written for the first time: RSS grew while "
             "neither the address space nor malloc's in-use bytes did (a buffer allocated "
             "ahead of its writes: a growing BytesIO or bytearray, an array made empty and "
-            "filled, a mapped file being read). A holder's size moves only when such a "
-            "buffer is reallocated: look at the biggest holders, or trace a longer window",
+            "filled, a mapped file being read, a native allocator's pool reserved up front). "
+            "A holder's size moves only when such a buffer is reallocated: look at the "
+            "biggest holders, or trace a longer window",
             evidence,
         )
     native = growth.native_bytes_per_second
