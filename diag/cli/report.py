@@ -6,12 +6,16 @@ import contextlib
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from diag.cli._output import require_stdout
 from diag.errors import UsageError
 from diag.history import default_root, find_runs, latest_run
+
+if TYPE_CHECKING:
+    from reports.postmortem import PostMortem
 
 
 def resolve_run(path: str | None) -> str:
@@ -48,20 +52,8 @@ def report(path: str | None, html_file: str | None, markdown: bool, as_json: boo
         require_stdout()
     run_dir = resolve_run(path)
     data = postmortem.build(run_dir)
-    if sys.stdout is None:
-        pass  # --html only: the page is the output
-    elif as_json:
-        click.echo(json.dumps(data.to_json(), default=str))
-    elif markdown:
-        from reports import markdown as md
-
-        click.echo(md.render(data), nl=False)
-    else:
-        from rich.console import Console
-
-        from reports import terminal
-
-        terminal.render(data, Console())
+    if sys.stdout is not None:  # else --html alone: the page is the output
+        _print(data, as_json, markdown)
     if html_file:
         from reports import html
 
@@ -78,3 +70,18 @@ def report(path: str | None, html_file: str | None, markdown: bool, as_json: boo
                 os.unlink(partial)
             raise UsageError(f"cannot write {html_file}: {exc.strerror or exc}") from None
         click.echo(f"wrote {html_file}", err=True)
+
+
+def _print(data: PostMortem, as_json: bool, markdown: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data.to_json(), default=str))
+    elif markdown:
+        from reports import markdown as md
+
+        click.echo(md.render(data), nl=False)
+    else:
+        from rich.console import Console
+
+        from reports import terminal
+
+        terminal.render(data, Console())
