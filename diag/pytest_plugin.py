@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -121,15 +122,56 @@ def _settings(item: pytest.Function) -> dict[str, Any] | None:
     return settings
 
 
-def _between_runs(config: pytest.Config) -> Callable[[], None]:
-    """What runs after each run of a checked test: pytest's log capture starts afresh, so
-    the records it keeps (and ``caplog.records``) are the last run's, not a growing list."""
-    plugin = config.pluginmanager.get_plugin("logging-plugin")
-    handlers = [getattr(plugin, name, None) for name in ("caplog_handler", "report_handler")]
+class _PerRun:
+    """What pytest keeps for a test and would grow with each run of its body, put back after
+    each run (the fixtures are set up once for all the runs; see ``diag.check``):
 
-    def reset() -> None:
+    - pytest's log capture starts afresh, so the records it keeps (and ``caplog.records``)
+      are the last run's, not a growing list;
+    - what the body monkeypatched is undone (what fixtures patched before the first run
+      stays), as each run of the test would have had it;
+    - finalizers the body added (``request.addfinalizer``) run, as at each run's end;
+    - ``capsys``/``capfd`` output is read away (a failure shows the last run's);
+    - a DeprecationWarning raised again (pytest records each, "always") is kept once.
+
+    Each step leans on pytest's internals where it must, and is skipped where they differ."""
+
+    def __init__(self, item: pytest.Function) -> None:
+        self._item = item
+        plugin = item.config.pluginmanager.get_plugin("logging-plugin")
+        self._log_handlers = [
+            getattr(plugin, name, None) for name in ("caplog_handler", "report_handler")
+        ]
+        self._patches: tuple[Any, int, int, Any, Any] | None = None
+        self._finalizers: tuple[list[Any], int] | None = None
+        self._warnings: tuple[list[Any], set[tuple[Any, ...]], int] | None = None
+
+    def begin(self) -> None:
+        """Before the first run: what the fixtures set up is where each run starts."""
+        funcargs = getattr(self._item, "funcargs", {})
+        patcher = funcargs.get("monkeypatch")
+        try:
+            if patcher is not None:
+                self._patches = (
+                    patcher,
+                    len(patcher._setattr),
+                    len(patcher._setitem),
+                    patcher._savesyspath,
+                    patcher._cwd,
+                )
+            setup = self._item.session._setupstate.stack[self._item][0]
+            if type(setup) is list:
+                self._finalizers = (setup, len(setup))
+        except (AttributeError, KeyError, TypeError, IndexError):
+            pass
+        log = getattr(warnings._showwarnmsg_impl, "__self__", None)  # type: ignore[attr-defined]
+        recorder = funcargs.get("recwarn")
+        if type(log) is list and getattr(recorder, "_list", None) is not log:
+            self._warnings = (log, {_warning_key(w) for w in log}, len(log))
+
+    def __call__(self) -> None:
         # Emptied in place: new lists and buffers each run would be churn the check sees.
-        for handler in handlers:
+        for handler in self._log_handlers:
             records = getattr(handler, "records", None)
             if type(records) is list and records:
                 records.clear()
@@ -137,8 +179,82 @@ def _between_runs(config: pytest.Config) -> Callable[[], None]:
             if stream is not None and callable(getattr(stream, "truncate", None)):
                 stream.seek(0)
                 stream.truncate()
+        self._undo_patches()
+        self._run_finalizers()
+        funcargs = getattr(self._item, "funcargs", {})
+        for name in ("capsys", "capsysbinary", "capfd", "capfdbinary"):
+            capture = funcargs.get(name)
+            if capture is not None:
+                capture.readouterr()
+        self._drop_repeated_warnings()
 
-    return reset
+    def _undo_patches(self) -> None:
+        if self._patches is None:
+            return
+        patcher, attributes, items, syspath, cwd = self._patches
+        try:
+            later = pytest.MonkeyPatch()
+            later._setattr = patcher._setattr[attributes:]
+            del patcher._setattr[attributes:]
+            later._setitem = patcher._setitem[items:]
+            del patcher._setitem[items:]
+            if syspath is None and patcher._savesyspath is not None:
+                later._savesyspath, patcher._savesyspath = patcher._savesyspath, None
+            if cwd is None and patcher._cwd is not None:
+                later._cwd, patcher._cwd = patcher._cwd, None
+        except (AttributeError, TypeError):
+            self._patches = None
+            return
+        later.undo()
+
+    def _run_finalizers(self) -> None:
+        if self._finalizers is None:
+            return
+        finalizers, before = self._finalizers
+        while len(finalizers) > before:
+            finalizers.pop()()
+
+    def _drop_repeated_warnings(self) -> None:
+        if self._warnings is None:
+            return
+        log, seen, before = self._warnings
+        kept = []
+        for message in log[before:]:
+            key = _warning_key(message)
+            if key not in seen:
+                seen.add(key)
+                kept.append(message)
+        log[before:] = kept
+        self._warnings = (log, seen, len(log))
+
+
+def _warning_key(message: Any) -> tuple[Any, ...]:
+    return (
+        getattr(message, "category", None),
+        str(getattr(message, "message", "")),
+        getattr(message, "filename", None),
+        getattr(message, "lineno", None),
+    )
+
+
+#: Turns of the event loop after each run of a coroutine test: what the run scheduled
+#: without awaiting (a task, a ``call_soon``) would have run before the next test did.
+LOOP_TURNS = 8
+
+
+async def _let_the_loop_turn() -> None:
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # another library's loop (trio): nothing of asyncio's is queued
+    current = asyncio.current_task()
+    for _ in range(LOOP_TURNS):
+        others = [t for t in asyncio.all_tasks(loop) if t is not current]
+        if not getattr(loop, "_ready", None) and not others:
+            return
+        await asyncio.sleep(0)
 
 
 def _runs_async_itself(item: pytest.Function) -> bool:
@@ -161,6 +277,7 @@ def _repeating(item: pytest.Function, check: Any) -> Callable[..., Any]:
             with check:
                 for _ in check:
                     await body(**kwargs)
+                    await _let_the_loop_turn()
 
         if _runs_async_itself(item):
             return run_async
@@ -206,26 +323,72 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{MARKER}: {exc}") from None
 
 
+def _check_for(item: pytest.Function, settings: dict[str, Any]) -> Any:
+    from diag.check import LeakCheck
+    from diag.errors import UsageError
+
+    per_run = _PerRun(item)
+    try:
+        check = LeakCheck(name=item.nodeid, between_runs=per_run, **settings)
+    except UsageError as exc:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{MARKER}: {exc}") from None
+    per_run.begin()
+    return check
+
+
+def _failed(item: pytest.Function, exc: BaseException) -> BaseException:
+    item.user_properties.append(("diag_leaks", "leaked"))
+    return pytest.fail.Exception(str(exc), pytrace=False)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
     settings = _settings(pyfuncitem)
     if settings is None:
         return (yield)
-    from diag.check import LeakCheck
-    from diag.errors import LeakError, UsageError
+    from diag.errors import LeakError
 
-    try:
-        check = LeakCheck(
-            name=pyfuncitem.nodeid, between_runs=_between_runs(pyfuncitem.config), **settings
-        )
-    except UsageError as exc:
-        raise pytest.UsageError(f"{pyfuncitem.nodeid}: @pytest.mark.{MARKER}: {exc}") from None
+    check = _check_for(pyfuncitem, settings)
     original = pyfuncitem.obj
     pyfuncitem.obj = _repeating(pyfuncitem, check)
     try:
         return (yield)
     except LeakError as exc:
-        pyfuncitem.user_properties.append(("diag_leaks", "leaked"))
-        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+        raise _failed(pyfuncitem, exc) from None
     finally:
         pyfuncitem.obj = original
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    """A ``unittest.TestCase`` test runs through unittest's machinery, never through
+    ``pytest_pyfunc_call``: its method is repeated here, between one setUp and one tearDown
+    (as a function's fixtures are set up once). pytest hands unittest ``item.obj``."""
+    import unittest
+
+    if not isinstance(item, pytest.Function) or not isinstance(
+        getattr(item, "instance", None), unittest.TestCase
+    ):
+        return (yield)
+    settings = _settings(item)
+    if settings is None or inspect.iscoroutinefunction(item.obj):
+        return (yield)  # an async TestCase runs its own loop: left unchecked
+    from diag.errors import LeakError
+
+    check = _check_for(item, settings)
+    method = item.obj
+
+    @functools.wraps(method)
+    def repeated() -> None:
+        try:
+            with check:
+                for _ in check:
+                    method()
+        except LeakError as exc:
+            raise _failed(item, exc) from None
+
+    item.obj = repeated
+    try:
+        return (yield)
+    finally:
+        item.obj = method
