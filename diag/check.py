@@ -337,7 +337,16 @@ def _weight(obj: Any) -> int:
         return sys.getsizeof(obj) + (size[1] if size else 0)
     numpy = sys.modules.get("numpy")
     if numpy is not None and issubclass(type(obj), numpy.ndarray):
-        return int(obj.nbytes) + sys.getsizeof(obj) if obj.base is None else sys.getsizeof(obj)
+        # An array that owns its data counts it in its own size; a view keeps its base's
+        # buffer alive, which is what it holds (a small slice of a big array).
+        base = obj
+        while isinstance(base, numpy.ndarray) and base.base is not None:
+            base = base.base
+        if base is obj:
+            return sys.getsizeof(obj)
+        if isinstance(base, numpy.ndarray):
+            return sys.getsizeof(obj) + sys.getsizeof(base)
+        return sys.getsizeof(obj) + (int(getattr(base, "nbytes", 0)) or sys.getsizeof(base))
     try:
         total = sys.getsizeof(obj)
     except Exception:

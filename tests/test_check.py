@@ -194,6 +194,12 @@ def test_tensors_and_arrays():
     report = LeakCheck().call(lambda: _ARRAYS.append(numpy.ones(512)))
     assert {"arrays", "array_bytes"} <= {g.measure for g in report.leaks}
     assert report.owners[0].path == "tests.test_check._ARRAYS"
+    # An array's own size holds its data (not twice); a small view keeps its big base alive.
+    assert report.owners[0].bytes_per_iteration == pytest.approx(512 * 8, rel=0.1)
+    _ARRAYS.clear()
+    report = LeakCheck().call(lambda: _ARRAYS.append(numpy.ones(100_000)[:4]))
+    assert report.owners[0].path == "tests.test_check._ARRAYS"
+    assert report.owners[0].bytes_per_iteration == pytest.approx(800_000, rel=0.1)
     # Made and dropped: no leak, after torch's first-call set-up in the warm-up.
     assert not LeakCheck().call(lambda: torch.randn(64, 64) @ torch.randn(64, 64)).leaked
 
