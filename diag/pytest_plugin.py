@@ -7,8 +7,10 @@
 - ``pytest --diag-leaks`` (or ``diag_leaks = true`` in the ini file) checks every test.
 
 A checked test's body runs ``warmup + iterations`` times with the same fixtures (see
-``diag.check``); it fails when something grew after every checked run, with a report that
-names what grew, who holds it and where it was allocated. Async tests run through the plugin
+``diag.check``), and what pytest keeps for it is put back after each run (``_PerRun``); it
+fails when something grew after every checked run, with a report that names what grew, who
+holds it and where it was allocated. A ``unittest.TestCase`` test repeats its method between
+one setUp and one tearDown. Async tests run through the plugin
 that runs them (anyio's, pytest-asyncio's): the repeated body is a coroutine function too;
 a plain ``async def`` test with no such plugin runs in one asyncio event loop for all its runs.
 
