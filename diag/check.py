@@ -1272,10 +1272,11 @@ def format_report(report: LeakReport) -> str:
                 )
                 suggested.append(f"{option}={int(worst * 2) + 1}")
             lines.append(f"  @pytest.mark.no_leaks({', '.join(suggested)})   (a tolerance per run)")
-        lines.append(
-            f"  @pytest.mark.no_leaks(warmup={2 * report.warmup + 2})   (a bounded cache that "
-            "takes more runs to fill: an lru_cache with a maxsize, a deque with a maxlen)"
-        )
+        if any(g.measure in ("objects", "entries") for g in leaks):
+            lines.append(
+                f"  @pytest.mark.no_leaks(warmup={2 * report.warmup + 2})   (a bounded cache "
+                "that takes more runs to fill: an lru_cache with a maxsize, a deque with a maxlen)"
+            )
         resources = sorted({g.measure for g in leaks if g.measure in _CENSUS_RESOURCE})
         if resources:
             kept = [r for r in RESOURCES if r not in resources]
