@@ -572,12 +572,6 @@ class LeakCheck:
                 f"gc.freeze() hid {frozen:,} objects from the gc, and so from this check: "
                 "what they hold is not counted (gc.unfreeze() before checked tests)"
             )
-        if "entries" in self._series:
-            objects = gc.get_objects()
-            ours = self._ours
-            self._flat = [d for i, d in _untracked_dicts(objects).items() if i not in ours]
-            del objects
-            ours.add(id(self._flat))
         self._t0 = time.perf_counter()
         self._point(0)
 
@@ -621,6 +615,11 @@ class LeakCheck:
         else:
             series["objects"][k] = len(objects)
         if "entries" in series:
+            if k == 0:
+                # The untracked dicts are looked for once, on the first point's object list.
+                ours = self._ours
+                self._flat = [d for i, d in _untracked_dicts(objects).items() if i not in ours]
+                ours.add(id(self._flat))
             series["entries"][k] = self._entries(objects)
         if "tensors" in series:
             count, nbytes = self._tensors(objects)
