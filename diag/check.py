@@ -12,6 +12,10 @@ times measuring after each run, after a full garbage collection:
 - torch tensors (count and CPU bytes, by storage), CUDA memory allocated (only where torch is
   imported and CUDA initialised already: the check never initialises it), numpy arrays (count
   and bytes, from numpy's own tracemalloc domain);
+- native memory: what glibc's malloc has handed out (``mallinfo2``) less what Python's
+  allocator, numpy and torch account for, so a C extension's or a ctypes ``malloc`` that is
+  never freed shows (Linux with glibc 2.33 or later; judged against at least
+  ``NATIVE_BYTES_FLOOR`` a run, malloc's own caches move a few KiB);
 - file descriptors, threads, pending asyncio tasks and child processes (zombies included).
 
 A measure leaks when it grew after every checked run by more than its tolerance. Then one
@@ -38,16 +42,18 @@ Nothing here imports torch or numpy: they are looked up in ``sys.modules``.
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import itertools
 import operator
 import os
+import re
 import sys
 import threading
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -55,7 +61,8 @@ from typing import Any
 from diag import OWN_DIRS
 from diag.census import Frame, frames_of, is_library, object_traceback
 from diag.errors import LeakError, UsageError
-from diag.owners import find_holders, name_objects
+from diag.malloc import MallInfo2, in_use, load_mallinfo2
+from diag.owners import find_holders, fixture_roots, name_objects
 from diag.resources_census import ResourceCensus, child_processes, group_key, resource_types
 
 __all__ = [
@@ -83,8 +90,24 @@ DEFAULT_BYTES_PER_ITERATION = 1024
 #: method cache at ~1 KiB a run for hundreds of runs. What libraries keep for the caller
 #: also shows as Python objects (exact) or in the caller's own allocations.
 LIBRARY_BYTES_FLOOR = 8192
+#: Native memory is judged against at least this much per run: malloc's per-thread caches and
+#: the interpreter's raw allocations (tracemalloc's own tables, thread states) move by up to
+#: ~2.5 KiB a run on clean code.
+NATIVE_BYTES_FLOOR = 16384
+#: pymalloc serves requests up to this size from its own arenas (mmapped, not malloc's); a
+#: larger traced Python allocation is one of malloc's blocks.
+PYMALLOC_MAX_REQUEST = 512
 #: What ``resources=`` may name (besides Python objects and memory, always checked).
-RESOURCES = ("tensors", "cuda", "arrays", "fds", "threads", "asyncio_tasks", "children")
+RESOURCES = (
+    "tensors",
+    "cuda",
+    "arrays",
+    "native",
+    "fds",
+    "threads",
+    "asyncio_tasks",
+    "children",
+)
 #: Threads started by the checked runs get this long, in all, to end before the last count.
 SETTLE_SECONDS = 1.0
 #: Frames kept per allocation stack while the checked runs trace.
@@ -106,6 +129,7 @@ MEASURES: dict[str, tuple[str, str | None, str]] = {
     "cuda_bytes": ("CUDA memory allocated", "cuda", "B"),
     "arrays": ("numpy arrays", "arrays", ""),
     "array_bytes": ("numpy memory", "arrays", "B"),
+    "native_bytes": ("native memory (malloc, not Python's)", "native", "B"),
     "fds": ("file descriptors", "fds", ""),
     "threads": ("threads", "threads", ""),
     "asyncio_tasks": ("pending asyncio tasks", "asyncio_tasks", ""),
@@ -133,6 +157,8 @@ _CONTAINERS: tuple[type, ...] = (dict, list, set, collections.deque)
 #: Measures that count things: a run that kept none leaves them exactly where they were.
 _COUNTS = frozenset(m for m, (_, _, unit) in MEASURES.items() if not unit)
 _HERE = os.path.abspath(__file__)
+#: A path from a fixture's value (``diag.owners.fixture_roots``): its root.
+_FIXTURE_ROOT = re.compile(r"fixture [^.\[ ]+")
 
 
 # -- what a report says ---------------------------------------------------------------------
@@ -393,6 +419,7 @@ class LeakCheck:
         name: str = "the checked code",
         settle_seconds: float = SETTLE_SECONDS,
         between_runs: Callable[[], None] | None = None,
+        fixtures: Mapping[str, Any] | None = None,
     ) -> None:
         if type(iterations) is not int or iterations < 2:
             raise UsageError(f"iterations must be an int of at least 2, not {iterations!r}")
@@ -420,13 +447,20 @@ class LeakCheck:
         self.current_thread_only = current_thread_only
         self.settle_seconds = settle_seconds
         self.between_runs = between_runs
+        #: Values the runs share (a pytest test's fixtures, set up once): what grows in them
+        #: is named from them (``fixture NAME``), not from pytest's objects that hold them.
+        self.fixtures = dict(fixtures or {})
         self.report = LeakReport(name, iterations, warmup)
         self._iterated = False
         self._started_tracing = False
+        # malloc cannot tell threads apart: native memory is left out with the other threads'.
+        self._mallinfo = None if current_thread_only else _load_mallinfo()
         self._measures = [
             m
             for m, (_, r, _) in MEASURES.items()
-            if (r is None or r in chosen) and not (current_thread_only and m == "entries")
+            if (r is None or r in chosen)
+            and not (current_thread_only and m == "entries")
+            and not (self._mallinfo is None and m == "native_bytes")
         ]
         self._series: dict[str, list[float]] = {}
         self._libraries: dict[str, bool] = {}
@@ -626,7 +660,16 @@ class LeakCheck:
             series["tensors"][k] = count
             series["tensor_bytes"][k] = nbytes
         del objects
-        snapshot = tracemalloc.take_snapshot().filter_traces(
+        snapshot = tracemalloc.take_snapshot()
+        # Of malloc's blocks, those tracemalloc sees: Python's larger allocations (diag's own
+        # included: they are malloc's too) and numpy's data.
+        accounted = sum(
+            trace.size
+            for trace in snapshot.traces
+            if trace.domain == NUMPY_DOMAIN
+            or (trace.domain == 0 and trace.size > PYMALLOC_MAX_REQUEST)
+        )
+        snapshot = snapshot.filter_traces(
             [tracemalloc.Filter(False, _HERE), tracemalloc.Filter(False, tracemalloc.__file__)]
         )
         python = library = arrays = array_bytes = 0
@@ -656,6 +699,11 @@ class LeakCheck:
             series["array_bytes"][k] = array_bytes
         if "cuda_bytes" in series:
             series["cuda_bytes"][k] = self._cuda_allocated()
+        if "native_bytes" in series and self._mallinfo is not None:
+            accounted += tracemalloc.get_tracemalloc_memory()
+            if "tensor_bytes" in series:
+                accounted += int(series["tensor_bytes"][k])
+            series["native_bytes"][k] = in_use(self._mallinfo()) - accounted
         if "fds" in series:
             series["fds"][k] = _count_dir("/proc/self/fd") or 0
         if "threads" in series:
@@ -725,6 +773,8 @@ class LeakCheck:
             return self.objects_per_iteration
         if measure == "library_bytes":
             return max(self.bytes_per_iteration, LIBRARY_BYTES_FLOOR)
+        if measure == "native_bytes":
+            return max(self.bytes_per_iteration, NATIVE_BYTES_FLOOR)
         if measure in ("bytes", "tensor_bytes", "array_bytes", "cuda_bytes"):
             return self.bytes_per_iteration
         return 0.0
@@ -813,13 +863,14 @@ class LeakCheck:
             self._conclude([])
             return
         exclude = (scan, scan.__dict__, *scan.__dict__.values())
-        if grown_resources:
-            self._resource_owners(
-                scan.found, scan.stacks, counts_before, grown_resources, owners, exclude
+        with fixture_roots(self.fixtures):
+            if grown_resources:
+                self._resource_owners(
+                    scan.found, scan.stacks, counts_before, grown_resources, owners, exclude
+                )
+            self._python_owners(
+                scan.new, scan.new_ids, scan.grown, scan.tracebacks, unchanged, owners, exclude
             )
-        self._python_owners(
-            scan.new, scan.new_ids, scan.grown, scan.tracebacks, unchanged, owners, exclude
-        )
         scan.clear()
         for owner in owners.values():  # what the attribution runs gained, per run
             owner.per_iteration /= runs
@@ -955,7 +1006,25 @@ class LeakCheck:
             if covered:
                 growth.leaked = False
                 report.notes.append(f"{growth.label} grew in owners allow_growth() declares")
-        if report.leaked and not owners:
+        shared = sorted(
+            {m[0] for o in python if not o.allowed and (m := _FIXTURE_ROOT.match(o.path))}
+        )
+        for fixture in shared:
+            report.notes.append(
+                f"{fixture} is set up once for all the runs, so what one run adds to it the next "
+                "still sees. What the test itself puts there is the test's state "
+                f'(diag.allow_growth("{fixture}") says so); what the code under test keeps '
+                "there is that code's leak"
+            )
+        native = any(g.leaked and g.measure == "native_bytes" for g in report.growth)
+        if native:
+            report.notes.append(
+                "native memory is what malloc handed out beyond what Python, numpy and torch "
+                "account for: a C extension, a native library or ctypes keeps it. Its stacks "
+                "are out of tracemalloc's sight: run the test under `memray run --native` "
+                "(or heaptrack, or valgrind --leak-check=full) to see where it is allocated"
+            )
+        if report.leaked and not owners and not (native and len(report.leaks) == 1):
             report.notes.append(
                 "no holder was found for what grew: it may be kept by C code, or freed and "
                 "made again at a growing size"
@@ -963,6 +1032,11 @@ class LeakCheck:
 
 
 _UNSEEN: Any = object()
+
+
+@functools.cache
+def _load_mallinfo() -> Callable[[], MallInfo2] | None:
+    return load_mallinfo2()[0]
 
 
 def _base_length(kind: type) -> Callable[[Any], int] | None:
@@ -1195,6 +1269,7 @@ _TOLERANCE_OPTION = {
     "tensor_bytes": "bytes_per_iteration",
     "array_bytes": "bytes_per_iteration",
     "cuda_bytes": "bytes_per_iteration",
+    "native_bytes": "bytes_per_iteration",
 }
 
 
@@ -1276,7 +1351,13 @@ def format_report(report: LeakReport) -> str:
                 f"  @pytest.mark.no_leaks(warmup={2 * report.warmup + 2})   (a bounded cache "
                 "that takes more runs to fill: an lru_cache with a maxsize, a deque with a maxlen)"
             )
-        resources = sorted({g.measure for g in leaks if g.measure in _CENSUS_RESOURCE})
+        resources = sorted(
+            {
+                MEASURES[g.measure][1] or ""
+                for g in leaks
+                if g.measure in _CENSUS_RESOURCE or g.measure == "native_bytes"
+            }
+        )
         if resources:
             kept = [r for r in RESOURCES if r not in resources]
             not_checked = ", ".join(resources)

@@ -33,10 +33,10 @@ from diag import watched
 from diag.cause import Cause, Measured, classify
 from diag.census import Dump, Frame, Owner, Site, cuda_block_stacks, is_library, take_dump
 from diag.detect import SETTLE_SECONDS, Verdict
+from diag.malloc import in_use, load_mallinfo2
 from diag.model import Clock, Sample
 from diag.resources_census import group_key
 from probes import creation
-from probes.heap import load_mallinfo2
 from probes.tracing import (
     IGNORED_TRACES,
     site_label,
@@ -596,7 +596,7 @@ def _mallinfo() -> tuple[int, int] | None:
         got = info()
     except Exception:
         return None
-    return int(got.uordblks + got.hblkhd), int(got.fordblks)
+    return in_use(got), int(got.fordblks)
 
 
 def _statm() -> tuple[int, int]:

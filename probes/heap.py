@@ -9,47 +9,15 @@ GIL held), so they refresh on the detail cadence only.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import sys
 from collections.abc import Callable
 
+from diag.malloc import MallInfo2, in_use, load_mallinfo2
 from diag.model import Sample, labels_of
 from probes.base import Cadence
 
 _GENERATION_LABELS = tuple(labels_of(generation=str(i)) for i in range(3))
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (field, ctypes.c_size_t)
-        for field in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def load_mallinfo2() -> tuple[Callable[[], _MallInfo2] | None, str | None]:
-    """glibc's mallinfo2, or the reason it is not there (musl, macOS, glibc before 2.33)."""
-    if not sys.platform.startswith("linux"):
-        return None, f"malloc: glibc mallinfo2 is Linux-only (this is {sys.platform})"
-    try:
-        libc = ctypes.CDLL(None)
-        func = libc.mallinfo2
-    except (OSError, AttributeError):
-        return None, "malloc: no glibc mallinfo2 (musl or glibc older than 2.33)"
-    func.restype = _MallInfo2
-    func.argtypes = []
-    return func, None
 
 
 class HeapProbe:
@@ -61,7 +29,7 @@ class HeapProbe:
         detail_interval: float = 30.0,
         cadence: Cadence | None = None,
         blocks_cadence: Cadence | None = None,
-        mallinfo2: Callable[[], _MallInfo2] | None = None,
+        mallinfo2: Callable[[], MallInfo2] | None = None,
     ) -> None:
         # gc.get_objects holds the GIL for its whole walk (15 ms for 270k objects): besides
         # the detail interval, keep its stalls under 0.01 % of wall time.
@@ -90,7 +58,7 @@ class HeapProbe:
         out.extend(self._blocks)
         if self._mallinfo2 is not None:
             info = self._mallinfo2()
-            out.append(Sample("malloc_in_use_bytes", float(info.uordblks + info.hblkhd)))
+            out.append(Sample("malloc_in_use_bytes", float(in_use(info))))
             out.append(Sample("malloc_free_retained_bytes", float(info.fordblks)))
             out.append(Sample("malloc_mmapped_bytes", float(info.hblkhd)))
         if self._cadence.due():

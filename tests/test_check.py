@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import os
 import queue
@@ -202,6 +203,51 @@ def test_tensors_and_arrays():
     assert report.owners[0].bytes_per_iteration == pytest.approx(800_000, rel=0.1)
     # Made and dropped: no leak, after torch's first-call set-up in the warm-up.
     assert not LeakCheck().call(lambda: torch.randn(64, 64) @ torch.randn(64, 64)).leaked
+
+
+def test_native_memory_kept_by_c_code():
+    """A real ``malloc`` through ctypes, never freed: no Python object grows, only what malloc
+    handed out. Memory Python, numpy or torch account for is not counted again as native."""
+    if check._load_mallinfo() is None:
+        pytest.skip("glibc's mallinfo2 is not here (musl, macOS, glibc before 2.33)")
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    # The pointers go into slots made beforehand: no Python container grows.
+    kept = (ctypes.c_void_p * 32)()
+    slots = iter(range(32))
+
+    def keep(size: int) -> None:
+        kept[next(slots)] = libc.malloc(size)
+
+    try:
+        report = LeakCheck().call(keep, 64 * 1024)
+        native = {g.measure: g for g in report.growth}["native_bytes"]
+        assert [g.measure for g in report.leaks] == ["native_bytes"]
+        assert native.per_iteration == pytest.approx(64 * 1024, rel=0.1)
+        assert any("memray run --native" in note for note in report.notes)
+        assert not any("no holder was found" in note for note in report.notes)
+        assert "resources=['tensors', 'cuda', 'arrays', 'fds'" in report.format()
+        # Allocated and freed: no leak. Not checked: not measured.
+        assert not LeakCheck().call(lambda: libc.free(libc.malloc(1 << 20))).leaked
+        unchecked = LeakCheck(resources=["fds"]).call(keep, 64 * 1024)
+        assert "native_bytes" not in {g.measure for g in unchecked.growth}
+    finally:
+        for pointer in kept:
+            libc.free(pointer)  # free(NULL) does nothing
+    # Python's own large blocks, numpy's data and torch's CPU tensors are malloc's too, and
+    # each is measured where it belongs.
+    big = LeakCheck().call(lambda: _KEPT.append(bytearray(256 * 1024)))
+    assert "native_bytes" not in {g.measure for g in big.leaks}
+    torch = pytest.importorskip("torch")
+    numpy = pytest.importorskip("numpy")
+    tensors = LeakCheck().call(lambda: _TENSORS.append(torch.zeros(64 * 1024)))
+    assert "tensor_bytes" in {g.measure for g in tensors.leaks}
+    assert "native_bytes" not in {g.measure for g in tensors.leaks}
+    arrays = LeakCheck().call(lambda: _ARRAYS.append(numpy.ones(32 * 1024)))
+    assert "array_bytes" in {g.measure for g in arrays.leaks}
+    assert "native_bytes" not in {g.measure for g in arrays.leaks}
 
 
 def test_pending_asyncio_tasks():
