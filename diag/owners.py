@@ -38,6 +38,7 @@ nothing, except that naming an attribute of a 3.11 instance may create its ``__d
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import os
@@ -84,10 +85,12 @@ class Link:
 #: os.register_at_fork callbacks ("codec", "audit", "fork"); "c": held from C code that
 #: names nothing more (or a running frame's temporary); "own": diag's own objects (a running
 #: frame of diag's keeps them: never a holder, the path starts with "diag"); "unknown": the
-#: search ran out of time before it reached a root.
+#: search ran out of time before it reached a root; "fixture": a pytest fixture's value, which
+#: a leak check shares across its runs (``fixture_roots``).
 ROOT_KINDS = (
     "module",
     "class",
+    "fixture",
     "thread",
     "context",
     "atexit",
@@ -135,9 +138,27 @@ class Named:
     root: str  # one of ROOT_KINDS
 
 
+_ATOMIC = (type(None), bool, int, float, complex, str, bytes)
+#: name -> value of the fixtures ``fixture_roots`` names as roots for now.
+_FIXTURES: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def fixture_roots(fixtures: Mapping[str, Any]) -> Iterator[None]:
+    """Within the block, the searches stop at these fixtures' values (name -> value) and name
+    them ``fixture NAME``: a leak check runs a test's body many times under one set-up, and
+    what the body adds to a fixture's value is otherwise reached only through pytest's own
+    objects. A value a module global names keeps its module path."""
+    _FIXTURES.update(fixtures)
+    try:
+        yield
+    finally:
+        _FIXTURES.clear()
+
+
 def _roots(kinds: dict[int, str]) -> tuple[dict[int, str], list[dict[str, Any]]]:
-    """Objects that name a root: module globals, and thread frames (their kinds in
-    ``kinds``); and the module globals, in the order they are named."""
+    """Objects that name a root: module globals, thread frames and the fixtures named for now
+    (their kinds in ``kinds``); and the module globals, in the order they are named."""
     roots: dict[int, str] = {}
     namespaces: list[dict[str, Any]] = []
     # Aliases (torch registers __main__ again as __mp_main__) last, so the real name wins.
@@ -151,6 +172,14 @@ def _roots(kinds: dict[int, str]) -> tuple[dict[int, str], list[dict[str, Any]]]
         if id(frame) not in roots:
             roots[id(frame)] = thread
             kinds[id(frame)] = "thread"
+    if _FIXTURES:
+        globals_ = {id(value) for namespace in namespaces for value in list(namespace.values())}
+        for name, value in _FIXTURES.items():
+            if type(value) in _ATOMIC:  # refers to nothing: never on a path
+                continue
+            if id(value) not in globals_ and id(value) not in roots:
+                roots[id(value)] = f"fixture {name}"
+                kinds[id(value)] = "fixture"
     return roots, namespaces
 
 

@@ -330,8 +330,15 @@ def _check_for(item: pytest.Function, settings: dict[str, Any]) -> Any:
     from diag.errors import UsageError
 
     per_run = _PerRun(item)
+    # The test's own fixtures, which the runs share (pytest's, such as tmp_path or capsys,
+    # are put back by per_run or hold nothing of the test's).
+    fixtures = {
+        name: value
+        for name, value in getattr(item, "funcargs", {}).items()
+        if not type(value).__module__.startswith(("_pytest", "pytest", "pluggy"))
+    }
     try:
-        check = LeakCheck(name=item.nodeid, between_runs=per_run, **settings)
+        check = LeakCheck(name=item.nodeid, between_runs=per_run, fixtures=fixtures, **settings)
     except UsageError as exc:
         raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{MARKER}: {exc}") from None
     per_run.begin()

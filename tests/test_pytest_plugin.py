@@ -254,6 +254,71 @@ def test_leaks_that_hid_from_the_counts(pytester: pytest.Pytester):
     )
 
 
+def test_growth_in_a_fixture_is_named_from_the_fixture(pytester: pytest.Pytester):
+    """The runs share one set-up, so what a run adds to a fixture's value stays. Reached only
+    through pytest's objects, it was "no holder was found ... C code": it is named from the
+    fixture, and a fixture that a module global also names keeps its module path."""
+    pytester.makepyfile(
+        """
+        import itertools
+        import pytest
+        import diag
+
+        diag.allow_growth("fixture allowed")
+        _ids = itertools.count()
+
+        class Service:
+            def __init__(self):
+                self.cache = {}
+
+            def handle(self, n):
+                self.cache[n] = [n] * 10
+
+        SHARED = Service()
+
+        @pytest.fixture
+        def bucket():
+            return []
+
+        @pytest.fixture
+        def allowed():
+            return []
+
+        @pytest.fixture
+        def service():
+            return Service()
+
+        @pytest.fixture
+        def shared():
+            return SHARED
+
+        def test_bucket(bucket):
+            bucket.append(object())
+
+        def test_allowed(allowed):
+            allowed.append(object())
+
+        def test_service(service):
+            service.handle(next(_ids))
+
+        def test_shared(shared):
+            shared.handle(next(_ids))
+        """
+    )
+    result = pytester.runpytest("-p", "no:randomly", "--diag-leaks")
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "  1. fixture bucket  (list) +1 per run*",
+            "note: fixture bucket is set up once for all the runs*",
+            "  1. fixture service.cache  (dict) +1 per run*",
+            '  diag.allow_growth("fixture service.cache")*',
+            "  1. test_growth_in_a_fixture_is_named_from_the_fixture.SHARED.cache  (dict)*",
+        ]
+    )
+    assert "no holder was found" not in result.stdout.str()
+
+
 def test_the_suggested_allowance_covers_every_owner_it_names(pytester: pytest.Pytester):
     """An lru_cache's growth has two owners, its dict and its wrapper: the suggestion names
     the one path that covers both, and declaring it makes the test pass."""
