@@ -41,9 +41,11 @@ Nothing here imports torch or numpy: they are looked up in ``sys.modules``.
 
 from __future__ import annotations
 
+import array
 import collections
 import functools
 import gc
+import io
 import itertools
 import operator
 import os
@@ -154,6 +156,9 @@ _CENSUS_RESOURCE = {
     "children": "children",
 }
 _CONTAINERS: tuple[type, ...] = (dict, list, set, collections.deque)
+#: What grows in place by bytes (writes, appends): found by its size. A StringIO's size does
+#: not show its buffer.
+_BUFFERS: tuple[type, ...] = (bytearray, io.BytesIO, array.array)
 #: Measures that count things: a run that kept none leaves them exactly where they were.
 _COUNTS = frozenset(m for m, (_, _, unit) in MEASURES.items() if not unit)
 _HERE = os.path.abspath(__file__)
@@ -832,14 +837,20 @@ class LeakCheck:
         before: set[int] = set() if own_tracing else {id(o) for o in objects}
         ours = {id(scan.__dict__), *map(id, scan.__dict__.values())}
         containers = [o for o in objects if issubclass(type(o), _CONTAINERS) and id(o) not in ours]
-        containers += _untracked_dicts(objects).values()
+        untracked = _untracked_of(objects, (dict, bytearray))
+        containers += (u for u in untracked.values() if type(u) is dict)
         lengths = [len(c) for c in containers]
+        buffers = [o for o in objects if issubclass(type(o), _BUFFERS) and id(o) not in ours]
+        buffers += (u for u in untracked.values() if type(u) is bytearray)
+        del untracked
+        sizes = [_buffer_size(b) for b in buffers]
         found = [o for o in objects if issubclass(type(o), kinds)] if grown_resources else []
         del objects
-        exclude: tuple[Any, ...] = (before, containers, lengths, found)
+        exclude: tuple[Any, ...] = (before, containers, lengths, found, buffers, sizes)
         counts_before = self._resource_groups(found, {}, exclude) if grown_resources else {}
         found.clear()
         scan.before, scan.containers, scan.lengths = before, containers, lengths
+        scan.buffers, scan.sizes = buffers, sizes
         try:
             if own_tracing:
                 tracemalloc.start(TRACE_FRAMES)
@@ -857,6 +868,7 @@ class LeakCheck:
         unchanged = {id(c) for c, n in zip(containers, lengths, strict=True) if len(c) <= n}
         containers.clear()
         lengths.clear()
+        buffers.clear()
         before.clear()
         if scan.error is not None:
             self.report.notes.append(f"the search for holders failed: {scan.error!r}")
@@ -971,6 +983,20 @@ class LeakCheck:
         for (container, gained), (path, _links) in zip(pending, named, strict=True):
             if not path or _tooling(path):
                 continue
+            if issubclass(type(container), _BUFFERS):
+                owners.setdefault(
+                    path,
+                    LeakOwner(
+                        path=path,
+                        kind=type(container).__name__,
+                        per_iteration=0.0,  # no entries: bytes
+                        bytes_per_iteration=gained,
+                        what="its buffer grew",
+                        allowed=_allowed(path, id(container)),
+                        grew=True,
+                    ),
+                )
+                continue
             entries = _newest_entries(container, gained)
             kinds = Counter(_describe(o) for o in entries)
             owners.setdefault(
@@ -1050,14 +1076,30 @@ def _base_length(kind: type) -> Callable[[Any], int] | None:
 
 def _untracked_dicts(objects: list[Any]) -> dict[int, dict[Any, Any]]:
     """The plain dicts among ``objects``' referents that the gc does not track (it untracks
-    a dict holding only atomic values), by id. Sifted in C: a heap's referents are a
-    million objects, of which a few thousand dicts."""
+    a dict holding only atomic values), by id."""
+    return _untracked_of(objects, (dict,))
+
+
+def _untracked_of(objects: list[Any], kinds: tuple[type, ...]) -> dict[int, Any]:
+    """The objects of exactly these types among ``objects``' referents that the gc does not
+    track (a dict holding only atomic values, every bytearray), by id. Sifted in C: a heap's
+    referents are a million objects, of which a few thousand dicts."""
     referents = gc.get_referents(*objects)
-    dicts = list(itertools.compress(referents, map(operator.is_, map(type, referents),
-                                                   itertools.repeat(dict))))  # fmt: skip
+    chosen = frozenset(kinds)
+    found = list(itertools.compress(referents, map(chosen.__contains__, map(type, referents))))
     del referents
-    untracked = itertools.compress(dicts, map(operator.not_, map(gc.is_tracked, dicts)))
-    return {id(d): d for d in untracked}
+    untracked = itertools.compress(found, map(operator.not_, map(gc.is_tracked, found)))
+    return {id(o): o for o in untracked}
+
+
+def _buffer_size(buffer: Any) -> int:
+    """A buffer's bytes: a BytesIO's allocated buffer (its size moves in steps, 1/8 ahead),
+    a bytearray's or an array's length."""
+    if issubclass(type(buffer), array.array):
+        return int(len(buffer) * buffer.itemsize)
+    if issubclass(type(buffer), bytearray):
+        return len(buffer)
+    return sys.getsizeof(buffer)
 
 
 class _Scan:
@@ -1068,6 +1110,8 @@ class _Scan:
         self.before: set[int] = set()
         self.containers: list[Any] = []
         self.lengths: list[int] = []
+        self.buffers: list[Any] = []
+        self.sizes: list[int] = []
         self.kinds = kinds
         self.resources = resources
         self.new: list[Any] = []
@@ -1130,7 +1174,13 @@ class _Scan:
         for container, length in zip(self.containers, self.lengths, strict=True):
             if len(container) > length:
                 self.grown.append((container, len(container) - length))
+        # Buffers grow in bytes, not entries: what they gained is a size.
+        for buffer, size in zip(self.buffers, self.sizes, strict=True):
+            if _buffer_size(buffer) > size:
+                self.grown.append((buffer, _buffer_size(buffer) - size))
         for container, gained in self.grown:
+            if issubclass(type(container), _BUFFERS):
+                continue
             for entry in _newest_entries(container, gained):
                 traceback = object_traceback(entry)
                 if traceback is not None:
@@ -1307,11 +1357,11 @@ def format_report(report: LeakReport) -> str:
         lines.append("")
         lines.append("held by (first: the likeliest owner):")
         for number, owner in enumerate(report.owners[:OWNERS_SHOWN], 1):
-            gained = (
-                f"{owner.per_iteration:+.{0 if owner.per_iteration.is_integer() else 1}f} per run"
-            )
-            if owner.bytes_per_iteration:
-                gained += f", {_bytes_text(owner.bytes_per_iteration)} per run"
+            counted = owner.per_iteration
+            amounts = [f"{counted:+.{0 if counted.is_integer() else 1}f}"] if counted else []
+            if owner.bytes_per_iteration or not counted:
+                amounts.append(_bytes_text(owner.bytes_per_iteration))
+            gained = " per run, ".join(amounts) + " per run"
             allowed = "  [allow_growth]" if owner.allowed else ""
             lines.append(
                 f"  {number}. {owner.path}  ({owner.kind}) {gained}: {owner.what}{allowed}"
