@@ -1328,9 +1328,12 @@ def format_report(report: LeakReport) -> str:
     leaks = report.leaks
     lines = []
     if leaks:
+        # After an undecided window the values are the deciding window's: say so.
+        shown = len(leaks[0].values) - 1
+        window = f"; values of the last {shown}" if report.iterations > shown else ""
         lines.append(
             f"{report.name} leaks: it keeps more after every run "
-            f"({report.iterations} runs checked after {report.warmup} warm-up runs)"
+            f"({report.iterations} runs checked after {report.warmup} warm-up runs{window})"
         )
     else:
         lines.append(

@@ -133,7 +133,8 @@ class _PerRun:
     - what the body monkeypatched is undone (what fixtures patched before the first run
       stays), as each run of the test would have had it;
     - finalizers the body added (``request.addfinalizer``) run, as at each run's end;
-    - ``capsys``/``capfd`` output is read away (a failure shows the last run's);
+    - ``capsys``/``capfd`` output, and what pytest's own capture took, is read away (a
+      failure shows the last run's output, once);
     - a DeprecationWarning raised again (pytest records each, "always") is kept once.
 
     Each step leans on pytest's internals where it must, and is skipped where they differ."""
@@ -144,6 +145,8 @@ class _PerRun:
         self._log_handlers = [
             getattr(plugin, name, None) for name in ("caplog_handler", "report_handler")
         ]
+        self._capture = item.config.pluginmanager.get_plugin("capturemanager")
+        self._output: tuple[str, str] = ("", "")  # what the capture took in the last run
         self._patches: tuple[Any, int, int, Any, Any] | None = None
         self._finalizers: tuple[list[Any], int] | None = None
         self._warnings: tuple[list[Any], set[tuple[Any, ...]], int] | None = None
@@ -188,7 +191,29 @@ class _PerRun:
             capture = funcargs.get(name)
             if capture is not None:
                 capture.readouterr()
+        self._read_global_capture()
         self._drop_repeated_warnings()
+
+    def _read_global_capture(self) -> None:
+        # pytest adds what its capture took during the call to the report once, at the end:
+        # read away, each run's output would be there once per run.
+        if self._capture is None:
+            return
+        try:
+            if self._capture.is_globally_capturing():
+                self._output = self._capture.read_global_capture()
+        except Exception:
+            self._capture = None
+
+    def finish(self) -> None:
+        """After the last run: its output is the test's, as pytest would have shown it."""
+        out, err = self._output
+        self._output = ("", "")
+        try:
+            self._item.add_report_section("call", "stdout", out)
+            self._item.add_report_section("call", "stderr", err)
+        except Exception:
+            pass
 
     def _undo_patches(self) -> None:
         if self._patches is None:
@@ -366,6 +391,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]
         raise _failed(pyfuncitem, exc) from None
     finally:
         pyfuncitem.obj = original
+        check.between_runs.finish()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -401,3 +427,4 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         return (yield)
     finally:
         item.obj = method
+        check.between_runs.finish()

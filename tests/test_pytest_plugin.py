@@ -249,6 +249,9 @@ def test_leaks_that_hid_from_the_counts(pytester: pytest.Pytester):
             "  1. test_leaks_that_hid_from_the_counts._SEEN  (Counter) +1 per run*",
             "  1. test_leaks_that_hid_from_the_counts._REGISTRY  (Registry) +1 per run*",
             "  1. test_leaks_that_hid_from_the_counts._EVERY_OTHER  (list) +0.5 per run*",
+            # Decided by a second window: the header says whose values it shows.
+            "*test_every_other_run leaks: * (6 runs checked after 2 warm-up runs; "
+            "values of the last 4)",
             "  1. test_leaks_that_hid_from_the_counts._LEGACY  (list) +1 per run*",
         ]
     )
@@ -317,6 +320,24 @@ def test_growth_in_a_fixture_is_named_from_the_fixture(pytester: pytest.Pytester
         ]
     )
     assert "no holder was found" not in result.stdout.str()
+
+
+def test_a_failure_shows_the_last_run_s_output_once(pytester: pytest.Pytester):
+    """pytest's capture (fd or sys) took every run's output and showed it all, once per run."""
+    pytester.makepyfile(
+        """
+        _KEPT = []
+
+        def test_prints_and_leaks():
+            print("one line per run")
+            _KEPT.append(object())
+        """
+    )
+    for capture in ("fd", "sys"):
+        result = pytester.runpytest("-p", "no:randomly", "--diag-leaks", f"--capture={capture}")
+        result.assert_outcomes(failed=1)
+        assert result.stdout.str().count("one line per run") == 1, capture
+        result.stdout.fnmatch_lines(["*Captured stdout call*", "one line per run"])
 
 
 def test_the_suggested_allowance_covers_every_owner_it_names(pytester: pytest.Pytester):
