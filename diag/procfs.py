@@ -61,11 +61,11 @@ def pid_alive(pid: int) -> bool:
     if not possible_pid(pid):
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: another user's process, which exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

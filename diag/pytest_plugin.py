@@ -10,7 +10,7 @@ A checked test's body runs ``warmup + iterations`` times with the same fixtures 
 ``diag.check``), and what pytest keeps for it is put back after each run (``_PerRun``); it
 fails when something grew after every checked run, with a report that names what grew, who
 holds it and where it was allocated. A ``unittest.TestCase`` test repeats its method between
-one setUp and one tearDown. Async tests run through the plugin
+one setUp and one tearDown (an IsolatedAsyncioTestCase's in its own loop). Async tests run through the plugin
 that runs them (anyio's, pytest-asyncio's): the repeated body is a coroutine function too;
 a plain ``async def`` test with no such plugin runs in one asyncio event loop for all its runs.
 
@@ -19,6 +19,7 @@ Loading this module imports nothing heavy: ``diag.check`` loads when a checked t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import warnings
@@ -406,8 +407,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     ):
         return (yield)
     settings = _settings(item)
-    if settings is None or inspect.iscoroutinefunction(item.obj):
-        return (yield)  # an async TestCase runs its own loop: left unchecked
+    if settings is None:
+        return (yield)
     from diag.errors import LeakError
 
     check = _check_for(item, settings)
@@ -422,6 +423,37 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         except LeakError as exc:
             raise _failed(item, exc) from None
 
+    @functools.wraps(method)
+    async def repeated_in_its_loop() -> None:
+        # An IsolatedAsyncioTestCase awaits the method in the loop its asyncSetUp ran in.
+        # That loop runs in debug mode, which logs a step over 0.1 s as slow: the check's
+        # own steps (a collection, a heap walk) would be logged, the failure in them.
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        slow = loop.slow_callback_duration
+        loop.slow_callback_duration = max(slow, 3600.0)
+        try:
+            with check:
+                for _ in check:
+                    await method()
+                    await _let_the_loop_turn()
+        except LeakError as exc:
+            raise _failed(item, exc) from None
+        finally:
+            # Put back once this step is over: the loop times it after the method returns.
+            loop.call_soon(setattr, loop, "slow_callback_duration", slow)
+
+    if inspect.iscoroutinefunction(method):
+        # pytest lets unittest find a coroutine method on the instance itself, by name.
+        instance = getattr(item, "instance", None)
+        setattr(instance, item.name, repeated_in_its_loop)
+        try:
+            return (yield)
+        finally:
+            with contextlib.suppress(AttributeError):
+                delattr(instance, item.name)
+            check.between_runs.finish()
     item.obj = repeated
     try:
         return (yield)

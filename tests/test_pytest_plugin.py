@@ -322,6 +322,36 @@ def test_growth_in_a_fixture_is_named_from_the_fixture(pytester: pytest.Pytester
     assert "no holder was found" not in result.stdout.str()
 
 
+def test_an_async_unittest_test_case_is_checked_in_its_own_loop(pytester: pytest.Pytester):
+    """pytest lets unittest run an IsolatedAsyncioTestCase's coroutine: it was unchecked."""
+    pytester.makepyfile(
+        """
+        import asyncio, unittest
+
+        _KEPT = []
+
+        class TestService(unittest.IsolatedAsyncioTestCase):
+            async def asyncSetUp(self):
+                self.queue = asyncio.Queue()
+
+            async def test_clean(self):
+                await self.queue.put(1)
+                await self.queue.get()
+
+            async def test_leak(self):
+                await self.queue.put(object())
+                _KEPT.append(await self.queue.get())
+        """
+    )
+    result = pytester.runpytest("-p", "no:randomly", "--diag-leaks")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*TestService::test_leak leaks*", "  1. test_an_async_unittest_*._KEPT  (list) +1 per run*"]
+    )
+    # The loop's debug mode would log the check's own long steps, the failure with them.
+    assert "Executing <Task" not in result.stdout.str()
+
+
 def test_a_failure_shows_the_last_run_s_output_once(pytester: pytest.Pytester):
     """pytest's capture (fd or sys) took every run's output and showed it all, once per run."""
     pytester.makepyfile(
