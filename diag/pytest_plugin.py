@@ -10,8 +10,9 @@ A checked test's body runs ``warmup + iterations`` times with the same fixtures 
 ``diag.check``), and what pytest keeps for it is put back after each run (``_PerRun``); it
 fails when something grew after every checked run, with a report that names what grew, who
 holds it and where it was allocated. A ``unittest.TestCase`` test repeats its method between
-one setUp and one tearDown (an IsolatedAsyncioTestCase's in its own loop). Async tests run through the plugin
-that runs them (anyio's, pytest-asyncio's): the repeated body is a coroutine function too;
+one setUp and one tearDown (an IsolatedAsyncioTestCase's in its own loop). Async tests run
+through the plugin that runs them (anyio's, pytest-asyncio's): the repeated body is a
+coroutine function too;
 a plain ``async def`` test with no such plugin runs in one asyncio event loop for all its runs.
 
 Loading this module imports nothing heavy: ``diag.check`` loads when a checked test runs.
