@@ -85,12 +85,12 @@ class Link:
 #: os.register_at_fork callbacks ("codec", "audit", "fork"); "c": held from C code that
 #: names nothing more (or a running frame's temporary); "own": diag's own objects (a running
 #: frame of diag's keeps them: never a holder, the path starts with "diag"); "unknown": the
-#: search ran out of time before it reached a root; "fixture": a pytest fixture's value, which
-#: a leak check shares across its runs (``fixture_roots``).
+#: search ran out of time before it reached a root; "shared": what a leak check's runs share
+#: (a pytest fixture's value, the test's instance: ``shared_roots``).
 ROOT_KINDS = (
     "module",
     "class",
-    "fixture",
+    "shared",
     "thread",
     "context",
     "atexit",
@@ -139,25 +139,26 @@ class Named:
 
 
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes)
-#: name -> value of the fixtures ``fixture_roots`` names as roots for now.
-_FIXTURES: dict[str, Any] = {}
+#: path text -> value of the roots ``shared_roots`` names for now.
+_SHARED: dict[str, Any] = {}
 
 
 @contextlib.contextmanager
-def fixture_roots(fixtures: Mapping[str, Any]) -> Iterator[None]:
-    """Within the block, the searches stop at these fixtures' values (name -> value) and name
-    them ``fixture NAME``: a leak check runs a test's body many times under one set-up, and
-    what the body adds to a fixture's value is otherwise reached only through pytest's own
-    objects. A value a module global names keeps its module path."""
-    _FIXTURES.update(fixtures)
+def shared_roots(roots: Mapping[str, Any]) -> Iterator[None]:
+    """Within the block, the searches stop at these values and start their paths with the
+    text each is given (``fixture journal``, ``self``): a leak check runs a test's body many
+    times under one set-up, and what the body adds to a fixture's value or to the test's
+    instance is otherwise reached only through pytest's own objects. A value a module global
+    names keeps its module path."""
+    _SHARED.update(roots)
     try:
         yield
     finally:
-        _FIXTURES.clear()
+        _SHARED.clear()
 
 
 def _roots(kinds: dict[int, str]) -> tuple[dict[int, str], list[dict[str, Any]]]:
-    """Objects that name a root: module globals, thread frames and the fixtures named for now
+    """Objects that name a root: module globals, thread frames and the shared values named for now
     (their kinds in ``kinds``); and the module globals, in the order they are named."""
     roots: dict[int, str] = {}
     namespaces: list[dict[str, Any]] = []
@@ -172,14 +173,14 @@ def _roots(kinds: dict[int, str]) -> tuple[dict[int, str], list[dict[str, Any]]]
         if id(frame) not in roots:
             roots[id(frame)] = thread
             kinds[id(frame)] = "thread"
-    if _FIXTURES:
+    if _SHARED:
         globals_ = {id(value) for namespace in namespaces for value in list(namespace.values())}
-        for name, value in _FIXTURES.items():
+        for text, value in _SHARED.items():
             if type(value) in _ATOMIC:  # refers to nothing: never on a path
                 continue
             if id(value) not in globals_ and id(value) not in roots:
-                roots[id(value)] = f"fixture {name}"
-                kinds[id(value)] = "fixture"
+                roots[id(value)] = text
+                kinds[id(value)] = "shared"
     return roots, namespaces
 
 

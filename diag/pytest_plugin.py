@@ -2,7 +2,8 @@
 
 - ``@pytest.mark.no_leaks`` checks a test (or every test of a class or module);
   ``@pytest.mark.no_leaks(iterations=3, warmup=2, bytes_per_iteration=0,
-  objects_per_iteration=0, resources=[...], current_thread_only=False)`` with options;
+  objects_per_iteration=0, native_bytes_per_iteration=524288, resources=[...],
+  current_thread_only=False)`` with options;
   ``@pytest.mark.no_leaks(enabled=False)`` leaves one test out.
 - ``pytest --diag-leaks`` (or ``diag_leaks = true`` in the ini file) checks every test.
 
@@ -35,6 +36,7 @@ _OPTIONS = (
     "warmup",
     "bytes_per_iteration",
     "objects_per_iteration",
+    "native_bytes_per_iteration",
     "resources",
     "current_thread_only",
 )
@@ -71,7 +73,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{MARKER}(iterations=3, warmup=2, bytes_per_iteration=0, objects_per_iteration=0, "
-        "resources=None, current_thread_only=False, enabled=True): run the test repeatedly "
+        "native_bytes_per_iteration=524288, resources=None, current_thread_only=False, "
+        "enabled=True): run the test repeatedly "
         "and fail it when every run leaves more behind (diag's leak check)",
     )
 
@@ -203,7 +206,9 @@ class _PerRun:
             return
         try:
             if self._capture.is_globally_capturing():
-                self._output = self._capture.read_global_capture()
+                output = self._capture.read_global_capture()
+                if any(output) or any(self._output):
+                    self._output = output
         except Exception:
             self._capture = None
 
@@ -357,15 +362,18 @@ def _check_for(item: pytest.Function, settings: dict[str, Any]) -> Any:
     from diag.errors import UsageError
 
     per_run = _PerRun(item)
-    # The test's own fixtures, which the runs share (pytest's, such as tmp_path or capsys,
-    # are put back by per_run or hold nothing of the test's).
-    fixtures = {
-        name: value
+    # What the runs share: the test's own fixtures (pytest's, such as tmp_path or capsys, are
+    # put back by per_run or hold nothing of the test's) and its class's instance.
+    shared = {
+        f"fixture {name}": value
         for name, value in getattr(item, "funcargs", {}).items()
         if not type(value).__module__.startswith(("_pytest", "pytest", "pluggy"))
     }
+    instance = getattr(item, "instance", None)
+    if instance is not None:
+        shared["self"] = instance
     try:
-        check = LeakCheck(name=item.nodeid, between_runs=per_run, fixtures=fixtures, **settings)
+        check = LeakCheck(name=item.nodeid, between_runs=per_run, shared=shared, **settings)
     except UsageError as exc:
         raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{MARKER}: {exc}") from None
     per_run.begin()

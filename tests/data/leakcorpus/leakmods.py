@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import functools
+import io
 import itertools
 import logging
 import socket
@@ -144,6 +146,38 @@ def keep_array() -> None:
     _FRAMES.append(numpy.zeros(2048))
 
 
+# -- buffers that grow in place, and memory only C code holds --------------------------------
+_SPOOL = io.BytesIO()
+
+
+def spool_audio() -> None:
+    _SPOOL.write(b"\0" * 32_000)
+
+
+_LIBC = ctypes.CDLL(None)
+_LIBC.malloc.restype = ctypes.c_void_p
+_LIBC.malloc.argtypes = [ctypes.c_size_t]
+_LIBC.free.argtypes = [ctypes.c_void_p]
+_NATIVE = (ctypes.c_void_p * 64)()  # slots made beforehand: no Python container grows
+_native_slots = iter(range(64))
+
+
+def keep_native() -> None:
+    """A C library's buffer that is never freed (1 MiB a call)."""
+    _NATIVE[next(_native_slots)] = _LIBC.malloc(1 << 20)
+
+
+class Journal:
+    """What the code under test is handed (a fixture makes it) and keeps adding to."""
+
+    def __init__(self) -> None:
+        self.entries: list[Record] = []
+
+
+def record_into(journal: Journal) -> None:
+    journal.entries.append(Record())
+
+
 # -- resources ------------------------------------------------------------------------------
 _FILES: list[object] = []
 _CONNS: list[socket.socket] = []
@@ -180,3 +214,5 @@ def cleanup() -> None:
         s.close()
     for p in _CHILDREN:
         p.wait()
+    for pointer in _NATIVE:
+        _LIBC.free(pointer)  # free(NULL) does nothing
