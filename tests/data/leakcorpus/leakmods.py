@@ -175,7 +175,7 @@ class Journal:
 
 
 def record_into(journal: Journal) -> None:
-    journal.entries.append(Record())
+    journal.entries.append(Record(next(_ids)))
 
 
 # -- resources ------------------------------------------------------------------------------
