@@ -115,6 +115,8 @@ RESOURCES = (
 )
 #: Threads started by the checked runs get this long, in all, to end before the last count.
 SETTLE_SECONDS = 1.0
+#: Levels of dicts the gc does not track that the holder search looks into for buffers.
+UNTRACKED_DEPTH = 3
 #: Frames kept per allocation stack while the checked runs trace.
 TRACE_FRAMES = 32
 #: numpy reports its data buffers to tracemalloc in this domain (numpy.lib.tracemalloc_domain).
@@ -477,6 +479,7 @@ class LeakCheck:
         self._ours: set[int] = set()
         self._lengths: dict[type, Callable[[Any], int] | None] = {}
         self._flat: list[dict[Any, Any]] = []  # the dicts the gc does not track
+        self._untracked_parents: dict[int, Any] = {}  # id(buffer) -> the untracked dict
         self._ids0: set[int] = set()
         self._threads0: set[int] = set()
         self._root = ""
@@ -842,18 +845,34 @@ class LeakCheck:
         gc.collect()
         objects = gc.get_objects()
         before: set[int] = set() if own_tracing else {id(o) for o in objects}
-        ours = {id(scan.__dict__), *map(id, scan.__dict__.values())}
+        ours = {id(scan.__dict__), *map(id, scan.__dict__.values()), id(self._untracked_parents)}
         containers = [o for o in objects if issubclass(type(o), _CONTAINERS) and id(o) not in ours]
         untracked = _untracked_of(objects, (dict, bytearray))
-        containers += (u for u in untracked.values() if type(u) is dict)
+        containers += (u for u in untracked.values() if type(u) is dict and id(u) not in ours)
         lengths = [len(c) for c in containers]
         buffers = [o for o in objects if issubclass(type(o), _BUFFERS) and id(o) not in ours]
         buffers += (u for u in untracked.values() if type(u) is bytearray)
-        # A bytearray only an untracked dict or tuple holds (a fixture's value, which pytest
-        # keeps so) is no referent of a tracked object: the shared ones are known.
+        # A bytearray only an untracked dict holds (a dict of buffers, session id -> PCM) is
+        # no referent of a tracked object: looked for in those dicts, down to a few levels,
+        # with its parent kept for the path search (which sees only what the gc tracks).
         listed = {id(b) for b in buffers}
+        untracked_parents = self._untracked_parents
+        level = [u for u in untracked.values() if type(u) is dict and u is not untracked_parents]
+        for _ in range(UNTRACKED_DEPTH):
+            inner = []
+            for holder in level:
+                for value in list(dict.values(holder)):
+                    if type(value) is bytearray and id(value) not in listed:
+                        listed.add(id(value))
+                        buffers.append(value)
+                        untracked_parents[id(value)] = holder
+                    elif type(value) is dict and not gc.is_tracked(value):
+                        untracked_parents.setdefault(id(value), holder)
+                        inner.append(value)
+            level = inner
+        # ... and a fixture's value, which pytest keeps in a dict and a tuple the gc untracks.
         buffers += (v for v in self.shared.values() if type(v) is bytearray and id(v) not in listed)
-        del untracked, listed
+        del untracked, listed, level
         sizes = [_buffer_size(b) for b in buffers]
         found = [o for o in objects if issubclass(type(o), kinds)] if grown_resources else []
         del objects
@@ -885,8 +904,8 @@ class LeakCheck:
             self.report.notes.append(f"the search for holders failed: {scan.error!r}")
             self._conclude([])
             return
-        exclude = (scan, scan.__dict__, *scan.__dict__.values())
-        with shared_roots(self.shared):
+        exclude = (scan, scan.__dict__, *scan.__dict__.values(), self._untracked_parents)
+        with shared_roots(self.shared, self._untracked_parents):
             if grown_resources:
                 self._resource_owners(
                     scan.found, scan.stacks, counts_before, grown_resources, owners, exclude
@@ -895,6 +914,7 @@ class LeakCheck:
                 scan.new, scan.new_ids, scan.grown, scan.tracebacks, unchanged, owners, exclude
             )
         scan.clear()
+        self._untracked_parents.clear()
         for owner in owners.values():  # what the attribution runs gained, per run
             owner.per_iteration /= runs
             owner.bytes_per_iteration = round(owner.bytes_per_iteration / runs)

@@ -141,20 +141,27 @@ class Named:
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes)
 #: path text -> value of the roots ``shared_roots`` names for now.
 _SHARED: dict[str, Any] = {}
+#: id(object) -> a container the gc does not track that holds it, for now (``shared_roots``).
+_UNTRACKED_PARENTS: dict[int, Any] = {}
 
 
 @contextlib.contextmanager
-def shared_roots(roots: Mapping[str, Any]) -> Iterator[None]:
+def shared_roots(
+    roots: Mapping[str, Any], untracked_parents: Mapping[int, Any] | None = None
+) -> Iterator[None]:
     """Within the block, the searches stop at these values and start their paths with the
     text each is given (``fixture journal``, ``self``): a leak check runs a test's body many
     times under one set-up, and what the body adds to a fixture's value or to the test's
     instance is otherwise reached only through pytest's own objects. A value a module global
-    names keeps its module path."""
+    names keeps its module path. ``untracked_parents``: id(object) -> a dict the gc does not
+    track that holds it (a dict of bytearrays), a parent no pass over the gc's objects finds."""
     _SHARED.update(roots)
+    _UNTRACKED_PARENTS.update(untracked_parents or {})
     try:
         yield
     finally:
         _SHARED.clear()
+        _UNTRACKED_PARENTS.clear()
 
 
 def _roots(kinds: dict[int, str]) -> tuple[dict[int, str], list[dict[str, Any]]]:
@@ -395,7 +402,7 @@ class _Search:
         self._locals_dicts = {id(f.f_locals) for _, f in _running_frames(users_only=True)}
         self.root_kinds: dict[int, str] = {}
         self.roots, self.namespaces = _roots(self.root_kinds)
-        self._note(self.roots, self.namespaces, targets)
+        self._note(self.roots, self.namespaces, targets, _SHARED, _UNTRACKED_PARENTS)
         self.c_roots = CRoots()
         self._note(*self.c_roots.containers())
         #: Pending asyncio tasks (each task and the coroutines of its await chain) and
@@ -587,6 +594,11 @@ class _Search:
         would cost another pass."""
         self._note(tips)
         known = self._held_by_globals({id(t) for t in tips})
+        for tip in tips:
+            untracked = _UNTRACKED_PARENTS.get(id(tip))
+            if untracked is not None and id(tip) not in known:
+                known[id(tip)] = [untracked]
+                self._note(known[id(tip)])
         tips = tuple(t for t in tips if id(t) not in known)
         if tips:
             known.update(self._held_by_structure({id(t) for t in tips}))

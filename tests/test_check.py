@@ -261,15 +261,23 @@ def test_native_memory_kept_by_c_code():
 _SPOOL = io.BytesIO()
 _PCM = bytearray()
 _SAMPLES = array.array("f")
+# Session id -> PCM: a dict of bytearrays only, which the gc does not track (nor its holder).
+_SESSIONS = {"calls": {"a1f3": bytearray()}}
 
 
 def test_buffers_that_grow_in_place_are_named():
     """A BytesIO, a bytearray and an array gain bytes, not entries or objects: they were
-    "no holder was found". Each is named by what its size gained in the holder run."""
+    "no holder was found". Each is named by what its size gained in the holder run, a
+    bytearray in dicts the gc does not track too (no pass over the gc's objects sees it)."""
     for buffer, gained, body in (
         ("tests.test_check._SPOOL", 20_000, lambda: _SPOOL.write(b"x" * 20_000)),
         ("tests.test_check._PCM", 8_000, lambda: _PCM.extend(b"\0" * 8_000)),
         ("tests.test_check._SAMPLES", 16_000, lambda: _SAMPLES.extend([0.0] * 4_000)),
+        (
+            "tests.test_check._SESSIONS[<str>][<str>]",
+            8_000,
+            lambda: _SESSIONS["calls"]["a1f3"].extend(b"\0" * 8_000),
+        ),
     ):
         report = LeakCheck().call(body)
         assert "bytes" in {g.measure for g in report.leaks}, buffer
