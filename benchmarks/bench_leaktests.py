@@ -99,11 +99,6 @@ def expected_owners() -> dict[str, str]:
     return owners
 
 
-def first_owners(output: str) -> dict[str, str | None]:
-    """test name -> the first owner line of its failure report."""
-    return {name: _first_owner(lines) for name, lines in failure_sections(output).items()}
-
-
 def failure_sections(output: str) -> dict[str, list[str]]:
     """test name -> the lines of its failure report."""
     found: dict[str, list[str]] = {}
