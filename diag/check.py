@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import array
 import collections
-import functools
 import gc
 import io
 import itertools
@@ -63,7 +62,7 @@ from typing import Any
 from diag import OWN_DIRS
 from diag.census import Frame, frames_of, is_library, object_traceback
 from diag.errors import LeakError, UsageError
-from diag.malloc import MallInfo2, in_use, load_mallinfo2
+from diag.malloc import in_use, mallinfo2
 from diag.owners import find_holders, name_objects, shared_roots
 from diag.resources_census import ResourceCensus, child_processes, group_key, resource_types
 
@@ -374,11 +373,11 @@ def _weight(obj: Any) -> int:
         # An array that owns its data counts it in its own size; a view keeps its base's
         # buffer alive, which is what it holds (a small slice of a big array).
         base = obj
-        while isinstance(base, numpy.ndarray) and base.base is not None:
+        while issubclass(type(base), numpy.ndarray) and base.base is not None:
             base = base.base
         if base is obj:
             return sys.getsizeof(obj)
-        if isinstance(base, numpy.ndarray):
+        if issubclass(type(base), numpy.ndarray):
             return sys.getsizeof(obj) + sys.getsizeof(base)
         return sys.getsizeof(obj) + (int(getattr(base, "nbytes", 0)) or sys.getsizeof(base))
     try:
@@ -466,7 +465,7 @@ class LeakCheck:
         self._iterated = False
         self._started_tracing = False
         # malloc cannot tell threads apart: native memory is left out with the other threads'.
-        self._mallinfo = None if current_thread_only else _load_mallinfo()
+        self._mallinfo = None if current_thread_only else mallinfo2()
         self._measures = [
             m
             for m, (_, r, _) in MEASURES.items()
@@ -848,31 +847,16 @@ class LeakCheck:
         ours = {id(scan.__dict__), *map(id, scan.__dict__.values()), id(self._untracked_parents)}
         containers = [o for o in objects if issubclass(type(o), _CONTAINERS) and id(o) not in ours]
         untracked = _untracked_of(objects, (dict, bytearray))
-        containers += (u for u in untracked.values() if type(u) is dict and id(u) not in ours)
+        dicts = [u for u in untracked.values() if type(u) is dict and id(u) not in ours]
+        containers += dicts
         lengths = [len(c) for c in containers]
         buffers = [o for o in objects if issubclass(type(o), _BUFFERS) and id(o) not in ours]
         buffers += (u for u in untracked.values() if type(u) is bytearray)
-        # A bytearray only an untracked dict holds (a dict of buffers, session id -> PCM) is
-        # no referent of a tracked object: looked for in those dicts, down to a few levels,
-        # with its parent kept for the path search (which sees only what the gc tracks).
         listed = {id(b) for b in buffers}
-        untracked_parents = self._untracked_parents
-        level = [u for u in untracked.values() if type(u) is dict and u is not untracked_parents]
-        for _ in range(UNTRACKED_DEPTH):
-            inner = []
-            for holder in level:
-                for value in list(dict.values(holder)):
-                    if type(value) is bytearray and id(value) not in listed:
-                        listed.add(id(value))
-                        buffers.append(value)
-                        untracked_parents[id(value)] = holder
-                    elif type(value) is dict and not gc.is_tracked(value):
-                        untracked_parents.setdefault(id(value), holder)
-                        inner.append(value)
-            level = inner
+        buffers += _bytearrays_within(dicts, listed, self._untracked_parents)
         # ... and a fixture's value, which pytest keeps in a dict and a tuple the gc untracks.
         buffers += (v for v in self.shared.values() if type(v) is bytearray and id(v) not in listed)
-        del untracked, listed, level
+        del untracked, listed, dicts
         sizes = [_buffer_size(b) for b in buffers]
         found = [o for o in objects if issubclass(type(o), kinds)] if grown_resources else []
         del objects
@@ -1091,11 +1075,6 @@ class LeakCheck:
 _UNSEEN: Any = object()
 
 
-@functools.cache
-def _load_mallinfo() -> Callable[[], MallInfo2] | None:
-    return load_mallinfo2()[0]
-
-
 def _base_length(kind: type) -> Callable[[Any], int] | None:
     """The ``__len__`` of the container type ``kind`` derives from, or None."""
     for base in _CONTAINERS:
@@ -1121,6 +1100,29 @@ def _untracked_of(objects: list[Any], kinds: tuple[type, ...]) -> dict[int, Any]
     del referents
     untracked = itertools.compress(found, map(operator.not_, map(gc.is_tracked, found)))
     return {id(o): o for o in untracked}
+
+
+def _bytearrays_within(
+    dicts: list[dict[Any, Any]], listed: set[int], parents: dict[int, Any]
+) -> list[bytearray]:
+    """The bytearrays (not in ``listed``, which gains them) that only dicts the gc does not
+    track hold (session id -> PCM), down to ``UNTRACKED_DEPTH`` such dicts: no referent of a
+    tracked object, and no pass over the gc's objects finds their parents, so each one's
+    parent goes into ``parents`` for the path search."""
+    found: list[bytearray] = []
+    for _ in range(UNTRACKED_DEPTH):
+        inner = []
+        for holder in dicts:
+            for value in list(dict.values(holder)):
+                if type(value) is bytearray and id(value) not in listed:
+                    listed.add(id(value))
+                    found.append(value)
+                    parents[id(value)] = holder
+                elif type(value) is dict and not gc.is_tracked(value):
+                    parents.setdefault(id(value), holder)
+                    inner.append(value)
+        dicts = inner
+    return found
 
 
 def _buffer_size(buffer: Any) -> int:
@@ -1207,8 +1209,9 @@ class _Scan:
                 self.grown.append((container, len(container) - length))
         # Buffers grow in bytes, not entries: what they gained is a size.
         for buffer, size in zip(self.buffers, self.sizes, strict=True):
-            if _buffer_size(buffer) > size:
-                self.grown.append((buffer, _buffer_size(buffer) - size))
+            gained = _buffer_size(buffer) - size
+            if gained > 0:
+                self.grown.append((buffer, gained))
         for container, gained in self.grown:
             if issubclass(type(container), _BUFFERS):
                 continue

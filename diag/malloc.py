@@ -4,6 +4,7 @@ nor tracemalloc sees. Shared by the agent's heap probe and the leak checks for t
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 from collections.abc import Callable
 
@@ -38,6 +39,13 @@ def load_mallinfo2() -> tuple[Callable[[], MallInfo2] | None, str | None]:
     func.restype = MallInfo2
     func.argtypes = []
     return func, None
+
+
+@functools.cache
+def mallinfo2() -> Callable[[], MallInfo2] | None:
+    """``load_mallinfo2``'s function, loaded once for the process (None where it is not
+    there)."""
+    return load_mallinfo2()[0]
 
 
 def in_use(info: MallInfo2) -> int:

@@ -453,19 +453,19 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
             # Put back once this step is over: the loop times it after the method returns.
             loop.call_soon(setattr, loop, "slow_callback_duration", slow)
 
-    if inspect.iscoroutinefunction(method):
+    instance = getattr(item, "instance", None)
+    coroutine = inspect.iscoroutinefunction(method)
+    if coroutine:
         # pytest lets unittest find a coroutine method on the instance itself, by name.
-        instance = getattr(item, "instance", None)
         setattr(instance, item.name, repeated_in_its_loop)
-        try:
-            return (yield)
-        finally:
-            with contextlib.suppress(AttributeError):
-                delattr(instance, item.name)
-            check.between_runs.finish()
-    item.obj = repeated
+    else:
+        item.obj = repeated
     try:
         return (yield)
     finally:
-        item.obj = method
+        if coroutine:
+            with contextlib.suppress(AttributeError):
+                delattr(instance, item.name)
+        else:
+            item.obj = method
         check.between_runs.finish()

@@ -33,7 +33,7 @@ from diag import watched
 from diag.cause import Cause, Measured, classify
 from diag.census import Dump, Frame, Owner, Site, cuda_block_stacks, is_library, take_dump
 from diag.detect import SETTLE_SECONDS, Verdict
-from diag.malloc import in_use, load_mallinfo2
+from diag.malloc import in_use, mallinfo2
 from diag.model import Clock, Sample
 from diag.resources_census import group_key
 from probes import creation
@@ -582,14 +582,9 @@ def _pick(
     return (a[i] if a else None, b[i] if b else None)
 
 
-_MALLINFO2: list[Callable[[], Any] | None] = []
-
-
 def _mallinfo() -> tuple[int, int] | None:
     """glibc's (in use, free retained) bytes, or None where mallinfo2 is not there."""
-    if not _MALLINFO2:
-        _MALLINFO2.append(load_mallinfo2()[0])
-    info = _MALLINFO2[0]
+    info = mallinfo2()
     if info is None:
         return None
     try:

@@ -22,6 +22,7 @@ import pytest
 import diag
 from diag import check
 from diag.check import LeakCheck, LeakReport, allow_growth, no_leaks
+from diag.malloc import mallinfo2
 
 _KEPT: list[object] = []
 _CACHE: dict[str, object] = {}
@@ -210,7 +211,7 @@ def test_tensors_and_arrays():
 def test_native_memory_kept_by_c_code():
     """A real ``malloc`` through ctypes, never freed: no Python object grows, only what malloc
     handed out. Memory Python, numpy or torch account for is not counted again as native."""
-    if check._load_mallinfo() is None:
+    if mallinfo2() is None:
         pytest.skip("glibc's mallinfo2 is not here (musl, macOS, glibc before 2.33)")
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
