@@ -66,3 +66,19 @@ def test_a_later_take_is_the_same_service_run_anew():
     assert sorted(intervals[:4]) == sorted(rl.INTERVALS)  # each take samples differently
     first, second = (rl._seed_text("lru_small", take) for take in (1, 2))
     assert first == "lru_small" and second != first  # take 1 keeps the recorded draws
+
+
+def test_the_tuning_library_is_other_services_on_the_same_recorder(tmp_path):
+    from benchmarks.detector import record_tune as rt
+
+    assert not set(rt.SPECS) & set(rl.SPECS)  # the test library's services stay unseen
+    leaks = [s for s in rt.SPECS.values() if s.kind == "leak"]
+    assert len(leaks) >= 5 and len(rt.SPECS) - len(leaks) >= 5
+    assert sum(s.limit_mib for s in rt.SPECS.values()) <= 8192  # beside the test library
+    for name, spec in rt.SPECS.items():
+        assert spec.interval in rl.INTERVALS
+        assert callable(getattr(rt, f"serve_{name}"))
+    for spec in leaks:
+        assert spec.onset + spec.oom_after < spec.minutes  # killed before the recording ends
+    _write(tmp_path, "x", "quiet", None, [(0, 10, 0), (1, 20, 3)])
+    assert [t.name for t in rt.load_tune_library(tmp_path)] == ["real_tune/x"]

@@ -1,11 +1,14 @@
 """The tune split re-expressed the way another generator or a real service might show it.
 
-``python -m benchmarks.detector.perturb [--corpus tune|tune_b] [--quick] [--only NAME,...]
-[--json FILE]``
+``python -m benchmarks.detector.perturb [--corpus tune|tune_b|real_tune] [--quick]
+[--only NAME,...] [--json FILE]``
 
 ``--corpus tune_b`` takes the second tuning corpus instead (``traces_tune_b.py``, written by
 another hand from the issue's workload list and never shown the detector): the tuning data
-that is not the first generator's habits. Neither touches the held-out corpora.
+that is not the first generator's habits. ``--corpus real_tune`` takes the recorded tuning
+library (``record_tune.py``: fourteen real services, none of them the test library's, in
+``tests/data/traces/real_tune``): real allocators and runtimes, which no generator draws.
+None of them touches the held-out corpora.
 
 Each perturbation takes a tune-split trace (``traces.generate(split="tune")``) and changes how
 it is *measured*, never what the process does: the ground truth (leak onset, OOM time, limit,
@@ -51,6 +54,7 @@ from dataclasses import replace
 import numpy as np
 
 from benchmarks.detector import traces_tune_b
+from benchmarks.detector.record_tune import load_tune_library
 from benchmarks.detector.score import (
     Figures,
     Outcome,
@@ -236,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--corpus",
-        choices=("tune", "tune_b"),
+        choices=("tune", "tune_b", "real_tune"),
         default="tune",
-        help="the tune split (default) or the second tuning corpus (traces_tune_b.py)",
+        help="the tune split (default), the second tuning corpus (traces_tune_b.py) or the "
+        "recorded tuning library (record_tune.py)",
     )
     parser.add_argument("--quick", action="store_true", help="a quarter of the corpus")
     parser.add_argument("--scale", type=float, help="traces per family relative to the default")
@@ -256,12 +261,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in PERTURBATIONS]
     if unknown:
         parser.error(f"unknown perturbation(s): {', '.join(unknown)}")
-    if args.corpus == "tune_b":
+    if args.corpus == "real_tune":
+        base = load_tune_library()
+        what = f"recorded tuning library ({len({t.family for t in base})} families)"
+    elif args.corpus == "tune_b":
         base = traces_tune_b.generate(args.seed, quick=args.quick)
         what = f"second tuning corpus (seed {args.seed}{', quick' if args.quick else ''})"
     else:
         base = generate(args.seed, "tune", scale)
         what = f"tune split (seed {args.seed}, scale {scale:g})"
+    if not base:
+        print(f"{what}: no traces (record them first)")
+        return 1
     print(f"{what}: {len(base)} traces, our detector s=1")
     rows: list[tuple[str, Figures]] = []
     report: dict = {}

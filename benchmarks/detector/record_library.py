@@ -251,9 +251,11 @@ SPECS: dict[str, Spec] = {
 class Ctx:
     """Schedule clock, request counter, markers and the leak sizing shared by the services."""
 
-    def __init__(self, name: str, compress: float, take: int = 1) -> None:
+    def __init__(
+        self, name: str, compress: float, take: int = 1, specs: dict[str, Spec] | None = None
+    ) -> None:
         self.name = name
-        self.spec = SPECS[name]
+        self.spec = (SPECS if specs is None else specs)[name]
         self.compress = compress
         self.t0 = time.monotonic()
         self.stop = threading.Event()
@@ -805,10 +807,19 @@ def take_interval(spec: Spec, take: int) -> float:
     return INTERVALS[(INTERVALS.index(spec.interval) + take - 1) % len(INTERVALS)]
 
 
-def record(service: str, out_dir: Path, compress: float = 1.0, take: int = 1) -> dict:
+def record(
+    service: str,
+    out_dir: Path,
+    compress: float = 1.0,
+    take: int = 1,
+    specs: dict[str, Spec] | None = None,
+    module: str = "benchmarks.detector.record_library",
+) -> dict:
+    """Record one service; ``specs`` and ``module`` (whose ``--serve`` runs it) let another
+    module record its own services with this recorder."""
     from benchmarks.detector.record import _make_cgroup
 
-    spec = SPECS[service]
+    spec = (SPECS if specs is None else specs)[service]
     name = take_name(service, take)
     limit = spec.limit_mib * MiB
     cgroup, version = _make_cgroup(f"diaglib_{name}", limit)
@@ -825,7 +836,7 @@ def record(service: str, out_dir: Path, compress: float = 1.0, take: int = 1) ->
     env = dict(os.environ, DIAG_CGROUP=str(cgroup), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env.update(spec.env)
     service = (
-        f"{shlex.quote(sys.executable)} -m benchmarks.detector.record_library "
+        f"{shlex.quote(sys.executable)} -m {module} "
         f"--serve {service} --take {take} --compress {compress}"
     )
     procs = shlex.quote(str(cgroup / "cgroup.procs"))
@@ -908,6 +919,7 @@ def record(service: str, out_dir: Path, compress: float = 1.0, take: int = 1) ->
                 compress,
                 final=False,
                 take=take,
+                module=module,
             )
             part_path.write_text(json.dumps(meta, indent=2) + "\n")
         tick += interval
@@ -948,6 +960,7 @@ def record(service: str, out_dir: Path, compress: float = 1.0, take: int = 1) ->
         compress,
         final=True,
         take=take,
+        module=module,
     )
     meta["recorded"]["cgroup_max_usage"] = max_usage
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -970,6 +983,7 @@ def _meta(
     compress,
     final,
     take=1,
+    module="benchmarks.detector.record_library",
 ) -> dict:
     killed = returncode == -signal.SIGKILL and oom_kills > 0
     elapsed = rows[-1][0] if rows else 0.0
@@ -990,7 +1004,7 @@ def _meta(
         "t_oom": elapsed if killed and spec.kind == "leak" else None,
         "starts": [0.0],
         "recorded": {
-            "how": "python -m benchmarks.detector.record_library"
+            "how": f"python -m {module}"
             + (f" --take {take}" if take != 1 else "")
             + (f" --quick (schedule compressed {compress:g}x)" if compress != 1.0 else ""),
             "value": "the cgroup's memory.usage_in_bytes, read from outside",
@@ -1035,8 +1049,8 @@ def _version(package: str) -> str | None:
 # --- the loader -----------------------------------------------------------------------------
 
 
-def load_library(directory: Path = OUT_DIR) -> list:
-    """The recordings in ``directory`` as ``Trace``s (source "real", names "real2/NAME").
+def load_library(directory: Path = OUT_DIR, prefix: str = "real2") -> list:
+    """The recordings in ``directory`` as ``Trace``s (source "real", names "PREFIX/NAME").
 
     A leak that was not OOM-killed (no ``t_oom``) is left out: a leak trace ends at its OOM.
     Recordings still running (only ``NAME.json.part``) are left out too."""
@@ -1059,7 +1073,7 @@ def load_library(directory: Path = OUT_DIR) -> list:
         if not rows:
             continue
         times, values, requests = (np.array(column) for column in zip(*rows, strict=True))
-        out.append(recorded_trace("real2", meta, times, values, requests))
+        out.append(recorded_trace(prefix, meta, times, values, requests))
     return out
 
 
