@@ -8,7 +8,9 @@ records, and loads, hours-long traces of real services run on this machine under
 (tests/data/traces/real). Both are scored on every run. No threshold was tuned on either;
 the independent generator's first run was read, though, and two mechanisms came from what it
 showed (the stable-once-called rule's refinements and the new-territory rule; README,
-Benchmarks): the recorded library is the corpus nothing here has seen.
+Benchmarks): the recorded library is the corpus nothing here has seen. ``record_tune`` records
+another fourteen real services, none of them the library's, for tuning only
+(tests/data/traces/real_tune; ``perturb --corpus real_tune`` scores them).
 
 ``baseline`` is a faithful Prometheus ``predict_linear`` alert rule; ``score`` runs
 ``diag.detect.replay`` and every baseline variant on the same traces, prints the figures against

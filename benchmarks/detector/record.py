@@ -156,6 +156,9 @@ def _make_cgroup(name: str, limit: int) -> tuple[Path, int]:
     (path / limit_file).write_text(str(limit))
     with contextlib.suppress(OSError):  # no swap to escape to, so the limit really kills
         (path / ("memory.swappiness" if found.version == 1 else "memory.swap.max")).write_text("0")
+    if found.version == 1:
+        with contextlib.suppress(OSError):  # a reused cgroup's peak is an earlier run's
+            (path / "memory.max_usage_in_bytes").write_text("0")
     return path, found.version
 
 

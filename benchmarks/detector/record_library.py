@@ -1080,6 +1080,49 @@ def load_library(directory: Path = OUT_DIR, prefix: str = "real2") -> list:
 # --- command line ---------------------------------------------------------------------------
 
 
+def record_all(
+    names: list[str],
+    out: Path,
+    compress: float,
+    take: int = 1,
+    specs: dict[str, Spec] | None = None,
+    module: str = "benchmarks.detector.record_library",
+) -> None:
+    """Record ``names`` side by side (``record``), printing a JSON summary line for each as it
+    ends: how it ended, against the plan for a leak, its CPU share and its peak."""
+    table = SPECS if specs is None else specs
+
+    def one(name: str) -> dict:
+        try:
+            return record(name, out, compress, take, specs, module)
+        except Exception as exc:  # one failing recording must not stop the others
+            return {"name": take_name(name, take), "error": repr(exc)}
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        for name, meta in zip(names, pool.map(one, names), strict=True):
+            spec = table[name]
+            rec = meta.get("recorded", {})
+            planned = None
+            if spec.onset is not None and spec.oom_after is not None:
+                planned = round((spec.onset + spec.oom_after) * 60.0 / compress, 1)
+            summary = {
+                "name": meta["name"],
+                "error": meta.get("error"),
+                "kind": spec.kind,
+                "limit_mib": spec.limit_mib,
+                "t_leak": meta.get("t_leak"),
+                "t_oom": meta.get("t_oom"),
+                "t_oom_planned": planned,
+                "exit": rec.get("exit"),
+                "oom_kills": rec.get("oom_kills"),
+                "cpu_share": rec.get("cpu_share_of_core"),
+                "requests": rec.get("requests_total"),
+                "max_mib": (rec.get("cgroup_max_usage") or 0) // MiB,
+                "leak_sizing": rec.get("leak_sizing"),
+            }
+            print(json.dumps(summary), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.detector.record_library", description=__doc__
@@ -1104,30 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    def one(name: str) -> dict:
-        try:
-            return record(name, out, compress, args.take)
-        except Exception as exc:  # one failing recording must not stop the others
-            return {"name": take_name(name, args.take), "error": repr(exc)}
-
-    with ThreadPoolExecutor(len(names)) as pool:
-        for meta in pool.map(one, names):
-            rec = meta.get("recorded", {})
-            summary = {
-                "name": meta["name"],
-                "error": meta.get("error"),
-                "kind": meta.get("kind"),
-                "limit_mib": meta.get("limit", 0) // MiB,
-                "t_leak": meta.get("t_leak"),
-                "t_oom": meta.get("t_oom"),
-                "exit": rec.get("exit"),
-                "oom_kills": rec.get("oom_kills"),
-                "cpu_share": rec.get("cpu_share_of_core"),
-                "requests": rec.get("requests_total"),
-                "max_mib": (rec.get("cgroup_max_usage") or 0) // MiB,
-                "leak_sizing": rec.get("leak_sizing"),
-            }
-            print(json.dumps(summary), flush=True)
+    record_all(names, out, compress, args.take)
     return 0
 
 

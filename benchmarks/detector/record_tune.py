@@ -57,7 +57,6 @@ from benchmarks.detector.record_library import (
     _expected,
     _poisson,
     _torch,
-    take_name,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -939,35 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     compress = QUICK_COMPRESS if args.quick else 1.0
     out = args.out or (Path(tempfile.mkdtemp(prefix="record_tune_")) if args.quick else OUT_DIR)
     print(json.dumps({"out": str(out), "names": names, "compress": compress}), flush=True)
-
-    def one(name: str) -> dict:
-        try:
-            return record(name, out, compress, args.take)
-        except Exception as exc:  # one failing recording must not stop the others
-            return {"name": take_name(name, args.take), "error": repr(exc)}
-
-    with ThreadPoolExecutor(len(names)) as pool:
-        for name, meta in zip(names, pool.map(one, names), strict=True):
-            spec = SPECS[name]
-            rec = meta.get("recorded", {})
-            planned = None
-            if spec.kind == "leak":
-                planned = round((spec.onset + spec.oom_after) * 60.0 / compress, 1)
-            summary = {
-                "name": meta["name"],
-                "error": meta.get("error"),
-                "kind": spec.kind,
-                "limit_mib": spec.limit_mib,
-                "t_leak": meta.get("t_leak"),
-                "t_oom": meta.get("t_oom"),
-                "t_oom_planned": planned,
-                "exit": rec.get("exit"),
-                "cpu_share": rec.get("cpu_share_of_core"),
-                "requests": rec.get("requests_total"),
-                "max_mib": (rec.get("cgroup_max_usage") or 0) // MiB,
-                "leak_sizing": rec.get("leak_sizing"),
-            }
-            print(json.dumps(summary), flush=True)
+    _lib.record_all(names, out, compress, args.take, specs=SPECS, module=MODULE)
     return 0
 
 
