@@ -628,9 +628,13 @@ class Detector:
                 and (not self._drops or dropped[0] - self._drops[-1] > 1.5 * BUCKET_SECONDS)
             ):
                 self._drops.append(dropped[0])
+            # A restart resets the process's request counter (the agent's starts again with
+            # it): a fall across which the count goes on is the same process freeing a big
+            # block (a buffer reallocated and the old one freed, a batch's arrays dropped).
+            counted_on = requests >= self._requests[-1]  # False where either is nan
             if pending is not None and self._fell_away(pending[1], low, pending[2]):
                 self._restart(pending[0])
-            elif self._fell_away(previous_high, low, gap):
+            elif not counted_on and self._fell_away(previous_high, low, gap):
                 self._restart_at = (start, previous_high, gap)
             elif max(fell, fell_inside) > 0.02 * previous_high:
                 self._drop_at = (start, previous_high if fell >= fell_inside else high)

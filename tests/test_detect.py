@@ -927,6 +927,25 @@ def test_a_fall_for_one_sample_is_no_restart_and_a_fall_that_stays_is():
     assert detector._regime_start == pytest.approx(times[middle], abs=31)
 
 
+def test_a_fall_while_the_request_count_goes_on_is_no_restart():
+    """A restart starts the process's request counter (the agent's) again; a fall that stays
+    while the count goes on is the process freeing a big block: a buffer grown by
+    np.concatenate, the old copy freed (the recorded tuning library's leak_np_concat was
+    warmed up afresh three times, and called at lead 0.17 instead of 0.50)."""
+    times, values = series(QUIET["flat"], hours=6)
+    middle = len(values) // 2
+    fallen = [*values[:middle], *(v * 0.5 for v in values[middle:])]
+    counting_on = [10.0 * i for i in range(len(times))]
+    detector = Detector(LIMIT)
+    replay(times, fallen, LIMIT, detector=detector, requests=counting_on)
+    assert detector._regime_start == times[0]
+    assert detector.verdict.state != "warming_up"
+    reset = [*counting_on[:middle], *(10.0 * i for i in range(len(times) - middle))]
+    detector = Detector(LIMIT)
+    replay(times, fallen, LIMIT, detector=detector, requests=reset)
+    assert detector._regime_start == pytest.approx(times[middle], abs=31)
+
+
 def _called_once_to_the_oom(name):
     """A second-tuning-corpus leak, replayed with its request counts: caught, and the verdict
     never left leak between the first call and the OOM."""
