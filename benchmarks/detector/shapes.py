@@ -134,6 +134,30 @@ def peak_sized_pools(rng: np.random.Generator, name: str) -> Trace:
     return _quiet(name, t, v, 16 * GiB, requests=np.cumsum(arrivals).astype(float))
 
 
+def _flushed_cache(rng: np.random.Generator, name: str, counts: bool) -> Trace:
+    """A cache of 36-50 % of the level emptied at once every 20-60 minutes (a config reload, a
+    sweep of every expired entry) and refilled by the requests over 5-30 minutes, 12 h at 5 s:
+    each flush is a fall of a third or more that stays, as a restart's does."""
+    t = _times(12, 5.0)
+    level, share = 1 * GiB, rng.uniform(0.36, 0.50)
+    refill = rng.uniform(5, 30) * MINUTE
+    since = np.full(len(t), np.inf)
+    for flush in np.cumsum(rng.uniform(20, 60, 40) * MINUTE):
+        since = np.where(t >= flush, t - flush, since)
+    cache = share * level * np.minimum(1.0, since / refill)
+    v = (1 - share) * level + cache + rng.normal(0, 3 * MiB, len(t))
+    requests = np.cumsum(rng.poisson(25.0, len(t))).astype(float) if counts else None
+    return _quiet(name, t, v, 2 * level, requests=requests)
+
+
+def flushed_cache_with_counts(rng: np.random.Generator, name: str) -> Trace:
+    return _flushed_cache(rng, name, counts=True)
+
+
+def flushed_cache_without_counts(rng: np.random.Generator, name: str) -> Trace:
+    return _flushed_cache(rng, name, counts=False)
+
+
 SHAPES: dict[str, Draw] = {
     "long_gc_sawtooth": long_gc_sawtooth,
     "batch_job_leak": batch_job_leak,
@@ -141,6 +165,8 @@ SHAPES: dict[str, Draw] = {
     "load_ramp_without_counts": load_ramp_without_counts,
     "daily_cycle_without_counts": daily_cycle_without_counts,
     "peak_sized_pools": peak_sized_pools,
+    "flushed_cache_with_counts": flushed_cache_with_counts,
+    "flushed_cache_without_counts": flushed_cache_without_counts,
 }
 
 
