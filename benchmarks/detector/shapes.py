@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "quiet shapes: false leak episodes (traces alerted); leak shapes: lead fraction"
         " median / lowest (caught)"
     )
-    print(f"{'shape':<28}{'diag (default)':<20}" + "".join(f"{r.short:<20}" for r in RULES))
+    print(f"{'shape':<31}{'diag (default)':<20}" + "".join(f"{r.short:<20}" for r in RULES))
     for index, (shape, draw) in enumerate(SHAPES.items()):
         traces = [
             draw(np.random.default_rng([index, seed]), f"{shape}/{seed:03d}")
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         row = [_summary(traces, [_ours(trace) for trace in traces])]
         by_rule = [_rules(trace) for trace in traces]
         row += [_summary(traces, [found[rule] for found in by_rule]) for rule in RULES]
-        print(f"{shape:<28}" + "".join(f"{cell:<20}" for cell in row), flush=True)
+        print(f"{shape:<31}" + "".join(f"{cell:<20}" for cell in row), flush=True)
     return 0
 
 
