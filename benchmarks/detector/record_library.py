@@ -51,6 +51,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -1123,32 +1124,54 @@ def record_all(
             print(json.dumps(summary), flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.detector.record_library", description=__doc__
-    )
-    parser.add_argument("--only", nargs="*", choices=list(SPECS), help="record only these")
+def run_command(
+    argv: list[str] | None,
+    *,
+    module: str,
+    doc: str | None,
+    specs: dict[str, Spec],
+    serve_one: Callable[[str, float, int], None],
+    out_dir: Path,
+    take_help: str = argparse.SUPPRESS,
+) -> int:
+    """A recorder's command line: record ``specs`` (all, or ``--only`` some) with ``record_all``
+    into ``out_dir``, or, for ``--quick``, 45x compressed into a temp dir; ``--serve`` runs one
+    service (the child that ``record`` starts). Both recorders' ``main``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
+    parser.add_argument("--only", nargs="*", choices=list(specs), help="record only these")
     parser.add_argument("--quick", action="store_true", help="compressed check, to a temp dir")
     parser.add_argument("--out", type=Path, help="output directory")
-    parser.add_argument("--take", type=int, default=1, help="record again: NAME_takeN, new seeds")
-    parser.add_argument("--serve", choices=list(SPECS), help=argparse.SUPPRESS)  # the child
+    parser.add_argument("--take", type=int, default=1, help=take_help)
+    parser.add_argument("--serve", choices=list(specs), help=argparse.SUPPRESS)  # the child
     parser.add_argument("--compress", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.compress, args.take)
+        serve_one(args.serve, args.compress, args.take)
         return 0
-    names = args.only or list(SPECS)
+    names = args.only or list(specs)
     compress = QUICK_COMPRESS if args.quick else 1.0
-    out = args.out or (Path(tempfile.mkdtemp(prefix="record_library_")) if args.quick else OUT_DIR)
+    prefix = module.rsplit(".", 1)[-1] + "_"
+    out = args.out or (Path(tempfile.mkdtemp(prefix=prefix)) if args.quick else out_dir)
     if args.take < 1:
         parser.error("--take counts from 1")
     print(
         json.dumps({"out": str(out), "names": names, "compress": compress, "take": args.take}),
         flush=True,
     )
-
-    record_all(names, out, compress, args.take)
+    record_all(names, out, compress, args.take, specs, module)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(
+        argv,
+        module="benchmarks.detector.record_library",
+        doc=__doc__,
+        specs=SPECS,
+        serve_one=serve,
+        out_dir=OUT_DIR,
+        take_help="record again: NAME_takeN, new seeds",
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ the compressed plan. Needs root and a writable memory cgroup.
 
 from __future__ import annotations
 
-import argparse
 import array
 import asyncio
 import contextlib
@@ -41,7 +40,6 @@ import json
 import math
 import random
 import sys
-import tempfile
 import time
 import zlib
 from collections import Counter, OrderedDict, deque
@@ -50,7 +48,6 @@ from pathlib import Path
 
 from benchmarks.detector import record_library as _lib
 from benchmarks.detector.record_library import (
-    QUICK_COMPRESS,
     MiB,
     Spec,
     _burst_rate,
@@ -923,23 +920,9 @@ def load_tune_library(directory: Path = OUT_DIR) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__)
-    parser.add_argument("--only", nargs="*", choices=list(SPECS), help="record only these")
-    parser.add_argument("--quick", action="store_true", help="compressed check, to a temp dir")
-    parser.add_argument("--out", type=Path, help="output directory")
-    parser.add_argument("--take", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--serve", choices=list(SPECS), help=argparse.SUPPRESS)  # the child
-    parser.add_argument("--compress", type=float, default=1.0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.serve:
-        serve(args.serve, args.compress, args.take)
-        return 0
-    names = args.only or list(SPECS)
-    compress = QUICK_COMPRESS if args.quick else 1.0
-    out = args.out or (Path(tempfile.mkdtemp(prefix="record_tune_")) if args.quick else OUT_DIR)
-    print(json.dumps({"out": str(out), "names": names, "compress": compress}), flush=True)
-    _lib.record_all(names, out, compress, args.take, specs=SPECS, module=MODULE)
-    return 0
+    return _lib.run_command(
+        argv, module=MODULE, doc=__doc__, specs=SPECS, serve_one=serve, out_dir=OUT_DIR
+    )
 
 
 if __name__ == "__main__":
