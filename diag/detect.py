@@ -62,7 +62,8 @@ How it decides, and why:
   once the next bucket shows that the fall stayed. The level the old regime had settled at
   (flat over its last quarter) is kept: a new process climbing back to it (a recycled worker
   rebuilding its caches) is no leak; one that ended still growing (killed at its limit)
-  leaves none.
+  leaves none. A fall across which the request count goes on is no restart, nor is any fall
+  where the series is known to be one process's (``DetectorConfig.one_process``).
 """
 
 from __future__ import annotations
@@ -170,6 +171,11 @@ class DetectorConfig:
     #: Demos only: every clock reading is multiplied by it, so an hour of a real service's
     #: life plays in a minute (60). Rates and forecasts come back in real seconds.
     time_scale: float = 1.0
+    #: The series is one process's life, as the agent inside it and ``diag watch`` on its pid
+    #: see it: no fall is a restart (a restart ends the series), so a big fall is a big free.
+    #: A recording read afterwards (a history file kept across restarts, a scraped series)
+    #: may span several processes: there a fall that stays down starts a new regime.
+    one_process: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,10 +637,12 @@ class Detector:
             # A restart resets the process's request counter (the agent's starts again with
             # it): a fall across which the count goes on is the same process freeing a big
             # block (a buffer reallocated and the old one freed, a batch's arrays dropped).
-            counted_on = requests >= self._requests[-1]  # False where either is nan
+            same_process = (
+                self.config.one_process or requests >= self._requests[-1]  # False with a nan
+            )
             if pending is not None and self._fell_away(pending[1], low, pending[2]):
                 self._restart(pending[0])
-            elif not counted_on and self._fell_away(previous_high, low, gap):
+            elif not same_process and self._fell_away(previous_high, low, gap):
                 self._restart_at = (start, previous_high, gap)
             elif max(fell, fell_inside) > 0.02 * previous_high:
                 self._drop_at = (start, previous_high if fell >= fell_inside else high)

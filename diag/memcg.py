@@ -48,6 +48,30 @@ class MemoryCgroup:
         with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
 
+    def stuck_at_limit(self) -> int | None:
+        """The cgroup's count of charges refused at its limit while its usage is within 2 %
+        of the limit, else None (or where the files cannot be read). A count that keeps rising
+        at the limit with no kill is a process the kernel keeps reclaiming from (its own code
+        pages, faulted back in at once) instead of killing: stuck, not dying."""
+        try:
+            if self._limit_file == "memory.limit_in_bytes":
+                usage = _read_int(self.path, "memory.usage_in_bytes")
+                refused = _read_int(self.path, "memory.failcnt")
+            else:
+                usage = _read_int(self.path, "memory.current")
+                with open(os.path.join(self.path, "memory.events")) as f:
+                    events = dict(line.split() for line in f if line.strip())
+                refused = int(events["max"])
+            limit = _read_int(self.path, self._limit_file)
+        except (OSError, ValueError, KeyError):
+            return None
+        return refused if usage >= 0.98 * limit else None
+
     def remove(self) -> None:
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
+
+
+def _read_int(directory: str, name: str) -> int:
+    with open(os.path.join(directory, name)) as f:
+        return int(f.read().split()[0])

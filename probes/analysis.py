@@ -18,6 +18,7 @@ detectors and the retention estimate, and the step across is discounted afterwar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +71,8 @@ class GrowthAnalyzer:
         retention_series: str = "process_resident_memory_bytes",
         disturbed: Callable[[float], bool] = lambda t: False,
     ) -> None:
-        self.config = config or DetectorConfig()
+        # The agent lives and dies with its process: no series it judges shows a restart.
+        self.config = dataclasses.replace(config or DetectorConfig(), one_process=True)
         self._disturbed = disturbed
         self._discounts: dict[str, DisturbanceDiscount] = {}
         self._retention_samples: list[Sample] = []
@@ -92,6 +94,19 @@ class GrowthAnalyzer:
 
     def on_change(self, listener: VerdictListener) -> None:
         self._listeners.append(listener)
+
+    def reset_after_fork(self) -> None:
+        """A forked child is a new process: its series are judged from its own start (a
+        warm-up, a young process's patience), not as the parent's history going on. A
+        pre-fork server's worker forked hours after its master would otherwise have its
+        warm-up judged as an old process's growth."""
+        self._series.clear()
+        self.verdicts.clear()
+        self._discounts.clear()
+        self._retention = RetentionEstimator()
+        self._retention_samples = []
+        self._looked.clear()
+        self._repeats.clear()
 
     def analyze(
         self, t: float, samples: Sequence[Sample], chunks: Sequence[Sequence[Sample]] = ()

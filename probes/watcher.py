@@ -119,7 +119,8 @@ class Watcher:
             pid, proc_root=proc_root, interval=interval, tick_budget=WATCH_TICK_BUDGET
         )
         self.fixed_limit = limit
-        config = DetectorConfig(sensitivity=sensitivity, time_scale=time_scale)
+        # One pid: the watch ends with the process, so no fall it sees is a restart.
+        config = DetectorConfig(sensitivity=sensitivity, time_scale=time_scale, one_process=True)
         self.detector = Detector(limit, config)
         #: One detector per resource (fds, threads...), each against its own limit.
         self.resource_detectors: dict[str, Detector] = {}

@@ -124,6 +124,14 @@ def _killed_end(ended: dict[str, Any]) -> str:
     return text
 
 
+def _oom_end(ended: dict[str, Any]) -> str:
+    """Certain where the kernel's log or the cgroup's kill counter says so; otherwise only
+    memory at the limit and no stop record say it, and so does the sentence."""
+    if isinstance(ended.get("kernel_log"), list) or ended.get("cgroup_oom_kills_during_run"):
+        return "killed by the OOM killer"
+    return "killed at its memory limit, most likely by an OOM killer"
+
+
 #: The words for each ``ended["how"]`` (see ``reports.ending``).
 ENDINGS: dict[str, Callable[[dict[str, Any]], str]] = {
     "signal": _signal_end,
@@ -132,7 +140,7 @@ ENDINGS: dict[str, Callable[[dict[str, Any]], str]] = {
     "exit": _exit_end,
     "killed": _killed_end,
     "os-exit": lambda ended: f"ended by os._exit({ended.get('status')})",
-    "oom-kill": lambda ended: "killed by the OOM killer",
+    "oom-kill": lambda ended: _oom_end(ended),
     "reboot": lambda ended: "ended when the machine restarted (power loss or a reboot)",
     "running": lambda ended: "still running",
 }

@@ -188,25 +188,31 @@ def test_a_host_whose_stderr_fails_gets_no_exception_from_diags_log_lines(stderr
 
 @pytest.mark.e2e
 def test_fork_gives_the_child_its_own_sampler_and_no_duplicate_threads():
+    """... and its own detectors: the child's series are judged from the fork on (a warm-up
+    of its own), not as the parent's history going on."""
     out = _run_python(
-        "import os, threading, probes\n"
+        "import os, threading, time, probes\n"
         "def wait_tick(a):\n"
         "    ev = threading.Event(); a.sampler.add_listener(lambda t: ev.set()); ev.wait(10)\n"
-        "a = probes.start(interval=0.05); wait_tick(a)\n"
+        "def first_judged(a):\n"
+        "    return min(s.detector._regime_start for s in a.analyzer._series.values())\n"
+        "a = probes.start(interval=0.05); wait_tick(a); wait_tick(a)\n"
         "r, w = os.pipe()\n"
+        "forked_at = time.time()\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
-        "    wait_tick(a)\n"
+        "    wait_tick(a); wait_tick(a)\n"
         "    names = [t.name for t in threading.enumerate()]\n"
         "    tick = a.sampler.latest\n"
-        "    os.write(w, f'{names.count(\"diag-sampler\")} {tick is not None}'.encode())\n"
+        "    own = first_judged(a) >= forked_at\n"
+        "    os.write(w, f'{names.count(\"diag-sampler\")} {tick is not None} {own}'.encode())\n"
         "    os._exit(0)\n"
         "os.close(w); child = os.read(r, 100).decode(); os.waitpid(pid, 0)\n"
         "names = [t.name for t in threading.enumerate()]\n"
-        "print(child, names.count('diag-sampler'))\n"
+        "print(child, names.count('diag-sampler'), first_judged(a) < forked_at)\n"
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout == "1 True 1\n"
+    assert out.stdout == "1 True True 1 True\n"
 
 
 def test_ids_that_name_no_process_are_ignored_not_raised(tmp_path, monkeypatch):

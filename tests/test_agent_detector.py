@@ -235,7 +235,7 @@ def test_the_analyzer_exports_and_notifies_as_with_every_sample_fed():
     analyzer = analysis.GrowthAnalyzer()
     heard = []
     analyzer.on_change(lambda key, old, new: heard.append((key, new.state, new.t)))
-    reference = Detector(None)
+    reference = Detector(None, analyzer.config)  # the agent's: one process, no restarts
     expected_changes = []
     last_state = None
     for i, (t, value, limit) in enumerate(_resource_trace(7, 5000, 5.0)):
@@ -300,7 +300,7 @@ def test_a_probe_handing_out_the_same_tuple_again_is_judged_as_if_fed_each_sampl
     analyzer = analysis.GrowthAnalyzer(config)
     heard = []
     analyzer.on_change(lambda key, old, new: heard.append((key, new.state, new.t)))
-    references = {kind: Detector(None, config) for kind in kinds}
+    references = {kind: Detector(None, analyzer.config) for kind in kinds}  # one process
     expected_changes = []
     last_states: dict[str, str] = {}
     repeated = 0
@@ -346,3 +346,21 @@ def test_a_probe_handing_out_the_same_tuple_again_is_judged_as_if_fed_each_sampl
     )
     assert "leak" in [state for _, state, _ in heard]
     assert repeated > 2500  # most ticks were answered at once
+
+
+def test_the_agent_takes_no_fall_of_its_own_process_for_a_restart():
+    """A cache flushed at once (half the RSS freed, no request counts to tell) is a big free
+    in the process the agent lives in: no fresh warm-up, as a restart in a recording gets."""
+    import random
+
+    rng = random.Random(5)
+    analyzer = analysis.GrowthAnalyzer()
+    states = []
+    for i in range(4 * 360):  # 4 h at 10 s, the flush at 2 h
+        level = 1e9 if i < 720 else 0.5e9
+        rss = Sample("process_resident_memory_bytes", level + rng.gauss(0, 2e6))
+        analyzer.analyze(i * 10.0, [rss])
+        states.append(analyzer.verdicts["process_resident_memory_bytes"].state)
+    assert "warming_up" in states[:90]  # the process's own start
+    assert "warming_up" not in states[720:]
+    assert states[-1] == "steady"

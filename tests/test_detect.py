@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from diag.detect import Detector, replay
+from diag.detect import Detector, DetectorConfig, replay
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -944,6 +944,22 @@ def test_a_fall_while_the_request_count_goes_on_is_no_restart():
     detector = Detector(LIMIT)
     replay(times, fallen, LIMIT, detector=detector, requests=reset)
     assert detector._regime_start == pytest.approx(times[middle], abs=31)
+
+
+def test_one_process_series_never_restarts():
+    """The agent inside a process and ``diag watch`` on its pid see one process's life: a fall
+    that stays, with no request counts to tell, is a big free there, not a restart with a
+    fresh warm-up. A recording read afterwards may span restarts, and there it is one."""
+    times, values = series(QUIET["flat"], hours=6)
+    middle = len(values) // 2
+    fallen = [*values[:middle], *(v * 0.5 for v in values[middle:])]
+    detector = Detector(LIMIT)
+    replay(times, fallen, LIMIT, detector=detector)
+    assert detector._regime_start == pytest.approx(times[middle], abs=31)
+    one_process = Detector(LIMIT, DetectorConfig(one_process=True))
+    replay(times, fallen, LIMIT, detector=one_process)
+    assert one_process._regime_start == times[0]
+    assert one_process.verdict.state != "warming_up"
 
 
 def _called_once_to_the_oom(name):

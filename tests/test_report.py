@@ -15,6 +15,7 @@ from diag.cli import main
 from diag.history import HistoryWriter, read_run
 from diag.model import Sample
 from reports import html, markdown, postmortem
+from reports.text import ENDINGS
 from tests.conftest import child_env, memory_cgroup
 
 MiB = 1024 * 1024
@@ -90,6 +91,21 @@ def test_oom_kill_from_the_kernel_log_and_from_the_limit(tmp_path):
     history = read_run(str(run_dir))
     share = history.get("memory_limit_usage_bytes").values[-1] / (4 * GiB)
     assert ended["usage_of_limit_at_last_sample"] == pytest.approx(share, abs=1e-4)
+
+
+def test_an_oom_kill_is_certain_only_where_the_kernel_says_so(tmp_path):
+    """Memory at its limit and no stop record make an OOM kill likely, not certain (a
+    userspace killer, an operator's SIGKILL at the limit): the words say which it was."""
+    run_dir = tmp_path / "run-4242"
+    _leaking_run(run_dir, hours=8.0)  # memory over 90 % of its limit at the end
+    kernel = ["oom-kill:constraint=CONSTRAINT_MEMCG,task=python,pid=4242,uid=0"]
+    logged = postmortem.build(str(run_dir), read_kernel_log=lambda: kernel).ended
+    assert ENDINGS["oom-kill"](logged) == "killed by the OOM killer"
+    inferred = postmortem.build(str(run_dir), read_kernel_log=lambda: []).ended
+    assert inferred["how"] == "oom-kill"
+    assert (
+        ENDINGS["oom-kill"](inferred) == "killed at its memory limit, most likely by an OOM killer"
+    )
 
 
 def test_a_clean_stop_is_an_exit(tmp_path):

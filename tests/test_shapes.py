@@ -37,15 +37,16 @@ def test_the_same_seed_draws_the_same_trace():
         assert np.array_equal(a.values, b.values)
 
 
-def test_the_report_gives_every_shape_a_row_for_diag_and_both_rules(capsys):
+def test_the_report_gives_every_shape_a_row_for_diag_both_ways_and_both_rules(capsys):
     assert shapes.main(["--seeds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines[1]
-    assert "diag (default)" in header and all(rule.short in header for rule in shapes.RULES)
+    assert "diag (default)" in header and "diag, one process" in header
+    assert all(rule.short in header for rule in shapes.RULES)
     rows = {line.split()[0]: line for line in lines[2:]}
     assert list(rows) == list(shapes.SHAPES)
     for index, (shape, draw) in enumerate(shapes.SHAPES.items()):
         kind = draw(np.random.default_rng([index, 0]), f"{shape}/000").kind
         # A quiet shape's cells count false episodes; a leak's, the lead and leaks caught.
         cell = " false (" if kind == "quiet" else "/1)"
-        assert rows[shape].count(cell) == 1 + len(shapes.RULES), rows[shape]
+        assert rows[shape].count(cell) == 2 + len(shapes.RULES), rows[shape]

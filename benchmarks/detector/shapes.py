@@ -5,7 +5,9 @@
 Each shape is a leak or a quiet service with its own seeded draws. For a quiet shape the table
 gives the false leak episodes; for a leak shape, the lead fraction (the share of onset-to-OOM
 still ahead at the first alert) as median and lowest over the draws, and how many were caught.
-Both for the detector at its default and for the Prometheus rule users write today
+Both for the detector at its default (as ``diag analyze`` judges a recording), as the agent
+and ``diag watch`` judge one process's series (``one_process``: no fall is a restart), and for
+the Prometheus rule users write today
 (``baseline.py``: ``predict_linear`` over 1 h with the uptime guard), alerting where the limit
 is 4 h ahead and where it is 24 h ahead, in the same run.
 
@@ -25,7 +27,7 @@ import numpy as np
 from benchmarks.detector import baseline
 from benchmarks.detector.score import judge
 from benchmarks.detector.traces import HOUR, MINUTE, GiB, MiB, Trace
-from diag.detect import Alert, replay
+from diag.detect import Alert, Detector, DetectorConfig, replay
 
 #: The rules compared against: a 1 h fit, alerting when the limit is 4 h or 24 h ahead.
 RULES = (baseline.Rule(HOUR, 4 * HOUR), baseline.Rule(HOUR, 24 * HOUR))
@@ -170,9 +172,17 @@ SHAPES: dict[str, Draw] = {
 }
 
 
-def _ours(trace: Trace) -> list[Alert]:
+def _ours(trace: Trace, one_process: bool = False) -> list[Alert]:
+    """``one_process``: as the agent and ``diag watch`` judge it (no fall is a restart)."""
     requests = None if trace.requests is None else trace.requests.tolist()
-    return replay(trace.times.tolist(), trace.values.tolist(), trace.limit, requests=requests)
+    detector = Detector(trace.limit, DetectorConfig(one_process=one_process))
+    return replay(
+        trace.times.tolist(),
+        trace.values.tolist(),
+        trace.limit,
+        requests=requests,
+        detector=detector,
+    )
 
 
 def _rules(trace: Trace) -> dict[baseline.Rule, list[Alert]]:
@@ -197,13 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         "quiet shapes: false leak episodes (traces alerted); leak shapes: lead fraction"
         " median / lowest (caught)"
     )
-    print(f"{'shape':<31}{'diag (default)':<20}" + "".join(f"{r.short:<20}" for r in RULES))
+    header = ["diag (default)", "diag, one process", *(r.short for r in RULES)]
+    print(f"{'shape':<31}" + "".join(f"{cell:<20}" for cell in header))
     for index, (shape, draw) in enumerate(SHAPES.items()):
         traces = [
             draw(np.random.default_rng([index, seed]), f"{shape}/{seed:03d}")
             for seed in range(args.seeds)
         ]
-        row = [_summary(traces, [_ours(trace) for trace in traces])]
+        row = [_summary(traces, [_ours(trace, one) for trace in traces]) for one in (False, True)]
         by_rule = [_rules(trace) for trace in traces]
         row += [_summary(traces, [found[rule] for found in by_rule]) for rule in RULES]
         print(f"{shape:<31}" + "".join(f"{cell:<20}" for cell in row), flush=True)

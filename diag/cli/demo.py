@@ -25,17 +25,21 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from diag.errors import DiagError
 from diag.units import format_bytes, format_duration
 
+if TYPE_CHECKING:
+    from diag.memcg import MemoryCgroup
+
 TIME_SCALE = 120
 LIMIT_MIB = 600
 RATE = 12.0
 DEADLINE = 110.0  # seconds: the demo gives up (and fails) after this
+STUCK_SECONDS = 10.0  # at the cgroup's limit, not killed, this long: the demo ends it
 
 
 def _free_port() -> int:
@@ -77,6 +81,26 @@ def names_the_culprit(document: dict[str, Any]) -> bool:
         for stack in owners[0]["allocation_stacks"]
         for frame in stack["frames"]
     )
+
+
+class StuckAtLimit:
+    """Whether the service has been stuck at its cgroup's limit, charges refused and nothing
+    killed, for ``STUCK_SECONDS`` (the kernel's OOM kill comes within a second of the limit
+    when it comes at all)."""
+
+    def __init__(self, cgroup: MemoryCgroup) -> None:
+        self._cgroup = cgroup
+        self._refused: int | None = None
+        self._since: float | None = None
+
+    def for_long(self, now: float) -> bool:
+        refused = self._cgroup.stuck_at_limit()
+        if refused is None or self._refused is None or refused <= self._refused:
+            self._since = None
+        elif self._since is None:
+            self._since = now
+        self._refused = refused
+        return self._since is not None and now - self._since >= STUCK_SECONDS
 
 
 class Demo:
@@ -129,7 +153,7 @@ class Demo:
             )
             load.start()
             self.say(f"driving POST /talk at {RATE:.0f} requests/s (examples/loadgen.py)")
-            ended = self._watch(service, runtime, killer=cgroup is None)
+            ended = self._watch(service, runtime, cgroup)
         finally:
             stop_load.set()
             if service.poll() is None:
@@ -142,7 +166,9 @@ class Demo:
         shutil.rmtree(runtime, ignore_errors=True)
         return self.detected is not None and self.dump is not None and names_the_culprit(self.dump)
 
-    def _watch(self, service: subprocess.Popen[bytes], runtime: str, killer: bool) -> str:
+    def _watch(
+        self, service: subprocess.Popen[bytes], runtime: str, cgroup: MemoryCgroup | None
+    ) -> str:
         from probes.watcher import Watcher, follow
         from reports.live import LivePanel, ended_text, tick_line
 
@@ -150,8 +176,18 @@ class Demo:
         watcher = Watcher(pid, None, time_scale=TIME_SCALE)
         live = LivePanel(pid, ["examples.tts_service"]) if self.interactive else None
         last_line = 0.0
+        stuck = StuckAtLimit(cgroup) if cgroup is not None else None
         try:
             for row in follow(watcher, 0.5, threading.Event(), duration=DEADLINE):
+                if stuck is not None and stuck.for_long(time.monotonic()):
+                    # The kernel may reclaim the service's own code pages over and over
+                    # instead of killing it; userspace OOM killers exist for this.
+                    os.kill(pid, signal.SIGKILL)
+                    return (
+                        f"stuck at its memory limit for {STUCK_SECONDS:.0f} s, the kernel "
+                        "reclaiming its pages instead of killing it: ended with SIGKILL, as a "
+                        "userspace OOM killer (systemd-oomd, earlyoom) would"
+                    )
                 if live is not None:
                     live.show(row)
                 elif time.monotonic() - last_line >= 3:
@@ -163,7 +199,7 @@ class Demo:
                         live = None
                     self.detected = row
                     self._warn_and_dump(pid, row, runtime)
-                    if killer:
+                    if cgroup is None:
                         self.say("no cgroup here: ending the service with SIGKILL instead")
                         os.kill(pid, signal.SIGKILL)
         finally:
