@@ -34,6 +34,9 @@ class RecordedSeries:
     requests: array[float] | None = None
     #: How the input was read where it was not as written (a time unit, gaps skipped).
     notes: list[str] = field(default_factory=list)
+    #: One process's life (a history run: the agent's or a watch's): no fall in it is a
+    #: restart. A CSV or a Prometheus export may span restarts.
+    one_process: bool = False
 
 
 #: Names a CSV's time column may have (Grafana's export says "Time").
@@ -307,7 +310,9 @@ def read_inputs(path: str) -> list[RecordedSeries]:
                 requests = _requests_at(data.times, counters) if counters else None
                 # What the reader skipped in the run (damage, a cut): each of its series' note.
                 notes = list(history.problems)
-                out.append(RecordedSeries(run_dir, name, data.times, data.lows, requests, notes))
+                out.append(
+                    RecordedSeries(run_dir, name, data.times, data.lows, requests, notes, True)
+                )
     if not out:
         why = f": {problems[0]}" if problems else ""
         raise UsageError(f"{path}: no memory series of two samples or more in its runs{why}")

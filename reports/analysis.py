@@ -14,7 +14,8 @@ from diag.units import format_bytes, format_duration, format_forecast
 def analyze_series(
     series: RecordedSeries, limit: float | None, sensitivity: float = 1.0
 ) -> tuple[list[Alert], Verdict]:
-    detector = Detector(limit, DetectorConfig(sensitivity=sensitivity))
+    config = DetectorConfig(sensitivity=sensitivity, one_process=series.one_process)
+    detector = Detector(limit, config)
     alerts = replay(
         series.times,
         series.values,

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from diag import watched
-from diag.detect import Alert, Detector, leak_episodes, replay
+from diag.detect import Alert, Detector, DetectorConfig, leak_episodes, replay
 from diag.history import History, SeriesData, read_run
 from diag.model import Labels
 from reports.ending import (
@@ -212,7 +212,8 @@ def _series_reports(history: History) -> list[SeriesReport]:
             ]
             alerts = alerts_from_verdicts(recorded, key)
             if alerts is None:  # nothing recorded live: replay the same detector now
-                detector = Detector(judged_limit)
+                # A run is one process's history: no fall in it is a restart.
+                detector = Detector(judged_limit, DetectorConfig(one_process=True))
                 lows = data.lows
                 alerts = replay(data.times, lows, judged_limit, series=key, detector=detector)
                 final = detector.verdict

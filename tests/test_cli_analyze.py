@@ -362,3 +362,37 @@ def test_an_input_without_line_ends_is_refused_in_bounded_memory(tmp_path, monke
         f"diag: {answer}: over 1 MiB of JSON, too much to analyse at once; ask Prometheus for "
         "fewer series or a coarser step\n"
     )
+
+
+def test_a_history_run_is_one_process_and_a_csv_may_span_restarts(tmp_path):
+    """Half the memory freed at once, ten minutes before the end, with no request counts: in
+    a history run (one process's life, the agent's or a watch's) a big free; in a CSV, which
+    may span restarts, a restart, warming up again."""
+    from diag.history import HistoryWriter
+    from diag.model import Sample
+
+    def rss(t):
+        return GiB if t < 3 * 3600 else GiB / 2
+
+    csv = _write(tmp_path / "rss.csv", rss, hours=3 + 1 / 6)
+    run = tmp_path / "history" / "20231114T221320Z-4242"
+    writer = HistoryWriter(str(run), flush_seconds=0.0)
+    writer.write_event("start", 1_700_000_000.0, pid=4242, command=["python", "svc.py"])
+    rng = random.Random(3)
+    for i in range(int((3 + 1 / 6) * 3600 / 5)):
+        value = rss(i * 5) + rng.gauss(0, 2 * MiB)
+        writer.write_samples(
+            1_700_000_000.0 + i * 5, [Sample("process_resident_memory_bytes", value)]
+        )
+    writer.close()
+    states = {}
+    for path in (csv, tmp_path / "history"):
+        result = CliRunner().invoke(main, ["analyze", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        (document,) = [json.loads(line) for line in result.stdout.splitlines()]
+        states[path.name] = document["final"]["state"]
+    assert states == {"rss.csv": "warming_up", "history": "steady"}
+    from reports import postmortem
+
+    (series,) = postmortem.build(str(run), read_kernel_log=lambda: []).series  # replayed there
+    assert series.verdict == "steady"
