@@ -50,3 +50,17 @@ def test_the_report_gives_every_shape_a_row_for_diag_both_ways_and_both_rules(ca
         # A quiet shape's cells count false episodes; a leak's, the lead and leaks caught.
         cell = " false (" if kind == "quiet" else "/1)"
         assert rows[shape].count(cell) == 2 + len(shapes.RULES), rows[shape]
+
+
+def test_the_benchmark_judges_as_the_agent_with_one_process(monkeypatch):
+    """``python -m benchmarks.detector --one-process``: every trace judged as the agent and
+    diag watch judge one process, so a flushed cache's falls are frees, not restarts (the
+    draw the shapes report counts 3 false alerts on, judged as an export)."""
+    from benchmarks.detector import score
+
+    trace = shapes.flushed_cache_without_counts(np.random.default_rng([7, 3]), "flushed/003")
+    (as_export,), _ = score.run_detector([trace], 1.0)
+    monkeypatch.setattr(score, "JUDGED_AS_ONE_PROCESS", [True])
+    (as_one_process,), _ = score.run_detector([trace], 1.0)
+    assert score.judge(trace, as_export).false_episodes > 0
+    assert score.judge(trace, as_one_process).false_episodes == 0

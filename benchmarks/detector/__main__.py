@@ -1,4 +1,5 @@
-"""``python -m benchmarks.detector [--split test|tune|both] [--quick] [--seed N] [--json FILE]``."""
+"""``python -m benchmarks.detector [--split test|tune|both] [--quick] [--seed N] [--one-process]
+[--json FILE]``."""
 
 import sys
 

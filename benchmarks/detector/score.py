@@ -263,10 +263,20 @@ def _requests(trace: Trace) -> list[float] | None:
     return None if trace.requests is None else trace.requests.tolist()
 
 
+#: How each trace is judged: as ``diag analyze`` judges an export (False: a fall that stays
+#: may be a restart), or as the agent and ``diag watch`` judge one process's life (True:
+#: ``--one-process``). Set once by ``main``; forked sweep workers inherit it.
+JUDGED_AS_ONE_PROCESS = [False]
+
+
+def _config(sensitivity: float) -> DetectorConfig:
+    return DetectorConfig(sensitivity=sensitivity, one_process=JUDGED_AS_ONE_PROCESS[0])
+
+
 def run_detector(traces: list[Trace], sensitivity: float) -> tuple[list[list[Alert]], dict]:
     """Our detector over every trace (as Python lists, how the agent holds samples), each run
     interleaved with the EWMA loop so that both see the same machine state."""
-    config = DetectorConfig(sensitivity=sensitivity)
+    config = _config(sensitivity)
     alerts, detector_s, ewma_s, samples = [], 0.0, 0.0, 0
     for trace in traces:
         times, values = trace.times.tolist(), trace.values.tolist()
@@ -321,7 +331,7 @@ _SHARED: list[Trace] = []  # inherited by forked sweep workers instead of pickle
 
 def _replay_some(job: tuple[float, list[int]]) -> list[tuple[int, list[Alert]]]:
     sensitivity, indices = job
-    config = DetectorConfig(sensitivity=sensitivity)
+    config = _config(sensitivity)
     out = []
     for i in indices:
         trace = _SHARED[i]
@@ -732,8 +742,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the sweep, comma-separated (default {','.join(map(str, SENSITIVITIES))}; "
         f"--quick: {','.join(map(str, QUICK_SENSITIVITIES))}); 1 is always run",
     )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="judge each trace as the agent and diag watch judge one process's life (no fall "
+        "is a restart), not as diag analyze judges an export",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     args = parser.parse_args(argv)
+    JUDGED_AS_ONE_PROCESS[0] = args.one_process
+    if args.one_process:
+        print("every trace judged as one process's life (the agent's and diag watch's way)")
     scale = args.scale or (0.25 if args.quick else 1.0)
     sensitivities = args.sensitivities or (QUICK_SENSITIVITIES if args.quick else SENSITIVITIES)
     started = time.perf_counter()
