@@ -171,10 +171,10 @@ class DetectorConfig:
     #: Demos only: every clock reading is multiplied by it, so an hour of a real service's
     #: life plays in a minute (60). Rates and forecasts come back in real seconds.
     time_scale: float = 1.0
-    #: The series is one process's life, as the agent inside it and ``diag watch`` on its pid
-    #: see it: no fall is a restart (a restart ends the series), so a big fall is a big free.
-    #: A recording read afterwards (a history file kept across restarts, a scraped series)
-    #: may span several processes: there a fall that stays down starts a new regime.
+    #: The series is one process's life, as the agent inside it, ``diag watch`` on its pid and
+    #: a history run see it: no fall is a restart (a restart ends the series), so a big fall
+    #: is a big free. A CSV or a Prometheus export may span several processes: there a fall
+    #: that stays down starts a new regime.
     one_process: bool = False
 
 

@@ -311,7 +311,9 @@ def read_inputs(path: str) -> list[RecordedSeries]:
                 # What the reader skipped in the run (damage, a cut): each of its series' note.
                 notes = list(history.problems)
                 out.append(
-                    RecordedSeries(run_dir, name, data.times, data.lows, requests, notes, True)
+                    RecordedSeries(
+                        run_dir, name, data.times, data.lows, requests, notes, one_process=True
+                    )
                 )
     if not out:
         why = f": {problems[0]}" if problems else ""

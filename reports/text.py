@@ -140,7 +140,7 @@ ENDINGS: dict[str, Callable[[dict[str, Any]], str]] = {
     "exit": _exit_end,
     "killed": _killed_end,
     "os-exit": lambda ended: f"ended by os._exit({ended.get('status')})",
-    "oom-kill": lambda ended: _oom_end(ended),
+    "oom-kill": _oom_end,
     "reboot": lambda ended: "ended when the machine restarted (power loss or a reboot)",
     "running": lambda ended: "still running",
 }

@@ -42,8 +42,10 @@ def test_the_demo_detects_names_and_explains_the_leak():
 
 
 def test_a_service_stuck_at_its_cgroup_limit_is_told_from_one_still_growing(tmp_path):
-    """The files of a v1 memory cgroup (written here: the kernel's own are read in the e2e
-    demo): usage at the limit and refused charges rising, with no kill, for STUCK_SECONDS."""
+    """Usage at the limit and refused charges rising, with no kill, for STUCK_SECONDS. The
+    kernel leaves a service stuck so in about one demo of three, never on demand, so these are
+    a v1 memory cgroup's files written as the kernel writes them; the e2e demo reads the
+    kernel's own, and ends by this path when the kernel does not kill."""
     files = {"memory.limit_in_bytes": 1000, "memory.usage_in_bytes": 990, "memory.failcnt": 5}
 
     def write(**changed):

@@ -85,8 +85,8 @@ def names_the_culprit(document: dict[str, Any]) -> bool:
 
 class StuckAtLimit:
     """Whether the service has been stuck at its cgroup's limit, charges refused and nothing
-    killed, for ``STUCK_SECONDS`` (the kernel's OOM kill comes within a second of the limit
-    when it comes at all)."""
+    killed, for ``STUCK_SECONDS`` (where the kernel kills at the limit, it does so at once:
+    ten seconds there without a kill is reclaim going round, not a kill on its way)."""
 
     def __init__(self, cgroup: MemoryCgroup) -> None:
         self._cgroup = cgroup
