@@ -163,3 +163,19 @@ def test_the_watcher_reads_the_load_covariate_from_the_agents_request_counters()
     assert requests_served(agent | {"dumps_total": 2.0}) == 150.0
     assert requests_served({"dumps_total": 2.0}) is None  # an agent that counts no requests
     assert requests_served(None) is None
+
+
+def test_the_watcher_takes_no_fall_of_its_target_for_a_restart():
+    """``diag watch`` follows one pid: half its RSS freed at once (this test process is the
+    target, 512 MiB its cache) is a big free there, with no fresh warm-up as a restart in a
+    recording gets."""
+    watcher = Watcher(os.getpid(), history="off", read_agent=lambda pid: None)
+    cache = b"\x01" * (512 * 2**20)  # touched pages: resident at once
+    for t in range(0, 1800, 10):
+        watcher.tick(float(t))
+    assert watcher.detector._regime_start == 0.0
+    del cache
+    for t in range(1800, 2400, 10):
+        watcher.tick(float(t))
+    assert watcher.detector._regime_start == 0.0
+    assert watcher.detector.verdict.state != "warming_up"
