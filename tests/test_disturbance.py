@@ -15,6 +15,7 @@ from diag.testing import FakeClock
 from probes.analysis import GrowthAnalyzer
 from probes.escalation import DumpRequest, Escalation
 from probes.watcher import DumpSettling, Watcher
+from tests.conftest import resident_block
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -124,7 +125,7 @@ def test_watch_holds_its_samples_while_the_agent_dumps():
 def test_the_watcher_keeps_the_agents_dumps_out_of_its_verdict():
     """Through the watcher itself, with the agent reader injected: RSS that steps up while the
     agent in the target dumps is discounted once the dump has settled (this test process is
-    the target, and its own 64 MiB stands for the step)."""
+    the target, and 64 MiB of its own stands for the step)."""
     readings = {6.0: {"dumps_total": 0.0, "dump_active": 1.0}}
     now = [0.0]
     watcher = Watcher(
@@ -135,10 +136,11 @@ def test_the_watcher_keeps_the_agents_dumps_out_of_its_verdict():
     step = None
     for now[0] in (5.0, 6.0, 7.0, 6.0 + SETTLE_SECONDS + 1.0):
         if now[0] == 7.0:
-            step = b"\x01" * (64 * 2**20)  # touched pages: resident at once
+            step = resident_block(64 * 2**20)
         assert watcher.tick(now[0]) is not None
     assert step is not None
     assert watcher.discount.offset >= 48 * 2**20
+    step.close()
 
 
 def test_held_series_keep_their_last_verdict_gauges():
@@ -170,11 +172,11 @@ def test_the_watcher_takes_no_fall_of_its_target_for_a_restart():
     target, 512 MiB its cache) is a big free there, with no fresh warm-up as a restart in a
     recording gets."""
     watcher = Watcher(os.getpid(), history="off", read_agent=lambda pid: None)
-    cache = b"\x01" * (512 * 2**20)  # touched pages: resident at once
+    cache = resident_block(512 * 2**20)
     for t in range(0, 1800, 10):
         watcher.tick(float(t))
     assert watcher.detector._regime_start == 0.0
-    del cache
+    cache.close()
     for t in range(1800, 2400, 10):
         watcher.tick(float(t))
     assert watcher.detector._regime_start == 0.0

@@ -8,6 +8,7 @@ import pytest
 
 from probes.base import Cadence, ProbeUnavailable
 from probes.process import ProcessProbe, parse_smaps_rollup, parse_status
+from tests.conftest import resident_block
 
 MiB = 1024 * 1024
 
@@ -59,14 +60,14 @@ def _values(probe):
 def test_own_process_sees_rss_grow_and_reports_uss_pss():
     probe = ProcessProbe(cadence=Cadence(0.0, budget=1.0))
     before = _values(probe)
-    ballast = b"\x01" * (64 * MiB)  # written pages, so resident
+    ballast = resident_block(64 * MiB)
     after = _values(probe)
     assert after["process_resident_memory_bytes"] - before["process_resident_memory_bytes"] > (
         60 * MiB
     )
     assert 0 < after["process_unique_memory_bytes"] <= after["process_resident_memory_bytes"]
     assert after["process_proportional_memory_bytes"] >= after["process_unique_memory_bytes"]
-    del ballast
+    ballast.close()
     probe.close()
 
 
