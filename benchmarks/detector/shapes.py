@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.detector import baseline
 from benchmarks.detector.score import judge
 from benchmarks.detector.traces import HOUR, MINUTE, GiB, MiB, Trace
-from diag.detect import Alert, Detector, DetectorConfig, replay
+from diag.detect import Alert, DetectorConfig, replay
 
 #: The rules compared against: a 1 h fit, alerting when the limit is 4 h or 24 h ahead.
 RULES = (baseline.Rule(HOUR, 4 * HOUR), baseline.Rule(HOUR, 24 * HOUR))
@@ -175,13 +175,9 @@ SHAPES: dict[str, Draw] = {
 def _ours(trace: Trace, one_process: bool = False) -> list[Alert]:
     """``one_process``: as the agent and ``diag watch`` judge it (no fall is a restart)."""
     requests = None if trace.requests is None else trace.requests.tolist()
-    detector = Detector(trace.limit, DetectorConfig(one_process=one_process))
+    config = DetectorConfig(one_process=one_process)
     return replay(
-        trace.times.tolist(),
-        trace.values.tolist(),
-        trace.limit,
-        requests=requests,
-        detector=detector,
+        trace.times.tolist(), trace.values.tolist(), trace.limit, config=config, requests=requests
     )
 
 
